@@ -1,0 +1,1 @@
+"""Run-config presets and the segment catalog, installed with the package (see setup.py)."""

@@ -1,0 +1,3 @@
+from rfm_assets.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""Names and rules that every engine shares: columns, exclusion reasons, money units."""
+
+# Amounts are summed as integers of micro-units (amount * 10**6, rounded half to even) so that
+# no engine's summation order can move a customer across a score boundary.
+MICRO_UNITS = 10**6
+
+# Why a transaction row is not used, in the order the rules are applied: a row is counted
+# under the first reason that applies to it.
+EXCLUSION_REASONS = {
+    "missing_customer_id": "customer id is null or blank",
+    "invalid_amount": "amount is NaN or infinite",
+    "on_or_after_reference_date": "dated on or after the reference date",
+    "before_analysis_window": "dated before reference_date - analysis_period_days",
+    "cancelled_order": "order id starts with the cancellation prefix (returns_policy exclude)",
+    "non_positive_amount": "amount <= 0 (returns_policy exclude)",
+    "customer_monetary_not_positive": "the customer's netted monetary is <= 0 (returns_policy net)",
+}
+
+TRANSACTION_COLUMNS = ["customer_id", "transaction_date", "amount", "is_return", "order_id"]
+METRIC_COLUMNS = [
+    "customer_id",
+    "recency",
+    "frequency",
+    "monetary",
+    "first_purchase_date",
+    "last_purchase_date",
+    "tenure_days",
+    "avg_order_value",
+]
+SCORE_COLUMNS = ["R_score", "F_score", "M_score", "FM_score", "RFM_score", "rfm_cell"]
+SEGMENT_COLUMNS = [
+    "segment",
+    "segment_id",
+    "recommendation",
+    "value_tier",
+    "engagement_level",
+    "segmented_at",
+]
+ANALYTICS_COLUMNS = [
+    "segment",
+    "segment_id",
+    "priority",
+    "customers",
+    "customer_share",
+    "revenue",
+    "revenue_share",
+    "avg_recency",
+    "avg_frequency",
+    "avg_monetary",
+    "avg_order_value",
+    "recommendation",
+    "recency_thresholds",
+    "frequency_thresholds",
+    "monetary_thresholds",
+]
+
+# Shown in the Dagster UI as the column schema of each asset.
+COLUMN_DESCRIPTIONS = {
+    "customer_id": "Customer id as in the source (integer-valued floats become integers).",
+    "transaction_date": "Transaction timestamp as in the source; its calendar date is used.",
+    "amount": "Line amount (mapped, or quantity * unit_price); negative for netted returns.",
+    "is_return": "True for a return or cancellation kept under returns_policy net.",
+    "order_id": "Order (invoice) id; present only when an order column is mapped.",
+    "recency": "Days from the last purchase date to the reference date (>= 1).",
+    "frequency": "Distinct orders (or purchase rows when no order column is mapped).",
+    "monetary": "Sum of amounts, exact to 10^-6; returns subtracted under net.",
+    "first_purchase_date": "Calendar date of the first purchase in the window.",
+    "last_purchase_date": "Calendar date of the last purchase in the window.",
+    "tenure_days": "Days from the first purchase date to the reference date.",
+    "avg_order_value": "Average order value: monetary / frequency per customer; "
+    "revenue / orders per segment.",
+    "R_score": "Recency score, 1 (longest ago) to k (most recent).",
+    "F_score": "Frequency score, 1 (fewest) to k (most).",
+    "M_score": "Monetary score, 1 (least) to k (most).",
+    "FM_score": "floor((wF*F + wM*M) / (wF + wM) + 0.5).",
+    "RFM_score": "(wR*R + wF*F + wM*M) / (wR + wF + wM).",
+    "rfm_cell": "The string R, F, M scores, e.g. '545'.",
+    "segment": "Segment name from the (R_score, FM_score) grid.",
+    "segment_id": "Slug of the segment name, e.g. cannot_lose_them.",
+    "recommendation": "Marketing recommendation of the segment.",
+    "value_tier": "Low / Medium / High by FM_score.",
+    "engagement_level": "Lapsed / Lapsing / Cooling / Active by R_score.",
+    "segmented_at": "UTC time the segments were computed.",
+    "priority": "Marketing priority of the segment (1 = act first).",
+    "customers": "Customers in the segment.",
+    "customer_share": "customers / all customers.",
+    "revenue": "Sum of monetary of the segment's customers.",
+    "revenue_share": "revenue / all revenue.",
+    "avg_recency": "Mean recency of the segment's customers.",
+    "avg_frequency": "Mean frequency of the segment's customers.",
+    "avg_monetary": "Mean monetary of the segment's customers.",
+    "recency_thresholds": "Recency cut points this run used (see fixed_thresholds).",
+    "frequency_thresholds": "Frequency cut points this run used.",
+    "monetary_thresholds": "Monetary cut points this run used.",
+}

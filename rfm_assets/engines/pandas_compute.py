@@ -1,0 +1,367 @@
+"""The RFM computation on pandas: pure functions from frame to frame, no Dagster.
+
+Each function implements one step of DESIGN.md ("Exact semantics"). Customers are grouped by
+integer codes from one factorisation, never by object keys; all per-row work is vectorised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from rfm_assets.contract import EXCLUSION_REASONS, MICRO_UNITS
+from rfm_assets.errors import RFMInputError
+from rfm_assets.segments import SegmentGrid
+
+EPOCH = np.datetime64("1970-01-01", "D")
+# Beyond this an amount's micro-units would overflow int64.
+MAX_ABS_AMOUNT = 9.0e12
+
+
+@dataclass(frozen=True)
+class RowAccount:
+    """Where every input row went: `rows_read == rows_kept + sum(rows_excluded.values())`."""
+
+    rows_read: int
+    rows_kept: int
+    rows_excluded: dict[str, int] = field(default_factory=dict)
+    reference_date: Optional[dt.date] = None
+    window_start: Optional[dt.date] = None
+    customers: int = 0
+
+    def as_metadata(self) -> dict:
+        return {
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "rows_excluded": dict(self.rows_excluded),
+            "customers": self.customers,
+            "reference_date": self.reference_date.isoformat() if self.reference_date else None,
+            "window_start": self.window_start.isoformat() if self.window_start else None,
+        }
+
+
+def to_day_numbers(timestamps: np.ndarray | pd.Series) -> np.ndarray:
+    """Calendar day numbers (days since 1970-01-01) of naive timestamps."""
+    return np.asarray(timestamps).astype("datetime64[D]").astype(np.int64)
+
+
+def day_number(date: dt.date) -> int:
+    return int((np.datetime64(date, "D") - EPOCH).astype(np.int64))
+
+
+def from_day_number(day: int) -> dt.date:
+    return (EPOCH + np.timedelta64(int(day), "D")).astype(dt.date)
+
+
+def to_micro_units(amounts: np.ndarray) -> np.ndarray:
+    """amount * 10**6 rounded half to even, as int64 (the exact unit of every sum)."""
+    return np.round(np.asarray(amounts, dtype=np.float64) * MICRO_UNITS).astype(np.int64)
+
+
+def prepare_transactions(
+    frame: pd.DataFrame,
+    reference_date: Optional[dt.date] = None,
+    analysis_period_days: Optional[int] = None,
+    returns_policy: str = "exclude",
+    cancelled_order_prefix: str = "C",
+) -> tuple[pd.DataFrame, RowAccount]:
+    """Apply the counted cleaning rules of DESIGN.md to the canonical frame.
+
+    Returns the kept rows (columns `customer_id, transaction_date, amount, is_return
+    [, order_id]`, where a kept return's amount is negative) and the account of every row.
+    Rules apply in the order of `EXCLUSION_REASONS`; a row counts under its first reason.
+    """
+    rows_read = len(frame)
+    days = to_day_numbers(frame["transaction_date"])
+    amount = frame["amount"].to_numpy(dtype=np.float64)
+    ref_day = day_number(reference_date) if reference_date else int(days.max()) + 1
+    if ref_day <= days.min():
+        raise RFMInputError(
+            f"reference_date: {from_day_number(ref_day)} is on or before all data "
+            f"(earliest transaction {from_day_number(days.min())})"
+        )
+    window_start_day = ref_day - analysis_period_days if analysis_period_days else None
+    finite = np.isfinite(amount)
+    too_large = finite & (np.abs(amount) > MAX_ABS_AMOUNT)
+    if too_large.any():
+        raise RFMInputError(
+            f"column amount: {int(too_large.sum())} values exceed {MAX_ABS_AMOUNT:g} in size, "
+            f"e.g. {amount[too_large][:3].tolist()}"
+        )
+    if "order_id" in frame and cancelled_order_prefix:
+        order_text = frame["order_id"].astype("str")
+        cancelled = order_text.str.startswith(cancelled_order_prefix).to_numpy(
+            dtype=bool, na_value=False
+        )
+    else:
+        cancelled = np.zeros(rows_read, dtype=bool)
+
+    rules: list[tuple[str, np.ndarray]] = [
+        ("missing_customer_id", frame["customer_id"].isna().to_numpy()),
+        ("invalid_amount", ~finite),
+        ("on_or_after_reference_date", days >= ref_day),
+        (
+            "before_analysis_window",
+            days < window_start_day if window_start_day is not None else np.zeros_like(finite),
+        ),
+    ]
+    if returns_policy == "exclude":
+        rules += [("cancelled_order", cancelled), ("non_positive_amount", amount <= 0)]
+    excluded = np.zeros(rows_read, dtype=bool)
+    counts = {}
+    for reason, mask in rules:
+        newly = mask & ~excluded
+        counts[reason] = int(newly.sum())
+        excluded |= newly
+
+    is_return = (cancelled | (amount <= 0)) & ~excluded
+    # Under `net` a return or cancellation is subtracted, whatever the sign it was recorded with.
+    signed_amount = np.where(is_return, -np.abs(amount), amount)
+    if returns_policy == "net":
+        kept = ~excluded
+        codes, uniques = pd.factorize(frame["customer_id"].to_numpy()[kept])
+        net_micro = np.zeros(len(uniques), dtype=np.int64)
+        np.add.at(net_micro, codes, to_micro_units(signed_amount[kept]))
+        not_positive = np.zeros(rows_read, dtype=bool)
+        not_positive[kept] = net_micro[codes] <= 0
+        counts["customer_monetary_not_positive"] = int(not_positive.sum())
+        excluded |= not_positive
+
+    kept = ~excluded
+    rows_kept = int(kept.sum())
+    if rows_kept == 0:
+        removed = ", ".join(f"{reason}: {n}" for reason, n in counts.items() if n)
+        raise RFMInputError(f"no transactions left after filtering ({removed})")
+    clean = pd.DataFrame(
+        {
+            "customer_id": frame["customer_id"].to_numpy()[kept],
+            "transaction_date": frame["transaction_date"].to_numpy()[kept],
+            "amount": signed_amount[kept],
+            "is_return": is_return[kept],
+        }
+    )
+    if "order_id" in frame:
+        clean["order_id"] = frame["order_id"].to_numpy()[kept]
+    clean["customer_id"] = clean["customer_id"].astype(frame["customer_id"].dtype)
+    if "order_id" in frame:
+        clean["order_id"] = clean["order_id"].astype(frame["order_id"].dtype)
+    account = RowAccount(
+        rows_read=rows_read,
+        rows_kept=rows_kept,
+        rows_excluded={reason: counts.get(reason, 0) for reason in EXCLUSION_REASONS},
+        reference_date=from_day_number(ref_day),
+        window_start=from_day_number(window_start_day) if window_start_day is not None else None,
+        customers=int(clean["customer_id"].nunique()),
+    )
+    return clean, account
+
+
+def compute_metrics(transactions: pd.DataFrame, reference_date: dt.date) -> pd.DataFrame:
+    """One row per customer: recency, frequency, monetary and the dates behind them.
+
+    recency = reference_date - last purchase date (calendar days); frequency = distinct orders
+    (or purchase rows without an order column); monetary = exact sum of amounts (returns
+    included, negative, under `net`); tenure_days = reference_date - first purchase date;
+    avg_order_value = monetary / frequency. Returns are never purchases.
+    """
+    codes, customer_ids = pd.factorize(transactions["customer_id"], sort=True)
+    customers = len(customer_ids)
+    days = to_day_numbers(transactions["transaction_date"])
+    purchase = ~transactions["is_return"].to_numpy(dtype=bool)
+    purchase_codes = codes[purchase]
+    purchase_days = days[purchase]
+
+    monetary_micro = np.zeros(customers, dtype=np.int64)
+    np.add.at(monetary_micro, codes, to_micro_units(transactions["amount"].to_numpy()))
+    last_day = np.full(customers, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last_day, purchase_codes, purchase_days)
+    first_day = np.full(customers, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_day, purchase_codes, purchase_days)
+    if "order_id" in transactions:
+        order_codes, orders = pd.factorize(
+            transactions["order_id"].to_numpy()[purchase], use_na_sentinel=False
+        )
+        pairs = pd.unique(purchase_codes.astype(np.int64) * len(orders) + order_codes)
+        frequency = np.bincount(pairs // len(orders), minlength=customers)
+    else:
+        frequency = np.bincount(purchase_codes, minlength=customers)
+
+    ref_day = day_number(reference_date)
+    monetary = monetary_micro / MICRO_UNITS
+    return pd.DataFrame(
+        {
+            "customer_id": customer_ids,
+            "recency": ref_day - last_day,
+            "frequency": frequency.astype(np.int64),
+            "monetary": monetary,
+            "first_purchase_date": (EPOCH + first_day.astype("timedelta64[D]")).astype(
+                "datetime64[ms]"
+            ),
+            "last_purchase_date": (EPOCH + last_day.astype("timedelta64[D]")).astype(
+                "datetime64[ms]"
+            ),
+            "tenure_days": ref_day - first_day,
+            "avg_order_value": monetary / frequency,
+        }
+    )
+
+
+# --- scores -------------------------------------------------------------------------------
+
+# Per dimension: is a larger value better? (recency: smaller is better)
+HIGHER_IS_BETTER = {"recency": False, "frequency": True, "monetary": True}
+SCORE_OF = {"recency": "R_score", "frequency": "F_score", "monetary": "M_score"}
+
+
+def quantile_scores(values: np.ndarray, scale: int, higher_is_better: bool) -> np.ndarray:
+    """score = 1 + floor(k * b / n), b = customers with a strictly worse value.
+
+    Ties share a score and the result does not depend on row order.
+    """
+    n = len(values)
+    ordered = np.sort(values)
+    if higher_is_better:
+        worse = np.searchsorted(ordered, values, side="left")
+    else:
+        worse = n - np.searchsorted(ordered, values, side="right")
+    return 1 + (scale * worse.astype(np.int64)) // n
+
+
+def fixed_scores(values: np.ndarray, cut_points: list[float], higher_is_better: bool) -> np.ndarray:
+    """Scores from ascending cut points t1..t(k-1).
+
+    Larger-is-better: value < t1 scores 1, t1 <= value < t2 scores 2, ..., >= t(k-1) scores k.
+    Recency: value <= t1 scores k, t1 < value <= t2 scores k-1, ..., > t(k-1) scores 1.
+    """
+    cuts = np.asarray(cut_points, dtype=np.float64)
+    if higher_is_better:
+        return 1 + np.searchsorted(cuts, values, side="right").astype(np.int64)
+    return len(cuts) + 1 - np.searchsorted(cuts, values, side="left").astype(np.int64)
+
+
+def thresholds_from_scores(scores: pd.DataFrame, scale: int) -> dict[str, list[float]]:
+    """Cut points that reproduce `scores` under `fixed_scores` on the same customers.
+
+    Larger-is-better: t(s-1) = least value scoring >= s (max + 1 where no customer does).
+    Recency: t(j) = greatest recency scoring >= k-j+1 (0 where no customer does).
+    """
+    published = {}
+    for dimension, higher_is_better in HIGHER_IS_BETTER.items():
+        values = scores[dimension].to_numpy(dtype=np.float64)
+        score = scores[SCORE_OF[dimension]].to_numpy()
+        cuts = []
+        for j in range(1, scale):
+            if higher_is_better:
+                reached = values[score >= j + 1]
+                cuts.append(float(reached.min()) if len(reached) else float(values.max()) + 1)
+            else:
+                reached = values[score >= scale - j + 1]
+                cuts.append(float(reached.max()) if len(reached) else 0.0)
+        published[dimension] = cuts
+    return published
+
+
+def combined_scores(
+    r: np.ndarray, f: np.ndarray, m: np.ndarray, weights: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(FM_score, RFM_score) with the weights (wR, wF, wM), in DESIGN.md's operation order."""
+    w_r, w_f, w_m = (float(w) for w in weights)
+    fm = np.floor((w_f * f + w_m * m) / (w_f + w_m) + 0.5).astype(np.int64)
+    rfm = (w_r * r + w_f * f + w_m * m) / (w_r + w_f + w_m)
+    return fm, rfm
+
+
+_CELL_NAMES = np.array([f"{code:03d}" for code in range(1000)], dtype=object)
+
+
+def compute_scores(
+    metrics: pd.DataFrame,
+    scale: int,
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    fixed_cut_points: Optional[dict[str, list[float]]] = None,
+) -> pd.DataFrame:
+    """Metrics plus R/F/M scores (quantile, or fixed when cut points are given), FM, RFM, cell."""
+    scores = metrics.copy()
+    for dimension, higher_is_better in HIGHER_IS_BETTER.items():
+        values = metrics[dimension].to_numpy()
+        if fixed_cut_points is None:
+            scores[SCORE_OF[dimension]] = quantile_scores(values, scale, higher_is_better)
+        else:
+            scores[SCORE_OF[dimension]] = fixed_scores(
+                values, fixed_cut_points[dimension], higher_is_better
+            )
+    r, f, m = (scores[c].to_numpy() for c in ("R_score", "F_score", "M_score"))
+    scores["FM_score"], scores["RFM_score"] = combined_scores(r, f, m, weights)
+    scores["rfm_cell"] = pd.array(_CELL_NAMES[100 * r + 10 * f + m], dtype="str")
+    return scores
+
+
+# --- segments -----------------------------------------------------------------------------
+
+
+def _categorical(codes: np.ndarray, labels: list[str]) -> pd.Categorical:
+    """`labels[codes]` as a categorical column; labels may repeat."""
+    categories = list(dict.fromkeys(labels))
+    to_category = np.array([categories.index(label) for label in labels], dtype=np.int64)
+    return pd.Categorical.from_codes(
+        to_category[codes], categories=pd.Index(categories, dtype="str")
+    )
+
+
+def assign_segments(
+    scores: pd.DataFrame, grid: SegmentGrid, segmented_at: pd.Timestamp
+) -> pd.DataFrame:
+    """Scores plus the segment of each (R_score, FM_score) cell and its catalog fields."""
+    table, segments = grid.lookup_table()
+    r = scores["R_score"].to_numpy()
+    fm = scores["FM_score"].to_numpy()
+    segment_code = table[r, fm]
+    segmented = scores.copy()
+    for column in ("segment", "segment_id", "recommendation"):
+        attribute = "name" if column == "segment" else column
+        labels = [getattr(entry, attribute) for entry in segments]
+        segmented[column] = _categorical(segment_code, labels)
+    segmented["value_tier"] = _categorical(fm - 1, list(grid.value_tiers))
+    segmented["engagement_level"] = _categorical(r - 1, list(grid.engagement_levels))
+    segmented["segmented_at"] = segmented_at
+    return segmented
+
+
+def segment_analytics(
+    segmented: pd.DataFrame, grid: SegmentGrid, thresholds: dict[str, list[float]]
+) -> pd.DataFrame:
+    """One row per segment of the grid (zero-customer segments included), in priority order."""
+    table, segments = grid.lookup_table()
+    code = table[segmented["R_score"].to_numpy(), segmented["FM_score"].to_numpy()]
+    count = len(segments)
+    customers = np.bincount(code, minlength=count)
+    revenue_micro = np.zeros(count, dtype=np.int64)
+    np.add.at(revenue_micro, code, to_micro_units(segmented["monetary"].to_numpy()))
+    recency_sum = np.bincount(code, weights=segmented["recency"].to_numpy(), minlength=count)
+    orders = np.bincount(code, weights=segmented["frequency"].to_numpy(), minlength=count)
+    revenue = revenue_micro / MICRO_UNITS
+    total_revenue = revenue_micro.sum() / MICRO_UNITS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        analytics = pd.DataFrame(
+            {
+                "segment": pd.array([s.name for s in segments], dtype="str"),
+                "segment_id": pd.array([s.segment_id for s in segments], dtype="str"),
+                "priority": np.array([s.priority for s in segments], dtype=np.int64),
+                "customers": customers.astype(np.int64),
+                "customer_share": customers / customers.sum(),
+                "revenue": revenue,
+                "revenue_share": revenue / total_revenue if total_revenue else np.nan,
+                "avg_recency": recency_sum / customers,
+                "avg_frequency": orders / customers,
+                "avg_monetary": revenue / customers,
+                "avg_order_value": revenue / orders,
+                "recommendation": pd.array([s.recommendation for s in segments], dtype="str"),
+            }
+        )
+    for dimension in ("recency", "frequency", "monetary"):
+        analytics[f"{dimension}_thresholds"] = [list(thresholds[dimension])] * count
+    return analytics

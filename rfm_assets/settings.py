@@ -1,0 +1,258 @@
+"""The run's settings: one pydantic-validated Dagster resource shared by all five assets.
+
+A bad value fails when the resource is built, before any asset computes, with a message that
+names the field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import dagster as dg
+from pydantic import Field, field_validator, model_validator
+
+from rfm_assets.packaged import BUNDLED_COLUMNS, BUNDLED_DATASET
+from rfm_assets.segments import SegmentGrid, default_grid, load_grid_file
+
+SCALE_OF_METHOD = {"quintiles": 5, "quartiles": 4}
+
+
+class ColumnMapping(dg.Config):
+    """Which source column holds each canonical field. Unset fields take the source's default."""
+
+    customer_id: Optional[str] = Field(
+        default=None, description="Customer id column. Default: `customer_id`."
+    )
+    transaction_date: Optional[str] = Field(
+        default=None,
+        description="Transaction date or timestamp column. Default: `transaction_date`.",
+    )
+    amount: Optional[str] = Field(
+        default=None,
+        description="Line amount column. Map either this or quantity and unit_price. "
+        "Default (when neither is mapped): `amount`.",
+    )
+    quantity: Optional[str] = Field(
+        default=None, description="Quantity column; amount = quantity * unit_price."
+    )
+    unit_price: Optional[str] = Field(
+        default=None, description="Unit price column; amount = quantity * unit_price."
+    )
+    order_id: Optional[str] = Field(
+        default=None,
+        description="Order (invoice) id column. When mapped, frequency counts distinct orders; "
+        "otherwise it counts transaction rows.",
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_the_amount(self):
+        if self.amount and (self.quantity or self.unit_price):
+            raise ValueError(
+                "columns: map either amount or quantity and unit_price, not both "
+                f"(amount={self.amount!r}, quantity={self.quantity!r}, "
+                f"unit_price={self.unit_price!r})"
+            )
+        if bool(self.quantity) != bool(self.unit_price):
+            raise ValueError(
+                "columns: quantity and unit_price go together; "
+                f"got quantity={self.quantity!r}, unit_price={self.unit_price!r}"
+            )
+        return self
+
+
+class Weights(dg.Config):
+    """Weights of the R, F and M scores in FM_score and RFM_score."""
+
+    recency: float = Field(default=1.0, ge=0, description="Weight of R_score (>= 0).")
+    frequency: float = Field(default=1.0, ge=0, description="Weight of F_score (>= 0).")
+    monetary: float = Field(default=1.0, ge=0, description="Weight of M_score (>= 0).")
+
+    @model_validator(mode="after")
+    def _fm_weights_not_both_zero(self):
+        # FM_score divides by wF + wM, so those two may not both be 0 (which also rules out
+        # all three being 0).
+        if self.frequency + self.monetary <= 0:
+            raise ValueError(
+                "weights: frequency and monetary may not both be 0 "
+                f"(got recency={self.recency}, frequency={self.frequency}, "
+                f"monetary={self.monetary})"
+            )
+        return self
+
+
+class FixedThresholds(dg.Config):
+    """Ascending cut points per dimension for `scoring_method: fixed` (k-1 of them each)."""
+
+    recency: list[float] = Field(
+        description="Recency cut points in days, ascending: recency <= t1 scores k, "
+        "t1 < recency <= t2 scores k-1, ..., recency > t(k-1) scores 1."
+    )
+    frequency: list[float] = Field(
+        description="Frequency cut points, ascending: frequency < t1 scores 1, "
+        "t1 <= frequency < t2 scores 2, ..., frequency >= t(k-1) scores k."
+    )
+    monetary: list[float] = Field(
+        description="Monetary cut points in currency units, ascending, as for frequency."
+    )
+
+    @model_validator(mode="after")
+    def _sorted_and_same_length(self):
+        lengths = {len(self.recency), len(self.frequency), len(self.monetary)}
+        if len(lengths) != 1 or lengths.pop() not in (3, 4):
+            raise ValueError(
+                "fixed_thresholds: recency, frequency and monetary need the same number of "
+                "cut points, 4 (5-point scale) or 3 (4-point scale); got "
+                f"{len(self.recency)}, {len(self.frequency)}, {len(self.monetary)}"
+            )
+        for name in ("recency", "frequency", "monetary"):
+            cuts = getattr(self, name)
+            if any(b < a for a, b in zip(cuts, cuts[1:])):
+                raise ValueError(f"fixed_thresholds.{name}: cut points must ascend, got {cuts}")
+        return self
+
+
+@dataclass(frozen=True)
+class SourceColumns:
+    """The source column behind each canonical field, resolved for one input."""
+
+    customer_id: str
+    transaction_date: str
+    amount: Optional[str]
+    quantity: Optional[str]
+    unit_price: Optional[str]
+    order_id: Optional[str]
+
+    @property
+    def needed(self) -> list[str]:
+        """The source columns to read, each once, in a stable order."""
+        names = [
+            self.customer_id,
+            self.transaction_date,
+            self.amount,
+            self.quantity,
+            self.unit_price,
+            self.order_id,
+        ]
+        return list(dict.fromkeys(n for n in names if n))
+
+
+class RFMSettings(dg.ConfigurableResource):
+    """Settings of an RFM run: input, column mapping, window, scoring, weights, segments."""
+
+    input_path: Optional[str] = Field(
+        default=None,
+        description="Transactions: a .parquet file, a .csv file or a directory of Parquet "
+        "files. Unset: the bundled UCI Online Retail data.",
+    )
+    columns: ColumnMapping = Field(
+        default_factory=ColumnMapping, description="Source column of each canonical field."
+    )
+    reference_date: Optional[str] = Field(
+        default=None,
+        description="Reference date YYYY-MM-DD; recency counts days to it and rows dated on "
+        "or after it are excluded. Unset: the day after the latest transaction date.",
+    )
+    analysis_period_days: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Keep transactions with reference_date - N <= date < reference_date. "
+        "Unset: all history before the reference date.",
+    )
+    scoring_method: Literal["quintiles", "quartiles", "fixed"] = Field(
+        default="quintiles",
+        description="quintiles (5-point), quartiles (4-point) or fixed (fixed_thresholds).",
+    )
+    fixed_thresholds: Optional[FixedThresholds] = Field(
+        default=None,
+        description="Cut points for scoring_method: fixed, e.g. the thresholds an earlier "
+        "quantile run published, to keep scores comparable over time.",
+    )
+    weights: Weights = Field(default_factory=Weights, description="Weights of R, F and M.")
+    returns_policy: Literal["exclude", "net"] = Field(
+        default="exclude",
+        description="exclude: drop rows with amount <= 0 and cancelled orders (counted). "
+        "net: subtract them from monetary, never count them as orders.",
+    )
+    cancelled_order_prefix: str = Field(
+        default="C",
+        description="Order ids starting with this text are cancellations (only when an order "
+        "column is mapped). Empty: no order is a cancellation.",
+    )
+    segment_grid_file: Optional[str] = Field(
+        default=None,
+        description="YAML file with a custom segment grid or ordered range rules. Unset: the "
+        "default grid of the scoring scale.",
+    )
+    engine: Literal["pandas"] = Field(default="pandas", description="Computation engine.")
+
+    @field_validator("reference_date")
+    @classmethod
+    def _iso_date(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"reference_date: {value!r} is not a date in YYYY-MM-DD form") from None
+        return value
+
+    @model_validator(mode="after")
+    def _scoring_is_complete(self):
+        if self.scoring_method == "fixed" and self.fixed_thresholds is None:
+            raise ValueError("fixed_thresholds: required when scoring_method is 'fixed'")
+        if self.scoring_method != "fixed" and self.fixed_thresholds is not None:
+            raise ValueError(
+                f"fixed_thresholds: only used with scoring_method 'fixed', "
+                f"not {self.scoring_method!r}"
+            )
+        # Loading validates the grid file now, before any asset runs.
+        self.segment_grid()
+        return self
+
+    @property
+    def scale(self) -> int:
+        """Points on the score scale (k): 5 for quintiles, 4 for quartiles, cut points + 1."""
+        if self.scoring_method == "fixed":
+            return len(self.fixed_thresholds.recency) + 1
+        return SCALE_OF_METHOD[self.scoring_method]
+
+    @property
+    def source_path(self) -> str:
+        return self.input_path or str(BUNDLED_DATASET)
+
+    @property
+    def parsed_reference_date(self) -> Optional[dt.date]:
+        return dt.date.fromisoformat(self.reference_date) if self.reference_date else None
+
+    def source_columns(self) -> SourceColumns:
+        """Resolve the column mapping: explicit names first, then the source's defaults."""
+        mapped = self.columns
+        defaults = BUNDLED_COLUMNS if self.input_path is None else {}
+        by_quantity = bool(mapped.quantity) or (
+            not mapped.amount and "quantity" in defaults
+        )
+        return SourceColumns(
+            customer_id=mapped.customer_id or defaults.get("customer_id", "customer_id"),
+            transaction_date=mapped.transaction_date
+            or defaults.get("transaction_date", "transaction_date"),
+            amount=None if by_quantity else (mapped.amount or "amount"),
+            quantity=(mapped.quantity or defaults.get("quantity")) if by_quantity else None,
+            unit_price=(mapped.unit_price or defaults.get("unit_price")) if by_quantity else None,
+            order_id=mapped.order_id or defaults.get("order_id"),
+        )
+
+    def segment_grid(self) -> SegmentGrid:
+        if self.segment_grid_file:
+            return load_grid_file(self.segment_grid_file, self.scale)
+        return default_grid(self.scale)
+
+    def fixed_cut_points(self) -> Optional[dict[str, list[float]]]:
+        if self.fixed_thresholds is None:
+            return None
+        return {
+            "recency": list(self.fixed_thresholds.recency),
+            "frequency": list(self.fixed_thresholds.frequency),
+            "monetary": list(self.fixed_thresholds.monetary),
+        }

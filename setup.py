@@ -1,0 +1,10 @@
+from setuptools import setup
+
+# Metadata and dependencies live in pyproject.toml. This file maps the repository's `config/`
+# (run-config presets and the segment catalog) into the package as `rfm_assets.config`, so an
+# installed wheel carries the same files as a clone.
+setup(
+    packages=["rfm_assets", "rfm_assets.engines", "rfm_assets.config"],
+    package_dir={"rfm_assets.config": "config"},
+    package_data={"rfm_assets": ["data/*"], "rfm_assets.config": ["*.yaml"]},
+)
