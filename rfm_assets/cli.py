@@ -1,0 +1,389 @@
+"""`rfm-assets`: run the RFM asset graph in-process and write its tables, or report on a result.
+
+Errors are one line on stderr and a non-zero exit; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import yaml
+
+from rfm_assets.errors import RFMConfigError, RFMError
+from rfm_assets.packaged import preset_names, preset_path
+
+OUTPUT_TABLES = ("customer_segments", "segment_analytics")
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+# --- settings from a config file and flags --------------------------------------------------
+
+
+def settings_from_config_file(path: str) -> dict[str, Any]:
+    """The `rfm_settings` config of a run-config YAML file or preset name.
+
+    Accepts Dagster run config (`resources: rfm_settings: config: {...}`), the same file the
+    launchpad and `dagster asset materialize -c` take, or the bare settings mapping.
+    """
+    source = Path(path)
+    if not source.exists() and preset_path(path).exists():
+        source = preset_path(path)
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise RFMConfigError(
+            f"--config: cannot read {path}: {error.strerror}; presets: {', '.join(preset_names())}"
+        ) from None
+    except yaml.YAMLError as error:
+        raise RFMConfigError(f"--config: {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise RFMConfigError(f"--config: {path} must hold a mapping")
+    if "resources" in raw:
+        try:
+            return dict(raw["resources"]["rfm_settings"]["config"] or {})
+        except (KeyError, TypeError):
+            raise RFMConfigError(
+                f"--config: {path} has resources: but no resources.rfm_settings.config"
+            ) from None
+    return raw
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings mapping: the config file first, then every flag that was given."""
+    settings = settings_from_config_file(args.config) if args.config else {}
+    flags = {
+        "input_path": args.input,
+        "reference_date": args.reference_date,
+        "analysis_period_days": args.analysis_period_days,
+        "scoring_method": args.scoring,
+        "returns_policy": args.returns,
+        "segment_grid_file": args.segment_grid,
+    }
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    columns = {
+        "customer_id": args.customer_id,
+        "transaction_date": args.transaction_date,
+        "amount": args.amount,
+        "quantity": args.quantity,
+        "unit_price": args.unit_price,
+        "order_id": args.order_id,
+    }
+    given = {k: v for k, v in columns.items() if v is not None}
+    if given:
+        settings["columns"] = {**settings.get("columns", {}), **given}
+    if args.weights is not None:
+        settings["weights"] = parse_weights(args.weights)
+    return settings
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise RFMConfigError(f"--weights: expected three numbers R,F,M such as 2,1,1; got {text!r}")
+    return dict(zip(("recency", "frequency", "monetary"), values))
+
+
+def build_settings(settings: dict[str, Any]):
+    """RFMSettings from a mapping; a validation error becomes one line naming the field."""
+    from pydantic import ValidationError
+
+    from rfm_assets.settings import RFMSettings
+
+    try:
+        return RFMSettings(**settings)
+    except ValidationError as error:
+        raise RFMConfigError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error) -> str:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "literal_error":
+            message = f"{message}; got {item['input']!r}"
+        problems.append(f"{field}: {message}" if field and not message.startswith(field) else message)
+    return "invalid settings: " + "; ".join(problems)
+
+
+# --- running the graph ----------------------------------------------------------------------
+
+
+def run_graph(settings) -> dict[str, Any]:
+    """Materialize the five assets in-process with in-memory storage; return values + metadata."""
+    import dagster as dg
+
+    from rfm_assets.assets import RFM_ASSETS
+
+    result = dg.materialize(
+        RFM_ASSETS,
+        resources={"rfm_settings": settings, "io_manager": dg.InMemoryIOManager()},
+        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+        raise_on_error=False,
+    )
+    if not result.success:
+        raise RFMError(step_failure_message(result))
+    metadata = {
+        key: {k: v.value for k, v in m.metadata.items()}
+        for key in ("transactions", "rfm_scores")
+        for m in result.asset_materializations_for_node(key)
+    }
+    return {
+        "tables": {name: result.output_for_node(name) for name in OUTPUT_TABLES},
+        "metadata": metadata,
+    }
+
+
+def step_failure_message(result) -> str:
+    """The user-facing message of the first failed step (our own errors say it all)."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error.cause is not None and error.cls_name not in _OWN_ERRORS:
+                error = error.cause
+            if error.cls_name in _OWN_ERRORS:
+                return error.message.strip().split(": ", 1)[-1]
+            return f"step {event.step_key} failed: {error.message.strip().splitlines()[0]}"
+    return "the run failed"
+
+
+_OWN_ERRORS = {"RFMError", "RFMConfigError", "RFMInputError", "Failure"}
+
+
+def run_summary(settings, metadata: dict[str, Any], tables: dict[str, pd.DataFrame]) -> dict:
+    tx = metadata["transactions"]
+    return {
+        "input": settings.source_path,
+        "engine": settings.engine,
+        "rows_read": tx["rows_read"],
+        "rows_kept": tx["rows_kept"],
+        "rows_excluded": tx["rows_excluded"],
+        "customers": len(tables["customer_segments"]),
+        "reference_date": tx["reference_date"],
+        "window_start": tx.get("window_start"),
+        "scoring_method": settings.scoring_method,
+        "scale": settings.scale,
+        "weights": settings.weights.model_dump(),
+        "returns_policy": settings.returns_policy,
+        "thresholds": metadata["rfm_scores"]["thresholds"],
+    }
+
+
+# --- writing results ------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, write) -> None:
+    """Write via a temporary file in the same folder, then rename it into place."""
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(staging)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def write_table(frame: pd.DataFrame, path: Path, file_format: str) -> None:
+    if file_format == "parquet":
+        write_atomically(path, lambda p: frame.to_parquet(p, index=False))
+        return
+    flat = frame.copy()
+    for column in flat.columns:
+        if flat[column].dtype == object and len(flat) and isinstance(flat[column].iloc[0], list):
+            flat[column] = flat[column].map(json.dumps)
+    write_atomically(path, lambda p: flat.to_csv(p, index=False))
+
+
+def read_table(directory: Path, name: str) -> pd.DataFrame:
+    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+        path = directory / f"{name}{suffix}"
+        if path.exists():
+            return reader(path)
+    raise RFMError(f"--input: {directory} has no {name}.parquet or {name}.csv; run analyze first")
+
+
+def segment_table_text(analytics: pd.DataFrame) -> str:
+    """A fixed-width segment table for the terminal."""
+    header = f"{'segment':<20} {'customers':>9} {'share':>6} {'revenue':>14} {'rev.share':>9} " \
+             f"{'recency':>8} {'orders':>7} {'monetary':>10}"
+    lines = [header, "-" * len(header)]
+    for row in analytics.itertuples(index=False):
+        lines.append(
+            f"{row.segment:<20} {row.customers:>9,} {row.customer_share:>6.1%} "
+            f"{row.revenue:>14,.2f} {row.revenue_share:>9.1%} {_number(row.avg_recency, 1):>8} "
+            f"{_number(row.avg_frequency, 2):>7} {_number(row.avg_monetary, 2):>10}"
+        )
+    return "\n".join(lines)
+
+
+def _number(value: float, digits: int) -> str:
+    return "-" if pd.isna(value) else f"{value:,.{digits}f}"
+
+
+def report_markdown(analytics: pd.DataFrame, summary: Optional[dict]) -> str:
+    lines = ["# RFM segment report", ""]
+    if summary:
+        excluded = sum(summary.get("rows_excluded", {}).values())
+        lines += [
+            f"- input: `{summary.get('input')}`",
+            f"- reference date: {summary.get('reference_date')}"
+            + (f", window from {summary['window_start']}" if summary.get("window_start") else ""),
+            f"- rows read {summary.get('rows_read'):,}, kept {summary.get('rows_kept'):,}, "
+            f"excluded {excluded:,}",
+            f"- customers: {summary.get('customers'):,}; scoring: {summary.get('scoring_method')}",
+            "",
+        ]
+    lines += [
+        "| segment | customers | share | revenue | revenue share | avg recency | avg orders "
+        "| avg monetary | avg order value | recommendation |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in analytics.itertuples(index=False):
+        lines.append(
+            f"| {row.segment} | {row.customers:,} | {row.customer_share:.1%} | "
+            f"{row.revenue:,.2f} | {row.revenue_share:.1%} | {_number(row.avg_recency, 1)} | "
+            f"{_number(row.avg_frequency, 2)} | {_number(row.avg_monetary, 2)} | "
+            f"{_number(row.avg_order_value, 2)} | {row.recommendation} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def command_analyze(args: argparse.Namespace) -> int:
+    settings = build_settings(settings_from_args(args))
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise RFMError(f"--output: {output} exists and is not a directory")
+    outcome = run_graph(settings)
+    tables = outcome["tables"]
+    output.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUT_TABLES:
+        write_table(tables[name], output / f"{name}.{args.format}", args.format)
+    summary = run_summary(settings, outcome["metadata"], tables)
+    write_atomically(
+        output / "run_summary.json",
+        lambda p: p.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8"),
+    )
+    excluded = sum(summary["rows_excluded"].values())
+    print(
+        f"{summary['rows_read']:,} rows read, {summary['rows_kept']:,} kept, {excluded:,} "
+        f"excluded; {summary['customers']:,} customers; reference date "
+        f"{summary['reference_date']}"
+    )
+    print(segment_table_text(tables["segment_analytics"]))
+    print(f"wrote {', '.join(f'{n}.{args.format}' for n in OUTPUT_TABLES)}, run_summary.json "
+          f"to {output}")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    directory = Path(args.input)
+    if not directory.is_dir():
+        raise RFMError(f"--input: {directory} is not a directory")
+    analytics = read_table(directory, "segment_analytics")
+    summary_path = directory / "run_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    text = report_markdown(analytics, summary)
+    target = Path(args.output) if args.output else directory / "segment_report.md"
+    write_atomically(target, lambda p: p.write_text(text, encoding="utf-8"))
+    print(text, end="")
+    print(f"wrote {target}")
+    return 0
+
+
+def command_generate(args: argparse.Namespace) -> int:
+    from rfm_assets.synthetic import generate_transactions
+
+    frame = generate_transactions(args.rows, customers=args.customers, seed=args.seed)
+    target = Path(args.output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.suffix == ".csv":
+        write_atomically(target, lambda p: frame.to_csv(p, index=False))
+    else:
+        write_atomically(target, lambda p: frame.to_parquet(p, index=False))
+    print(f"wrote {len(frame):,} rows to {target}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="rfm-assets", description="RFM customer segmentation as a Dagster asset graph."
+    )
+    root.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    analyze = commands.add_parser("analyze", help="run the RFM graph and write the tables")
+    analyze.add_argument("--input", help="transactions (.parquet, .csv, Parquet directory); "
+                         "default: the bundled UCI Online Retail data")
+    analyze.add_argument("--output", required=True, help="directory for the result")
+    analyze.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    analyze.add_argument("--config", help=f"run-config YAML or preset ({', '.join(preset_names())})")
+    mapping = analyze.add_argument_group("column mapping")
+    mapping.add_argument("--customer-id", metavar="COL")
+    mapping.add_argument("--transaction-date", metavar="COL")
+    amount = mapping.add_mutually_exclusive_group()
+    amount.add_argument("--amount", metavar="COL")
+    amount.add_argument("--quantity", metavar="COL", help="with --unit-price")
+    mapping.add_argument("--unit-price", metavar="COL", help="with --quantity")
+    mapping.add_argument("--order-id", metavar="COL")
+    rules = analyze.add_argument_group("rules")
+    rules.add_argument("--reference-date", metavar="YYYY-MM-DD")
+    rules.add_argument("--analysis-period-days", type=int, metavar="N")
+    rules.add_argument("--scoring", choices=("quintiles", "quartiles"))
+    rules.add_argument("--weights", metavar="R,F,M")
+    rules.add_argument("--returns", choices=("exclude", "net"))
+    rules.add_argument("--segment-grid", metavar="FILE", help="custom segment grid YAML")
+    analyze.set_defaults(handler=command_analyze)
+
+    report = commands.add_parser("report", help="summarise a finished result")
+    report.add_argument("--input", required=True, help="directory written by analyze")
+    report.add_argument("--output", help="report file (default: INPUT/segment_report.md)")
+    report.set_defaults(handler=command_report)
+
+    generate = commands.add_parser("generate", help="write seeded synthetic transactions")
+    generate.add_argument("--rows", type=int, required=True)
+    generate.add_argument("--customers", type=int)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--output", required=True, help="a .parquet or .csv file")
+    generate.set_defaults(handler=command_generate)
+    return root
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    # Dagster's preview/supersession notices are not the user's concern on this command line.
+    warnings.filterwarnings("ignore")
+    try:
+        return args.handler(args)
+    except RFMError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"rfm-assets: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("rfm-assets: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug, not a user error: still one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"rfm-assets: unexpected error: {type(error).__name__}: {error} "
+            "(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED

@@ -1,0 +1,145 @@
+"""An independent, deliberately plain RFM computation: Python loops over rows, no numpy.
+
+It follows DESIGN.md's text, not the package's code, so the tests compare two readings of the
+contract. The segment grids below are typed in from DESIGN.md, not loaded from config/.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+
+GRID_5 = {  # R -> segments for FM 1..5, as in DESIGN.md
+    5: ["New Customers", "Potential Loyalists", "Potential Loyalists", "Champions", "Champions"],
+    4: ["Promising", "Potential Loyalists", "Potential Loyalists", "Loyal Customers", "Champions"],
+    3: ["About to Sleep", "About to Sleep", "Need Attention", "Loyal Customers", "Loyal Customers"],
+    2: ["Hibernating", "Hibernating", "At Risk", "At Risk", "Cannot Lose Them"],
+    1: ["Lost", "Hibernating", "At Risk", "Cannot Lose Them", "Cannot Lose Them"],
+}
+GRID_4 = {
+    4: ["New Customers", "Potential Loyalists", "Champions", "Champions"],
+    3: ["Promising", "Potential Loyalists", "Loyal Customers", "Loyal Customers"],
+    2: ["About to Sleep", "Need Attention", "At Risk", "Cannot Lose Them"],
+    1: ["Lost", "Hibernating", "At Risk", "Cannot Lose Them"],
+}
+
+
+def as_date(value) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return value.to_pydatetime().date()  # pandas Timestamp
+
+
+def oracle(
+    rows: list[dict],
+    reference_date: dt.date | None = None,
+    analysis_period_days: int | None = None,
+    returns_policy: str = "exclude",
+    cancelled_order_prefix: str = "C",
+    scale: int = 5,
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    fixed: dict[str, list[float]] | None = None,
+) -> tuple[dict, dict]:
+    """rows: dicts with customer_id (None = missing), date, amount, and optionally order_id.
+
+    Returns (customers, excluded): customer id -> values, and reason -> row count.
+    """
+    if reference_date is None:
+        reference_date = max(as_date(r["date"]) for r in rows) + dt.timedelta(days=1)
+    window_start = (
+        reference_date - dt.timedelta(days=analysis_period_days) if analysis_period_days else None
+    )
+    excluded = defaultdict(int)
+    kept = []
+    for row in rows:
+        day = as_date(row["date"])
+        amount = row["amount"]
+        order = row.get("order_id")
+        cancelled = (
+            order is not None
+            and bool(cancelled_order_prefix)
+            and str(order).startswith(cancelled_order_prefix)
+        )
+        customer = row["customer_id"]
+        if isinstance(customer, str):
+            customer = customer.strip()  # documented: surrounding whitespace is not part of an id
+        if customer is None or customer == "":
+            excluded["missing_customer_id"] += 1
+        elif amount is None or math.isnan(amount) or math.isinf(amount):
+            excluded["invalid_amount"] += 1
+        elif day >= reference_date:
+            excluded["on_or_after_reference_date"] += 1
+        elif window_start is not None and day < window_start:
+            excluded["before_analysis_window"] += 1
+        elif returns_policy == "exclude" and cancelled:
+            excluded["cancelled_order"] += 1
+        elif returns_policy == "exclude" and amount <= 0:
+            excluded["non_positive_amount"] += 1
+        else:
+            is_return = cancelled or amount <= 0
+            kept.append((customer, day, -abs(amount) if is_return else amount, is_return, order))
+
+    per_customer = defaultdict(lambda: {"micro": 0, "days": [], "orders": set(), "rows": 0, "kept": 0}
+    )
+    for customer, day, amount, is_return, order in kept:
+        entry = per_customer[customer]
+        entry["kept"] += 1
+        entry["micro"] += round(amount * 1_000_000)  # Python's round: half to even
+        if not is_return:
+            entry["days"].append(day)
+            entry["orders"].add(order)
+            entry["rows"] += 1
+    has_orders = any("order_id" in r for r in rows[:1])
+    customers = {}
+    for customer, entry in per_customer.items():
+        if returns_policy == "net" and entry["micro"] <= 0:
+            excluded["customer_monetary_not_positive"] += entry["kept"]
+            continue
+        last, first = max(entry["days"]), min(entry["days"])
+        customers[customer] = {
+            "recency": (reference_date - last).days,
+            "frequency": len(entry["orders"]) if has_orders else entry["rows"],
+            "monetary": entry["micro"] / 1_000_000,
+            "first_purchase_date": first,
+            "last_purchase_date": last,
+            "tenure_days": (reference_date - first).days,
+        }
+    score(customers, scale, weights, fixed)
+    return customers, dict(excluded)
+
+
+def score(customers: dict, scale: int, weights, fixed) -> None:
+    n = len(customers)
+    for dimension, letter in (("recency", "R"), ("frequency", "F"), ("monetary", "M")):
+        values = [c[dimension] for c in customers.values()]
+        if fixed is None:
+            count_of = defaultdict(int)
+            for v in values:
+                count_of[v] += 1
+            # worse[v] = customers with a strictly worse value than v
+            worse, running = {}, 0
+            ordered = sorted(count_of, reverse=(dimension == "recency"))
+            for v in ordered:  # from worst to best
+                worse[v] = running
+                running += count_of[v]
+            for c in customers.values():
+                c[f"{letter}_score"] = 1 + (scale * worse[c[dimension]]) // n
+        else:
+            cuts = fixed[dimension]
+            for c in customers.values():
+                v = c[dimension]
+                if dimension == "recency":
+                    c[f"{letter}_score"] = scale - sum(1 for t in cuts if t < v)
+                else:
+                    c[f"{letter}_score"] = 1 + sum(1 for t in cuts if t <= v)
+    w_r, w_f, w_m = weights
+    grid = GRID_5 if scale == 5 else GRID_4
+    for c in customers.values():
+        r, f, m = c["R_score"], c["F_score"], c["M_score"]
+        c["FM_score"] = math.floor((w_f * f + w_m * m) / (w_f + w_m) + 0.5)
+        c["RFM_score"] = (w_r * r + w_f * f + w_m * m) / (w_r + w_f + w_m)
+        c["rfm_cell"] = f"{r}{f}{m}"
+        c["segment"] = grid[r][c["FM_score"] - 1]

@@ -1,0 +1,224 @@
+"""Every rule of DESIGN.md's "Exact semantics", engine against the plain-loop oracle."""
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rfm_assets.engines.pandas_compute import (
+    fixed_scores,
+    quantile_scores,
+    thresholds_from_scores,
+)
+from rfm_assets.errors import RFMInputError
+from rfm_assets.synthetic import generate_transactions
+from rfm_assets_tests.conftest import assert_matches_oracle, day, frame_of, run_pipeline
+from rfm_assets_tests.oracle import oracle
+
+
+def synthetic_rows(rows=3000, customers=400, seed=7, string_ids=False):
+    frame = generate_transactions(rows, customers=customers, seed=seed, string_ids=string_ids)
+    return [
+        {
+            "customer_id": None if pd.isna(c) else (c if string_ids else int(c)),
+            "date": d.to_pydatetime(),
+            "amount": float(a),
+            "order_id": o,
+        }
+        for c, d, a, o in zip(
+            frame["customer_id"], frame["transaction_date"], frame["amount"], frame["order_id"]
+        )
+    ], frame
+
+
+@pytest.mark.parametrize("scale", [5, 4])
+@pytest.mark.parametrize("returns_policy", ["exclude", "net"])
+def test_synthetic_with_heavy_ties_matches_oracle(scale, returns_policy):
+    rows, frame = synthetic_rows()
+    result, account = run_pipeline(frame, scale=scale, returns_policy=returns_policy)
+    expected, excluded = oracle(rows, scale=scale, returns_policy=returns_policy)
+    assert_matches_oracle(result, expected)
+    assert {k: v for k, v in account.rows_excluded.items() if v} == excluded
+    assert account.rows_read == account.rows_kept + sum(account.rows_excluded.values())
+    # Most customers buy once: the frequency ties are real, not hypothetical.
+    assert (result["frequency"] == 1).mean() > 0.2
+
+
+def test_weights_window_and_reference_date_match_oracle():
+    rows, frame = synthetic_rows(seed=11, string_ids=True)
+    settings = dict(
+        reference_date=day("2024-06-01"), analysis_period_days=200, weights=(3.0, 0.5, 2.0)
+    )
+    result, account = run_pipeline(frame, **settings)
+    expected, excluded = oracle(rows, **settings)
+    assert_matches_oracle(result, expected)
+    assert account.rows_excluded["before_analysis_window"] == excluded["before_analysis_window"] > 0
+    assert account.rows_excluded["on_or_after_reference_date"] > 0
+    assert account.window_start == day("2024-06-01") - dt.timedelta(days=200)
+
+
+def test_without_order_column_frequency_counts_rows():
+    rows, frame = synthetic_rows(seed=3)
+    frame = frame.drop(columns="order_id")
+    rows = [{k: v for k, v in r.items() if k != "order_id"} for r in rows]
+    result, _ = run_pipeline(frame)
+    expected, _ = oracle(rows)
+    assert_matches_oracle(result, expected)
+
+
+def test_single_customer_scores_one_and_lands_in_lost():
+    rows = [{"customer_id": 1, "date": dt.datetime(2024, 1, 5), "amount": 10.0}]
+    result, account = run_pipeline(frame_of(rows))
+    assert len(result) == 1
+    row = result.iloc[0]
+    # n = 1, b = 0: score 1 + floor(5 * 0 / 1) = 1 on every dimension.
+    assert (row["R_score"], row["F_score"], row["M_score"]) == (1, 1, 1)
+    assert row["recency"] == 1 and row["segment"] == "Lost"
+    assert account.reference_date == day("2024-01-06")
+
+
+def test_equal_values_across_all_customers_share_the_lowest_score():
+    rows = [
+        {"customer_id": c, "date": dt.datetime(2024, 3, 1, 9), "amount": 5.0} for c in range(50)
+    ]
+    result, _ = run_pipeline(frame_of(rows))
+    assert set(result["rfm_cell"]) == {"111"}
+    expected, _ = oracle(rows)
+    assert_matches_oracle(result, expected)
+
+
+def test_recency_counts_calendar_days_not_hours():
+    rows = [
+        {"customer_id": 1, "date": dt.datetime(2024, 1, 9, 23, 59), "amount": 1.0},
+        {"customer_id": 2, "date": dt.datetime(2024, 1, 9, 0, 1), "amount": 1.0},
+        {"customer_id": 3, "date": dt.datetime(2024, 1, 8, 23, 59), "amount": 1.0},
+    ]
+    result, _ = run_pipeline(frame_of(rows), reference_date=day("2024-01-10"))
+    assert result.set_index("customer_id")["recency"].to_dict() == {1: 1, 2: 1, 3: 2}
+
+
+def test_window_bounds_are_inclusive_at_start_exclusive_at_reference():
+    dates = ["2024-01-01", "2024-01-02", "2024-01-10", "2024-01-11"]
+    rows = [
+        {"customer_id": i, "date": dt.datetime.fromisoformat(d), "amount": 1.0}
+        for i, d in enumerate(dates)
+    ]
+    result, account = run_pipeline(
+        frame_of(rows), reference_date=day("2024-01-11"), analysis_period_days=9
+    )
+    # ref - 9 = 2024-01-02 is kept, 2024-01-01 is before the window, 2024-01-11 is on ref.
+    assert sorted(result["customer_id"]) == [1, 2]
+    assert account.rows_excluded["before_analysis_window"] == 1
+    assert account.rows_excluded["on_or_after_reference_date"] == 1
+
+
+def test_monetary_sum_is_exact_in_micro_units():
+    # 0.1 added ten times is 0.9999999999999999 in floats; the micro-unit sum is exactly 1.
+    rows = [{"customer_id": 1, "date": dt.datetime(2024, 1, 1), "amount": 0.1}] * 10
+    result, _ = run_pipeline(frame_of(rows))
+    assert result.loc[0, "monetary"] == 1.0
+    # Half-to-even at the micro-unit: 0.0000005 -> 0, 0.0000015 -> 0.000002.
+    assert np.round(np.array([0.5, 1.5, 2.5])).tolist() == [0.0, 2.0, 2.0]
+
+
+def test_net_policy_subtracts_returns_and_excludes_non_positive_customers():
+    rows = [
+        {"customer_id": 1, "date": dt.datetime(2024, 1, 1), "amount": 100.0, "order_id": "1"},
+        {"customer_id": 1, "date": dt.datetime(2024, 1, 3), "amount": -30.0, "order_id": "C2"},
+        {"customer_id": 2, "date": dt.datetime(2024, 1, 1), "amount": 10.0, "order_id": "3"},
+        {"customer_id": 2, "date": dt.datetime(2024, 1, 2), "amount": -10.0, "order_id": "C4"},
+        {"customer_id": 3, "date": dt.datetime(2024, 1, 2), "amount": 5.0, "order_id": "5"},
+        # A cancellation recorded with a positive amount is still subtracted.
+        {"customer_id": 4, "date": dt.datetime(2024, 1, 1), "amount": 20.0, "order_id": "6"},
+        {"customer_id": 4, "date": dt.datetime(2024, 1, 2), "amount": 5.0, "order_id": "C7"},
+    ]
+    result, account = run_pipeline(frame_of(rows), returns_policy="net")
+    assert result.set_index("customer_id").loc[4, "monetary"] == 15.0
+    by_id = result.set_index("customer_id")
+    assert by_id.loc[1, "monetary"] == 70.0
+    assert by_id.loc[1, "frequency"] == 1  # the return is not an order
+    assert by_id.loc[1, "recency"] == 3  # nor a purchase date (ref = 2024-01-04)
+    assert 2 not in by_id.index
+    assert account.rows_excluded["customer_monetary_not_positive"] == 2
+    expected, _ = oracle(rows, returns_policy="net")
+    assert_matches_oracle(result, expected)
+
+
+def test_exclude_policy_counts_cancellations_and_non_positive_rows():
+    rows = [
+        {"customer_id": 1, "date": dt.datetime(2024, 1, 1), "amount": 100.0, "order_id": "1"},
+        {"customer_id": 1, "date": dt.datetime(2024, 1, 3), "amount": -30.0, "order_id": "C2"},
+        {"customer_id": 1, "date": dt.datetime(2024, 1, 3), "amount": 0.0, "order_id": "3"},
+        {"customer_id": None, "date": dt.datetime(2024, 1, 3), "amount": 9.0, "order_id": "4"},
+    ]
+    result, account = run_pipeline(frame_of(rows))
+    assert result.loc[0, "monetary"] == 100.0
+    assert account.rows_excluded["cancelled_order"] == 1
+    assert account.rows_excluded["non_positive_amount"] == 1
+    assert account.rows_excluded["missing_customer_id"] == 1
+    assert account.rows_kept == 1
+
+
+def test_reference_date_before_all_data_is_a_clear_error():
+    rows = [{"customer_id": 1, "date": dt.datetime(2024, 1, 5), "amount": 1.0}]
+    with pytest.raises(RFMInputError, match="reference_date: 2024-01-05 is on or before all data"):
+        run_pipeline(frame_of(rows), reference_date=day("2024-01-05"))
+
+
+# --- the score formula on its own --------------------------------------------------------
+
+
+def slow_scores(values, k, higher_is_better):
+    n = len(values)
+    out = []
+    for v in values:
+        b = sum(1 for w in values if (w < v if higher_is_better else w > v))
+        out.append(1 + (k * b) // n)
+    return out
+
+
+@pytest.mark.parametrize("k", [4, 5])
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_quantile_scores_match_the_definition_and_ignore_row_order(k, higher_is_better):
+    rng = np.random.default_rng(k)
+    values = rng.integers(0, 12, size=300)  # many ties
+    scores = quantile_scores(values, k, higher_is_better)
+    assert scores.tolist() == slow_scores(values.tolist(), k, higher_is_better)
+    shuffled = rng.permutation(len(values))
+    assert quantile_scores(values[shuffled], k, higher_is_better).tolist() == scores[
+        shuffled
+    ].tolist()
+    assert scores.min() >= 1 and scores.max() <= k
+
+
+def test_fixed_scores_follow_documented_bounds():
+    cuts = [10.0, 20.0, 30.0, 40.0]
+    higher = fixed_scores(np.array([9.99, 10, 19, 20, 40, 1e9]), cuts, higher_is_better=True)
+    assert higher.tolist() == [1, 2, 2, 3, 5, 5]
+    recency = fixed_scores(np.array([1, 10, 11, 20, 40, 41]), cuts, higher_is_better=False)
+    assert recency.tolist() == [5, 5, 4, 4, 2, 1]
+
+
+@pytest.mark.parametrize("scale", [4, 5])
+def test_published_thresholds_reproduce_quantile_scores_when_pinned(scale):
+    _, frame = synthetic_rows(rows=5000, customers=700, seed=5)
+    quantile, _ = run_pipeline(frame, scale=scale)
+    cuts = thresholds_from_scores(quantile, scale)
+    for dimension in ("recency", "frequency", "monetary"):
+        assert cuts[dimension] == sorted(cuts[dimension])
+    pinned, _ = run_pipeline(frame, scale=scale, fixed=cuts)
+    for column in ("R_score", "F_score", "M_score", "segment"):
+        assert pinned[column].tolist() == quantile[column].tolist()
+    rows, _ = synthetic_rows(rows=5000, customers=700, seed=5)
+    expected, _ = oracle(rows, scale=scale, fixed=cuts)
+    assert_matches_oracle(pinned, expected)
+
+
+def test_fm_and_rfm_scores_use_the_weights():
+    rows, frame = synthetic_rows(seed=9)
+    result, _ = run_pipeline(frame, weights=(2.0, 0.0, 1.0))
+    f, m, r = result["F_score"], result["M_score"], result["R_score"]
+    assert (result["FM_score"] == np.floor(m + 0.5)).all()  # wF = 0: FM is the M score
+    assert np.allclose(result["RFM_score"], (2 * r + m) / 3)
+    assert (result["rfm_cell"] == r.astype(str) + f.astype(str) + m.astype(str)).all()
