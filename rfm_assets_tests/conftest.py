@@ -103,8 +103,9 @@ def parquet_rows(path, columns: dict[str, str], amount_from=None) -> list[dict]:
     return rows
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def tmp_dagster_home(tmp_path, monkeypatch):
+    """Every test gets its own DAGSTER_HOME, so no test reads or writes the user's storage."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))

@@ -1,0 +1,192 @@
+"""The segment catalog and grids: DESIGN.md's tables, validation of user grids, tiers."""
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rfm_assets.engines.pandas_compute import assign_segments, segment_analytics
+from rfm_assets.errors import RFMConfigError
+from rfm_assets.segments import default_catalog, default_grid, load_grid_file, slugify
+from rfm_assets_tests.conftest import FIXED_TIME
+from rfm_assets_tests.oracle import GRID_4, GRID_5
+
+ELEVEN = {
+    "Champions",
+    "Loyal Customers",
+    "Potential Loyalists",
+    "New Customers",
+    "Promising",
+    "Need Attention",
+    "About to Sleep",
+    "At Risk",
+    "Cannot Lose Them",
+    "Hibernating",
+    "Lost",
+}
+
+
+@pytest.mark.parametrize("scale, design", [(5, GRID_5), (4, GRID_4)])
+def test_default_grids_are_the_tables_of_design_md(scale, design):
+    grid = default_grid(scale)
+    for r in range(1, scale + 1):
+        for fm in range(1, scale + 1):
+            assert grid.segment_of(r, fm) == design[r][fm - 1], (r, fm)
+    assert {entry.name for entry in grid.segments} == ELEVEN
+
+
+def test_catalog_has_eleven_complete_entries_with_distinct_priorities():
+    catalog = default_catalog()
+    assert set(catalog) == ELEVEN
+    assert sorted(e.priority for e in catalog.values()) == list(range(1, 12))
+    for entry in catalog.values():
+        assert entry.description and entry.recommendation and entry.example_actions
+    assert catalog["Cannot Lose Them"].segment_id == "cannot_lose_them"
+    assert slugify("About to Sleep") == "about_to_sleep"
+
+
+def scores_frame(cells):
+    r = np.array([c[0] for c in cells])
+    fm = np.array([c[1] for c in cells])
+    return pd.DataFrame(
+        {
+            "customer_id": np.arange(len(cells)),
+            "recency": 10 * (6 - r),
+            "frequency": fm,
+            "monetary": fm * 100.0,
+            "R_score": r,
+            "F_score": fm,
+            "M_score": fm,
+            "FM_score": fm,
+        }
+    )
+
+
+@pytest.mark.parametrize("scale", [4, 5])
+def test_assign_segments_copies_catalog_fields_and_tiers(scale):
+    grid = default_grid(scale)
+    cells = [(r, fm) for r in range(1, scale + 1) for fm in range(1, scale + 1)]
+    segmented = assign_segments(scores_frame(cells), grid, FIXED_TIME)
+    catalog = default_catalog()
+    for (r, fm), row in zip(cells, segmented.itertuples()):
+        name = grid.segment_of(r, fm)
+        assert row.segment == name
+        assert row.segment_id == catalog[name].segment_id
+        assert row.recommendation == catalog[name].recommendation
+        assert row.value_tier == grid.value_tiers[fm - 1]
+        assert row.engagement_level == grid.engagement_levels[r - 1]
+    assert (segmented["segmented_at"] == FIXED_TIME).all()
+    # Tiers and levels are documented tables: the ends are what their names promise.
+    assert grid.value_tiers[0] == "Low" and grid.value_tiers[-1] == "High"
+    assert grid.engagement_levels[0] == "Lapsed" and grid.engagement_levels[-1] == "Active"
+
+
+def test_segment_analytics_lists_every_segment_and_sums_up():
+    grid = default_grid(5)
+    cells = [(5, 5), (5, 5), (1, 1), (3, 3)]
+    segmented = assign_segments(scores_frame(cells), grid, FIXED_TIME)
+    thresholds = {"recency": [1, 2, 3, 4], "frequency": [1, 2, 3, 4], "monetary": [1, 2, 3, 4]}
+    analytics = segment_analytics(segmented, grid, thresholds)
+    assert len(analytics) == 11
+    assert analytics["priority"].is_monotonic_increasing
+    by_name = analytics.set_index("segment")
+    assert by_name.loc["Champions", "customers"] == 2
+    assert by_name.loc["Champions", "revenue"] == 1000.0
+    assert by_name.loc["Lost", "avg_recency"] == 50
+    assert by_name.loc["At Risk", "customers"] == 0
+    assert analytics["customer_share"].sum() == pytest.approx(1.0)
+    assert analytics["revenue_share"].sum() == pytest.approx(1.0)
+    assert by_name.loc["Champions", "avg_order_value"] == 1000.0 / 10
+    assert by_name.loc["Champions", "recency_thresholds"] == [1, 2, 3, 4]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_user_grid_loads_with_its_own_catalog_entry(tmp_path):
+    rows = "\n".join(
+        f"  {r}: [Lost, Lost, Lost, {'VIP' if r == 4 else 'Lost'}]" for r in range(1, 5)
+    )
+    path = write(
+        tmp_path,
+        "scale: 4\ncatalog:\n  VIP:\n    priority: 0\n    description: d\n    recommendation: r\n"
+        f"grid:\n{rows}\n",
+    )
+    grid = load_grid_file(path, 4)
+    assert grid.segment_of(4, 4) == "VIP" and grid.segment_of(1, 1) == "Lost"
+    assert [e.name for e in grid.segments] == ["VIP", "Lost"]
+
+
+def test_user_grid_with_holes_lists_the_uncovered_cells(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        scale: 4
+        grid:
+          4: [Champions, Champions, Champions, Champions]
+          3: [Promising, Promising, Promising]
+          2: [Lost, Lost, Lost, Lost]
+        """,
+    )
+    with pytest.raises(RFMConfigError) as error:
+        load_grid_file(path, 4)
+    message = str(error.value)
+    assert "R=3,FM=4" in message and "R=1,FM=1" in message and "R=1,FM=4" in message
+    assert "\n" not in message
+
+
+def test_rules_first_match_wins_and_dead_segments_are_named(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        scale: 5
+        rules:
+          - {segment: Champions, R: [4, 5], FM: [4, 5]}
+          - {segment: Loyal Customers, R: [4, 5], FM: [4, 5]}
+          - {segment: Lost, R: [1, 5], FM: [1, 5]}
+        """,
+    )
+    with pytest.raises(RFMConfigError, match="dead segments.*Loyal Customers"):
+        load_grid_file(path, 5)
+
+
+def test_rules_that_leave_cells_uncovered_name_them(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        rules:
+          - {segment: Champions, R: [2, 5], FM: [1, 5]}
+          - {segment: Lost, R: [1, 1], FM: [1, 4]}
+        """,
+    )
+    with pytest.raises(RFMConfigError, match=r"uncovered cells: R=1,FM=5"):
+        load_grid_file(path, 5)
+
+
+def test_complete_rules_build_the_grid(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        rules:
+          - {segment: Champions, R: [4, 5], FM: [4, 5]}
+          - {segment: At Risk, R: [1, 2], FM: [3, 5]}
+          - {segment: Lost, R: [1, 5], FM: [1, 5]}
+        """,
+    )
+    grid = load_grid_file(path, 5)
+    assert grid.segment_of(5, 5) == "Champions"
+    assert grid.segment_of(2, 4) == "At Risk"
+    assert grid.segment_of(3, 3) == "Lost"
+
+
+def test_unknown_segment_and_wrong_scale_are_reported(tmp_path):
+    path = write(tmp_path, "grid:\n" + "".join(f"  {r}: [Nobody, Lost, Lost, Lost]\n" for r in range(1, 5)))
+    with pytest.raises(RFMConfigError, match="without a catalog entry: Nobody"):
+        load_grid_file(path, 4)
+    path = write(tmp_path, "scale: 4\nrules: []\n")
+    with pytest.raises(RFMConfigError, match="4-point scale but scoring uses 5"):
+        load_grid_file(path, 5)

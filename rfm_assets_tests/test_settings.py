@@ -1,0 +1,156 @@
+"""Settings: every bad value fails before any asset computes, naming the field; presets work."""
+
+import dagster as dg
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from rfm_assets import defs
+from rfm_assets.cli import build_settings
+from rfm_assets.errors import RFMConfigError
+from rfm_assets.packaged import BUNDLED_DATASET, preset_names, preset_path
+from rfm_assets.settings import RFMSettings
+
+PRESETS = ["b2b", "balanced_ecommerce", "repeat_purchase", "subscription"]
+
+
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"weights": {"recency": -1}}, "weights.recency"),
+        ({"weights": {"recency": 0, "frequency": 0, "monetary": 0}}, "weights"),
+        ({"weights": {"recency": 1, "frequency": 0, "monetary": 0}}, "weights"),
+        ({"scoring_method": "deciles"}, "scoring_method"),
+        ({"analysis_period_days": 0}, "analysis_period_days"),
+        ({"analysis_period_days": -30}, "analysis_period_days"),
+        ({"reference_date": "2024-13-01"}, "reference_date"),
+        ({"scoring_method": "fixed"}, "fixed_thresholds"),
+        (
+            {
+                "scoring_method": "fixed",
+                "fixed_thresholds": {
+                    "recency": [10, 30, 20, 90],
+                    "frequency": [1, 2, 3, 4],
+                    "monetary": [1, 2, 3, 4],
+                },
+            },
+            "fixed_thresholds.recency",
+        ),
+        (
+            {
+                "scoring_method": "fixed",
+                "fixed_thresholds": {"recency": [1, 2], "frequency": [1, 2], "monetary": [1, 2]},
+            },
+            "fixed_thresholds",
+        ),
+        ({"returns_policy": "ignore"}, "returns_policy"),
+        ({"columns": {"amount": "a", "quantity": "q", "unit_price": "p"}}, "columns"),
+        ({"columns": {"quantity": "q"}}, "columns"),
+        ({"segment_grid_file": "/no/such/grid.yaml"}, "segment_grid_file"),
+    ],
+)
+def test_bad_settings_fail_with_a_message_naming_the_field(settings, field):
+    with pytest.raises(RFMConfigError) as error:
+        build_settings(settings)
+    message = str(error.value)
+    assert field in message
+    assert "\n" not in message
+
+
+def test_fixed_scale_follows_the_number_of_cut_points():
+    four = [1.0, 2.0, 3.0]
+    settings = RFMSettings(
+        scoring_method="fixed",
+        fixed_thresholds={"recency": four, "frequency": four, "monetary": four},
+    )
+    assert settings.scale == 4
+    assert RFMSettings(scoring_method="quartiles").scale == 4
+    assert RFMSettings().scale == 5
+
+
+def test_column_mapping_defaults():
+    bundled = RFMSettings().source_columns()
+    assert (bundled.customer_id, bundled.quantity, bundled.unit_price, bundled.order_id) == (
+        "CustomerID",
+        "Quantity",
+        "UnitPrice",
+        "InvoiceNo",
+    )
+    assert bundled.amount is None
+    user = RFMSettings(input_path="x.parquet").source_columns()
+    assert (user.customer_id, user.transaction_date, user.amount, user.order_id) == (
+        "customer_id",
+        "transaction_date",
+        "amount",
+        None,
+    )
+    by_quantity = RFMSettings(
+        input_path="x.csv", columns={"quantity": "qty", "unit_price": "price"}
+    ).source_columns()
+    assert (by_quantity.amount, by_quantity.quantity, by_quantity.unit_price) == (None, "qty", "price")
+    assert RFMSettings().source_path == str(BUNDLED_DATASET)
+
+
+def test_every_setting_has_a_description_for_the_launchpad():
+    for name, info in RFMSettings.model_fields.items():
+        assert info.description, name
+
+
+def test_presets_are_shipped_and_valid():
+    assert preset_names() == PRESETS
+    for name in PRESETS:
+        config = yaml.safe_load(preset_path(name).read_text())["resources"]["rfm_settings"]["config"]
+        RFMSettings(**config)
+
+
+def test_presets_express_their_emphasis():
+    def weights(name):
+        config = yaml.safe_load(preset_path(name).read_text())
+        return config["resources"]["rfm_settings"]["config"]["weights"]
+
+    assert max(weights("subscription"), key=weights("subscription").get) == "recency"
+    assert max(weights("b2b"), key=weights("b2b").get) == "monetary"
+    assert max(weights("repeat_purchase"), key=weights("repeat_purchase").get) == "frequency"
+    assert len(set(weights("balanced_ecommerce").values())) == 1
+
+
+def test_preset_runs_unchanged_as_dagster_run_config():
+    run_config = yaml.safe_load(preset_path("b2b").read_text())
+    result = defs.resolve_job_def("rfm_job").execute_in_process(
+        run_config=run_config, instance=dg.DagsterInstance.ephemeral()
+    )
+    assert result.success
+    scores = result.asset_materializations_for_node("rfm_scores")[0].metadata
+    assert scores["scoring_method"].value == "quartiles"
+    assert len(scores["thresholds"].value["recency"]) == 3
+    tx = result.asset_materializations_for_node("transactions")[0].metadata
+    assert tx["rows_excluded"].value["customer_monetary_not_positive"] > 0  # net policy
+
+
+def test_bad_run_config_fails_before_any_asset_runs():
+    run_config = {"resources": {"rfm_settings": {"config": {"weights": {"recency": -1}}}}}
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def("rfm_job").execute_in_process(
+        run_config=run_config, instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    assert result.get_asset_materialization_events() == []
+    assert not any(e.is_step_start for e in result.all_events)
+    # Resources are set up once for the run, before the first step: that is where it stops.
+    failures = [
+        record.dagster_event
+        for record in instance.all_logs(result.run_id)
+        if record.dagster_event and record.dagster_event.event_type_value == "RESOURCE_INIT_FAILURE"
+    ]
+    assert failures and "weights.recency" in str(failures[0].event_specific_data)
+
+
+def test_unknown_literal_is_rejected_before_launch():
+    run_config = {"resources": {"rfm_settings": {"config": {"scoring_method": "deciles"}}}}
+    with pytest.raises(dg.DagsterInvalidConfigError, match="scoring_method"):
+        defs.resolve_job_def("rfm_job").execute_in_process(run_config=run_config)
+
+
+def test_pydantic_error_names_the_nested_field():
+    with pytest.raises(ValidationError, match="weights.recency"):
+        RFMSettings(weights={"recency": -2})
