@@ -1,0 +1,360 @@
+"""Benchmark: the pandas engine, the whole Dagster graph, and a DuckDB SQL peer.
+
+Run from the repository root:
+
+    /work/venv/bin/python benchmarks/bench.py --rows 100000,1000000 --repeats 5
+
+For each size it writes seeded synthetic transactions to Parquet (not timed), checks once that
+the DuckDB peer and the pandas engine give every customer the same R/F/M scores and segment,
+then runs each repeat as pandas, dagster, duckdb in turn. Every run is a fresh subprocess
+(`bench.py --single VARIANT --file F`): the modules are imported and a tiny warm-up run is
+done first (not timed), then one timed run, and the process reports its wall time and its peak
+RSS (`ru_maxrss`), so the variants never share a heap. It prints a Markdown table (median and
+min seconds, peak RSS, median time / DuckDB median time) and writes it with machine info to
+benchmarks/results/latest.json.
+
+Variants:
+- pandas:  read_transactions -> prepare_transactions -> compute_metrics -> compute_scores ->
+           assign_segments -> segment_analytics, the chain the assets run, without Dagster.
+- dagster: `rfm-assets analyze` in-process (rfm_assets.cli.main): the five assets through
+           dg.materialize, asset checks, metadata, writing the two result tables as Parquet.
+- duckdb:  one SQL query over the same Parquet file with the same semantics (DESIGN.md "Exact
+           semantics", default settings), fetched to pandas; threads = CPU count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = ("pandas", "dagster", "duckdb")
+SEED = 42
+WARMUP_ROWS = 10_000
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+# The default 5-point grid of DESIGN.md: R -> segment for FM = 1..5.
+GRID_5 = {
+    5: ["New Customers", "Potential Loyalists", "Potential Loyalists", "Champions", "Champions"],
+    4: ["Promising", "Potential Loyalists", "Potential Loyalists", "Loyal Customers", "Champions"],
+    3: ["About to Sleep", "About to Sleep", "Need Attention", "Loyal Customers",
+        "Loyal Customers"],
+    2: ["Hibernating", "Hibernating", "At Risk", "At Risk", "Cannot Lose Them"],
+    1: ["Lost", "Hibernating", "At Risk", "Cannot Lose Them", "Cannot Lose Them"],
+}
+
+
+# --- the three variants ----------------------------------------------------------------------
+
+
+def run_pandas(path: str):
+    """The asset chain as plain function calls; returns (customer_segments, segment_analytics)."""
+    import pandas as pd
+
+    from rfm_assets.engines import pandas_compute as pc
+    from rfm_assets.engines.pandas_read import read_transactions
+    from rfm_assets.settings import ColumnMapping, RFMSettings
+
+    settings = RFMSettings(
+        input_path=path,
+        columns=ColumnMapping(
+            customer_id="customer_id",
+            transaction_date="transaction_date",
+            amount="amount",
+            order_id="order_id",
+        ),
+    )
+    raw = read_transactions(settings.source_path, settings.source_columns())
+    kept, account = pc.prepare_transactions(
+        raw,
+        reference_date=settings.parsed_reference_date,
+        analysis_period_days=settings.analysis_period_days,
+        returns_policy=settings.returns_policy,
+        cancelled_order_prefix=settings.cancelled_order_prefix,
+    )
+    metrics = pc.compute_metrics(kept, account.reference_date)
+    w = settings.weights
+    scores = pc.compute_scores(
+        metrics, scale=settings.scale, weights=(w.recency, w.frequency, w.monetary)
+    )
+    grid = settings.segment_grid()
+    segmented = pc.assign_segments(scores, grid, pd.Timestamp.now(tz="UTC").floor("s"))
+    analytics = pc.segment_analytics(
+        segmented, grid, pc.thresholds_from_scores(segmented, settings.scale)
+    )
+    return segmented, analytics
+
+
+def run_dagster(path: str) -> None:
+    from rfm_assets.cli import main
+
+    output = tempfile.mkdtemp(prefix="rfm-bench-out-")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["analyze", "--input", path, "--output", output,
+                         "--amount", "amount", "--order-id", "order_id"])
+        if code != 0:
+            raise SystemExit(f"rfm-assets analyze failed with exit code {code}")
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
+
+
+def duckdb_sql(path: str, final: str) -> str:
+    """The RFM computation as CTEs over the Parquet file, ending in `final`."""
+    grid = ", ".join(
+        f"({r}, {fm}, '{name}')"
+        for r, row in GRID_5.items() for fm, name in enumerate(row, start=1)
+    )
+    source = path.replace("'", "''")
+    return f"""
+    WITH tx AS (
+        SELECT customer_id, transaction_date, amount, order_id FROM read_parquet('{source}')
+    ),
+    ref AS (SELECT CAST(max(transaction_date) AS DATE) + 1 AS ref_day FROM tx),
+    kept AS (                           -- returns policy `exclude`, cancellation prefix 'C'
+        SELECT * FROM tx
+        WHERE customer_id IS NOT NULL AND isfinite(amount) AND amount > 0
+          AND (order_id IS NULL OR NOT starts_with(order_id, 'C'))
+          AND transaction_date < (SELECT ref_day FROM ref)
+    ),
+    orders AS (                         -- one row per (customer, order)
+        SELECT customer_id, order_id, max(transaction_date) AS last_ts,
+               sum(CAST(round_even(amount * 1000000, 0) AS BIGINT)) AS micro
+        FROM kept GROUP BY customer_id, order_id
+    ),
+    metrics AS (
+        SELECT customer_id,
+               (SELECT ref_day FROM ref) - CAST(max(last_ts) AS DATE) AS recency,
+               count(*) AS frequency,
+               sum(micro) AS monetary_micro
+        FROM orders GROUP BY customer_id
+    ),
+    scores AS (                         -- score = 1 + floor(5 b / n), b = # strictly worse
+        SELECT *,
+            1 + (5 * (rank() OVER (ORDER BY recency DESC) - 1)) // count(*) OVER () AS r_score,
+            1 + (5 * (rank() OVER (ORDER BY frequency) - 1)) // count(*) OVER () AS f_score,
+            1 + (5 * (rank() OVER (ORDER BY monetary_micro) - 1)) // count(*) OVER () AS m_score
+        FROM metrics
+    ),
+    grid(r, fm, segment) AS (VALUES {grid}),
+    segmented AS (
+        SELECT s.*, s.monetary_micro / 1e6 AS monetary, g.fm AS fm_score, g.segment
+        FROM scores s JOIN grid g
+          ON g.r = s.r_score AND g.fm = CAST(floor((s.f_score + s.m_score) / 2 + 0.5) AS INT)
+    )
+    {final}
+    """
+
+
+ANALYTICS = """
+    SELECT segment,
+           count(*) AS customers,
+           count(*) / sum(count(*)) OVER () AS customer_share,
+           sum(monetary_micro) / 1e6 AS revenue,
+           sum(monetary_micro) / sum(sum(monetary_micro)) OVER () AS revenue_share,
+           avg(recency) AS avg_recency,
+           avg(frequency) AS avg_frequency,
+           sum(monetary_micro) / 1e6 / count(*) AS avg_monetary,
+           sum(monetary_micro) / 1e6 / sum(frequency) AS avg_order_value
+    FROM segmented GROUP BY segment ORDER BY customers DESC
+"""
+PER_CUSTOMER = """
+    SELECT customer_id, recency, frequency, monetary, r_score, f_score, m_score, fm_score,
+           segment
+    FROM segmented
+"""
+
+
+def duckdb_connection():
+    import duckdb
+
+    connection = duckdb.connect()
+    connection.execute(f"SET threads = {os.cpu_count()}")
+    return connection
+
+
+def run_duckdb(path: str, final: str = ANALYTICS):
+    return duckdb_connection().execute(duckdb_sql(path, final)).fetch_df()
+
+
+RUNNERS = {"pandas": run_pandas, "dagster": run_dagster, "duckdb": run_duckdb}
+
+
+# --- one measured run in its own process -----------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def single(variant: str, path: str, warmup: str) -> None:
+    """Warm up on a tiny file, time one run on `path`, print one JSON line."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import dagster  # noqa: F401  (import cost is not what we measure)
+    import duckdb  # noqa: F401
+
+    import rfm_assets.assets  # noqa: F401
+    import rfm_assets.cli  # noqa: F401
+
+    baseline = peak_rss_mib()
+    RUNNERS[variant](warmup)
+    start = time.perf_counter()
+    RUNNERS[variant](path)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_rss_mib(),
+                      "import_rss_mib": baseline}))
+
+
+def measure(variant: str, path: str, warmup: str) -> dict:
+    command = [sys.executable, __file__, "--single", variant, "--file", path, "--warmup", warmup]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{variant} on {path} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the comparison --------------------------------------------------------------------------
+
+
+def verify(path: str) -> dict:
+    """Do the DuckDB peer and the pandas engine agree on every customer? (not timed)"""
+    segmented, _ = run_pandas(path)
+    ours = segmented[["customer_id", "R_score", "F_score", "M_score", "FM_score", "segment"]]
+    ours = ours.astype({"customer_id": "int64", "segment": "str"})
+    peer = run_duckdb(path, PER_CUSTOMER)
+    both = ours.merge(peer, on="customer_id", how="outer", indicator=True)
+    matched = both[both["_merge"] == "both"]
+    mismatches = {
+        name: int((matched[a].astype("int64") != matched[b].astype("int64")).sum())
+        for name, a, b in (("R", "R_score", "r_score"), ("F", "F_score", "f_score"),
+                           ("M", "M_score", "m_score"), ("FM", "FM_score", "fm_score"))
+    }
+    mismatches["segment"] = int((matched["segment_x"] != matched["segment_y"]).sum())
+    return {
+        "customers_pandas": len(ours),
+        "customers_duckdb": len(peer),
+        "customers_unmatched": int((both["_merge"] != "both").sum()),
+        "score_mismatches": mismatches,
+        "agree": len(ours) == len(peer) == len(matched) and not any(mismatches.values()),
+    }
+
+
+def machine_info() -> dict:
+    import dagster
+    import duckdb
+    import numpy
+    import pandas
+    import pyarrow
+
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "pandas": pandas.__version__,
+        "numpy": numpy.__version__,
+        "pyarrow": pyarrow.__version__,
+        "duckdb": duckdb.__version__,
+        "dagster": dagster.__version__,
+    }
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "| rows | variant | median s | min s | peak RSS MiB | ratio vs duckdb |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['rows']:,} | {r['variant']} | {r['median_s']:.3f} | {r['min_s']:.3f} "
+            f"| {r['peak_rss_mib']:,.0f} | {r['ratio_vs_duckdb']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def benchmark(sizes: list[int], repeats: int) -> None:
+    import gc
+
+    from rfm_assets.synthetic import generate_transactions
+
+    results, checks = [], {}
+    with tempfile.TemporaryDirectory(prefix="rfm-bench-") as workdir:
+        warmup = os.path.join(workdir, "warmup.parquet")
+        generate_transactions(WARMUP_ROWS, seed=SEED).to_parquet(warmup, index=False)
+        for rows in sizes:
+            path = os.path.join(workdir, f"transactions_{rows}.parquet")
+            generate_transactions(rows, seed=SEED).to_parquet(path, index=False)
+            gc.collect()
+            check = verify(path)
+            checks[rows] = check
+            print(f"{rows:,} rows: duckdb vs pandas: {check['customers_pandas']:,} vs "
+                  f"{check['customers_duckdb']:,} customers, "
+                  + ("all R/F/M/FM scores and segments agree" if check["agree"] else
+                     f"MISMATCHES {check['score_mismatches']}, "
+                     f"{check['customers_unmatched']} unmatched customers"), flush=True)
+            runs = {v: [] for v in VARIANTS}
+            for repeat in range(repeats):
+                for variant in VARIANTS:  # interleaved, so machine noise hits all alike
+                    runs[variant].append(measure(variant, path, warmup))
+                    print(f"  repeat {repeat + 1}/{repeats} {variant:<7} "
+                          f"{runs[variant][-1]['seconds']:8.3f} s", flush=True)
+            duck = statistics.median(r["seconds"] for r in runs["duckdb"])
+            for variant in VARIANTS:
+                seconds = [r["seconds"] for r in runs[variant]]
+                results.append({
+                    "rows": rows,
+                    "variant": variant,
+                    "median_s": statistics.median(seconds),
+                    "min_s": min(seconds),
+                    "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[variant]),
+                    "import_rss_mib": max(r["import_rss_mib"] for r in runs[variant]),
+                    "ratio_vs_duckdb": statistics.median(seconds) / duck,
+                    "seconds": seconds,
+                })
+    table = markdown(results)
+    print()
+    print(table)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine_info(),
+        "seed": SEED,
+        "repeats": repeats,
+        "agreement": checks,
+        "results": results,
+        "markdown": table,
+    }, indent=2) + "\n")
+    print(f"\nwrote {RESULTS}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="100000,1000000", help="comma-separated sizes")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--single", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--file", help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.single:
+        single(args.single, args.file, args.warmup)
+    else:
+        benchmark([int(n) for n in args.rows.split(",")], args.repeats)
+
+
+if __name__ == "__main__":
+    main()

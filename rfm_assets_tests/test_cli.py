@@ -1,0 +1,143 @@
+"""`rfm-assets`: the real datasets against the oracle, outputs, report, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from rfm_assets.cli import main
+from rfm_assets.packaged import BUNDLED_DATASET
+from rfm_assets_tests.conftest import CDNOW, assert_matches_oracle, parquet_rows
+from rfm_assets_tests.oracle import oracle
+
+
+def analyze(tmp_path, *flags, name="out"):
+    output = tmp_path / name
+    assert main(["analyze", "--output", str(output), *flags]) == 0
+    return output
+
+
+def test_online_retail_matches_the_oracle_customer_for_customer(tmp_path, capsys):
+    output = analyze(tmp_path)  # the bundled default: Online Retail, quantity * unit price
+    rows = parquet_rows(
+        BUNDLED_DATASET,
+        {"customer_id": "CustomerID", "date": "InvoiceDate", "order_id": "InvoiceNo"},
+        amount_from=("Quantity", "UnitPrice"),
+    )
+    expected, excluded = oracle(rows)
+    segments = pd.read_parquet(output / "customer_segments.parquet")
+    assert_matches_oracle(segments, expected)
+    summary = json.loads((output / "run_summary.json").read_text())
+    assert {k: v for k, v in summary["rows_excluded"].items() if v} == excluded
+    # The dataset README's figures for the common cleaning.
+    assert summary["rows_read"] == 541_909
+    assert summary["rows_kept"] == 397_884
+    assert summary["customers"] == 4_338
+    assert summary["reference_date"] == "2011-12-10"
+    assert round(segments["monetary"].sum(), 3) == 8_911_407.904
+    printed = capsys.readouterr().out
+    assert "Champions" in printed and "541,909 rows read" in printed
+
+
+def test_cdnow_matches_the_oracle_customer_for_customer(tmp_path):
+    output = analyze(
+        tmp_path,
+        "--input", str(CDNOW), "--customer-id", "customer_id", "--transaction-date", "date",
+        "--amount", "dollar_value", "--scoring", "quartiles",
+    )  # fmt: skip
+    rows = parquet_rows(CDNOW, {"customer_id": "customer_id", "date": "date", "amount": "dollar_value"})
+    expected, excluded = oracle(rows, scale=4)
+    assert_matches_oracle(pd.read_parquet(output / "customer_segments.parquet"), expected)
+    summary = json.loads((output / "run_summary.json").read_text())
+    assert summary["rows_read"] == 69_659
+    assert summary["rows_excluded"]["non_positive_amount"] == 80 == excluded["non_positive_amount"]
+    assert summary["reference_date"] == "1998-07-01"
+    assert len(summary["thresholds"]["monetary"]) == 3
+
+
+def test_csv_output_and_report(tmp_path, capsys):
+    output = analyze(tmp_path, "--format", "csv", "--weights", "2,1,1", "--returns", "net")
+    segments = pd.read_csv(output / "customer_segments.csv")
+    analytics = pd.read_csv(output / "segment_analytics.csv")
+    assert len(segments) == segments["customer_id"].nunique()
+    assert analytics["customers"].sum() == len(segments)
+    assert json.loads(analytics.loc[0, "recency_thresholds"])  # lists are JSON in CSV
+    summary = json.loads((output / "run_summary.json").read_text())
+    assert summary["weights"] == {"recency": 2.0, "frequency": 1.0, "monetary": 1.0}
+    assert summary["rows_read"] == summary["rows_kept"] + sum(summary["rows_excluded"].values())
+    capsys.readouterr()
+    assert main(["report", "--input", str(output)]) == 0
+    report = (output / "segment_report.md").read_text()
+    assert report == capsys.readouterr().out.rsplit("wrote ", 1)[0]
+    for row in analytics.itertuples():
+        assert f"| {row.segment} | {row.customers:,} |" in report
+
+
+def test_csv_input_with_text_ids_keeps_leading_zeros(tmp_path):
+    source = tmp_path / "tx.csv"
+    source.write_text(
+        "cust,when,qty,price,invoice\n"
+        "007,2024-01-01,2,5.0,A1\n"
+        "007,2024-01-05,1,5.0,A2\n"
+        " 42 ,2024-01-03,1,100.0,A3\n"
+        "42,2024-01-04,1,1.0,A4\n"
+    )
+    output = analyze(
+        tmp_path,
+        "--input", str(source), "--customer-id", "cust", "--transaction-date", "when",
+        "--quantity", "qty", "--unit-price", "price", "--order-id", "invoice",
+    )  # fmt: skip
+    segments = pd.read_parquet(output / "customer_segments.parquet").set_index("customer_id")
+    assert sorted(segments.index) == ["007", "42"]  # whitespace trimmed, zeros kept
+    assert segments.loc["007", "monetary"] == 15.0 and segments.loc["007", "frequency"] == 2
+    assert segments.loc["42", "monetary"] == 101.0
+
+
+def test_config_file_and_flags_combine(tmp_path):
+    output = analyze(tmp_path, "--config", "b2b", "--analysis-period-days", "100")
+    summary = json.loads((output / "run_summary.json").read_text())
+    assert summary["scoring_method"] == "quartiles" and summary["returns_policy"] == "net"
+    assert summary["window_start"] == "2011-09-01"  # the flag beats the preset's 730 days
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--input", "/no/such/file.parquet"], "input_path: /no/such/file.parquet does not exist"),
+        (["--customer-id", "Customer"], "columns: 'Customer' not found"),
+        (["--weights", "1,0,0"], "weights: frequency and monetary may not both be 0"),
+        (["--weights", "1,2"], "--weights: expected three numbers"),
+        (["--analysis-period-days", "0"], "analysis_period_days"),
+        (["--reference-date", "2001-01-01"], "reference_date: 2001-01-01 is on or before all data"),
+        (["--config", "nonexistent_preset"], "presets: b2b, balanced_ecommerce"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(tmp_path, flags, message):
+    completed = subprocess.run(
+        [sys.executable, "-m", "rfm_assets", "analyze", "--output", str(tmp_path / "o"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.count("\n") == 1, completed.stderr
+    assert completed.stderr.startswith("rfm-assets: error: ")
+    assert message in completed.stderr
+    assert "Traceback" not in completed.stderr + completed.stdout
+
+
+def test_report_on_a_missing_result_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", "--input", str(tmp_path)]) == 1
+    assert "has no segment_analytics.parquet or segment_analytics.csv" in capsys.readouterr().err
+
+
+def test_generate_writes_seeded_data(tmp_path):
+    target = tmp_path / "gen.parquet"
+    assert main(["generate", "--rows", "5000", "--seed", "4", "--output", str(target)]) == 0
+    again = tmp_path / "again.parquet"
+    assert main(["generate", "--rows", "5000", "--seed", "4", "--output", str(again)]) == 0
+    first, second = pd.read_parquet(target), pd.read_parquet(again)
+    assert len(first) == 5000
+    pd.testing.assert_frame_equal(first, second)
