@@ -1,6 +1,5 @@
 """The five RFM assets (group `rfm`): thin Dagster wiring around `rfm_assets.engines`."""
 
-
 import datetime as dt
 
 import dagster as dg
@@ -12,8 +11,10 @@ from rfm_assets.engines.pandas_compute import (
     compute_metrics,
     compute_scores,
     prepare_transactions,
-    segment_analytics as analyse_segments,
     thresholds_from_scores,
+)
+from rfm_assets.engines.pandas_compute import (
+    segment_analytics as analyse_segments,
 )
 from rfm_assets.engines.pandas_read import read_transactions
 from rfm_assets.settings import RFMSettings
@@ -139,9 +140,7 @@ def rfm_metrics(
 
 
 @dg.asset(group_name=GROUP, kinds=KINDS)
-def rfm_scores(
-    rfm_settings: RFMSettings, rfm_metrics: pd.DataFrame
-) -> dg.Output[pd.DataFrame]:
+def rfm_scores(rfm_settings: RFMSettings, rfm_metrics: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """Customer metrics with R, F and M scores (1 worst .. k best), FM_score, RFM_score, rfm_cell.
 
     Quantile scores are tie-safe (`1 + floor(k * b / n)`); the cut points they imply are

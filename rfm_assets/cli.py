@@ -116,7 +116,9 @@ def describe_validation_error(error) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "literal_error":
             message = f"{message}; got {item['input']!r}"
-        problems.append(f"{field}: {message}" if field and not message.startswith(field) else message)
+        problems.append(
+            f"{field}: {message}" if field and not message.startswith(field) else message
+        )
     return "invalid settings: " + "; ".join(problems)
 
 
@@ -217,8 +219,10 @@ def read_table(directory: Path, name: str) -> pd.DataFrame:
 
 def segment_table_text(analytics: pd.DataFrame) -> str:
     """A fixed-width segment table for the terminal."""
-    header = f"{'segment':<20} {'customers':>9} {'share':>6} {'revenue':>14} {'rev.share':>9} " \
-             f"{'recency':>8} {'orders':>7} {'monetary':>10}"
+    header = (
+        f"{'segment':<20} {'customers':>9} {'share':>6} {'revenue':>14} {'rev.share':>9} "
+        f"{'recency':>8} {'orders':>7} {'monetary':>10}"
+    )
     lines = [header, "-" * len(header)]
     for row in analytics.itertuples(index=False):
         lines.append(
@@ -286,8 +290,10 @@ def command_analyze(args: argparse.Namespace) -> int:
         f"{summary['reference_date']}"
     )
     print(segment_table_text(tables["segment_analytics"]))
-    print(f"wrote {', '.join(f'{n}.{args.format}' for n in OUTPUT_TABLES)}, run_summary.json "
-          f"to {output}")
+    print(
+        f"wrote {', '.join(f'{n}.{args.format}' for n in OUTPUT_TABLES)}, run_summary.json "
+        f"to {output}"
+    )
     return 0
 
 
@@ -328,11 +334,16 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
 
     analyze = commands.add_parser("analyze", help="run the RFM graph and write the tables")
-    analyze.add_argument("--input", help="transactions (.parquet, .csv, Parquet directory); "
-                         "default: the bundled UCI Online Retail data")
+    analyze.add_argument(
+        "--input",
+        help="transactions (.parquet, .csv, Parquet directory); "
+        "default: the bundled UCI Online Retail data",
+    )
     analyze.add_argument("--output", required=True, help="directory for the result")
     analyze.add_argument("--format", choices=("parquet", "csv"), default="parquet")
-    analyze.add_argument("--config", help=f"run-config YAML or preset ({', '.join(preset_names())})")
+    analyze.add_argument(
+        "--config", help=f"run-config YAML or preset ({', '.join(preset_names())})"
+    )
     mapping = analyze.add_argument_group("column mapping")
     mapping.add_argument("--customer-id", metavar="COL")
     mapping.add_argument("--transaction-date", metavar="COL")

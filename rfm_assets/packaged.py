@@ -1,4 +1,4 @@
-"""Files that ship inside the package: the run-config presets, the segment catalog, the bundled data."""
+"""Files shipped inside the package: run-config presets, segment catalog, bundled data."""
 
 from importlib.resources import files
 from pathlib import Path

@@ -130,7 +130,9 @@ def _build_grid(
             row = (list(row) + [None] * scale)[:scale]
         cells.append(tuple(row))
     uncovered = [
-        f"R={r},FM={fm}" for r in range(1, scale + 1) for fm in range(1, scale + 1)
+        f"R={r},FM={fm}"
+        for r in range(1, scale + 1)
+        for fm in range(1, scale + 1)
         if cells[r - 1][fm - 1] is None
     ]
     unknown = sorted({n for row in cells for n in row if n is not None and n not in catalog})
@@ -180,9 +182,7 @@ def _cells_from_rules(rules: list, scale: int, source: str) -> tuple[dict, list[
         if rule["segment"] not in named:
             named.append(rule["segment"])
     dead = [name for name in named if name not in winning_segments]
-    rows = {
-        r: [winner.get((r, fm)) for fm in range(1, scale + 1)] for r in range(1, scale + 1)
-    }
+    rows = {r: [winner.get((r, fm)) for fm in range(1, scale + 1)] for r in range(1, scale + 1)}
     return rows, dead
 
 
@@ -211,7 +211,9 @@ def load_grid_file(path: str | Path, scale: int) -> SegmentGrid:
         )
     catalog = default_catalog() | _catalog_from(raw.get("catalog") or {}, source)
     if ("grid" in raw) == ("rules" in raw):
-        raise RFMConfigError(f"segment_grid_file: {source} must have exactly one of grid: or rules:")
+        raise RFMConfigError(
+            f"segment_grid_file: {source} must have exactly one of grid: or rules:"
+        )
     dead: list[str] = []
     if "grid" in raw:
         rows = raw["grid"] or {}

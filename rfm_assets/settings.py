@@ -195,7 +195,9 @@ class RFMSettings(dg.ConfigurableResource):
         try:
             dt.date.fromisoformat(value)
         except ValueError:
-            raise ValueError(f"reference_date: {value!r} is not a date in YYYY-MM-DD form") from None
+            raise ValueError(
+                f"reference_date: {value!r} is not a date in YYYY-MM-DD form"
+            ) from None
         return value
 
     @model_validator(mode="after")
@@ -230,9 +232,7 @@ class RFMSettings(dg.ConfigurableResource):
         """Resolve the column mapping: explicit names first, then the source's defaults."""
         mapped = self.columns
         defaults = BUNDLED_COLUMNS if self.input_path is None else {}
-        by_quantity = bool(mapped.quantity) or (
-            not mapped.amount and "quantity" in defaults
-        )
+        by_quantity = bool(mapped.quantity) or (not mapped.amount and "quantity" in defaults)
         return SourceColumns(
             customer_id=mapped.customer_id or defaults.get("customer_id", "customer_id"),
             transaction_date=mapped.transaction_date

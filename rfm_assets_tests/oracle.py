@@ -82,7 +82,8 @@ def oracle(
             is_return = cancelled or amount <= 0
             kept.append((customer, day, -abs(amount) if is_return else amount, is_return, order))
 
-    per_customer = defaultdict(lambda: {"micro": 0, "days": [], "orders": set(), "rows": 0, "kept": 0}
+    per_customer = defaultdict(
+        lambda: {"micro": 0, "days": [], "orders": set(), "rows": 0, "kept": 0}
     )
     for customer, day, amount, is_return, order in kept:
         entry = per_customer[customer]

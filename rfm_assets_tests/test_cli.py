@@ -47,7 +47,9 @@ def test_cdnow_matches_the_oracle_customer_for_customer(tmp_path):
         "--input", str(CDNOW), "--customer-id", "customer_id", "--transaction-date", "date",
         "--amount", "dollar_value", "--scoring", "quartiles",
     )  # fmt: skip
-    rows = parquet_rows(CDNOW, {"customer_id": "customer_id", "date": "date", "amount": "dollar_value"})
+    rows = parquet_rows(
+        CDNOW, {"customer_id": "customer_id", "date": "date", "amount": "dollar_value"}
+    )
     expected, excluded = oracle(rows, scale=4)
     assert_matches_oracle(pd.read_parquet(output / "customer_segments.parquet"), expected)
     summary = json.loads((output / "run_summary.json").read_text())

@@ -61,7 +61,7 @@ def test_workspace_yaml_loads_with_the_dagster_cli(tmp_dagster_home):
 def test_weekly_schedule_targets_the_rfm_job_on_monday_morning():
     assert rfm_weekly_schedule.cron_schedule == "0 6 * * 1"  # minute hour dom month dow=Monday
     assert rfm_weekly_schedule.job_name == "rfm_job"
-    monday = dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.timezone.utc)
+    monday = dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.UTC)
     assert monday.weekday() == 0
     context = dg.build_schedule_context(scheduled_execution_time=monday)
     requests = rfm_weekly_schedule.evaluate_tick(context).run_requests
@@ -129,7 +129,11 @@ def test_load_asset_value_in_a_fresh_process_from_another_directory(tmp_dagster_
         "int((df['segment'] == 'Champions').sum()))\n"
     )
     loaded = subprocess.run(
-        [sys.executable, "-c", reader], cwd=elsewhere, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", reader],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert loaded.returncode == 0, loaded.stderr[-3000:]

@@ -184,7 +184,9 @@ def test_complete_rules_build_the_grid(tmp_path):
 
 
 def test_unknown_segment_and_wrong_scale_are_reported(tmp_path):
-    path = write(tmp_path, "grid:\n" + "".join(f"  {r}: [Nobody, Lost, Lost, Lost]\n" for r in range(1, 5)))
+    path = write(
+        tmp_path, "grid:\n" + "".join(f"  {r}: [Nobody, Lost, Lost, Lost]\n" for r in range(1, 5))
+    )
     with pytest.raises(RFMConfigError, match="without a catalog entry: Nobody"):
         load_grid_file(path, 4)
     path = write(tmp_path, "scale: 4\nrules: []\n")

@@ -186,9 +186,9 @@ def test_quantile_scores_match_the_definition_and_ignore_row_order(k, higher_is_
     scores = quantile_scores(values, k, higher_is_better)
     assert scores.tolist() == slow_scores(values.tolist(), k, higher_is_better)
     shuffled = rng.permutation(len(values))
-    assert quantile_scores(values[shuffled], k, higher_is_better).tolist() == scores[
-        shuffled
-    ].tolist()
+    assert (
+        quantile_scores(values[shuffled], k, higher_is_better).tolist() == scores[shuffled].tolist()
+    )
     assert scores.min() >= 1 and scores.max() <= k
 
 

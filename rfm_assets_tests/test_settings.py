@@ -87,7 +87,11 @@ def test_column_mapping_defaults():
     by_quantity = RFMSettings(
         input_path="x.csv", columns={"quantity": "qty", "unit_price": "price"}
     ).source_columns()
-    assert (by_quantity.amount, by_quantity.quantity, by_quantity.unit_price) == (None, "qty", "price")
+    assert (by_quantity.amount, by_quantity.quantity, by_quantity.unit_price) == (
+        None,
+        "qty",
+        "price",
+    )
     assert RFMSettings().source_path == str(BUNDLED_DATASET)
 
 
@@ -99,7 +103,9 @@ def test_every_setting_has_a_description_for_the_launchpad():
 def test_presets_are_shipped_and_valid():
     assert preset_names() == PRESETS
     for name in PRESETS:
-        config = yaml.safe_load(preset_path(name).read_text())["resources"]["rfm_settings"]["config"]
+        config = yaml.safe_load(preset_path(name).read_text())["resources"]["rfm_settings"][
+            "config"
+        ]
         RFMSettings(**config)
 
 
