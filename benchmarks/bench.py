@@ -9,7 +9,7 @@ the DuckDB peer and the pandas engine give every customer the same R/F/M scores 
 then runs each repeat as pandas, dagster, duckdb in turn. Every run is a fresh subprocess
 (`bench.py --single VARIANT --file F`): the modules are imported and a tiny warm-up run is
 done first (not timed), then one timed run, and the process reports its wall time and its peak
-RSS (`ru_maxrss`, including the interpreter and imports), so the variants never share a heap.
+RSS (VmHWM, including the interpreter and imports), so the variants never share a heap.
 It prints a Markdown table (median and min seconds, peak RSS, median time / DuckDB median time
 of the same invocation, RSS after imports) and writes it with machine info to
 benchmarks/results/latest.json.
@@ -208,6 +208,15 @@ RUNNERS = {"pandas": run_pandas, "dagster": run_dagster, "duckdb": run_duckdb}
 
 
 def peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, because after fork + exec `ru_maxrss` still holds the
+    parent's RSS at the time of the fork (Linux), which would charge the parent's data to us."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
