@@ -299,7 +299,20 @@ def machine_info() -> dict:
         "pyarrow": pyarrow.__version__,
         "duckdb": duckdb.__version__,
         "dagster": dagster.__version__,
+        **code_version(),
     }
+
+
+def code_version() -> dict:
+    """The commit measured, and any uncommitted changes to the package."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+        return done.stdout if done.returncode == 0 else ""
+
+    dirty = git("status", "--porcelain", "--", "rfm_assets").splitlines()
+    return {"git_commit": git("rev-parse", "HEAD").strip(), "rfm_assets_uncommitted": dirty}
 
 
 def markdown(results: list[dict]) -> str:

@@ -125,17 +125,21 @@ class SourceColumns:
     order_id: Optional[str]
 
     @property
+    def mapping(self) -> dict[str, Optional[str]]:
+        """Canonical field -> source column (None where not used)."""
+        return {
+            "customer_id": self.customer_id,
+            "transaction_date": self.transaction_date,
+            "amount": self.amount,
+            "quantity": self.quantity,
+            "unit_price": self.unit_price,
+            "order_id": self.order_id,
+        }
+
+    @property
     def needed(self) -> list[str]:
         """The source columns to read, each once, in a stable order."""
-        names = [
-            self.customer_id,
-            self.transaction_date,
-            self.amount,
-            self.quantity,
-            self.unit_price,
-            self.order_id,
-        ]
-        return list(dict.fromkeys(n for n in names if n))
+        return list(dict.fromkeys(n for n in self.mapping.values() if n))
 
 
 class RFMSettings(dg.ConfigurableResource):

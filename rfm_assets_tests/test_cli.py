@@ -108,7 +108,7 @@ def test_config_file_and_flags_combine(tmp_path):
     "flags, message",
     [
         (["--input", "/no/such/file.parquet"], "input_path: /no/such/file.parquet does not exist"),
-        (["--customer-id", "Customer"], "columns: 'Customer' not found"),
+        (["--customer-id", "Customer"], "columns.customer_id='Customer' not found"),
         (["--weights", "1,0,0"], "weights: frequency and monetary may not both be 0"),
         (["--weights", "1,2"], "--weights: expected three numbers"),
         (["--analysis-period-days", "0"], "analysis_period_days"),

@@ -52,16 +52,30 @@ def _read_table(path: str, columns: SourceColumns) -> pa.Table:
         available = _csv_header(source) if is_csv else _parquet_dataset(source).schema.names
     except (OSError, pa.ArrowException, UnicodeDecodeError) as error:
         raise RFMInputError(f"input_path: cannot read {path}: {_first_line(error)}") from None
-    missing = [name for name in columns.needed if name not in available]
+    if not available:
+        raise RFMInputError(f"input_path: {path} holds no columns (no Parquet files?)")
+    missing = [
+        f"columns.{field}={source!r}"
+        for field, source in columns.mapping.items()
+        if source and source not in available
+    ]
     if missing:
+        hint = ""
+        if columns.amount == "amount" and "amount" not in available:
+            hint = " (map columns.amount, or columns.quantity and columns.unit_price)"
         raise RFMInputError(
-            f"columns: {', '.join(repr(m) for m in missing)} not found in {path}; "
+            f"{', '.join(missing)} not found in {path}{hint}; "
             f"its columns are: {', '.join(available)}"
         )
     try:
         if is_csv:
-            # Ids stay text so that leading zeros survive.
-            as_text = {c: pa.string() for c in (columns.customer_id, columns.order_id) if c}
+            # Ids stay text so that leading zeros survive; dates are parsed by
+            # _timestamps, which keeps each row's own wall-clock date.
+            as_text = {
+                c: pa.string()
+                for c in (columns.customer_id, columns.order_id, columns.transaction_date)
+                if c
+            }
             return pacsv.read_csv(
                 source,
                 convert_options=pacsv.ConvertOptions(
@@ -97,37 +111,76 @@ def _customer_ids(column: pa.ChunkedArray, name: str) -> pd.Series:
     if pa.types.is_floating(kind):
         values = column.to_numpy(zero_copy_only=False)
         present = values[~np.isnan(values)]
-        if np.all(present == np.floor(present)):
-            return pd.Series(pd.array(values, dtype="Float64")).astype("Int64")
-        return pd.Series(values)
+        fractional = present[present != np.floor(present)]
+        if len(fractional):
+            raise RFMInputError(
+                f"column '{name}': {len(fractional)} customer ids are not whole numbers, "
+                f"e.g. {np.unique(fractional)[:EXAMPLES_SHOWN].tolist()}; map an integer or "
+                "text id column"
+            )
+        return pd.Series(pd.array(values, dtype="Float64")).astype("Int64")
     text = pc.utf8_trim_whitespace(column.cast(pa.string()))
     # A blank id is no id.
     text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
     return text.to_pandas()
 
 
+# A trailing UTC offset on a text timestamp: Z, +01:00, -0500.
+_OFFSET = r"(?:Z|[+-]\d{2}:?\d{2})$"
+
+
 def _timestamps(column: pa.ChunkedArray, name: str) -> np.ndarray:
+    """Naive datetime64 values; the calendar date is the one on the source's own clock."""
     kind = column.type
-    if pa.types.is_timestamp(kind) and kind.tz is not None:
-        # The calendar date is the one on the source's own clock.
-        column = pc.local_timestamp(column)
+    if pa.types.is_timestamp(kind):
+        parsed = pc.local_timestamp(column) if kind.tz is not None else column
     elif pa.types.is_date(kind):
-        column = column.cast(pa.timestamp("s"))
-    if pa.types.is_timestamp(column.type):
-        values = column.to_numpy()
-        bad = np.isnat(values)
-        raw = column
+        parsed = column.cast(pa.timestamp("s"))
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
+        parsed = _parse_text_timestamps(column.cast(pa.string()), name)
     else:
-        raw = column.cast(pa.string())
-        parsed = pd.to_datetime(raw.to_pandas(), errors="coerce", format="mixed")
-        values = parsed.to_numpy()
-        bad = np.isnat(values)
+        raise RFMInputError(
+            f"column '{name}': type {kind} is not a date; expected a date, timestamp or text"
+        )
+    values = parsed.to_numpy()
+    bad = np.isnat(values)
     if bad.any():
+        raw = column.cast(pa.string()) if not pa.types.is_timestamp(kind) else column
         examples = pc.unique(raw.filter(pa.array(bad))).to_pylist()[:EXAMPLES_SHOWN]
         raise RFMInputError(
             f"column '{name}': {int(bad.sum())} values are not dates, e.g. {examples}"
         )
     return values
+
+
+def _parse_text_timestamps(text: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+    """ISO 8601 text to naive timestamps, keeping the wall-clock time of a single offset.
+
+    Text with more than one UTC offset (or offsets on some rows only) has no single calendar
+    to take dates from, so it is an error rather than a guess.
+    """
+    offsets = pc.struct_field(pc.extract_regex(text, f"(?P<offset>{_OFFSET})"), "offset")
+    zones = {
+        "+00:00" if z == "Z" else z[:3] + ":" + z[-2:]
+        for z in pc.unique(offsets).to_pylist()
+        if z is not None
+    }
+    with_offset = int(pc.sum(pc.is_valid(offsets)).as_py() or 0)
+    present = len(text) - text.null_count
+    if len(zones) > 1 or (zones and with_offset != present):
+        shown = sorted(zones) + (["none"] if with_offset != present else [])
+        raise RFMInputError(
+            f"column '{name}': mixed time zones ({', '.join(shown)}); convert the column to "
+            "one zone first, e.g. UTC or the shop's local time"
+        )
+    wall_clock = pc.replace_substring_regex(text, _OFFSET, "") if zones else text
+    try:
+        return pc.cast(wall_clock, pa.timestamp("us"))
+    except pa.ArrowInvalid:
+        # Not plain ISO 8601: one format inferred from the data and applied to every row, so
+        # an ambiguous day/month order is never mixed within a column.
+        parsed = pd.to_datetime(wall_clock.to_pandas(), errors="coerce")
+        return pa.chunked_array([pa.array(parsed.to_numpy(dtype="datetime64[us]"))])
 
 
 def _numbers(column: pa.ChunkedArray, name: str) -> np.ndarray:
