@@ -299,7 +299,6 @@ def machine_info() -> dict:
         "pyarrow": pyarrow.__version__,
         "duckdb": duckdb.__version__,
         "dagster": dagster.__version__,
-        **code_version(),
     }
 
 
@@ -336,6 +335,7 @@ def benchmark(sizes: list[int], repeats: int) -> None:
     from rfm_assets.synthetic import generate_transactions
 
     results, checks = [], {}
+    code_at_start = code_version()
     with tempfile.TemporaryDirectory(prefix="rfm-bench-") as workdir:
         warmup = os.path.join(workdir, "warmup.parquet")
         generate_transactions(WARMUP_ROWS, seed=SEED).to_parquet(warmup, index=False)
@@ -389,6 +389,8 @@ def benchmark(sizes: list[int], repeats: int) -> None:
             {
                 "command": " ".join([Path(sys.executable).name, *sys.argv]),
                 "machine": machine_info(),
+                "code_at_start": code_at_start,
+                "code_at_end": code_version(),
                 "seed": SEED,
                 "repeats": repeats,
                 "agreement": checks,

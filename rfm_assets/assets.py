@@ -11,12 +11,12 @@ from rfm_assets.engines.pandas_compute import (
     compute_metrics,
     compute_scores,
     prepare_transactions,
-    thresholds_from_scores,
 )
 from rfm_assets.engines.pandas_compute import (
     segment_analytics as analyse_segments,
 )
 from rfm_assets.engines.pandas_read import read_transactions
+from rfm_assets.pipeline import used_thresholds
 from rfm_assets.settings import RFMSettings
 
 GROUP = "rfm"
@@ -38,11 +38,6 @@ def table_metadata(frame: pd.DataFrame) -> dict:
             ]
         ),
     }
-
-
-def used_thresholds(settings: RFMSettings, scores: pd.DataFrame) -> dict[str, list[float]]:
-    """The cut points behind the scores: the configured ones, or those the quantiles drew."""
-    return settings.fixed_cut_points() or thresholds_from_scores(scores, settings.scale)
 
 
 def segment_table_markdown(analytics: pd.DataFrame) -> str:
@@ -116,12 +111,16 @@ def transactions(context: dg.AssetExecutionContext, rfm_settings: RFMSettings):
     )
 
 
-def recorded_reference_date(context: dg.AssetExecutionContext) -> dt.date:
-    """The reference date that the stored `transactions` materialization was cleaned with."""
+def recorded_by_transactions(context: dg.AssetExecutionContext, key: str):
+    """A value the stored `transactions` materialization recorded (reference date, customers).
+
+    Later steps read it from the instance, so they agree with the table they load even when
+    they are materialized on their own.
+    """
     event = context.instance.get_latest_materialization_event(dg.AssetKey("transactions"))
-    if event is None or "reference_date" not in event.asset_materialization.metadata:
-        raise dg.Failure("transactions has no recorded reference_date: materialize it first")
-    return dt.date.fromisoformat(event.asset_materialization.metadata["reference_date"].value)
+    if event is None or key not in event.asset_materialization.metadata:
+        raise dg.Failure(f"transactions has no recorded {key}: materialize transactions first")
+    return event.asset_materialization.metadata[key].value
 
 
 @dg.asset(group_name=GROUP, kinds=KINDS)
@@ -132,7 +131,7 @@ def rfm_metrics(
 
     Also first and last purchase dates, tenure in days and average order value.
     """
-    reference_date = recorded_reference_date(context)
+    reference_date = dt.date.fromisoformat(recorded_by_transactions(context, "reference_date"))
     metrics = compute_metrics(transactions, reference_date)
     return dg.Output(
         metrics, metadata={**table_metadata(metrics), "reference_date": reference_date.isoformat()}
@@ -171,11 +170,14 @@ def rfm_scores(rfm_settings: RFMSettings, rfm_metrics: pd.DataFrame) -> dg.Outpu
             "one_row_per_customer",
             asset="customer_segments",
             blocking=True,
-            description="Every customer appears exactly once and has a segment.",
+            description="Every customer with a kept transaction appears exactly once and has a "
+            "segment.",
         )
     ],
 )
-def customer_segments(rfm_settings: RFMSettings, rfm_scores: pd.DataFrame):
+def customer_segments(
+    context: dg.AssetExecutionContext, rfm_settings: RFMSettings, rfm_scores: pd.DataFrame
+):
     """Every customer with scores, one of the named segments, its recommendation, value tier
     and engagement level. Filter on the published columns, e.g.
     `df[df["segment"] == "Champions"]`.
@@ -197,10 +199,16 @@ def customer_segments(rfm_settings: RFMSettings, rfm_scores: pd.DataFrame):
     )
     duplicated = int(segmented["customer_id"].duplicated().sum())
     unsegmented = int(segmented["segment"].isna().sum())
+    with_kept_rows = int(recorded_by_transactions(context, "customers"))
     yield dg.AssetCheckResult(
         check_name="one_row_per_customer",
-        passed=duplicated == 0 and unsegmented == 0,
-        metadata={"duplicated_customers": duplicated, "customers_without_segment": unsegmented},
+        passed=duplicated == 0 and unsegmented == 0 and len(segmented) == with_kept_rows,
+        metadata={
+            "customers": len(segmented),
+            "customers_with_kept_rows": with_kept_rows,
+            "duplicated_customers": duplicated,
+            "customers_without_segment": unsegmented,
+        },
     )
 
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +17,7 @@ import pandas as pd
 import yaml
 
 from rfm_assets.errors import RFMConfigError, RFMError
+from rfm_assets.exports import write_atomically, write_table
 from rfm_assets.packaged import preset_names, preset_path
 
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
@@ -186,27 +185,6 @@ def run_summary(settings, metadata: dict[str, Any], tables: dict[str, pd.DataFra
 
 
 # --- writing results ------------------------------------------------------------------------
-
-
-def write_atomically(path: Path, write) -> None:
-    """Write via a temporary file in the same folder, then rename it into place."""
-    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(staging)
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-
-
-def write_table(frame: pd.DataFrame, path: Path, file_format: str) -> None:
-    if file_format == "parquet":
-        write_atomically(path, lambda p: frame.to_parquet(p, index=False))
-        return
-    flat = frame.copy()
-    for column in flat.columns:
-        if flat[column].dtype == object and len(flat) and isinstance(flat[column].iloc[0], list):
-            flat[column] = flat[column].map(json.dumps)
-    write_atomically(path, lambda p: flat.to_csv(p, index=False))
 
 
 def read_table(directory: Path, name: str) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
+from pandas.tseries.api import guess_datetime_format
 
 from rfm_assets.errors import RFMInputError
 from rfm_assets.settings import SourceColumns
@@ -179,7 +180,11 @@ def _parse_text_timestamps(text: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     except pa.ArrowInvalid:
         # Not plain ISO 8601: one format inferred from the data and applied to every row, so
         # an ambiguous day/month order is never mixed within a column.
-        parsed = pd.to_datetime(wall_clock.to_pandas(), errors="coerce")
+        sample = pc.unique(wall_clock.drop_null())[:100].to_pylist()
+        date_format = next((f for v in sample if (f := guess_datetime_format(v))), None)
+        if date_format is None:  # nothing looks like a date: every row is reported
+            return pa.chunked_array([pa.nulls(len(wall_clock), pa.timestamp("us"))])
+        parsed = pd.to_datetime(wall_clock.to_pandas(), format=date_format, errors="coerce")
         return pa.chunked_array([pa.array(parsed.to_numpy(dtype="datetime64[us]"))])
 
 

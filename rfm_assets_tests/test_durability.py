@@ -1,0 +1,145 @@
+"""A failed, killed or starved run never loses or half-writes the previous result."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from rfm_assets import assets as rfm_asset_module
+from rfm_assets import defs
+from rfm_assets.assets import RFM_ASSETS
+from rfm_assets.cli import main
+from rfm_assets.io_manager import RFMParquetIOManager
+from rfm_assets.settings import RFMSettings
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import dagster as dg, pandas as pd
+    from rfm_assets.io_manager import RFMParquetIOManager
+
+    base, version, hang = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "hang"
+
+    @dg.asset
+    def customer_segments() -> pd.DataFrame:
+        return pd.DataFrame({"customer_id": range(100_000), "version": version})
+
+    if hang:
+        def half_write(self, handle, **kwargs):
+            handle.write(b"PAR1" + b"half a file" * 1000)
+            handle.flush()
+            print("WRITING", flush=True)
+            time.sleep(120)
+        pd.DataFrame.to_parquet = half_write
+
+    dg.materialize([customer_segments], resources={"io_manager": RFMParquetIOManager(base_dir=base)})
+    """
+)
+
+
+def test_a_run_killed_mid_write_leaves_the_last_good_value(tmp_path, monkeypatch):
+    base = tmp_path / "store"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    first = subprocess.run(
+        [sys.executable, str(script), str(base), "1", "ok"], capture_output=True, timeout=300
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = (base / "customer_segments.parquet").read_bytes()
+
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(base), "2", "hang"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "WRITING"
+        staged = [p for p in base.iterdir() if p.name.endswith(".tmp")]
+        assert staged and staged[0].stat().st_size > 0  # the kill lands mid-write
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+    assert (base / "customer_segments.parquet").read_bytes() == before
+    monkeypatch.setenv("RFM_ASSETS_BASE_DIR", str(base))
+    loaded = defs.load_asset_value("customer_segments")
+    assert len(loaded) == 100_000 and set(loaded["version"]) == {1}
+
+
+def materialize_graph(base, **settings):
+    return dg.materialize(
+        RFM_ASSETS,
+        resources={
+            "rfm_settings": RFMSettings(**settings),
+            "io_manager": RFMParquetIOManager(base_dir=str(base)),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def test_an_exception_in_a_later_asset_keeps_every_earlier_value(tmp_path, monkeypatch):
+    base = tmp_path / "store"
+    assert materialize_graph(base).success
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("segmenting failed")
+
+    monkeypatch.setattr(rfm_asset_module, "assign_segments", broken)
+    result = materialize_graph(base, analysis_period_days=90)
+    assert not result.success
+    after = {p.name: p.read_bytes() for p in base.iterdir()}
+    assert set(after) == set(before)  # no temporary files left behind
+    # Steps before the failure wrote their new values; the failed one and its dependant
+    # kept the last good ones, byte for byte.
+    assert after["customer_segments.parquet"] == before["customer_segments.parquet"]
+    assert after["segment_analytics.parquet"] == before["segment_analytics.parquet"]
+    assert after["transactions.parquet"] != before["transactions.parquet"]
+
+
+def test_a_full_disk_keeps_the_previous_value_and_says_so(tmp_path, monkeypatch, capsys):
+    base = tmp_path / "store"
+    assert materialize_graph(base).success
+    before = (base / "transactions.parquet").read_bytes()
+
+    def disk_full(self, target, **kwargs):
+        if hasattr(target, "write"):
+            target.write(b"PAR1partial")
+        else:
+            with open(target, "wb") as handle:
+                handle.write(b"PAR1partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    result = materialize_graph(base, analysis_period_days=90)
+    assert not result.success
+    assert (base / "transactions.parquet").read_bytes() == before
+    assert sorted(p.name for p in base.iterdir()) == sorted(
+        f"{name}.parquet" for name in ("transactions", "rfm_metrics", "rfm_scores",
+                                       "customer_segments", "segment_analytics")
+    )  # fmt: skip
+
+    output = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["analyze", "--output", str(output)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "No space left on device" in error
+    assert not [p for p in output.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("file_format", ["parquet", "csv"])
+def test_an_existing_result_survives_a_failed_cli_run(tmp_path, file_format):
+    output = tmp_path / "out"
+    assert main(["analyze", "--output", str(output), "--format", file_format]) == 0
+    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    assert main(["analyze", "--output", str(output), "--weights", "1,0,0"]) == 1
+    assert main(["analyze", "--output", str(output), "--reference-date", "1999-01-01"]) == 1
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == before
