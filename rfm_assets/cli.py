@@ -44,7 +44,10 @@ def settings_from_config_file(path: str) -> dict[str, Any]:
             f"--config: cannot read {path}: {error.strerror}; presets: {', '.join(preset_names())}"
         ) from None
     except yaml.YAMLError as error:
-        raise RFMConfigError(f"--config: {path} is not valid YAML: {error}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise RFMConfigError(f"--config: {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise RFMConfigError(f"--config: {path} must hold a mapping")
     if "resources" in raw:
@@ -96,12 +99,38 @@ def parse_weights(text: str) -> dict[str, float]:
     return dict(zip(("recency", "frequency", "monetary"), values))
 
 
+def _config_model(annotation):
+    """The Config class behind a field's annotation (unwrapping Optional), or None."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if hasattr(candidate, "model_fields"):
+            return candidate
+    return None
+
+
+def unknown_keys(model, mapping: dict, prefix: str = "") -> list[str]:
+    """Keys of `mapping`, recursively, that `model` has no field for (typos, old names)."""
+    unknown = []
+    for key, value in mapping.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            unknown.append(f"{prefix}{key}")
+            continue
+        nested = _config_model(field.annotation)
+        if nested is not None and isinstance(value, dict):
+            unknown += unknown_keys(nested, value, f"{prefix}{key}.")
+    return unknown
+
+
 def build_settings(settings: dict[str, Any]):
     """RFMSettings from a mapping; a validation error becomes one line naming the field."""
     from pydantic import ValidationError
 
     from rfm_assets.settings import RFMSettings
 
+    unknown = unknown_keys(RFMSettings, settings)
+    if unknown:
+        known = ", ".join(RFMSettings.model_fields)
+        raise RFMConfigError(f"unknown settings: {', '.join(unknown)}; known settings: {known}")
     try:
         return RFMSettings(**settings)
     except ValidationError as error:
@@ -304,8 +333,15 @@ def command_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage mistakes are one line too, with the allowed values argparse names."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root = _OneLineErrors(
         prog="rfm-assets", description="RFM customer segmentation as a Dagster asset graph."
     )
     root.add_argument("--debug", action="store_true", help="show tracebacks on errors")

@@ -130,6 +130,36 @@ def test_errors_are_one_line_without_traceback(tmp_path, flags, message):
     assert "Traceback" not in completed.stderr + completed.stdout
 
 
+@pytest.mark.parametrize(
+    "config_text, message",
+    [
+        ("resources: [\n", "is not valid YAML at line 2"),
+        (
+            "resources:\n  rfm_settings:\n    config:\n      wieghts: {recency: 2}\n",
+            "unknown settings: wieghts; known settings: input_path,",
+        ),
+        ("columns: {custid: x}\n", "unknown settings: columns.custid"),
+        ("scoring_method: deciles\n", "Input should be 'quintiles', 'quartiles' or 'fixed'"),
+        ("resources: {other: 1}\n", "has resources: but no resources.rfm_settings.config"),
+    ],
+)
+def test_config_file_errors_are_one_line(tmp_path, capsys, config_text, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(config_text)
+    assert main(["analyze", "--output", str(tmp_path / "o"), "--config", str(config)]) == 1
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+
+
+def test_usage_errors_are_one_line_and_name_the_allowed_values(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["analyze", "--output", "o", "--scoring", "deciles"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "invalid choice: 'deciles' (choose from 'quintiles', 'quartiles')" in error
+
+
 def test_report_on_a_missing_result_is_a_clear_error(tmp_path, capsys):
     assert main(["report", "--input", str(tmp_path)]) == 1
     assert "has no segment_analytics.parquet or segment_analytics.csv" in capsys.readouterr().err

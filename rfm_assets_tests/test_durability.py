@@ -38,7 +38,8 @@ CHILD = textwrap.dedent(
             time.sleep(120)
         pd.DataFrame.to_parquet = half_write
 
-    dg.materialize([customer_segments], resources={"io_manager": RFMParquetIOManager(base_dir=base)})
+    store = RFMParquetIOManager(base_dir=base)
+    dg.materialize([customer_segments], resources={"io_manager": store})
     """
 )
 
