@@ -16,6 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rfm_assets.contract import EXCLUSION_REASONS, MICRO_UNITS
+from rfm_assets.engines.shared import (
+    HIGHER_IS_BETTER,
+    SCORE_OF,
+    analytics_from_aggregates,
+    cut_points_from_extremes,
+)
 from rfm_assets.errors import RFMInputError
 from rfm_assets.segments import SegmentGrid
 
@@ -256,10 +262,6 @@ def _distinct_orders_per_customer(
 
 # --- scores -------------------------------------------------------------------------------
 
-# Per dimension: is a larger value better? (recency: smaller is better)
-HIGHER_IS_BETTER = {"recency": False, "frequency": True, "monetary": True}
-SCORE_OF = {"recency": "R_score", "frequency": "F_score", "monetary": "M_score"}
-
 
 def quantile_scores(values: np.ndarray, scale: int, higher_is_better: bool) -> np.ndarray:
     """score = 1 + floor(k * b / n), b = customers with a strictly worse value.
@@ -288,25 +290,17 @@ def fixed_scores(values: np.ndarray, cut_points: list[float], higher_is_better: 
 
 
 def thresholds_from_scores(scores: pd.DataFrame, scale: int) -> dict[str, list[float]]:
-    """Cut points that reproduce `scores` under `fixed_scores` on the same customers.
-
-    Larger-is-better: t(s-1) = least value scoring >= s (max + 1 where no customer does).
-    Recency: t(j) = greatest recency scoring >= k-j+1 (0 where no customer does).
-    """
-    published = {}
-    for dimension, higher_is_better in HIGHER_IS_BETTER.items():
+    """Cut points that reproduce `scores` under `fixed_scores` (see cut_points_from_extremes)."""
+    extremes, maxima = {}, {}
+    for dimension in HIGHER_IS_BETTER:
         values = scores[dimension].to_numpy(dtype=np.float64)
-        score = scores[SCORE_OF[dimension]].to_numpy()
-        cuts = []
-        for j in range(1, scale):
-            if higher_is_better:
-                reached = values[score >= j + 1]
-                cuts.append(float(reached.min()) if len(reached) else float(values.max()) + 1)
-            else:
-                reached = values[score >= scale - j + 1]
-                cuts.append(float(reached.max()) if len(reached) else 0.0)
-        published[dimension] = cuts
-    return published
+        grouped = pd.Series(values).groupby(scores[SCORE_OF[dimension]].to_numpy())
+        extremes[dimension] = {
+            int(score): (low, high)
+            for score, low, high in zip(grouped.min().index, grouped.min(), grouped.max())
+        }
+        maxima[dimension] = float(values.max())
+    return cut_points_from_extremes(extremes, maxima, scale)
 
 
 def combined_scores(
@@ -382,30 +376,22 @@ def segment_analytics(
     table, segments = grid.lookup_table()
     code = table[segmented["R_score"].to_numpy(), segmented["FM_score"].to_numpy()]
     count = len(segments)
-    customers = np.bincount(code, minlength=count)
     revenue_micro = np.zeros(count, dtype=np.int64)
     np.add.at(revenue_micro, code, to_micro_units(segmented["monetary"].to_numpy()))
-    recency_sum = np.bincount(code, weights=segmented["recency"].to_numpy(), minlength=count)
-    orders = np.bincount(code, weights=segmented["frequency"].to_numpy(), minlength=count)
-    revenue = revenue_micro / MICRO_UNITS
-    total_revenue = revenue_micro.sum() / MICRO_UNITS
-    with np.errstate(divide="ignore", invalid="ignore"):
-        analytics = pd.DataFrame(
-            {
-                "segment": pd.array([s.name for s in segments], dtype="str"),
-                "segment_id": pd.array([s.segment_id for s in segments], dtype="str"),
-                "priority": np.array([s.priority for s in segments], dtype=np.int64),
-                "customers": customers.astype(np.int64),
-                "customer_share": customers / customers.sum(),
-                "revenue": revenue,
-                "revenue_share": revenue / total_revenue if total_revenue else np.nan,
-                "avg_recency": recency_sum / customers,
-                "avg_frequency": orders / customers,
-                "avg_monetary": revenue / customers,
-                "avg_order_value": revenue / orders,
-                "recommendation": pd.array([s.recommendation for s in segments], dtype="str"),
-            }
-        )
-    for dimension in ("recency", "frequency", "monetary"):
-        analytics[f"{dimension}_thresholds"] = [list(thresholds[dimension])] * count
-    return analytics
+    sums = {
+        "customers": np.bincount(code, minlength=count),
+        "revenue_micro": revenue_micro,
+        "recency": _integer_sums(code, segmented["recency"].to_numpy(), count),
+        "orders": _integer_sums(code, segmented["frequency"].to_numpy(), count),
+    }
+    aggregates = {
+        entry.name: {key: int(values[i]) for key, values in sums.items()}
+        for i, entry in enumerate(segments)
+    }
+    return analytics_from_aggregates(aggregates, grid, thresholds)
+
+
+def _integer_sums(codes: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
+    totals = np.zeros(count, dtype=np.int64)
+    np.add.at(totals, codes, values.astype(np.int64))
+    return totals

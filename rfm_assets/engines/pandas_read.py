@@ -18,10 +18,9 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 from pandas.tseries.api import guess_datetime_format
 
+from rfm_assets.engines.shared import EXAMPLES_SHOWN, check_columns, check_input_path, first_line
 from rfm_assets.errors import RFMInputError
 from rfm_assets.settings import SourceColumns
-
-EXAMPLES_SHOWN = 5
 
 
 def read_transactions(path: str, columns: SourceColumns) -> pd.DataFrame:
@@ -45,29 +44,14 @@ def read_transactions(path: str, columns: SourceColumns) -> pd.DataFrame:
 
 
 def _read_table(path: str, columns: SourceColumns) -> pa.Table:
+    check_input_path(path)
     source = Path(path)
-    if not source.exists():
-        raise RFMInputError(f"input_path: {path} does not exist")
     is_csv = source.suffix.lower() == ".csv"
     try:
         available = _csv_header(source) if is_csv else _parquet_dataset(source).schema.names
     except (OSError, pa.ArrowException, UnicodeDecodeError) as error:
-        raise RFMInputError(f"input_path: cannot read {path}: {_first_line(error)}") from None
-    if not available:
-        raise RFMInputError(f"input_path: {path} holds no columns (no Parquet files?)")
-    missing = [
-        f"columns.{field}={source!r}"
-        for field, source in columns.mapping.items()
-        if source and source not in available
-    ]
-    if missing:
-        hint = ""
-        if columns.amount == "amount" and "amount" not in available:
-            hint = " (map columns.amount, or columns.quantity and columns.unit_price)"
-        raise RFMInputError(
-            f"{', '.join(missing)} not found in {path}{hint}; "
-            f"its columns are: {', '.join(available)}"
-        )
+        raise RFMInputError(f"input_path: cannot read {path}: {first_line(error)}") from None
+    check_columns(path, columns, available)
     try:
         if is_csv:
             # Ids stay text so that leading zeros survive; dates are parsed by
@@ -85,7 +69,7 @@ def _read_table(path: str, columns: SourceColumns) -> pa.Table:
             )
         return _parquet_dataset(source).to_table(columns=columns.needed)
     except (OSError, pa.ArrowException) as error:
-        raise RFMInputError(f"input_path: cannot read {path}: {_first_line(error)}") from None
+        raise RFMInputError(f"input_path: cannot read {path}: {first_line(error)}") from None
 
 
 def _parquet_dataset(source: Path) -> pads.Dataset:
@@ -98,10 +82,6 @@ def _csv_header(source: Path) -> list[str]:
     if not header:
         raise RFMInputError(f"input_path: {source} is empty")
     return header
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _customer_ids(column: pa.ChunkedArray, name: str) -> pd.Series:
