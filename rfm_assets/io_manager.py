@@ -1,18 +1,35 @@
-"""Parquet storage of asset values: one file per asset key under `base_dir`, written atomically."""
+"""Parquet storage of asset values, one location per asset key under `base_dir`.
+
+Layout of an asset's location `<base_dir>/<asset key path>/`:
+
+    CURRENT                      the name of the current version (one line)
+    v<time>-<id>.parquet         a version written by pandas (one file)
+    v<time>-<id>.parquet/        a version written by Spark (a directory of part files)
+
+A write puts a complete new version beside the old ones, then replaces `CURRENT` atomically
+(a rename on a local disk, a single PUT on an object store), then removes the old versions.
+A failed or killed write therefore never touches what `CURRENT` points to: the previous
+value stays readable. Spark versions are written by the executors, never collected.
+"""
 
 from __future__ import annotations
 
 import os
+import time
+import typing
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import dagster as dg
 import pandas as pd
+from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 from upath import UPath
 
 LOCAL_PROTOCOLS = ("", "file", "local")
+POINTER = "CURRENT"
 
 
 def default_base_dir() -> str:
@@ -30,53 +47,165 @@ def default_base_dir() -> str:
     return str(Path.home() / ".rfm_assets" / "storage")
 
 
-class PandasParquetStore(dg.UPathIOManager):
-    """Stores pandas DataFrames as `<base_dir>/<asset key path>.parquet`.
+@dataclass(frozen=True)
+class StoredTable:
+    """A handle on a stored asset value, for consumers that load it with their own engine."""
 
-    A local write goes to a temporary file beside the target, is flushed to disk and then
-    renamed over it, so a failed or killed run leaves the previous value readable. On an
-    object store the single PUT of the finished file is already atomic.
+    path: str
+    storage_options: dict = field(default_factory=dict)
+
+    def to_pandas(self, columns: Optional[list[str]] = None) -> pd.DataFrame:
+        return pd.read_parquet(
+            self.path, columns=columns, storage_options=self.storage_options or None
+        )
+
+    def to_spark(self, spark):
+        return spark.read.parquet(self.path)
+
+
+def is_spark_dataframe(value: Any) -> bool:
+    try:
+        from pyspark.sql import DataFrame
+    except ImportError:  # pragma: no cover - pyspark is a dependency
+        return False
+    # PySpark 4's classic DataFrame is a subclass: isinstance, never ==.
+    return isinstance(value, DataFrame)
+
+
+def _wanted_type(context: dg.InputContext) -> Any:
+    """The consumer's annotation, with Optional[...] unwrapped (Any when there is none)."""
+    wanted = context.dagster_type.typing_type if context.dagster_type else Any
+    arguments = [a for a in typing.get_args(wanted) if a is not type(None)]
+    if typing.get_origin(wanted) is typing.Union and len(arguments) == 1:
+        wanted = arguments[0]
+    return wanted
+
+
+def _is_local(path: UPath) -> bool:
+    return path.protocol in LOCAL_PROTOCOLS
+
+
+def _plain(path: UPath) -> str:
+    """The path as readers outside fsspec take it: a plain local path or the full URI."""
+    return path.path if _is_local(path) else str(path)
+
+
+class RFMStore(dg.UPathIOManager):
+    """Stores pandas or Spark DataFrames as versioned Parquet; loads by the consumer's type.
+
+    A `pd.DataFrame` or unannotated (`Any`) consumer, including `defs.load_asset_value`, gets
+    pandas, read with pyarrow without starting Spark. A Spark `DataFrame` consumer gets Spark,
+    from the `spark` resource. A `StoredTable` consumer gets the handle and loads it itself.
     """
 
-    extension = ".parquet"
+    extension = ""
 
-    def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath) -> None:
-        if not isinstance(obj, pd.DataFrame):
+    def __init__(self, base_path: UPath, spark: Optional[LazyPySparkResource] = None):
+        super().__init__(base_path=base_path)
+        self._spark = spark
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        version = f"v{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        target = path / version
+        if not (isinstance(obj, pd.DataFrame) or is_spark_dataframe(obj)):
             raise TypeError(
-                f"{context.asset_key.to_user_string()}: expected a pandas DataFrame, "
+                f"{context.asset_key.to_user_string()}: expected a pandas or Spark DataFrame, "
                 f"got {type(obj).__name__}"
             )
-        if path.protocol not in LOCAL_PROTOCOLS:
-            with path.open("wb") as handle:
-                obj.to_parquet(handle, index=False)
-            return
-        target = Path(path.path)
-        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        path.mkdir(parents=True, exist_ok=True)
         try:
-            with open(staging, "wb") as handle:
-                obj.to_parquet(handle, index=False)
+            if isinstance(obj, pd.DataFrame):
+                self._write_pandas(obj, target)
+            else:
+                obj.write.parquet(_plain(target), mode="error")
+        except BaseException:
+            self._remove(target)
+            raise
+        self._point_to(path, version)
+        self._remove_all_but(path, version)
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
+        current = self.current_version(path)
+        wanted = _wanted_type(context)
+        if wanted is StoredTable:
+            return StoredTable(_plain(current), dict(current.storage_options))
+        if isinstance(wanted, type) and wanted.__module__.startswith("pyspark"):
+            if self._spark is None:
+                raise dg.Failure(
+                    f"{context.asset_key.to_user_string()}: loading as a Spark DataFrame needs "
+                    "the io_manager to be given the `spark` resource"
+                )
+            return self._spark.spark_session.read.parquet(_plain(current))
+        return StoredTable(_plain(current), dict(current.storage_options)).to_pandas()
+
+    def path_exists(self, path: UPath) -> bool:
+        return (path / POINTER).exists()
+
+    @staticmethod
+    def current_version(path: UPath) -> UPath:
+        pointer = path / POINTER
+        if not pointer.exists():
+            raise FileNotFoundError(f"no stored value at {path}: it has not been materialized")
+        return path / pointer.read_text().strip()
+
+    @staticmethod
+    def _write_pandas(frame: pd.DataFrame, target: UPath) -> None:
+        if not _is_local(target):
+            with target.open("wb") as handle:
+                frame.to_parquet(handle, index=False)
+            return
+        with open(target.path, "wb") as handle:
+            frame.to_parquet(handle, index=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    @staticmethod
+    def _point_to(path: UPath, version: str) -> None:
+        pointer = path / POINTER
+        if not _is_local(path):
+            pointer.write_text(version + "\n")  # a single PUT: atomic on object stores
+            return
+        staging = Path(pointer.path).with_name(f".{POINTER}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(staging, "w") as handle:
+                handle.write(version + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(staging, target)
+            os.replace(staging, pointer.path)
         finally:
             staging.unlink(missing_ok=True)
 
-    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
-        if path.protocol not in LOCAL_PROTOCOLS:
-            with path.open("rb") as handle:
-                return pd.read_parquet(handle)
-        return pd.read_parquet(path.path)
+    @staticmethod
+    def _remove_all_but(path: UPath, version: str) -> None:
+        """Old versions and leftovers of killed writes; best effort, a failure costs disk only."""
+        for entry in path.iterdir():
+            if entry.name not in (POINTER, version):
+                RFMStore._remove(entry)
+
+    @staticmethod
+    def _remove(entry: UPath) -> None:
+        try:
+            if entry.is_dir():
+                entry.fs.rm(entry.path, recursive=True)
+            elif entry.exists():
+                entry.unlink()
+        except OSError:
+            pass
 
 
 class RFMParquetIOManager(dg.ConfigurableIOManagerFactory):
-    """Parquet files under `base_dir`, one per asset key, read back as pandas DataFrames."""
+    """Versioned Parquet under `base_dir`, one location per asset key, pandas or Spark."""
 
     base_dir: Optional[str] = Field(
         default=None,
-        description="Local path or fsspec URI (s3://..., gs://...) of the asset storage. Unset: "
-        "$RFM_ASSETS_BASE_DIR, else $DAGSTER_HOME/storage/rfm_assets, else "
+        description="Local path or URI (s3://..., gs://..., hdfs://...) of the asset storage. "
+        "Unset: $RFM_ASSETS_BASE_DIR, else $DAGSTER_HOME/storage/rfm_assets, else "
         "~/.rfm_assets/storage.",
     )
+    spark: Optional[LazyPySparkResource] = Field(
+        default=None,
+        description="Spark session for consumers that load an asset as a Spark DataFrame.",
+    )
 
-    def create_io_manager(self, context) -> PandasParquetStore:
-        return PandasParquetStore(base_path=UPath(self.base_dir or default_base_dir()))
+    def create_io_manager(self, context) -> RFMStore:
+        return RFMStore(base_path=UPath(self.base_dir or default_base_dir()), spark=self.spark)

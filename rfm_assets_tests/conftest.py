@@ -11,6 +11,7 @@ from rfm_assets.engines.pandas_compute import (
     compute_scores,
     prepare_transactions,
 )
+from rfm_assets.io_manager import RFMStore
 from rfm_assets.segments import default_grid
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -111,6 +112,22 @@ def tmp_dagster_home(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.delenv("RFM_ASSETS_BASE_DIR", raising=False)
     return home
+
+
+def stored_frame(base, asset: str) -> pd.DataFrame:
+    """The current stored value of `asset` under the IO manager's `base`."""
+    from upath import UPath
+
+    return pd.read_parquet(RFMStore.current_version(UPath(str(base)) / asset).path)
+
+
+def stored_snapshot(base) -> dict[str, bytes]:
+    """asset -> its pointer and the bytes of its current version (pandas versions are files)."""
+    snapshot = {}
+    for location in Path(base).iterdir():
+        current = (location / "CURRENT").read_text().strip()
+        snapshot[location.name] = current.encode() + (location / current).read_bytes()
+    return snapshot
 
 
 def day(text: str) -> dt.date:

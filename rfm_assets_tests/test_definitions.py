@@ -17,6 +17,7 @@ from rfm_assets.definitions import rfm_weekly_schedule
 from rfm_assets.io_manager import RFMParquetIOManager, default_base_dir
 from rfm_assets.settings import RFMSettings
 from rfm_assets.synthetic import generate_transactions
+from rfm_assets_tests.conftest import stored_frame
 
 REPO = Path(__file__).resolve().parents[1]
 CHAIN = ["transactions", "rfm_metrics", "rfm_scores", "customer_segments", "segment_analytics"]
@@ -84,7 +85,7 @@ def test_materialize_attaches_schema_row_counts_and_passing_checks(tmp_path):
     assert result.success
     for name in CHAIN:
         metadata = result.asset_materializations_for_node(name)[0].metadata
-        stored = pd.read_parquet(tmp_path / "store" / f"{name}.parquet")
+        stored = stored_frame(tmp_path / "store", name)
         assert metadata["dagster/row_count"].value == len(stored)
         schema = metadata["dagster/column_schema"].schema
         assert [c.name for c in schema.columns] == list(stored.columns)
@@ -92,7 +93,7 @@ def test_materialize_attaches_schema_row_counts_and_passing_checks(tmp_path):
     checks = result.get_asset_check_evaluations()
     assert {c.check_name for c in checks} == {"rows_accounted_for", "one_row_per_customer"}
     assert all(c.passed for c in checks)
-    segments = pd.read_parquet(tmp_path / "store" / "customer_segments.parquet")
+    segments = stored_frame(tmp_path / "store", "customer_segments")
     assert set(PUBLISHED) <= set(segments.columns)
     analytics = result.asset_materializations_for_node("segment_analytics")[0].metadata
     assert "| Champions |" in analytics["segment_distribution"].value
@@ -138,9 +139,7 @@ def test_load_asset_value_in_a_fresh_process_from_another_directory(tmp_dagster_
     )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     module, rows, unique, champions = loaded.stdout.split()
-    stored = pd.read_parquet(
-        tmp_dagster_home / "storage" / "rfm_assets" / "customer_segments.parquet"
-    )
+    stored = stored_frame(tmp_dagster_home / "storage" / "rfm_assets", "customer_segments")
     assert module.startswith("pandas")
     assert int(rows) == len(stored) > 3000 and unique == "True"  # 180-day window
     assert int(champions) == int((stored["segment"] == "Champions").sum()) > 0
@@ -162,8 +161,8 @@ def test_failed_write_leaves_the_previous_value_readable(tmp_path):
         [fragile], resources={"io_manager": store}, tags={"fail": "yes"}, raise_on_error=False
     )
     assert not failed.success
-    assert pd.read_parquet(folder / "fragile.parquet")["x"].tolist() == [1, 2, 3]
-    assert [p.name for p in folder.iterdir()] == ["fragile.parquet"]  # no temp files left
+    assert stored_frame(folder, "fragile")["x"].tolist() == [1, 2, 3]
+    assert len(list((folder / "fragile").iterdir())) == 2  # CURRENT and one version, no debris
 
 
 @pytest.mark.parametrize("module", ["rfm_assets", "rfm_assets.definitions"])

@@ -17,6 +17,7 @@ from rfm_assets.assets import RFM_ASSETS
 from rfm_assets.cli import main
 from rfm_assets.io_manager import RFMParquetIOManager
 from rfm_assets.settings import RFMSettings
+from rfm_assets_tests.conftest import stored_snapshot
 
 CHILD = textwrap.dedent(
     """
@@ -52,7 +53,7 @@ def test_a_run_killed_mid_write_leaves_the_last_good_value(tmp_path, monkeypatch
         [sys.executable, str(script), str(base), "1", "ok"], capture_output=True, timeout=300
     )
     assert first.returncode == 0, first.stderr[-2000:]
-    before = (base / "customer_segments.parquet").read_bytes()
+    before = stored_snapshot(base)
 
     child = subprocess.Popen(
         [sys.executable, str(script), str(base), "2", "hang"],
@@ -62,13 +63,15 @@ def test_a_run_killed_mid_write_leaves_the_last_good_value(tmp_path, monkeypatch
     )
     try:
         assert child.stdout.readline().strip() == "WRITING"
-        staged = [p for p in base.iterdir() if p.name.endswith(".tmp")]
+        location = base / "customer_segments"
+        current = (location / "CURRENT").read_text().strip()
+        staged = [p for p in location.iterdir() if p.name not in ("CURRENT", current)]
         assert staged and staged[0].stat().st_size > 0  # the kill lands mid-write
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=60)
     finally:
         child.kill()
-    assert (base / "customer_segments.parquet").read_bytes() == before
+    assert stored_snapshot(base) == before
     monkeypatch.setenv("RFM_ASSETS_BASE_DIR", str(base))
     loaded = defs.load_asset_value("customer_segments")
     assert len(loaded) == 100_000 and set(loaded["version"]) == {1}
@@ -89,7 +92,7 @@ def materialize_graph(base, **settings):
 def test_an_exception_in_a_later_asset_keeps_every_earlier_value(tmp_path, monkeypatch):
     base = tmp_path / "store"
     assert materialize_graph(base).success
-    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    before = stored_snapshot(base)
 
     def broken(*args, **kwargs):
         raise RuntimeError("segmenting failed")
@@ -97,19 +100,19 @@ def test_an_exception_in_a_later_asset_keeps_every_earlier_value(tmp_path, monke
     monkeypatch.setattr(rfm_asset_module, "assign_segments", broken)
     result = materialize_graph(base, analysis_period_days=90)
     assert not result.success
-    after = {p.name: p.read_bytes() for p in base.iterdir()}
-    assert set(after) == set(before)  # no temporary files left behind
+    after = stored_snapshot(base)
     # Steps before the failure wrote their new values; the failed one and its dependant
     # kept the last good ones, byte for byte.
-    assert after["customer_segments.parquet"] == before["customer_segments.parquet"]
-    assert after["segment_analytics.parquet"] == before["segment_analytics.parquet"]
-    assert after["transactions.parquet"] != before["transactions.parquet"]
+    assert after["customer_segments"] == before["customer_segments"]
+    assert after["segment_analytics"] == before["segment_analytics"]
+    assert after["transactions"] != before["transactions"]
+    assert all(len(list(location.iterdir())) == 2 for location in base.iterdir())
 
 
 def test_a_full_disk_keeps_the_previous_value_and_says_so(tmp_path, monkeypatch, capsys):
     base = tmp_path / "store"
     assert materialize_graph(base).success
-    before = (base / "transactions.parquet").read_bytes()
+    before = stored_snapshot(base)
 
     def disk_full(self, target, **kwargs):
         if hasattr(target, "write"):
@@ -122,11 +125,8 @@ def test_a_full_disk_keeps_the_previous_value_and_says_so(tmp_path, monkeypatch,
     monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
     result = materialize_graph(base, analysis_period_days=90)
     assert not result.success
-    assert (base / "transactions.parquet").read_bytes() == before
-    assert sorted(p.name for p in base.iterdir()) == sorted(
-        f"{name}.parquet" for name in ("transactions", "rfm_metrics", "rfm_scores",
-                                       "customer_segments", "segment_analytics")
-    )  # fmt: skip
+    assert stored_snapshot(base) == before
+    assert all(len(list(location.iterdir())) == 2 for location in base.iterdir())  # no debris
 
     output = tmp_path / "out"
     capsys.readouterr()
