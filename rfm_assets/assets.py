@@ -1,42 +1,50 @@
-"""The five RFM assets (group `rfm`): thin Dagster wiring around `rfm_assets.engines`."""
+"""The five RFM assets (group `rfm`): thin Dagster wiring around `rfm_assets.engines`.
+
+Each asset reads the settings, asks `engine_for` for the pandas or Spark engine, calls one
+step, and attaches metadata. Inputs arrive as `StoredTable` handles (or frames, with an
+in-memory IO manager), so each engine loads them natively: pandas with pyarrow, Spark with
+its own reader, never one through the other.
+"""
 
 import datetime as dt
 
 import dagster as dg
 import pandas as pd
+from dagster_pyspark import LazyPySparkResource
 
 from rfm_assets.contract import COLUMN_DESCRIPTIONS, EXCLUSION_REASONS
-from rfm_assets.engines.pandas_compute import (
-    assign_segments,
-    compute_metrics,
-    compute_scores,
-    prepare_transactions,
-)
-from rfm_assets.engines.pandas_compute import (
-    segment_analytics as analyse_segments,
-)
-from rfm_assets.engines.pandas_read import read_transactions
-from rfm_assets.pipeline import used_thresholds
+from rfm_assets.engines.dispatch import PandasEngine, engine_for
+from rfm_assets.io_manager import StoredTable, is_spark_dataframe
 from rfm_assets.settings import RFMSettings
 
 GROUP = "rfm"
-KINDS = {"pandas"}
+KINDS = {"pandas", "spark"}
+
+RFM_TABLE = dg.DagsterType(
+    name="RFMTable",
+    description="An RFM table: a pandas or Spark DataFrame, or a handle on its stored value.",
+    type_check_fn=lambda _, value: (
+        isinstance(value, (pd.DataFrame, StoredTable)) or is_spark_dataframe(value)
+    ),
+    typing_type=StoredTable,
+)
 
 
-def table_metadata(frame: pd.DataFrame) -> dict:
+def table_input(name: str) -> dict[str, dg.AssetIn]:
+    return {name: dg.AssetIn(dagster_type=RFM_TABLE)}
+
+
+def table_metadata(engine: PandasEngine, frame) -> dict:
     """Row count and column schema (with each column's meaning) for the Dagster UI."""
     return {
-        "dagster/row_count": len(frame),
+        "dagster/row_count": engine.row_count(frame),
         "dagster/column_schema": dg.TableSchema(
             columns=[
-                dg.TableColumn(
-                    name=str(name),
-                    type=str(dtype),
-                    description=COLUMN_DESCRIPTIONS.get(str(name)),
-                )
-                for name, dtype in frame.dtypes.items()
+                dg.TableColumn(name=name, type=kind, description=COLUMN_DESCRIPTIONS.get(name))
+                for name, kind in engine.schema(frame)
             ]
         ),
+        "engine": engine.name,
     }
 
 
@@ -56,9 +64,22 @@ def segment_table_markdown(analytics: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def recorded_by_transactions(context: dg.AssetExecutionContext, key: str):
+    """A value the stored `transactions` materialization recorded (reference date, customers).
+
+    Later steps read it from the instance, so they agree with the table they load even when
+    they are materialized on their own.
+    """
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("transactions"))
+    if event is None or key not in event.asset_materialization.metadata:
+        raise dg.Failure(f"transactions has no recorded {key}: materialize transactions first")
+    return event.asset_materialization.metadata[key].value
+
+
 @dg.asset(
     group_name=GROUP,
     kinds=KINDS,
+    dagster_type=RFM_TABLE,
     check_specs=[
         dg.AssetCheckSpec(
             "rows_accounted_for",
@@ -68,20 +89,17 @@ def segment_table_markdown(analytics: pd.DataFrame) -> str:
         )
     ],
 )
-def transactions(context: dg.AssetExecutionContext, rfm_settings: RFMSettings):
+def transactions(
+    context: dg.AssetExecutionContext, rfm_settings: RFMSettings, spark: LazyPySparkResource
+):
     """Source transaction lines mapped to `customer_id, transaction_date, amount[, order_id]`.
 
     Cleaned by explicit rules; every excluded row is counted by reason in the metadata
     (`rows_excluded`). The resolved reference date is recorded here for the later steps.
     """
-    raw = read_transactions(rfm_settings.source_path, rfm_settings.source_columns())
-    kept, account = prepare_transactions(
-        raw,
-        reference_date=rfm_settings.parsed_reference_date,
-        analysis_period_days=rfm_settings.analysis_period_days,
-        returns_policy=rfm_settings.returns_policy,
-        cancelled_order_prefix=rfm_settings.cancelled_order_prefix,
-    )
+    engine = engine_for(rfm_settings, spark)
+    kept, account = engine.prepare(engine.read(rfm_settings), rfm_settings)
+    kept = engine.keep(kept)
     summary = account.as_metadata()
     excluded_total = sum(account.rows_excluded.values())
     context.log.info(
@@ -91,7 +109,7 @@ def transactions(context: dg.AssetExecutionContext, rfm_settings: RFMSettings):
     yield dg.Output(
         kept,
         metadata={
-            **table_metadata(kept),
+            **table_metadata(engine, kept),
             **{k: v for k, v in summary.items() if v is not None and k != "rows_excluded"},
             "rows_excluded": dg.MetadataValue.json(summary["rows_excluded"]),
             "exclusion_rules": dg.MetadataValue.md(
@@ -111,53 +129,44 @@ def transactions(context: dg.AssetExecutionContext, rfm_settings: RFMSettings):
     )
 
 
-def recorded_by_transactions(context: dg.AssetExecutionContext, key: str):
-    """A value the stored `transactions` materialization recorded (reference date, customers).
-
-    Later steps read it from the instance, so they agree with the table they load even when
-    they are materialized on their own.
-    """
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("transactions"))
-    if event is None or key not in event.asset_materialization.metadata:
-        raise dg.Failure(f"transactions has no recorded {key}: materialize transactions first")
-    return event.asset_materialization.metadata[key].value
-
-
-@dg.asset(group_name=GROUP, kinds=KINDS)
+@dg.asset(group_name=GROUP, kinds=KINDS, dagster_type=RFM_TABLE, ins=table_input("transactions"))
 def rfm_metrics(
-    context: dg.AssetExecutionContext, transactions: pd.DataFrame
-) -> dg.Output[pd.DataFrame]:
+    context: dg.AssetExecutionContext,
+    rfm_settings: RFMSettings,
+    spark: LazyPySparkResource,
+    transactions,
+) -> dg.Output:
     """One row per customer: recency (days to the reference date), frequency, monetary.
 
     Also first and last purchase dates, tenure in days and average order value.
     """
+    engine = engine_for(rfm_settings, spark)
     reference_date = dt.date.fromisoformat(recorded_by_transactions(context, "reference_date"))
-    metrics = compute_metrics(transactions, reference_date)
+    metrics = engine.keep(engine.metrics(engine.load(transactions), reference_date))
     return dg.Output(
-        metrics, metadata={**table_metadata(metrics), "reference_date": reference_date.isoformat()}
+        metrics,
+        metadata={
+            **table_metadata(engine, metrics),
+            "reference_date": reference_date.isoformat(),
+        },
     )
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS)
-def rfm_scores(rfm_settings: RFMSettings, rfm_metrics: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+@dg.asset(group_name=GROUP, kinds=KINDS, dagster_type=RFM_TABLE, ins=table_input("rfm_metrics"))
+def rfm_scores(rfm_settings: RFMSettings, spark: LazyPySparkResource, rfm_metrics) -> dg.Output:
     """Customer metrics with R, F and M scores (1 worst .. k best), FM_score, RFM_score, rfm_cell.
 
     Quantile scores are tie-safe (`1 + floor(k * b / n)`); the cut points they imply are
     published in the metadata so a later run can pin them with `scoring_method: fixed`.
     """
-    weights = rfm_settings.weights
-    scores = compute_scores(
-        rfm_metrics,
-        scale=rfm_settings.scale,
-        weights=(weights.recency, weights.frequency, weights.monetary),
-        fixed_cut_points=rfm_settings.fixed_cut_points(),
-    )
+    engine = engine_for(rfm_settings, spark)
+    scores = engine.keep(engine.scores(engine.load(rfm_metrics), rfm_settings))
     return dg.Output(
         scores,
         metadata={
-            **table_metadata(scores),
+            **table_metadata(engine, scores),
             "scoring_method": rfm_settings.scoring_method,
-            "thresholds": dg.MetadataValue.json(used_thresholds(rfm_settings, scores)),
+            "thresholds": dg.MetadataValue.json(engine.thresholds(scores, rfm_settings)),
         },
     )
 
@@ -165,6 +174,8 @@ def rfm_scores(rfm_settings: RFMSettings, rfm_metrics: pd.DataFrame) -> dg.Outpu
 @dg.asset(
     group_name=GROUP,
     kinds=KINDS,
+    dagster_type=RFM_TABLE,
+    ins=table_input("rfm_scores"),
     check_specs=[
         dg.AssetCheckSpec(
             "one_row_per_customer",
@@ -176,35 +187,35 @@ def rfm_scores(rfm_settings: RFMSettings, rfm_metrics: pd.DataFrame) -> dg.Outpu
     ],
 )
 def customer_segments(
-    context: dg.AssetExecutionContext, rfm_settings: RFMSettings, rfm_scores: pd.DataFrame
+    context: dg.AssetExecutionContext,
+    rfm_settings: RFMSettings,
+    spark: LazyPySparkResource,
+    rfm_scores,
 ):
     """Every customer with scores, one of the named segments, its recommendation, value tier
     and engagement level. Filter on the published columns, e.g.
     `df[df["segment"] == "Champions"]`.
     """
-    segmented = assign_segments(
-        rfm_scores,
-        rfm_settings.segment_grid(),
-        segmented_at=pd.Timestamp.now(tz="UTC").floor("s"),
+    engine = engine_for(rfm_settings, spark)
+    segmented_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    segmented = engine.keep(
+        engine.segments(engine.load(rfm_scores), rfm_settings.segment_grid(), segmented_at)
     )
-    counts = segmented["segment"].value_counts()
     yield dg.Output(
         segmented,
         metadata={
-            **table_metadata(segmented),
-            "segment_counts": dg.MetadataValue.json(
-                {str(k): int(v) for k, v in counts.items() if v}
-            ),
+            **table_metadata(engine, segmented),
+            "segment_counts": dg.MetadataValue.json(engine.segment_counts(segmented)),
         },
     )
-    duplicated = int(segmented["customer_id"].duplicated().sum())
-    unsegmented = int(segmented["segment"].isna().sum())
+    duplicated, unsegmented = engine.duplicates_and_unsegmented(segmented)
+    customers = engine.row_count(segmented)
     with_kept_rows = int(recorded_by_transactions(context, "customers"))
     yield dg.AssetCheckResult(
         check_name="one_row_per_customer",
-        passed=duplicated == 0 and unsegmented == 0 and len(segmented) == with_kept_rows,
+        passed=duplicated == 0 and unsegmented == 0 and customers == with_kept_rows,
         metadata={
-            "customers": len(segmented),
+            "customers": customers,
             "customers_with_kept_rows": with_kept_rows,
             "duplicated_customers": duplicated,
             "customers_without_segment": unsegmented,
@@ -212,25 +223,35 @@ def customer_segments(
     )
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS)
+@dg.asset(
+    group_name=GROUP, kinds=KINDS, dagster_type=RFM_TABLE, ins=table_input("customer_segments")
+)
 def segment_analytics(
-    rfm_settings: RFMSettings, customer_segments: pd.DataFrame
-) -> dg.Output[pd.DataFrame]:
+    rfm_settings: RFMSettings, spark: LazyPySparkResource, customer_segments
+) -> dg.Output:
     """Per segment: customers, revenue, their shares, average R/F/M, average order value and
     the recommendation, in priority order, with the score thresholds the run used.
     """
-    analytics = analyse_segments(
-        customer_segments,
-        rfm_settings.segment_grid(),
-        used_thresholds(rfm_settings, customer_segments),
+    engine = engine_for(rfm_settings, spark)
+    segmented = engine.load(customer_segments)
+    analytics = engine.analytics(
+        segmented, rfm_settings.segment_grid(), engine.thresholds(segmented, rfm_settings)
     )
+    # A dozen rows at most: the picture for the UI is drawn from them on the driver.
+    shown = analytics if isinstance(analytics, pd.DataFrame) else _small_to_pandas(analytics)
     return dg.Output(
         analytics,
         metadata={
-            **table_metadata(analytics),
-            "segment_distribution": dg.MetadataValue.md(segment_table_markdown(analytics)),
+            **table_metadata(engine, analytics),
+            "segment_distribution": dg.MetadataValue.md(segment_table_markdown(shown)),
         },
     )
+
+
+def _small_to_pandas(frame) -> pd.DataFrame:
+    """A few rows of a Spark DataFrame as pandas, via Python rows (no Arrow conversion)."""
+    rows = frame.collect()
+    return pd.DataFrame([row.asDict() for row in rows], columns=frame.columns)
 
 
 RFM_ASSETS = [transactions, rfm_metrics, rfm_scores, customer_segments, segment_analytics]

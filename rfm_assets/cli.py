@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import traceback
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +19,7 @@ import pandas as pd
 import yaml
 
 from rfm_assets.errors import RFMConfigError, RFMError
-from rfm_assets.exports import write_atomically, write_table
+from rfm_assets.exports import write_atomically, write_spark_table, write_table
 from rfm_assets.packaged import preset_names, preset_path
 
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
@@ -70,6 +72,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "scoring_method": args.scoring,
         "returns_policy": args.returns,
         "segment_grid_file": args.segment_grid,
+        "engine": args.engine,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     columns = {
@@ -153,29 +156,65 @@ def describe_validation_error(error) -> str:
 # --- running the graph ----------------------------------------------------------------------
 
 
-def run_graph(settings) -> dict[str, Any]:
-    """Materialize the five assets in-process with in-memory storage; return values + metadata."""
+def spark_resource(args: argparse.Namespace):
+    """The lazy Spark resource: the code location's defaults, then --spark-master/--spark-conf."""
+    from dagster_pyspark import LazyPySparkResource
+
+    from rfm_assets.definitions import DEFAULT_SPARK_CONFIG
+
+    config = dict(DEFAULT_SPARK_CONFIG)
+    if args.spark_master:
+        config["spark.master"] = args.spark_master
+    for item in args.spark_conf or []:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            raise RFMConfigError(f"--spark-conf: expected KEY=VALUE, got {item!r}")
+        config[key.strip()] = value
+    return LazyPySparkResource(spark_config=config)
+
+
+def run_graph(settings, spark, work_dir: Path) -> dict[str, Any]:
+    """Materialize the five assets in-process; return their values and metadata.
+
+    pandas keeps the intermediate values in memory. Spark stores each step as Parquet in
+    `work_dir`, so no step's plan is recomputed by the next.
+    """
     import dagster as dg
 
     from rfm_assets.assets import RFM_ASSETS
+    from rfm_assets.io_manager import RFMParquetIOManager
 
+    if settings.engine == "spark":
+        io_manager = RFMParquetIOManager(base_dir=str(work_dir), spark=spark)
+    else:
+        io_manager = dg.InMemoryIOManager()
     result = dg.materialize(
         RFM_ASSETS,
-        resources={"rfm_settings": settings, "io_manager": dg.InMemoryIOManager()},
+        resources={"rfm_settings": settings, "spark": spark, "io_manager": io_manager},
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         raise_on_error=False,
     )
     if not result.success:
         raise RFMError(step_failure_message(result))
     metadata = {
-        key: {k: v.value for k, v in m.metadata.items()}
-        for key in ("transactions", "rfm_scores")
-        for m in result.asset_materializations_for_node(key)
+        m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()}
+        for m in result.get_asset_materialization_events()
+        for m in [m.event_specific_data.materialization]
     }
-    return {
-        "tables": {name: result.output_for_node(name) for name in OUTPUT_TABLES},
-        "metadata": metadata,
-    }
+    if settings.engine == "spark":
+        from upath import UPath
+
+        from rfm_assets.io_manager import RFMStore
+
+        tables = {
+            name: spark.spark_session.read.parquet(
+                RFMStore.current_version(UPath(str(work_dir)) / name).path
+            )
+            for name in OUTPUT_TABLES
+        }
+    else:
+        tables = {name: result.output_for_node(name) for name in OUTPUT_TABLES}
+    return {"tables": tables, "metadata": metadata}
 
 
 def step_failure_message(result) -> str:
@@ -194,7 +233,7 @@ def step_failure_message(result) -> str:
 _OWN_ERRORS = {"RFMError", "RFMConfigError", "RFMInputError", "Failure"}
 
 
-def run_summary(settings, metadata: dict[str, Any], tables: dict[str, pd.DataFrame]) -> dict:
+def run_summary(settings, metadata: dict[str, Any]) -> dict:
     tx = metadata["transactions"]
     return {
         "input": settings.source_path,
@@ -202,7 +241,7 @@ def run_summary(settings, metadata: dict[str, Any], tables: dict[str, pd.DataFra
         "rows_read": tx["rows_read"],
         "rows_kept": tx["rows_kept"],
         "rows_excluded": tx["rows_excluded"],
-        "customers": len(tables["customer_segments"]),
+        "customers": metadata["customer_segments"]["dagster/row_count"],
         "reference_date": tx["reference_date"],
         "window_start": tx.get("window_start"),
         "scoring_method": settings.scoring_method,
@@ -280,12 +319,20 @@ def command_analyze(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise RFMError(f"--output: {output} exists and is not a directory")
-    outcome = run_graph(settings)
-    tables = outcome["tables"]
     output.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUT_TABLES:
-        write_table(tables[name], output / f"{name}.{args.format}", args.format)
-    summary = run_summary(settings, outcome["metadata"], tables)
+    work_dir = output / f".rfm_work_{uuid.uuid4().hex[:8]}"
+    try:
+        outcome = run_graph(settings, spark_resource(args), work_dir)
+        for name in OUTPUT_TABLES:
+            target = output / f"{name}.{args.format}"
+            frame = outcome["tables"][name]
+            if settings.engine == "spark":
+                write_spark_table(frame, target, args.format)
+            else:
+                write_table(frame, target, args.format)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    summary = run_summary(settings, outcome["metadata"])
     write_atomically(
         output / "run_summary.json",
         lambda p: p.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8"),
@@ -296,7 +343,7 @@ def command_analyze(args: argparse.Namespace) -> int:
         f"excluded; {summary['customers']:,} customers; reference date "
         f"{summary['reference_date']}"
     )
-    print(segment_table_text(tables["segment_analytics"]))
+    print(segment_table_text(read_table(output, "segment_analytics")))
     print(
         f"wrote {', '.join(f'{n}.{args.format}' for n in OUTPUT_TABLES)}, run_summary.json "
         f"to {output}"
@@ -357,6 +404,12 @@ def parser() -> argparse.ArgumentParser:
     analyze.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     analyze.add_argument(
         "--config", help=f"run-config YAML or preset ({', '.join(preset_names())})"
+    )
+    engine = analyze.add_argument_group("engine")
+    engine.add_argument("--engine", choices=("pandas", "spark"), help="default: pandas")
+    engine.add_argument("--spark-master", metavar="URL", help="e.g. local[4], spark://host:7077")
+    engine.add_argument(
+        "--spark-conf", metavar="KEY=VALUE", action="append", help="Spark setting (repeatable)"
     )
     mapping = analyze.add_argument_group("column mapping")
     mapping.add_argument("--customer-id", metavar="COL")

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -66,3 +67,54 @@ def write_table(frame: pd.DataFrame, path: Path, file_format: str) -> None:
     else:
         safe = neutralise_formulas(frame)
         write_atomically(path, lambda p: safe.to_csv(p, index=False, quoting=csv.QUOTE_NONNUMERIC))
+
+
+def write_spark_table(frame, path: Path, file_format: str) -> None:
+    """Write a Spark DataFrame by Spark, without collecting it to the driver.
+
+    Parquet becomes a directory of part files (any Parquet reader opens it). CSV becomes one
+    file, made spreadsheet-safe as `write_table` does. Either is written beside the target
+    and then moved into place.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        if file_format == "parquet":
+            frame.write.parquet(str(staging))
+            _replace(staging, path)
+            return
+        triggers = "^[" + "".join("\\" + t if t in "-+" else t for t in FORMULA_TRIGGERS) + "]"
+        safe = []
+        for field in frame.schema.fields:
+            column = F.col(f"`{field.name}`")
+            if isinstance(field.dataType, T.ArrayType):
+                column = F.to_json(column)
+            elif isinstance(field.dataType, T.StringType):
+                column = F.when(column.rlike(triggers), F.concat(F.lit("'"), column)).otherwise(
+                    column
+                )
+            safe.append(column.alias(field.name))
+        frame.select(*safe).coalesce(1).write.csv(
+            str(staging), header=True, quoteAll=True, escape='"', timestampNTZFormat=
+            "yyyy-MM-dd HH:mm:ss", timestampFormat="yyyy-MM-dd HH:mm:ssXXX"
+        )  # fmt: skip
+        (part,) = staging.glob("part-*.csv")
+        write_atomically(path, lambda p: os.replace(part, p))
+    except OSError as error:
+        raise RFMError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace(staging: Path, path: Path) -> None:
+    """Move a finished directory into place, replacing what was there."""
+    previous = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+    if path.exists():
+        os.replace(path, previous)
+    os.replace(staging, path)
+    if previous.is_dir():
+        shutil.rmtree(previous, ignore_errors=True)
+    elif previous.exists():
+        previous.unlink()

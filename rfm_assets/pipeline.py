@@ -1,60 +1,49 @@
 """The whole RFM computation as one function call, outside Dagster (tests, benchmarks).
 
-The assets run the same steps one by one; this chains them in the same order.
+The assets run the same engine steps one by one; this chains them in the same order.
 """
 
+import datetime as dt
 from dataclasses import dataclass
+from typing import Any, Optional
 
-import pandas as pd
-
-from rfm_assets.engines.pandas_compute import (
-    RowAccount,
-    assign_segments,
-    compute_metrics,
-    compute_scores,
-    prepare_transactions,
-    segment_analytics,
-    thresholds_from_scores,
-)
-from rfm_assets.engines.pandas_read import read_transactions
+from rfm_assets.engines.dispatch import PandasEngine, SparkEngine
+from rfm_assets.engines.pandas_compute import RowAccount
 from rfm_assets.settings import RFMSettings
 
 
 @dataclass
 class RFMResult:
-    transactions: pd.DataFrame
-    rfm_metrics: pd.DataFrame
-    rfm_scores: pd.DataFrame
-    customer_segments: pd.DataFrame
-    segment_analytics: pd.DataFrame
+    transactions: Any
+    rfm_metrics: Any
+    rfm_scores: Any
+    customer_segments: Any
+    segment_analytics: Any
     account: RowAccount
     thresholds: dict[str, list[float]]
 
 
-def used_thresholds(settings: RFMSettings, scores: pd.DataFrame) -> dict[str, list[float]]:
-    """The cut points behind the scores: the configured ones, or those the quantiles drew."""
-    return settings.fixed_cut_points() or thresholds_from_scores(scores, settings.scale)
-
-
-def run_pandas(settings: RFMSettings, segmented_at: pd.Timestamp | None = None) -> RFMResult:
-    raw = read_transactions(settings.source_path, settings.source_columns())
-    kept, account = prepare_transactions(
-        raw,
-        reference_date=settings.parsed_reference_date,
-        analysis_period_days=settings.analysis_period_days,
-        returns_policy=settings.returns_policy,
-        cancelled_order_prefix=settings.cancelled_order_prefix,
-    )
-    metrics = compute_metrics(kept, account.reference_date)
-    weights = settings.weights
-    scores = compute_scores(
-        metrics,
-        settings.scale,
-        (weights.recency, weights.frequency, weights.monetary),
-        settings.fixed_cut_points(),
-    )
+def run_engine(
+    settings: RFMSettings,
+    spark_session=None,
+    segmented_at: Optional[dt.datetime] = None,
+) -> RFMResult:
+    """Run every step with the settings' engine (Spark needs `spark_session`)."""
+    engine = SparkEngine(spark_session) if settings.engine == "spark" else PandasEngine()
+    kept, account = engine.prepare(engine.read(settings), settings)
+    metrics = engine.keep(engine.metrics(kept, account.reference_date))
+    scores = engine.keep(engine.scores(metrics, settings))
     grid = settings.segment_grid()
-    segmented = assign_segments(scores, grid, segmented_at or pd.Timestamp.now(tz="UTC").floor("s"))
-    thresholds = used_thresholds(settings, scores)
-    analytics = segment_analytics(segmented, grid, thresholds)
+    segmented = engine.keep(
+        engine.segments(
+            scores, grid, segmented_at or dt.datetime.now(dt.UTC).replace(microsecond=0)
+        )
+    )
+    thresholds = engine.thresholds(scores, settings)
+    analytics = engine.analytics(segmented, grid, thresholds)
     return RFMResult(kept, metrics, scores, segmented, analytics, account, thresholds)
+
+
+def run_pandas(settings: RFMSettings, segmented_at: Optional[dt.datetime] = None) -> RFMResult:
+    assert settings.engine == "pandas", "run_pandas runs the pandas engine"
+    return run_engine(settings, None, segmented_at)

@@ -189,7 +189,11 @@ class RFMSettings(dg.ConfigurableResource):
         description="YAML file with a custom segment grid or ordered range rules. Unset: the "
         "default grid of the scoring scale.",
     )
-    engine: Literal["pandas"] = Field(default="pandas", description="Computation engine.")
+    engine: Literal["pandas", "spark"] = Field(
+        default="pandas",
+        description="pandas (in-process, no services) or spark (the `spark` resource's "
+        "session: local mode or any spark.master).",
+    )
 
     @field_validator("reference_date")
     @classmethod

@@ -114,6 +114,18 @@ def tmp_dagster_home(tmp_path, monkeypatch):
     return home
 
 
+def rfm_resources(settings, base_dir) -> dict:
+    """The code location's resources for a test run: settings, lazy Spark, storage."""
+    from rfm_assets.definitions import spark
+    from rfm_assets.io_manager import RFMParquetIOManager
+
+    return {
+        "rfm_settings": settings,
+        "spark": spark,
+        "io_manager": RFMParquetIOManager(base_dir=str(base_dir), spark=spark),
+    }
+
+
 def stored_frame(base, asset: str) -> pd.DataFrame:
     """The current stored value of `asset` under the IO manager's `base`."""
     from upath import UPath

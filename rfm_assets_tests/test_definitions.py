@@ -17,7 +17,7 @@ from rfm_assets.definitions import rfm_weekly_schedule
 from rfm_assets.io_manager import RFMParquetIOManager, default_base_dir
 from rfm_assets.settings import RFMSettings
 from rfm_assets.synthetic import generate_transactions
-from rfm_assets_tests.conftest import stored_frame
+from rfm_assets_tests.conftest import rfm_resources, stored_frame
 
 REPO = Path(__file__).resolve().parents[1]
 CHAIN = ["transactions", "rfm_metrics", "rfm_scores", "customer_segments", "segment_analytics"]
@@ -76,10 +76,10 @@ def test_materialize_attaches_schema_row_counts_and_passing_checks(tmp_path):
     generate_transactions(2000, customers=300, seed=2).to_parquet(source)
     result = dg.materialize(
         RFM_ASSETS,
-        resources={
-            "rfm_settings": RFMSettings(input_path=str(source), columns={"order_id": "order_id"}),
-            "io_manager": RFMParquetIOManager(base_dir=str(tmp_path / "store")),
-        },
+        resources=rfm_resources(
+            RFMSettings(input_path=str(source), columns={"order_id": "order_id"}),
+            tmp_path / "store",
+        ),
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert result.success

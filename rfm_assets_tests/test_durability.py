@@ -11,13 +11,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from rfm_assets import assets as rfm_asset_module
 from rfm_assets import defs
 from rfm_assets.assets import RFM_ASSETS
 from rfm_assets.cli import main
-from rfm_assets.io_manager import RFMParquetIOManager
+from rfm_assets.engines.dispatch import PandasEngine
 from rfm_assets.settings import RFMSettings
-from rfm_assets_tests.conftest import stored_snapshot
+from rfm_assets_tests.conftest import rfm_resources, stored_snapshot
 
 CHILD = textwrap.dedent(
     """
@@ -80,10 +79,7 @@ def test_a_run_killed_mid_write_leaves_the_last_good_value(tmp_path, monkeypatch
 def materialize_graph(base, **settings):
     return dg.materialize(
         RFM_ASSETS,
-        resources={
-            "rfm_settings": RFMSettings(**settings),
-            "io_manager": RFMParquetIOManager(base_dir=str(base)),
-        },
+        resources=rfm_resources(RFMSettings(**settings), base),
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
     )
@@ -97,7 +93,7 @@ def test_an_exception_in_a_later_asset_keeps_every_earlier_value(tmp_path, monke
     def broken(*args, **kwargs):
         raise RuntimeError("segmenting failed")
 
-    monkeypatch.setattr(rfm_asset_module, "assign_segments", broken)
+    monkeypatch.setattr(PandasEngine, "segments", broken)
     result = materialize_graph(base, analysis_period_days=90)
     assert not result.success
     after = stored_snapshot(base)

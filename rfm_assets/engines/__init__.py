@@ -1,0 +1,1 @@
+"""Computation engines: pandas (default) and Spark; `dispatch` picks one for a run."""

@@ -127,7 +127,9 @@ def _timestamps(column: pa.ChunkedArray, name: str) -> np.ndarray:
     bad = np.isnat(values)
     if bad.any():
         raw = column.cast(pa.string()) if not pa.types.is_timestamp(kind) else column
-        examples = pc.unique(raw.filter(pa.array(bad))).to_pylist()[:EXAMPLES_SHOWN]
+        examples = sorted(pc.unique(raw.filter(pa.array(bad))).to_pylist(), key=str)[
+            :EXAMPLES_SHOWN
+        ]
         raise RFMInputError(
             f"column '{name}': {int(bad.sum())} values are not dates, e.g. {examples}"
         )
@@ -160,7 +162,9 @@ def _parse_text_timestamps(text: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     except pa.ArrowInvalid:
         # Not plain ISO 8601: one format inferred from the data and applied to every row, so
         # an ambiguous day/month order is never mixed within a column.
-        sample = pc.unique(wall_clock.drop_null())[:100].to_pylist()
+        # The 100 smallest distinct values, as the Spark reader samples them.
+        distinct = pc.unique(wall_clock.drop_null())
+        sample = distinct.take(pc.sort_indices(distinct)[:100]).to_pylist()
         date_format = next((f for v in sample if (f := guess_datetime_format(v))), None)
         if date_format is None:  # nothing looks like a date: every row is reported
             return pa.chunked_array([pa.nulls(len(wall_clock), pa.timestamp("us"))])
@@ -178,7 +182,9 @@ def _numbers(column: pa.ChunkedArray, name: str) -> np.ndarray:
     values = pd.to_numeric(text.to_pandas(), errors="coerce").to_numpy(dtype=np.float64)
     not_numbers = np.isnan(values) & ~text.is_null().to_numpy(zero_copy_only=False)
     if not_numbers.any():
-        examples = pc.unique(text.filter(pa.array(not_numbers))).to_pylist()[:EXAMPLES_SHOWN]
+        examples = sorted(pc.unique(text.filter(pa.array(not_numbers))).to_pylist(), key=str)[
+            :EXAMPLES_SHOWN
+        ]
         raise RFMInputError(
             f"column '{name}': {int(not_numbers.sum())} values are not numbers, e.g. {examples}"
         )

@@ -1,0 +1,161 @@
+"""The two engines behind one interface, so the assets do not care which one runs.
+
+`PandasEngine` and `SparkEngine` expose the same steps; each step is a call into
+`pandas_compute`/`pandas_read` or `spark_compute`, which implement DESIGN.md's rules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pandas as pd
+
+from rfm_assets.engines import pandas_compute, pandas_read
+from rfm_assets.engines.pandas_compute import RowAccount
+from rfm_assets.io_manager import StoredTable
+from rfm_assets.segments import SegmentGrid
+from rfm_assets.settings import RFMSettings
+
+
+def _weights(settings: RFMSettings) -> tuple[float, float, float]:
+    w = settings.weights
+    return (w.recency, w.frequency, w.monetary)
+
+
+class PandasEngine:
+    name = "pandas"
+
+    def load(self, value: Any) -> pd.DataFrame:
+        return value.to_pandas() if isinstance(value, StoredTable) else value
+
+    def read(self, settings: RFMSettings) -> pd.DataFrame:
+        return pandas_read.read_transactions(settings.source_path, settings.source_columns())
+
+    def prepare(self, raw, settings: RFMSettings) -> tuple[Any, RowAccount]:
+        return pandas_compute.prepare_transactions(
+            raw,
+            reference_date=settings.parsed_reference_date,
+            analysis_period_days=settings.analysis_period_days,
+            returns_policy=settings.returns_policy,
+            cancelled_order_prefix=settings.cancelled_order_prefix,
+        )
+
+    def metrics(self, kept, reference_date: dt.date):
+        return pandas_compute.compute_metrics(kept, reference_date)
+
+    def scores(self, metrics, settings: RFMSettings):
+        return pandas_compute.compute_scores(
+            metrics, settings.scale, _weights(settings), settings.fixed_cut_points()
+        )
+
+    def thresholds(self, scores, settings: RFMSettings) -> dict[str, list[float]]:
+        """The cut points behind the scores: the configured ones, or those the quantiles drew."""
+        return settings.fixed_cut_points() or pandas_compute.thresholds_from_scores(
+            scores, settings.scale
+        )
+
+    def segments(self, scores, grid: SegmentGrid, segmented_at: dt.datetime):
+        return pandas_compute.assign_segments(scores, grid, pd.Timestamp(segmented_at))
+
+    def analytics(self, segmented, grid: SegmentGrid, thresholds):
+        return pandas_compute.segment_analytics(segmented, grid, thresholds)
+
+    def keep(self, frame):
+        return frame
+
+    def row_count(self, frame) -> int:
+        return len(frame)
+
+    def schema(self, frame) -> list[tuple[str, str]]:
+        return [(str(name), str(dtype)) for name, dtype in frame.dtypes.items()]
+
+    def segment_counts(self, segmented) -> dict[str, int]:
+        counts = segmented["segment"].value_counts()
+        return {str(name): int(n) for name, n in counts.items() if n}
+
+    def duplicates_and_unsegmented(self, segmented) -> tuple[int, int]:
+        return (
+            int(segmented["customer_id"].duplicated().sum()),
+            int(segmented["segment"].isna().sum()),
+        )
+
+
+class SparkEngine(PandasEngine):
+    name = "spark"
+
+    def __init__(self, session):
+        from rfm_assets.engines import spark_compute
+
+        self.session = session
+        self.compute = spark_compute
+
+    def load(self, value: Any):
+        return value.to_spark(self.session) if isinstance(value, StoredTable) else value
+
+    def read(self, settings: RFMSettings):
+        return self.compute.read_transactions(
+            self.session, settings.source_path, settings.source_columns()
+        )
+
+    def prepare(self, raw, settings: RFMSettings):
+        return self.compute.prepare_transactions(
+            raw,
+            reference_date=settings.parsed_reference_date,
+            analysis_period_days=settings.analysis_period_days,
+            returns_policy=settings.returns_policy,
+            cancelled_order_prefix=settings.cancelled_order_prefix,
+        )
+
+    def metrics(self, kept, reference_date: dt.date):
+        return self.compute.compute_metrics(kept, reference_date)
+
+    def scores(self, metrics, settings: RFMSettings):
+        return self.compute.compute_scores(
+            metrics, settings.scale, _weights(settings), settings.fixed_cut_points()
+        )
+
+    def thresholds(self, scores, settings: RFMSettings) -> dict[str, list[float]]:
+        return settings.fixed_cut_points() or self.compute.thresholds_from_scores(
+            scores, settings.scale
+        )
+
+    def segments(self, scores, grid: SegmentGrid, segmented_at: dt.datetime):
+        return self.compute.assign_segments(scores, grid, segmented_at)
+
+    def analytics(self, segmented, grid: SegmentGrid, thresholds):
+        return self.compute.segment_analytics(segmented, grid, thresholds)
+
+    def keep(self, frame):
+        """Cache a step's result: its metadata and its write then compute it once."""
+        from pyspark.storagelevel import StorageLevel
+
+        return frame.persist(StorageLevel.MEMORY_AND_DISK)
+
+    def row_count(self, frame) -> int:
+        return frame.count()
+
+    def schema(self, frame) -> list[tuple[str, str]]:
+        return [(field.name, field.dataType.simpleString()) for field in frame.schema.fields]
+
+    def segment_counts(self, segmented) -> dict[str, int]:
+        rows = segmented.groupBy("segment").count().collect()
+        return {row["segment"]: int(row["count"]) for row in rows}
+
+    def duplicates_and_unsegmented(self, segmented) -> tuple[int, int]:
+        from pyspark.sql import functions as F
+
+        row = segmented.agg(
+            (F.count(F.lit(1)) - F.count_distinct("customer_id")).alias("duplicates"),
+            F.sum(F.when(F.col("segment").isNull(), 1).otherwise(0)).alias("unsegmented"),
+        ).first()
+        return int(row["duplicates"]), int(row["unsegmented"] or 0)
+
+
+def engine_for(settings: RFMSettings, spark=None) -> PandasEngine:
+    """The engine the settings ask for; `spark` is the (lazy) Spark resource."""
+    if settings.engine == "spark":
+        if spark is None:
+            raise ValueError("engine: spark needs the `spark` resource")
+        return SparkEngine(spark.spark_session)
+    return PandasEngine()

@@ -1,0 +1,552 @@
+"""The RFM computation on Spark DataFrames: the rules of pandas_compute, distributed.
+
+Function for function this mirrors `pandas_read` and `pandas_compute`, and the tests prove
+that both give the same tables. Per-row and per-customer work stays in Spark; only small
+summaries (counts by reason, extremes by score, sums by segment) come back to the driver and
+go through `engines.shared`, the same code the pandas engine uses. No data moves between
+pandas and Spark in memory: PySpark 4.3 does not support pandas 3 for those conversions, so
+tables cross between the engines only as Parquet files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Optional
+
+from pandas.tseries.api import guess_datetime_format
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.storagelevel import StorageLevel
+
+from rfm_assets.contract import EXCLUSION_REASONS, MICRO_UNITS
+from rfm_assets.engines.pandas_compute import (
+    MAX_ABS_AMOUNT,
+    RowAccount,
+    day_number,
+    from_day_number,
+)
+from rfm_assets.engines.shared import (
+    EXAMPLES_SHOWN,
+    HIGHER_IS_BETTER,
+    SCORE_OF,
+    analytics_from_aggregates,
+    check_columns,
+    check_input_path,
+    cut_points_from_extremes,
+    first_line,
+)
+from rfm_assets.errors import RFMInputError
+from rfm_assets.segments import SegmentGrid
+from rfm_assets.settings import SourceColumns
+
+# A missing order id counts as one order per customer, as in pandas.
+MISSING_ORDER = "\u0000missing order"
+# Buckets for the distributed rank: enough that no bucket holds a large share of values.
+RANK_BUCKETS = 64
+_OFFSET = r"(Z|[+-]\d{2}:?\d{2})$"
+# strftime directives -> Spark datetime pattern letters, for inferred text date formats.
+_PATTERN = {"%Y": "yyyy", "%y": "yy", "%m": "MM", "%d": "dd", "%H": "HH", "%I": "hh",
+            "%M": "mm", "%S": "ss", "%f": "SSSSSS", "%b": "MMM", "%B": "MMMM", "%p": "a",
+            "%j": "DDD", "%a": "EEE", "%A": "EEEE", "%%": "%"}  # fmt: skip
+
+
+def day_of(timestamp: Column) -> Column:
+    """Calendar day number (days since 1970-01-01) of a wall-clock timestamp."""
+    return F.unix_date(F.to_date(timestamp)).cast("long")
+
+
+def micro_units(amount: Column) -> Column:
+    """amount * 10**6 rounded half to even, as a long: the exact unit of every sum."""
+    return F.bround(amount * F.lit(float(MICRO_UNITS)), 0).cast("long")
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def read_transactions(spark: SparkSession, path: str, columns: SourceColumns) -> DataFrame:
+    """Read `path` (.parquet, .csv or a directory of Parquet) into the canonical frame.
+
+    Validation runs as one aggregation over the mapped columns; examples for an error
+    message are fetched only when there is an error.
+    """
+    check_input_path(path)
+    is_csv = path.lower().endswith(".csv")
+    try:
+        if is_csv:  # every CSV column stays text: ids keep leading zeros, dates are ours
+            raw = spark.read.option("header", True).option("mode", "PERMISSIVE").csv(path)
+        else:
+            raw = spark.read.parquet(path)
+        available = raw.columns
+    except Exception as error:  # Spark raises AnalysisException, SparkException, Py4J errors
+        raise RFMInputError(f"input_path: cannot read {path}: {first_line(error)}") from None
+    check_columns(path, columns, available)
+    source = raw.select(*[F.col(f"`{name}`").alias(name) for name in columns.needed])
+    types = {f.name: f.dataType for f in source.schema.fields}
+
+    canonical = {"customer_id": _customer_id(F.col(f"`{columns.customer_id}`"),
+                                             types[columns.customer_id])}  # fmt: skip
+    date_type = types[columns.transaction_date]
+    date_column = F.col(f"`{columns.transaction_date}`")
+    if isinstance(date_type, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+        canonical["transaction_date"] = date_column.cast("timestamp_ntz")
+    elif not isinstance(date_type, T.StringType):
+        raise RFMInputError(
+            f"column '{columns.transaction_date}': type {date_type.simpleString()} is not a "
+            "date; expected a date, timestamp or text"
+        )
+    if columns.amount:
+        canonical["amount"] = _number(F.col(f"`{columns.amount}`"), types[columns.amount])
+    else:
+        canonical["amount"] = _number(
+            F.col(f"`{columns.quantity}`"), types[columns.quantity]
+        ) * _number(F.col(f"`{columns.unit_price}`"), types[columns.unit_price])
+    if columns.order_id:
+        order = F.col(f"`{columns.order_id}`")
+        is_integer = isinstance(types[columns.order_id], T.IntegralType)
+        canonical["order_id"] = order.cast("long") if is_integer else order.cast("string")
+
+    checks = _validation_checks(columns, types, is_csv)
+    stats = source.agg(F.count(F.lit(1)).alias("rows"), *checks.values()).first().asDict()
+    if stats["rows"] == 0:
+        raise RFMInputError(f"input_path: {path} has no rows")
+    # Raised in the pandas reader's order: text, ids, dates, numbers.
+    _raise_for_text_and_ids(stats, source, columns, path)
+    if isinstance(date_type, T.StringType):
+        _raise_for_mixed_zones(stats, columns.transaction_date)
+        canonical["transaction_date"] = _parse_text_dates(source, columns.transaction_date)
+    if stats.get("missing_dates", 1):  # typed dates: only nulls can be bad
+        parsed = source.select(canonical["transaction_date"].alias("d"), date_column.alias("raw"))
+        _raise_for_bad_dates(parsed.filter(F.col("d").isNull()), columns.transaction_date)
+    _raise_for_numbers(stats, source)
+    return source.select(*[column.alias(name) for name, column in canonical.items()])
+
+
+def _customer_id(column: Column, kind: T.DataType) -> Column:
+    """Integers stay integers; integer-valued floats become integers; text is trimmed."""
+    if isinstance(kind, T.IntegralType):
+        return column.cast("long")
+    if isinstance(kind, (T.FloatType, T.DoubleType, T.DecimalType)):
+        return column.cast("long")  # fractional ids were refused by the validation pass
+    # (?U): Unicode whitespace, as pyarrow's utf8_trim_whitespace trims.
+    text = F.regexp_replace(column.cast("string"), r"(?U)^\s+|\s+$", "")
+    return F.when(text == "", F.lit(None)).otherwise(text)
+
+
+def _number(column: Column, kind: T.DataType) -> Column:
+    if isinstance(kind, T.NumericType):
+        return column.cast("double")
+    return column.cast("string").try_cast("double")
+
+
+def _validation_checks(columns: SourceColumns, types: dict, is_csv: bool) -> dict[str, Column]:
+    """Named counts that must be zero (or sets to inspect), computed in one pass."""
+    checks = {}
+    cid = F.col(f"`{columns.customer_id}`")
+    if isinstance(types[columns.customer_id], (T.FloatType, T.DoubleType, T.DecimalType)):
+        checks["fractional_ids"] = F.sum(F.when(cid != F.floor(cid), 1).otherwise(0))
+    for field in ("amount", "quantity", "unit_price"):
+        name = getattr(columns, field)
+        if name and not isinstance(types[name], T.NumericType):
+            raw = F.col(f"`{name}`")
+            not_number = raw.isNotNull() & raw.cast("string").try_cast("double").isNull()
+            checks[f"not_numbers:{name}"] = F.sum(F.when(not_number, 1).otherwise(0))
+    date_name = columns.transaction_date
+    if isinstance(types[date_name], T.StringType):
+        text = F.col(f"`{date_name}`")
+        offset = F.regexp_extract(text, _OFFSET, 1)
+        zone = F.when(offset == "Z", "+00:00").otherwise(
+            F.concat(F.substring(offset, 1, 3), F.lit(":"), F.substring(offset, -2, 2))
+        )
+        checks["zones"] = F.collect_set(F.when(offset != "", zone))
+        checks["with_offset"] = F.sum(F.when(offset != "", 1).otherwise(0))
+        checks["dates_present"] = F.count(text)
+    else:
+        checks["missing_dates"] = F.sum(F.when(F.col(f"`{date_name}`").isNull(), 1).otherwise(0))
+    if is_csv:
+        # Spark replaces bytes that are not UTF-8 with U+FFFD where pyarrow refuses them.
+        text_columns = [c for c in columns.needed if isinstance(types[c], T.StringType)]
+        replaced = F.lit(False)
+        for name in text_columns:
+            replaced = replaced | F.coalesce(F.col(f"`{name}`").contains("\ufffd"), F.lit(False))
+        checks["not_utf8"] = F.sum(F.when(replaced, 1).otherwise(0))
+    return {name: check.alias(name) for name, check in checks.items()}
+
+
+def _raise_for_text_and_ids(
+    stats: dict, source: DataFrame, columns: SourceColumns, path: str
+) -> None:
+    if stats.get("not_utf8"):
+        raise RFMInputError(
+            f"input_path: cannot read {path}: {stats['not_utf8']} rows hold text that is not "
+            "valid UTF-8"
+        )
+    if stats.get("fractional_ids"):
+        cid = F.col(f"`{columns.customer_id}`")
+        examples = _examples(source.filter(cid != F.floor(cid)).select(cid))
+        raise RFMInputError(
+            f"column '{columns.customer_id}': {stats['fractional_ids']} customer ids are not "
+            f"whole numbers, e.g. {examples}; map an integer or text id column"
+        )
+
+
+def _raise_for_mixed_zones(stats: dict, name: str) -> None:
+    zones = sorted(stats["zones"])
+    partial = stats["with_offset"] != stats["dates_present"]
+    if len(zones) > 1 or (zones and partial):
+        shown = zones + (["none"] if partial else [])
+        raise RFMInputError(
+            f"column '{name}': mixed time zones ({', '.join(shown)}); convert the column to "
+            "one zone first, e.g. UTC or the shop's local time"
+        )
+
+
+def _raise_for_numbers(stats: dict, source: DataFrame) -> None:
+    for key, count in stats.items():
+        if key.startswith("not_numbers:") and count:
+            name = key.split(":", 1)[1]
+            raw = F.col(f"`{name}`")
+            bad = source.filter(raw.isNotNull() & raw.cast("string").try_cast("double").isNull())
+            raise RFMInputError(
+                f"column '{name}': {count} values are not numbers, "
+                f"e.g. {_examples(bad.select(raw.cast('string')))}"
+            )
+
+
+def _examples(frame: DataFrame) -> list:
+    """The smallest few distinct values, sorted as the pandas engine sorts its examples."""
+    first = frame.columns[0]
+    rows = frame.distinct().orderBy(F.col(first).asc_nulls_first()).limit(EXAMPLES_SHOWN)
+    return sorted((row[0] for row in rows.collect()), key=str)
+
+
+def _parse_text_dates(source: DataFrame, name: str) -> Column:
+    """ISO 8601 text to wall-clock timestamps (a single offset already checked), else one
+    format inferred from the data for every row, as the pandas reader does."""
+    text = F.regexp_replace(F.col(f"`{name}`"), _OFFSET, "")
+    iso = F.try_to_timestamp(text).cast("timestamp_ntz")
+    failed = source.filter(F.col(f"`{name}`").isNotNull() & iso.isNull()).limit(1).count()
+    if not failed:
+        return iso
+    distinct = source.select(text.alias("text")).dropna().distinct()
+    sample = [row[0] for row in distinct.orderBy("text").limit(100).collect()]
+    date_format = next((f for v in sample if (f := guess_datetime_format(v))), None)
+    if date_format is None:
+        return F.lit(None).cast("timestamp_ntz")
+    pattern = date_format
+    for directive, letters in _PATTERN.items():
+        pattern = pattern.replace(directive, letters)
+    return F.try_to_timestamp(text, F.lit(pattern)).cast("timestamp_ntz")
+
+
+def _raise_for_bad_dates(bad: DataFrame, name: str) -> None:
+    count = bad.count()
+    if count:
+        examples = _examples(bad.select(F.col("raw").cast("string")))
+        raise RFMInputError(f"column '{name}': {count} values are not dates, e.g. {examples}")
+
+
+# --- cleaning and metrics -------------------------------------------------------------------
+
+
+def prepare_transactions(
+    frame: DataFrame,
+    reference_date: Optional[dt.date] = None,
+    analysis_period_days: Optional[int] = None,
+    returns_policy: str = "exclude",
+    cancelled_order_prefix: str = "C",
+) -> tuple[DataFrame, RowAccount]:
+    """The counted cleaning rules of DESIGN.md (see pandas_compute.prepare_transactions)."""
+    amount = F.col("amount")
+    finite = amount.isNotNull() & ~F.isnan(amount) & (F.abs(amount) != F.lit(float("inf")))
+    day = day_of(F.col("transaction_date"))
+    stats = frame.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.min(day).alias("first_day"),
+        F.max(day).alias("last_day"),
+        F.sum(F.when(finite & (F.abs(amount) > MAX_ABS_AMOUNT), 1).otherwise(0)).alias("large"),
+    ).first()
+    if stats["large"]:
+        examples = [r[0] for r in frame.filter(finite & (F.abs(amount) > MAX_ABS_AMOUNT))
+                    .select(amount).limit(3).collect()]  # fmt: skip
+        raise RFMInputError(
+            f"column amount: {stats['large']} values exceed {MAX_ABS_AMOUNT:g} in size, "
+            f"e.g. {examples}"
+        )
+    ref_day = day_number(reference_date) if reference_date else int(stats["last_day"]) + 1
+    if ref_day <= stats["first_day"]:
+        raise RFMInputError(
+            f"reference_date: {from_day_number(ref_day)} is on or before all data "
+            f"(earliest transaction {from_day_number(stats['first_day'])})"
+        )
+    window_start_day = ref_day - analysis_period_days if analysis_period_days else None
+    has_orders = "order_id" in frame.columns
+    if has_orders and cancelled_order_prefix:
+        cancelled = F.coalesce(
+            F.col("order_id").cast("string").startswith(cancelled_order_prefix), F.lit(False)
+        )
+    else:
+        cancelled = F.lit(False)
+
+    rules = [
+        ("missing_customer_id", F.col("customer_id").isNull()),
+        ("invalid_amount", ~finite),
+        ("on_or_after_reference_date", day >= ref_day),
+    ]
+    if window_start_day is not None:
+        rules.append(("before_analysis_window", day < window_start_day))
+    if returns_policy == "exclude":
+        rules += [("cancelled_order", cancelled), ("non_positive_amount", amount <= 0)]
+    reason = F.lit(None).cast("string")
+    for name, condition in reversed(rules):  # the first rule that applies wins
+        reason = F.when(condition, F.lit(name)).otherwise(reason)
+    is_return = (cancelled | (amount <= 0)) & reason.isNull()
+    flagged = frame.select(
+        "*",
+        reason.alias("reason"),
+        is_return.alias("is_return"),
+        F.when(is_return, -F.abs(amount)).otherwise(amount).alias("signed_amount"),
+    )
+    if returns_policy == "net":
+        net = (
+            flagged.filter(F.col("reason").isNull())
+            .groupBy("customer_id")
+            .agg(F.sum(micro_units(F.col("signed_amount"))).alias("net_micro"))
+        )
+        flagged = flagged.join(net, "customer_id", "left").withColumn(
+            "reason",
+            F.when(
+                F.col("reason").isNull() & (F.col("net_micro") <= 0),
+                F.lit("customer_monetary_not_positive"),
+            ).otherwise(F.col("reason")),
+        )
+    flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
+    counted = {row["reason"]: row["count"] for row in flagged.groupBy("reason").count().collect()}
+    rows_kept = counted.pop(None, 0)
+    if rows_kept == 0:
+        removed = ", ".join(f"{r}: {counted[r]}" for r in EXCLUSION_REASONS if counted.get(r))
+        raise RFMInputError(f"no transactions left after filtering ({removed})")
+    kept_columns = [
+        "customer_id",
+        "transaction_date",
+        F.col("signed_amount").alias("amount"),
+        "is_return",
+    ] + (["order_id"] if has_orders else [])
+    kept = flagged.filter(F.col("reason").isNull()).select(*kept_columns)
+    account = RowAccount(
+        rows_read=int(stats["rows"]),
+        rows_kept=int(rows_kept),
+        rows_excluded={reason: int(counted.get(reason, 0)) for reason in EXCLUSION_REASONS},
+        reference_date=from_day_number(ref_day),
+        window_start=from_day_number(window_start_day) if window_start_day is not None else None,
+        customers=kept.select("customer_id").distinct().count(),
+    )
+    return kept, account
+
+
+def compute_metrics(transactions: DataFrame, reference_date: dt.date) -> DataFrame:
+    """One row per customer (see pandas_compute.compute_metrics for the definitions)."""
+    purchase = ~F.col("is_return")
+    day = day_of(F.col("transaction_date"))
+    if "order_id" in transactions.columns:
+        order = F.coalesce(F.col("order_id").cast("string"), F.lit(MISSING_ORDER))
+        frequency = F.count_distinct(F.when(purchase, order))
+    else:
+        frequency = F.sum(F.when(purchase, 1).otherwise(0))
+    ref_day = day_number(reference_date)
+    per_customer = transactions.groupBy("customer_id").agg(
+        F.sum(micro_units(F.col("amount"))).alias("monetary_micro"),
+        F.max(F.when(purchase, day)).alias("last_day"),
+        F.min(F.when(purchase, day)).alias("first_day"),
+        frequency.cast("long").alias("frequency"),
+    )
+    monetary = F.col("monetary_micro").cast("double") / F.lit(float(MICRO_UNITS))
+    return per_customer.select(
+        "customer_id",
+        (F.lit(ref_day) - F.col("last_day")).cast("long").alias("recency"),
+        "frequency",
+        monetary.alias("monetary"),
+        F.date_from_unix_date("first_day").cast("timestamp_ntz").alias("first_purchase_date"),
+        F.date_from_unix_date("last_day").cast("timestamp_ntz").alias("last_purchase_date"),
+        (F.lit(ref_day) - F.col("first_day")).cast("long").alias("tenure_days"),
+        (monetary / F.col("frequency")).alias("avg_order_value"),
+    )
+
+
+# --- scores ---------------------------------------------------------------------------------
+
+
+def _quantile_score_table(
+    metrics: DataFrame, dimension: str, scale: int, customers: int
+) -> DataFrame:
+    """(value, score) per distinct value, score = 1 + floor(k * b / n), computed exactly.
+
+    b (customers with a strictly worse value) is a prefix sum of counts over the sorted
+    distinct values. No window spans all values: the values are cut into buckets at
+    approximate quantiles, each bucket's prefix sums run in its own partition, and the
+    bucket totals (a few dozen numbers) give each bucket's offset.
+    """
+    counts = metrics.groupBy(dimension).agg(F.count(F.lit(1)).alias("customers_at_value"))
+    splits = sorted(
+        set(counts.approxQuantile(dimension, [i / RANK_BUCKETS for i in range(1, RANK_BUCKETS)],
+                                  0.001))
+    )  # fmt: skip
+    bucket = F.lit(0)
+    for position, split in enumerate(splits, start=1):  # value >= split -> later bucket
+        bucket = F.when(F.col(dimension) >= F.lit(split), F.lit(position)).otherwise(bucket)
+    counts = counts.withColumn("bucket", bucket)
+    totals = dict(counts.groupBy("bucket").agg(F.sum("customers_at_value")).collect())
+    offsets, running = {}, 0
+    for b in sorted(totals):
+        offsets[b], running = running, running + totals[b]
+    offset = F.element_at(
+        F.create_map(*[F.lit(x) for pair in offsets.items() for x in pair]), F.col("bucket")
+    )
+    before = (
+        Window.partitionBy("bucket").orderBy(dimension).rowsBetween(Window.unboundedPreceding, -1)
+    )
+    smaller = offset + F.coalesce(F.sum("customers_at_value").over(before), F.lit(0))
+    if HIGHER_IS_BETTER[dimension]:
+        worse = smaller
+    else:
+        worse = F.lit(customers) - smaller - F.col("customers_at_value")
+    score = F.expr(f"1 + ({scale} * worse) div {customers}")  # exact integer division
+    return counts.withColumn("worse", worse.cast("long")).select(
+        dimension, score.cast("long").alias(SCORE_OF[dimension])
+    )
+
+
+def _fixed_score(value: Column, cut_points: list[float], higher_is_better: bool) -> Column:
+    if higher_is_better:
+        reached = sum((F.when(value >= F.lit(float(t)), 1).otherwise(0) for t in cut_points),
+                      F.lit(0))  # fmt: skip
+        return (F.lit(1) + reached).cast("long")
+    beyond = sum((F.when(value > F.lit(float(t)), 1).otherwise(0) for t in cut_points), F.lit(0))
+    return (F.lit(len(cut_points) + 1) - beyond).cast("long")
+
+
+def compute_scores(
+    metrics: DataFrame,
+    scale: int,
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    fixed_cut_points: Optional[dict[str, list[float]]] = None,
+) -> DataFrame:
+    """Metrics plus R/F/M scores (quantile, or fixed), FM, RFM and the cell."""
+    if fixed_cut_points is None:
+        customers = metrics.count()
+        scores = metrics
+        for dimension in HIGHER_IS_BETTER:
+            table = _quantile_score_table(metrics, dimension, scale, customers)
+            scores = scores.join(table, on=dimension, how="inner")
+    else:
+        scores = metrics.select(
+            "*",
+            *[
+                _fixed_score(F.col(d), fixed_cut_points[d], HIGHER_IS_BETTER[d]).alias(SCORE_OF[d])
+                for d in HIGHER_IS_BETTER
+            ],
+        )
+    w_r, w_f, w_m = (float(w) for w in weights)
+    r, f, m = F.col("R_score"), F.col("F_score"), F.col("M_score")
+    # The same double operations in the same order as numpy, so FM lands on the same side.
+    fm = F.floor((F.lit(w_f) * f + F.lit(w_m) * m) / F.lit(w_f + w_m) + F.lit(0.5))
+    rfm = (F.lit(w_r) * r + F.lit(w_f) * f + F.lit(w_m) * m) / F.lit(w_r + w_f + w_m)
+    return scores.select(
+        *metrics.columns,
+        "R_score",
+        "F_score",
+        "M_score",
+        fm.cast("long").alias("FM_score"),
+        rfm.alias("RFM_score"),
+        F.concat(r.cast("string"), f.cast("string"), m.cast("string")).alias("rfm_cell"),
+    )
+
+
+def thresholds_from_scores(scores: DataFrame, scale: int) -> dict[str, list[float]]:
+    extremes, maxima = {}, {}
+    for dimension in HIGHER_IS_BETTER:
+        rows = (
+            scores.groupBy(SCORE_OF[dimension])
+            .agg(F.min(dimension).alias("low"), F.max(dimension).alias("high"))
+            .collect()
+        )
+        extremes[dimension] = {int(r[0]): (float(r["low"]), float(r["high"])) for r in rows}
+        maxima[dimension] = float(max(r["high"] for r in rows))
+    return cut_points_from_extremes(extremes, maxima, scale)
+
+
+# --- segments -------------------------------------------------------------------------------
+
+
+def assign_segments(scores: DataFrame, grid: SegmentGrid, segmented_at: dt.datetime) -> DataFrame:
+    """Scores plus the segment of each (R_score, FM_score) cell and its catalog fields,
+    from the same grid and catalog as pandas, broadcast as a small table."""
+    spark = scores.sparkSession
+    catalog = grid.catalog
+    cells = [
+        (r, fm, name, catalog[name].segment_id, catalog[name].recommendation)
+        for r in range(1, grid.scale + 1)
+        for fm in range(1, grid.scale + 1)
+        for name in [grid.segment_of(r, fm)]
+    ]
+    lookup = spark.createDataFrame(
+        cells, "R_score long, FM_score long, segment string, segment_id string, "
+        "recommendation string",
+    )  # fmt: skip
+
+    def by_score(labels: tuple[str, ...], score: str) -> Column:
+        table = F.create_map(*[F.lit(x) for i, v in enumerate(labels) for x in (i + 1, v)])
+        return F.element_at(table, F.col(score))
+
+    return scores.join(F.broadcast(lookup), on=["R_score", "FM_score"], how="left").select(
+        *scores.columns,
+        "segment",
+        "segment_id",
+        "recommendation",
+        by_score(grid.value_tiers, "FM_score").alias("value_tier"),
+        by_score(grid.engagement_levels, "R_score").alias("engagement_level"),
+        F.lit(segmented_at).cast("timestamp").alias("segmented_at"),
+    )
+
+
+def segment_analytics(
+    segmented: DataFrame, grid: SegmentGrid, thresholds: dict[str, list[float]]
+) -> DataFrame:
+    """Per-segment sums in Spark; the table itself from the shared builder."""
+    rows = (
+        segmented.groupBy("segment")
+        .agg(
+            F.count(F.lit(1)).alias("customers"),
+            F.sum(micro_units(F.col("monetary"))).alias("revenue_micro"),
+            F.sum("recency").alias("recency"),
+            F.sum("frequency").alias("orders"),
+        )
+        .collect()
+    )
+    aggregates = {row["segment"]: {k: int(row[k]) for k in row.asDict() if k != "segment"}
+                  for row in rows}  # fmt: skip
+    table = analytics_from_aggregates(aggregates, grid, thresholds)
+    schema = T.StructType(
+        [T.StructField(name, _spark_type(name, table[name].dtype), True) for name in table.columns]
+    )
+    records = [
+        tuple(_python_value(value) for value in record)
+        for record in table.itertuples(index=False, name=None)
+    ]
+    return segmented.sparkSession.createDataFrame(records, schema)
+
+
+def _spark_type(name: str, dtype) -> T.DataType:
+    if name.endswith("_thresholds"):
+        return T.ArrayType(T.DoubleType())
+    if dtype.kind in "iu":
+        return T.LongType()
+    if dtype.kind == "f":
+        return T.DoubleType()
+    return T.StringType()
+
+
+def _python_value(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
