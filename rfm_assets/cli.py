@@ -327,6 +327,8 @@ def command_analyze(args: argparse.Namespace) -> int:
             target = output / f"{name}.{args.format}"
             frame = outcome["tables"][name]
             if settings.engine == "spark":
+                if name == "segment_analytics":
+                    frame = frame.orderBy("priority").coalesce(1)
                 write_spark_table(frame, target, args.format)
             else:
                 write_table(frame, target, args.format)

@@ -96,10 +96,13 @@ def write_spark_table(frame, path: Path, file_format: str) -> None:
                     column
                 )
             safe.append(column.alias(field.name))
-        frame.select(*safe).coalesce(1).write.csv(
-            str(staging), header=True, quoteAll=True, escape='"', timestampNTZFormat=
-            "yyyy-MM-dd HH:mm:ss", timestampFormat="yyyy-MM-dd HH:mm:ssXXX"
-        )  # fmt: skip
+        frame.select(*safe).coalesce(1).write.options(
+            header=True,
+            quoteAll=True,
+            escape='"',
+            timestampNTZFormat="yyyy-MM-dd HH:mm:ss",
+            timestampFormat="yyyy-MM-dd HH:mm:ssXXX",
+        ).csv(str(staging))
         (part,) = staging.glob("part-*.csv")
         write_atomically(path, lambda p: os.replace(part, p))
     except OSError as error:

@@ -36,6 +36,10 @@ def check_input_path(path: str) -> None:
         raise RFMInputError(f"input_path: {path} does not exist")
     if source.is_file() and source.stat().st_size == 0:
         raise RFMInputError(f"input_path: {path} is empty")
+    if source.is_dir() and not any(
+        p.is_file() and not p.name.startswith(("_", ".")) for p in source.rglob("*")
+    ):
+        raise RFMInputError(f"input_path: {path} holds no columns (no Parquet files?)")
 
 
 def check_columns(path: str, columns: SourceColumns, available: list[str]) -> None:
