@@ -30,12 +30,8 @@ EXIT_FAILED = 1
 # --- settings from a config file and flags --------------------------------------------------
 
 
-def settings_from_config_file(path: str) -> dict[str, Any]:
-    """The `rfm_settings` config of a run-config YAML file or preset name.
-
-    Accepts Dagster run config (`resources: rfm_settings: config: {...}`), the same file the
-    launchpad and `dagster asset materialize -c` take, or the bare settings mapping.
-    """
+def read_config_file(path: str) -> dict[str, Any]:
+    """The YAML mapping of a run-config file or preset name."""
     source = Path(path)
     if not source.exists() and preset_path(path).exists():
         source = preset_path(path)
@@ -52,6 +48,16 @@ def settings_from_config_file(path: str) -> dict[str, Any]:
         raise RFMConfigError(f"--config: {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise RFMConfigError(f"--config: {path} must hold a mapping")
+    return raw
+
+
+def settings_from_config_file(path: str) -> dict[str, Any]:
+    """The `rfm_settings` config of a run-config YAML file or preset name.
+
+    Accepts Dagster run config (`resources: rfm_settings: config: {...}`), the same file the
+    launchpad and `dagster asset materialize -c` take, or the bare settings mapping.
+    """
+    raw = read_config_file(path)
     if "resources" in raw:
         try:
             return dict(raw["resources"]["rfm_settings"]["config"] or {})
@@ -163,6 +169,10 @@ def spark_resource(args: argparse.Namespace):
     from rfm_assets.definitions import DEFAULT_SPARK_CONFIG
 
     config = dict(DEFAULT_SPARK_CONFIG)
+    if args.config:  # a run-config file's spark resource, as Dagster would use it
+        resources = read_config_file(args.config).get("resources") or {}
+        from_file = ((resources.get("spark") or {}).get("config") or {}).get("spark_config")
+        config.update({str(k): str(v) for k, v in (from_file or {}).items()})
     if args.spark_master:
         config["spark.master"] = args.spark_master
     for item in args.spark_conf or []:

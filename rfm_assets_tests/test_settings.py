@@ -11,7 +11,7 @@ from rfm_assets.errors import RFMConfigError
 from rfm_assets.packaged import BUNDLED_DATASET, preset_names, preset_path
 from rfm_assets.settings import RFMSettings
 
-PRESETS = ["b2b", "balanced_ecommerce", "repeat_purchase", "subscription"]
+PRESETS = ["b2b", "balanced_ecommerce", "large_run_spark", "repeat_purchase", "subscription"]
 
 
 @pytest.mark.parametrize(
@@ -107,6 +107,26 @@ def test_presets_are_shipped_and_valid():
             "config"
         ]
         RFMSettings(**config)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_is_valid_run_config_for_the_job(name):
+    run_config = yaml.safe_load(preset_path(name).read_text())
+    job = defs.resolve_job_def("rfm_job")
+    assert dg.validate_run_config(job, run_config)
+
+
+def test_spark_preset_selects_spark_and_the_cli_uses_its_spark_config():
+    from rfm_assets.cli import parser, spark_resource
+
+    config = yaml.safe_load(preset_path("large_run_spark").read_text())["resources"]
+    assert config["rfm_settings"]["config"]["engine"] == "spark"
+    args = parser().parse_args(
+        ["analyze", "--output", "o", "--config", "large_run_spark", "--spark-conf", "a.b=c"]
+    )
+    spark_config = spark_resource(args).spark_config
+    assert spark_config["spark.sql.shuffle.partitions"] == "200"  # from the preset
+    assert spark_config["a.b"] == "c"  # the flag on top
 
 
 def test_presets_express_their_emphasis():
