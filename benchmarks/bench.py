@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("pandas", "dagster", "duckdb")
+VARIANTS = ("pandas", "dagster", "duckdb", "spark")
 SEED = 42
 WARMUP_ROWS = 10_000
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -59,42 +59,52 @@ GRID_5 = {
 # --- the three variants ----------------------------------------------------------------------
 
 
+def settings_for(path: str, engine: str = "pandas"):
+    from rfm_assets.settings import RFMSettings
+
+    return RFMSettings(input_path=path, columns={"order_id": "order_id"}, engine=engine)
+
+
 def run_pandas(path: str):
-    """The asset chain as plain function calls; returns (customer_segments, segment_analytics)."""
-    import pandas as pd
+    """The whole engine chain without Dagster; returns (customer_segments, segment_analytics)."""
+    from rfm_assets.pipeline import run_pandas as run
 
-    from rfm_assets.engines import pandas_compute as pc
-    from rfm_assets.engines.pandas_read import read_transactions
-    from rfm_assets.settings import ColumnMapping, RFMSettings
+    result = run(settings_for(path))  # pandas frames, computed eagerly
+    return result.customer_segments, result.segment_analytics
 
-    settings = RFMSettings(
-        input_path=path,
-        columns=ColumnMapping(
-            customer_id="customer_id",
-            transaction_date="transaction_date",
-            amount="amount",
-            order_id="order_id",
-        ),
+
+def start_spark():
+    """The benchmark's session: local[2] plus the package defaults (not timed)."""
+    from pyspark.sql import SparkSession
+
+    from rfm_assets.definitions import DEFAULT_SPARK_CONFIG
+
+    builder = SparkSession.builder.master("local[2]")
+    for key, value in DEFAULT_SPARK_CONFIG.items():
+        if key != "spark.master":
+            builder = builder.config(key, value)
+    return (
+        builder.config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "8g")
+        .getOrCreate()
     )
-    raw = read_transactions(settings.source_path, settings.source_columns())
-    kept, account = pc.prepare_transactions(
-        raw,
-        reference_date=settings.parsed_reference_date,
-        analysis_period_days=settings.analysis_period_days,
-        returns_policy=settings.returns_policy,
-        cancelled_order_prefix=settings.cancelled_order_prefix,
-    )
-    metrics = pc.compute_metrics(kept, account.reference_date)
-    w = settings.weights
-    scores = pc.compute_scores(
-        metrics, scale=settings.scale, weights=(w.recency, w.frequency, w.monetary)
-    )
-    grid = settings.segment_grid()
-    segmented = pc.assign_segments(scores, grid, pd.Timestamp.now(tz="UTC").floor("s"))
-    analytics = pc.segment_analytics(
-        segmented, grid, pc.thresholds_from_scores(segmented, settings.scale)
-    )
-    return segmented, analytics
+
+
+def run_spark(path: str, spark=None, keep: str | None = None) -> None:
+    """run_engine with engine spark, forced: customer_segments written to Parquet (into `keep`
+    if given, else a temporary directory) and segment_analytics collected."""
+    from rfm_assets.pipeline import run_engine
+
+    output = keep or tempfile.mkdtemp(prefix="rfm-bench-spark-")
+    try:
+        result = run_engine(settings_for(path, "spark"), spark)
+        result.customer_segments.write.mode("overwrite").parquet(
+            os.path.join(output, "customer_segments")
+        )
+        result.segment_analytics.collect()
+    finally:
+        if keep is None:
+            shutil.rmtree(output, ignore_errors=True)
 
 
 def run_dagster(path: str) -> None:
@@ -201,17 +211,22 @@ def run_duckdb(path: str, final: str = ANALYTICS):
     return duckdb_connection().execute(duckdb_sql(path, final)).fetch_df()
 
 
-RUNNERS = {"pandas": run_pandas, "dagster": run_dagster, "duckdb": run_duckdb}
+RUNNERS = {
+    "pandas": run_pandas,
+    "dagster": run_dagster,
+    "duckdb": run_duckdb,
+    "spark": run_spark,
+}
 
 
 # --- one measured run in its own process -----------------------------------------------------
 
 
-def peak_rss_mib() -> float:
-    """This process's peak RSS. VmHWM, because after fork + exec `ru_maxrss` still holds the
+def peak_rss_mib(pid: str = "self") -> float:
+    """A process's peak RSS. VmHWM, because after fork + exec `ru_maxrss` still holds the
     parent's RSS at the time of the fork (Linux), which would charge the parent's data to us."""
     try:
-        with open("/proc/self/status") as status:
+        with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024  # kB
@@ -220,7 +235,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def single(variant: str, path: str, warmup: str) -> None:
+def single(variant: str, path: str, warmup: str, keep: str | None = None) -> None:
     """Warm up on a tiny file, time one run on `path`, print one JSON line."""
     import warnings
 
@@ -230,22 +245,44 @@ def single(variant: str, path: str, warmup: str) -> None:
 
     if variant == "duckdb":
         import duckdb  # noqa: F401
+    elif variant == "spark":
+        import pyspark.sql  # noqa: F401
+
+        import rfm_assets.definitions  # noqa: F401
+        import rfm_assets.pipeline  # noqa: F401
     else:
         import rfm_assets.assets  # noqa: F401
         import rfm_assets.cli  # noqa: F401
     baseline = peak_rss_mib()
-    RUNNERS[variant](warmup)
-    start = time.perf_counter()
-    RUNNERS[variant](path)
-    seconds = time.perf_counter() - start
-    print(
-        json.dumps({"seconds": seconds, "peak_rss_mib": peak_rss_mib(), "import_rss_mib": baseline})
-    )
+    report = {}
+    run = RUNNERS[variant]
+    if variant == "spark":
+        start = time.perf_counter()
+        spark = start_spark()
+        report["startup_s"] = time.perf_counter() - start
+        run_spark(warmup, spark)
+        spark.catalog.clearCache()
+        start = time.perf_counter()
+        run_spark(path, spark, keep)
+        seconds = time.perf_counter() - start
+        jvm = getattr(spark.sparkContext._gateway, "proc", None)  # local mode: the driver JVM
+        if jvm is not None:
+            report["jvm_peak_rss_mib"] = peak_rss_mib(str(jvm.pid))
+        spark.stop()
+    else:
+        run(warmup)
+        start = time.perf_counter()
+        run(path)
+        seconds = time.perf_counter() - start
+    report.update(seconds=seconds, peak_rss_mib=peak_rss_mib(), import_rss_mib=baseline)
+    print(json.dumps(report))
 
 
-def measure(variant: str, path: str, warmup: str) -> dict:
+def measure(variant: str, path: str, warmup: str, keep: str | None = None) -> dict:
     command = [sys.executable, __file__, "--single", variant, "--file", path, "--warmup", warmup]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(
+        command + (["--keep", keep] if keep else []), capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise SystemExit(f"{variant} on {path} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -411,9 +448,10 @@ def main() -> None:
     parser.add_argument("--single", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", help=argparse.SUPPRESS)
+    parser.add_argument("--keep", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single:
-        single(args.single, args.file, args.warmup)
+        single(args.single, args.file, args.warmup, args.keep)
     else:
         benchmark([int(n) for n in args.rows.split(",")], args.repeats)
 

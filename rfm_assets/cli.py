@@ -370,11 +370,16 @@ def command_report(args: argparse.Namespace) -> int:
     analytics = read_table(directory, "segment_analytics")
     summary_path = directory / "run_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    text = report_markdown(analytics, summary)
+    from rfm_assets.chart import segment_chart_svg
+
     target = Path(args.output) if args.output else directory / "segment_report.md"
+    chart = target.with_name("segment_distribution.svg")
+    svg = segment_chart_svg(analytics)
+    write_atomically(chart, lambda p: p.write_text(svg, encoding="utf-8"))
+    text = report_markdown(analytics, summary) + f"\n![segment distribution]({chart.name})\n"
     write_atomically(target, lambda p: p.write_text(text, encoding="utf-8"))
     print(text, end="")
-    print(f"wrote {target}")
+    print(f"wrote {target} and {chart}")
     return 0
 
 

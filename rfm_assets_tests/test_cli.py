@@ -75,6 +75,9 @@ def test_csv_output_and_report(tmp_path, capsys):
     assert report == capsys.readouterr().out.rsplit("wrote ", 1)[0]
     for row in analytics.itertuples():
         assert f"| {row.segment} | {row.customers:,} |" in report
+    svg = (output / "segment_distribution.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<rect") == len(analytics) + 1  # + background
+    assert "![segment distribution](segment_distribution.svg)" in report
 
 
 def test_csv_input_with_text_ids_keeps_leading_zeros(tmp_path):
