@@ -1,26 +1,30 @@
-"""Benchmark: the pandas engine, the whole Dagster graph, and a DuckDB SQL peer.
+"""Benchmark: the pandas engine, the whole Dagster graph, a DuckDB SQL peer, the Spark engine.
 
 Run from the repository root:
 
     /work/venv/bin/python benchmarks/bench.py --rows 100000,1000000 --repeats 5
 
 For each size it writes seeded synthetic transactions to Parquet (not timed), checks once that
-the DuckDB peer and the pandas engine give every customer the same R/F/M scores and segment,
-then runs each repeat as pandas, dagster, duckdb in turn. Every run is a fresh subprocess
-(`bench.py --single VARIANT --file F`): the modules are imported and a tiny warm-up run is
-done first (not timed), then one timed run, and the process reports its wall time and its peak
-RSS (VmHWM, including the interpreter and imports), so the variants never share a heap.
+the DuckDB peer and the Spark engine give every customer the same R/F/M scores and segment as
+the pandas engine, then runs each repeat as pandas, dagster, duckdb, spark in turn. Every run
+is a fresh subprocess (`bench.py --single VARIANT --file F`): the modules are imported and a
+tiny warm-up run is done first (not timed), then one timed run, and the process reports its
+wall time and its peak RSS (VmHWM, including the interpreter and imports), so the variants
+never share a heap.
 It prints a Markdown table (median and min seconds, peak RSS, median time / DuckDB median time
 of the same invocation, RSS after imports) and writes it with machine info to
 benchmarks/results/latest.json.
 
 Variants:
-- pandas:  read_transactions -> prepare_transactions -> compute_metrics -> compute_scores ->
-           assign_segments -> segment_analytics, the chain the assets run, without Dagster.
+- pandas:  rfm_assets.pipeline.run_pandas: every engine step the assets run, without Dagster.
 - dagster: `rfm-assets analyze` in-process (rfm_assets.cli.main): the five assets through
            dg.materialize, asset checks, metadata, writing the two result tables as Parquet.
 - duckdb:  one SQL query over the same Parquet file with the same semantics (DESIGN.md "Exact
            semantics", default settings), fetched to pandas; threads = CPU count.
+- spark:   rfm_assets.pipeline.run_engine with engine spark on a local[2] session (started and
+           warmed up before the timer), customer_segments written to Parquet and
+           segment_analytics collected inside the timed region. Peak RSS is the Python driver's;
+           the JVM's peak and the session start-up time are reported separately.
 """
 
 from __future__ import annotations
@@ -291,30 +295,48 @@ def measure(variant: str, path: str, warmup: str, keep: str | None = None) -> di
 # --- the comparison --------------------------------------------------------------------------
 
 
-def verify(path: str) -> dict:
-    """Do the DuckDB peer and the pandas engine agree on every customer? (not timed)"""
-    segmented, _ = run_pandas(path)
-    ours = segmented[["customer_id", "R_score", "F_score", "M_score", "FM_score", "segment"]]
-    ours = ours.astype({"customer_id": "int64", "segment": "str"})
-    peer = run_duckdb(path, PER_CUSTOMER)
-    both = ours.merge(peer, on="customer_id", how="outer", indicator=True)
+SCORES = ["customer_id", "R_score", "F_score", "M_score", "FM_score", "segment"]
+
+
+def compare(ours, peer, peer_columns: list[str]) -> dict:
+    """Outer-join two per-customer tables on customer_id; count the mismatches."""
+    ours = ours[SCORES].astype({"customer_id": "int64", "segment": "str"})
+    peer = (
+        peer[peer_columns]
+        .set_axis(SCORES, axis=1)
+        .astype({"customer_id": "int64", "segment": "str"})
+    )
+    both = ours.merge(peer, on="customer_id", how="outer", indicator=True, suffixes=("", "_peer"))
     matched = both[both["_merge"] == "both"]
     mismatches = {
-        name: int((matched[a].astype("int64") != matched[b].astype("int64")).sum())
-        for name, a, b in (
-            ("R", "R_score", "r_score"),
-            ("F", "F_score", "f_score"),
-            ("M", "M_score", "m_score"),
-            ("FM", "FM_score", "fm_score"),
-        )
+        name: int((matched[column].astype(str) != matched[column + "_peer"].astype(str)).sum())
+        for name, column in zip(("R", "F", "M", "FM", "segment"), SCORES[1:])
     }
-    mismatches["segment"] = int((matched["segment_x"] != matched["segment_y"]).sum())
     return {
         "customers_pandas": len(ours),
-        "customers_duckdb": len(peer),
+        "customers_peer": len(peer),
         "customers_unmatched": int((both["_merge"] != "both").sum()),
         "score_mismatches": mismatches,
         "agree": len(ours) == len(peer) == len(matched) and not any(mismatches.values()),
+    }
+
+
+def verify(path: str, warmup: str, workdir: str) -> dict:
+    """Do the DuckDB peer and the Spark engine agree with the pandas engine on every customer?
+    (not timed; Spark runs in its own subprocess and hands its table over as Parquet)"""
+    import pandas as pd
+
+    segmented, _ = run_pandas(path)
+    duck = run_duckdb(path, PER_CUSTOMER)
+    keep = tempfile.mkdtemp(prefix="spark-check-", dir=workdir)
+    measure("spark", path, warmup, keep)
+    spark = pd.read_parquet(os.path.join(keep, "customer_segments"))
+    shutil.rmtree(keep)
+    return {
+        "duckdb": compare(
+            segmented, duck, ["customer_id", "r_score", "f_score", "m_score", "fm_score", "segment"]
+        ),
+        "spark": compare(segmented, spark, SCORES),
     }
 
 
@@ -324,6 +346,7 @@ def machine_info() -> dict:
     import numpy
     import pandas
     import pyarrow
+    import pyspark
 
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -336,6 +359,7 @@ def machine_info() -> dict:
         "pyarrow": pyarrow.__version__,
         "duckdb": duckdb.__version__,
         "dagster": dagster.__version__,
+        "pyspark": pyspark.__version__,
     }
 
 
@@ -354,14 +378,16 @@ def code_version() -> dict:
 def markdown(results: list[dict]) -> str:
     lines = [
         "| rows | variant | median s | min s | peak RSS MiB | ratio vs duckdb "
-        "| RSS after imports MiB |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| RSS after imports MiB | startup s | JVM peak RSS MiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        startup = f"{r['startup_s']:.1f}" if "startup_s" in r else ""
+        jvm = f"{r['jvm_peak_rss_mib']:,.0f}" if r.get("jvm_peak_rss_mib") else ""
         lines.append(
             f"| {r['rows']:,} | {r['variant']} | {r['median_s']:.3f} | {r['min_s']:.3f} "
             f"| {r['peak_rss_mib']:,.0f} | {r['ratio_vs_duckdb']:.2f} "
-            f"| {r['import_rss_mib']:,.0f} |"
+            f"| {r['import_rss_mib']:,.0f} | {startup} | {jvm} |"
         )
     return "\n".join(lines)
 
@@ -380,19 +406,19 @@ def benchmark(sizes: list[int], repeats: int) -> None:
             path = os.path.join(workdir, f"transactions_{rows}.parquet")
             generate_transactions(rows, seed=SEED).to_parquet(path, index=False)
             gc.collect()
-            check = verify(path)
-            checks[rows] = check
-            print(
-                f"{rows:,} rows: duckdb vs pandas: {check['customers_pandas']:,} vs "
-                f"{check['customers_duckdb']:,} customers, "
-                + (
-                    "all R/F/M/FM scores and segments agree"
-                    if check["agree"]
-                    else f"MISMATCHES {check['score_mismatches']}, "
-                    f"{check['customers_unmatched']} unmatched customers"
-                ),
-                flush=True,
-            )
+            checks[rows] = verify(path, warmup, workdir)
+            for peer, check in checks[rows].items():
+                print(
+                    f"{rows:,} rows: {peer} vs pandas: {check['customers_peer']:,} vs "
+                    f"{check['customers_pandas']:,} customers, "
+                    + (
+                        "all R/F/M/FM scores and segments agree"
+                        if check["agree"]
+                        else f"MISMATCHES {check['score_mismatches']}, "
+                        f"{check['customers_unmatched']} unmatched customers"
+                    ),
+                    flush=True,
+                )
             runs = {v: [] for v in VARIANTS}
             for repeat in range(repeats):
                 for variant in VARIANTS:  # interleaved, so machine noise hits all alike
@@ -417,6 +443,12 @@ def benchmark(sizes: list[int], repeats: int) -> None:
                         "seconds": seconds,
                     }
                 )
+                if variant == "spark":
+                    results[-1]["startup_s"] = statistics.median(
+                        r["startup_s"] for r in runs[variant]
+                    )
+                    jvm = [r["jvm_peak_rss_mib"] for r in runs[variant] if "jvm_peak_rss_mib" in r]
+                    results[-1]["jvm_peak_rss_mib"] = max(jvm) if jvm else None
     table = markdown(results)
     print()
     print(table)

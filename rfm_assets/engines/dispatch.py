@@ -24,7 +24,10 @@ def _weights(settings: RFMSettings) -> tuple[float, float, float]:
 
 
 class PandasEngine:
+    """Steps of the pandas engine; `compute` is the module that implements them."""
+
     name = "pandas"
+    compute = pandas_compute
 
     def load(self, value: Any) -> pd.DataFrame:
         return value.to_pandas() if isinstance(value, StoredTable) else value
@@ -33,7 +36,7 @@ class PandasEngine:
         return pandas_read.read_transactions(settings.source_path, settings.source_columns())
 
     def prepare(self, raw, settings: RFMSettings) -> tuple[Any, RowAccount]:
-        return pandas_compute.prepare_transactions(
+        return self.compute.prepare_transactions(
             raw,
             reference_date=settings.parsed_reference_date,
             analysis_period_days=settings.analysis_period_days,
@@ -42,24 +45,24 @@ class PandasEngine:
         )
 
     def metrics(self, kept, reference_date: dt.date):
-        return pandas_compute.compute_metrics(kept, reference_date)
+        return self.compute.compute_metrics(kept, reference_date)
 
     def scores(self, metrics, settings: RFMSettings):
-        return pandas_compute.compute_scores(
+        return self.compute.compute_scores(
             metrics, settings.scale, _weights(settings), settings.fixed_cut_points()
         )
 
     def thresholds(self, scores, settings: RFMSettings) -> dict[str, list[float]]:
         """The cut points behind the scores: the configured ones, or those the quantiles drew."""
-        return settings.fixed_cut_points() or pandas_compute.thresholds_from_scores(
+        return settings.fixed_cut_points() or self.compute.thresholds_from_scores(
             scores, settings.scale
         )
 
     def segments(self, scores, grid: SegmentGrid, segmented_at: dt.datetime):
-        return pandas_compute.assign_segments(scores, grid, pd.Timestamp(segmented_at))
+        return self.compute.assign_segments(scores, grid, segmented_at)
 
     def analytics(self, segmented, grid: SegmentGrid, thresholds):
-        return pandas_compute.segment_analytics(segmented, grid, thresholds)
+        return self.compute.segment_analytics(segmented, grid, thresholds)
 
     def keep(self, frame):
         return frame
@@ -82,6 +85,8 @@ class PandasEngine:
 
 
 class SparkEngine(PandasEngine):
+    """The same steps on Spark: only reading, loading, caching and counting differ."""
+
     name = "spark"
 
     def __init__(self, session):
@@ -97,34 +102,6 @@ class SparkEngine(PandasEngine):
         return self.compute.read_transactions(
             self.session, settings.source_path, settings.source_columns()
         )
-
-    def prepare(self, raw, settings: RFMSettings):
-        return self.compute.prepare_transactions(
-            raw,
-            reference_date=settings.parsed_reference_date,
-            analysis_period_days=settings.analysis_period_days,
-            returns_policy=settings.returns_policy,
-            cancelled_order_prefix=settings.cancelled_order_prefix,
-        )
-
-    def metrics(self, kept, reference_date: dt.date):
-        return self.compute.compute_metrics(kept, reference_date)
-
-    def scores(self, metrics, settings: RFMSettings):
-        return self.compute.compute_scores(
-            metrics, settings.scale, _weights(settings), settings.fixed_cut_points()
-        )
-
-    def thresholds(self, scores, settings: RFMSettings) -> dict[str, list[float]]:
-        return settings.fixed_cut_points() or self.compute.thresholds_from_scores(
-            scores, settings.scale
-        )
-
-    def segments(self, scores, grid: SegmentGrid, segmented_at: dt.datetime):
-        return self.compute.assign_segments(scores, grid, segmented_at)
-
-    def analytics(self, segmented, grid: SegmentGrid, thresholds):
-        return self.compute.segment_analytics(segmented, grid, thresholds)
 
     def keep(self, frame):
         """Cache a step's result: its metadata and its write then compute it once."""

@@ -351,7 +351,7 @@ def _categorical(codes: np.ndarray, labels: list[str]) -> pd.Categorical:
 
 
 def assign_segments(
-    scores: pd.DataFrame, grid: SegmentGrid, segmented_at: pd.Timestamp
+    scores: pd.DataFrame, grid: SegmentGrid, segmented_at: dt.datetime
 ) -> pd.DataFrame:
     """Scores plus the segment of each (R_score, FM_score) cell and its catalog fields."""
     table, segments = grid.lookup_table()
@@ -365,7 +365,7 @@ def assign_segments(
         segmented[column] = _categorical(segment_code, labels)
     segmented["value_tier"] = _categorical(fm - 1, list(grid.value_tiers))
     segmented["engagement_level"] = _categorical(r - 1, list(grid.engagement_levels))
-    segmented["segmented_at"] = segmented_at
+    segmented["segmented_at"] = pd.Timestamp(segmented_at)
     return segmented
 
 
