@@ -29,9 +29,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 SEGMENTED_AT = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-# Spark stores time-zone-aware timestamps as instants and takes their dates in
-# spark.sql.session.timeZone (UTC), where pandas keeps the source's own zone.
-PANDAS_ONLY = {"time-zone-aware Parquet timestamps use the local date"}
 
 
 @pytest.fixture(scope="session")
@@ -159,8 +156,6 @@ def test_cdnow_without_orders_identical(spark, tmp_path):
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_corpus_case_same_outcome_on_spark(spark, case, tmp_path):
-    if case["name"] in PANDAS_ONLY:
-        pytest.skip("documented difference: Spark takes dates of zoned instants in UTC")
     settings = {"input_path": str(write_input(case, tmp_path)), **case.get("settings", {})}
     if "error" in case["expect"]:
         messages = []
@@ -239,3 +234,16 @@ def test_cli_spark_output_equals_pandas_output(spark, tmp_path):
                  "--output", str(tmp_path / "csv")]) == 0  # fmt: skip
     csv_segments = pd.read_csv(tmp_path / "csv" / "customer_segments.csv")
     assert len(csv_segments) == len(pandas_segments)
+
+
+def test_zoned_dates_do_not_depend_on_the_session_time_zone(spark, tmp_path):
+    (case,) = [c for c in CASES if c["name"].startswith("time-zone-aware Parquet timestamps")]
+    settings = RFMSettings(input_path=str(write_input(case, tmp_path)), engine="spark")
+    before = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")
+    try:
+        result = run_engine(settings, spark, segmented_at=SEGMENTED_AT)
+        recency = as_pandas(result.customer_segments, tmp_path).set_index("customer_id")["recency"]
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", before)
+    assert recency.to_dict() == {1: 2, 2: 1}  # Tokyo dates 1 and 2 January, as in pandas

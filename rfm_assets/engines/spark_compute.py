@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Optional
 
+import pyarrow as pa
+import pyarrow.dataset as pads
 from pandas.tseries.api import guess_datetime_format
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -88,7 +90,15 @@ def read_transactions(spark: SparkSession, path: str, columns: SourceColumns) ->
                                              types[columns.customer_id])}  # fmt: skip
     date_type = types[columns.transaction_date]
     date_column = F.col(f"`{columns.transaction_date}`")
-    if isinstance(date_type, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+    if isinstance(date_type, T.TimestampType):
+        # Spark holds zoned timestamps as instants; take the wall clock of the zone the file
+        # names (as pandas does), whatever the session's time zone is.
+        zone = _source_time_zone(path, columns.transaction_date) or "UTC"
+        session_zone = spark.conf.get("spark.sql.session.timeZone")
+        canonical["transaction_date"] = F.to_utc_timestamp(
+            F.from_utc_timestamp(date_column, zone), session_zone
+        ).cast("timestamp_ntz")
+    elif isinstance(date_type, (T.TimestampNTZType, T.DateType)):
         canonical["transaction_date"] = date_column.cast("timestamp_ntz")
     elif not isinstance(date_type, T.StringType):
         raise RFMInputError(
@@ -120,6 +130,18 @@ def read_transactions(spark: SparkSession, path: str, columns: SourceColumns) ->
         _raise_for_bad_dates(parsed.filter(F.col("d").isNull()), columns.transaction_date)
     _raise_for_numbers(stats, source)
     return source.select(*[column.alias(name) for name, column in canonical.items()])
+
+
+def _source_time_zone(path: str, column: str) -> Optional[str]:
+    """The time zone a Parquet source names for `column` in its Arrow schema, if any.
+
+    Only the file footer is read, on the driver. Files written by Spark name none (UTC).
+    """
+    try:
+        kind = pads.dataset(path, format="parquet").schema.field(column).type
+    except Exception:  # not readable by pyarrow from here: fall back to UTC
+        return None
+    return kind.tz if pa.types.is_timestamp(kind) else None
 
 
 def _customer_id(column: Column, kind: T.DataType) -> Column:
