@@ -20,7 +20,7 @@ import typing
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import dagster as dg
 import pandas as pd
@@ -100,9 +100,15 @@ class RFMStore(dg.UPathIOManager):
 
     extension = ""
 
-    def __init__(self, base_path: UPath, spark: Optional[LazyPySparkResource] = None):
+    def __init__(
+        self,
+        base_path: UPath,
+        spark: Optional[LazyPySparkResource] = None,
+        load_as: str = "pandas",
+    ):
         super().__init__(base_path=base_path)
         self._spark = spark
+        self._load_as = load_as
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         version = f"v{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
@@ -129,7 +135,8 @@ class RFMStore(dg.UPathIOManager):
         wanted = _wanted_type(context)
         if wanted is StoredTable:
             return StoredTable(_plain(current), dict(current.storage_options))
-        if isinstance(wanted, type) and wanted.__module__.startswith("pyspark"):
+        as_spark = wanted is Any and self._load_as == "spark"
+        if as_spark or (isinstance(wanted, type) and wanted.__module__.startswith("pyspark")):
             if self._spark is None:
                 raise dg.Failure(
                     f"{context.asset_key.to_user_string()}: loading as a Spark DataFrame needs "
@@ -177,9 +184,13 @@ class RFMStore(dg.UPathIOManager):
 
     @staticmethod
     def _remove_all_but(path: UPath, version: str) -> None:
-        """Old versions and leftovers of killed writes; best effort, a failure costs disk only."""
+        """Older versions and leftovers of killed writes; best effort, a failure costs disk.
+
+        Version names start with their creation time, so a newer version (another run still
+        writing) sorts after `version` and is left alone.
+        """
         for entry in path.iterdir():
-            if entry.name not in (POINTER, version):
+            if entry.name != POINTER and entry.name < version:
                 RFMStore._remove(entry)
 
     @staticmethod
@@ -206,6 +217,15 @@ class RFMParquetIOManager(dg.ConfigurableIOManagerFactory):
         default=None,
         description="Spark session for consumers that load an asset as a Spark DataFrame.",
     )
+    load_as: Literal["pandas", "spark"] = Field(
+        default="pandas",
+        description="What unannotated consumers and defs.load_asset_value(...) get. pandas "
+        "reads with pyarrow and never starts Spark; spark needs the `spark` resource.",
+    )
 
     def create_io_manager(self, context) -> RFMStore:
-        return RFMStore(base_path=UPath(self.base_dir or default_base_dir()), spark=self.spark)
+        return RFMStore(
+            base_path=UPath(self.base_dir or default_base_dir()),
+            spark=self.spark,
+            load_as=self.load_as,
+        )

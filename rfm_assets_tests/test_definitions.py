@@ -169,3 +169,14 @@ def test_failed_write_leaves_the_previous_value_readable(tmp_path):
 def test_defs_is_importable_from_both_documented_modules(module):
     imported = __import__(module, fromlist=["defs"])
     assert isinstance(imported.defs, dg.Definitions)
+
+
+def test_cleanup_keeps_a_newer_version_that_another_run_is_writing(tmp_path):
+    store = RFMParquetIOManager(base_dir=str(tmp_path / "store"))
+    assert dg.materialize([fragile], resources={"io_manager": store}).success
+    location = tmp_path / "store" / "fragile"
+    in_progress = location / "v9999999999999999999-concurrent.parquet"
+    in_progress.write_bytes(b"PAR1 another run is writing this")
+    assert dg.materialize([fragile], resources={"io_manager": store}).success
+    assert in_progress.exists()
+    assert len(list(location.iterdir())) == 3  # CURRENT, the new version, the newer one

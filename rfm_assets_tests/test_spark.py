@@ -207,6 +207,15 @@ def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path
     )
     loaded = spark_defs.load_asset_value("customer_segments", python_type=DataFrame)
     assert isinstance(loaded, DataFrame) and loaded.count() == 4_338
+    spark_default = dg.Definitions(
+        assets=[dg.AssetSpec("customer_segments")],
+        resources={
+            "io_manager": RFMParquetIOManager(
+                base_dir=str(base), spark=spark_resource, load_as="spark"
+            )
+        },
+    )
+    assert isinstance(spark_default.load_asset_value("customer_segments"), DataFrame)
 
 
 def test_cli_spark_output_equals_pandas_output(spark, tmp_path):
