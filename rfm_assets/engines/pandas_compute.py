@@ -18,8 +18,10 @@ import pyarrow.compute as pc
 from rfm_assets.contract import EXCLUSION_REASONS, MICRO_UNITS
 from rfm_assets.engines.shared import (
     HIGHER_IS_BETTER,
+    MAX_CUSTOMER_TOTAL,
     SCORE_OF,
     analytics_from_aggregates,
+    customer_total_error,
     cut_points_from_extremes,
 )
 from rfm_assets.errors import RFMInputError
@@ -126,6 +128,7 @@ def prepare_transactions(
         counts[reason] = int(newly.sum())
         excluded |= newly
 
+    _check_customer_totals(frame["customer_id"], amount, ~excluded)
     is_return = (cancelled | (amount <= 0)) & ~excluded
     # Under `net` a return or cancellation is subtracted, whatever the sign it was recorded with.
     signed_amount = np.where(is_return, -np.abs(amount), amount)
@@ -165,6 +168,18 @@ def prepare_transactions(
         customers=int(clean["customer_id"].nunique()),
     )
     return clean, account
+
+
+def _check_customer_totals(customer_ids: pd.Series, amount: np.ndarray, kept: np.ndarray) -> None:
+    """Refuse inputs whose exact int64 micro-unit sums could overflow (see shared)."""
+    magnitude = np.abs(amount[kept])
+    if magnitude.sum() < MAX_CUSTOMER_TOTAL:  # no customer can exceed what all add up to
+        return
+    codes, uniques = pd.factorize(customer_ids.array[kept])
+    totals = np.bincount(codes, weights=magnitude)
+    worst = int(totals.argmax())
+    if totals[worst] >= MAX_CUSTOMER_TOTAL:
+        raise customer_total_error(uniques[worst], float(totals[worst]))
 
 
 def compute_metrics(transactions: pd.DataFrame, reference_date: dt.date) -> pd.DataFrame:
@@ -376,18 +391,20 @@ def segment_analytics(
     table, segments = grid.lookup_table()
     code = table[segmented["R_score"].to_numpy(), segmented["FM_score"].to_numpy()]
     count = len(segments)
-    revenue_micro = np.zeros(count, dtype=np.int64)
-    np.add.at(revenue_micro, code, to_micro_units(segmented["monetary"].to_numpy()))
+    # Summed as high and low 32-bit halves so no int64 sum can overflow; joined in Python.
+    micro = to_micro_units(segmented["monetary"].to_numpy())
+    high = _integer_sums(code, micro >> 32, count)
+    low = _integer_sums(code, micro & 0xFFFFFFFF, count)
     sums = {
         "customers": np.bincount(code, minlength=count),
-        "revenue_micro": revenue_micro,
+        "revenue_micro": [int(h) * 2**32 + int(lo) for h, lo in zip(high, low)],
         "recency": _integer_sums(code, segmented["recency"].to_numpy(), count),
         "orders": _integer_sums(code, segmented["frequency"].to_numpy(), count),
     }
     aggregates = {
         entry.name: {key: int(values[i]) for key, values in sums.items()}
         for i, entry in enumerate(segments)
-    }
+    }  # revenue_micro as Python ints: exact at any size
     return analytics_from_aggregates(aggregates, grid, thresholds)
 
 

@@ -7,7 +7,6 @@ order column is mapped.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,16 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 from pandas.tseries.api import guess_datetime_format
 
-from rfm_assets.engines.shared import EXAMPLES_SHOWN, check_columns, check_input_path, first_line
+from rfm_assets.engines.shared import (
+    EXAMPLES_SHOWN,
+    LARGEST_FLOAT_ID,
+    TIME_WITH_OFFSET,
+    WHITESPACE,
+    check_columns,
+    check_input_path,
+    csv_header,
+    first_line,
+)
 from rfm_assets.errors import RFMInputError
 from rfm_assets.settings import SourceColumns
 
@@ -48,7 +56,7 @@ def _read_table(path: str, columns: SourceColumns) -> pa.Table:
     source = Path(path)
     is_csv = source.suffix.lower() == ".csv"
     try:
-        available = _csv_header(source) if is_csv else _parquet_dataset(source).schema.names
+        available = csv_header(path) if is_csv else _parquet_dataset(source).schema.names
     except (OSError, pa.ArrowException, UnicodeDecodeError) as error:
         raise RFMInputError(f"input_path: cannot read {path}: {first_line(error)}") from None
     check_columns(path, columns, available)
@@ -64,7 +72,12 @@ def _read_table(path: str, columns: SourceColumns) -> pa.Table:
             return pacsv.read_csv(
                 source,
                 convert_options=pacsv.ConvertOptions(
-                    include_columns=columns.needed, column_types=as_text
+                    include_columns=columns.needed,
+                    column_types=as_text,
+                    # Only an empty field is missing, as in Spark's CSV reader; "NA" or
+                    # "n/a" in an amount column are reported, not guessed.
+                    null_values=[""],
+                    strings_can_be_null=True,
                 ),
             )
         return _parquet_dataset(source).to_table(columns=columns.needed)
@@ -76,22 +89,27 @@ def _parquet_dataset(source: Path) -> pads.Dataset:
     return pads.dataset(source, format="parquet")
 
 
-def _csv_header(source: Path) -> list[str]:
-    with open(source, newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), None)
-    if not header:
-        raise RFMInputError(f"input_path: {source} is empty")
-    return header
-
-
 def _customer_ids(column: pa.ChunkedArray, name: str) -> pd.Series:
     """Integers stay integers; integer-valued floats become integers; text is trimmed."""
     kind = column.type
-    if pa.types.is_integer(kind):
-        return column.to_pandas(types_mapper={kind: pd.Int64Dtype()}.get)
-    if pa.types.is_floating(kind):
-        values = column.to_numpy(zero_copy_only=False)
-        present = values[~np.isnan(values)]
+    if pa.types.is_integer(kind) or (pa.types.is_decimal(kind) and kind.scale == 0):
+        extremes = pc.min_max(column).as_py()
+        if (
+            extremes["max"] is not None
+            and not -(2**63) <= extremes["min"] <= extremes["max"] < 2**63
+        ):
+            raise RFMInputError(f"column '{name}': customer ids exceed the int64 range")
+        return column.cast(pa.int64()).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        present = values[~np.isnan(values)]  # NaN is a missing id
+        unusable = present[(np.abs(present) >= LARGEST_FLOAT_ID) | ~np.isfinite(present)]
+        if len(unusable):
+            raise RFMInputError(
+                f"column '{name}': {len(unusable)} customer ids are too large to be exact as "
+                f"numbers, e.g. {np.unique(unusable)[:EXAMPLES_SHOWN].tolist()}; store ids as "
+                "integers or text"
+            )
         fractional = present[present != np.floor(present)]
         if len(fractional):
             raise RFMInputError(
@@ -100,14 +118,16 @@ def _customer_ids(column: pa.ChunkedArray, name: str) -> pd.Series:
                 "text id column"
             )
         return pd.Series(pd.array(values, dtype="Float64")).astype("Int64")
-    text = pc.utf8_trim_whitespace(column.cast(pa.string()))
+    text = pc.utf8_trim(column.cast(pa.string()), characters=WHITESPACE)
     # A blank id is no id.
     text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
     return text.to_pandas()
 
 
-# A trailing UTC offset on a text timestamp: Z, +01:00, -0500.
-_OFFSET = r"(?:Z|[+-]\d{2}:?\d{2})$"
+# TIME_WITH_OFFSET with named groups, as pyarrow's extract_regex wants them.
+_NAMED_OFFSET = TIME_WITH_OFFSET.replace("^(", "^(?P<wall>", 1).replace(
+    r"\s?(Z", r"\s?(?P<offset>Z", 1
+)
 
 
 def _timestamps(column: pa.ChunkedArray, name: str) -> np.ndarray:
@@ -118,7 +138,8 @@ def _timestamps(column: pa.ChunkedArray, name: str) -> np.ndarray:
     elif pa.types.is_date(kind):
         parsed = column.cast(pa.timestamp("s"))
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
-        parsed = _parse_text_timestamps(column.cast(pa.string()), name)
+        text = pc.utf8_trim(column.cast(pa.string()), characters=WHITESPACE)
+        parsed = _parse_text_timestamps(text, name)
     else:
         raise RFMInputError(
             f"column '{name}': type {kind} is not a date; expected a date, timestamp or text"
@@ -142,7 +163,7 @@ def _parse_text_timestamps(text: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     Text with more than one UTC offset (or offsets on some rows only) has no single calendar
     to take dates from, so it is an error rather than a guess.
     """
-    offsets = pc.struct_field(pc.extract_regex(text, f"(?P<offset>{_OFFSET})"), "offset")
+    offsets = pc.struct_field(pc.extract_regex(text, _NAMED_OFFSET), "offset")
     zones = {
         "+00:00" if z == "Z" else z[:3] + ":" + z[-2:]
         for z in pc.unique(offsets).to_pylist()
@@ -156,7 +177,7 @@ def _parse_text_timestamps(text: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
             f"column '{name}': mixed time zones ({', '.join(shown)}); convert the column to "
             "one zone first, e.g. UTC or the shop's local time"
         )
-    wall_clock = pc.replace_substring_regex(text, _OFFSET, "") if zones else text
+    wall_clock = pc.replace_substring_regex(text, TIME_WITH_OFFSET, r"\1") if zones else text
     try:
         return pc.cast(wall_clock, pa.timestamp("us"))
     except pa.ArrowInvalid:
@@ -173,14 +194,27 @@ def _parse_text_timestamps(text: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
 
 
 def _numbers(column: pa.ChunkedArray, name: str) -> np.ndarray:
-    """float64 values; missing ones become NaN (counted later as invalid_amount)."""
+    """float64 values; missing ones become NaN (counted later as invalid_amount).
+
+    Text is parsed as numbers; the words NaN and inf are numbers too (counted later as
+    invalid_amount), as Spark reads them.
+    """
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
     if pa.types.is_decimal(column.type):
         return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
-    text = column.cast(pa.string())
+    text = pc.utf8_trim(column.cast(pa.string()), characters=WHITESPACE)
+    try:
+        return pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
     values = pd.to_numeric(text.to_pandas(), errors="coerce").to_numpy(dtype=np.float64)
-    not_numbers = np.isnan(values) & ~text.is_null().to_numpy(zero_copy_only=False)
+    nan_words = pc.match_substring_regex(text, r"^[+-]?(?i:nan)$")
+    not_numbers = (
+        np.isnan(values)
+        & ~text.is_null().to_numpy(zero_copy_only=False)
+        & ~pc.fill_null(nan_words, False).to_numpy(zero_copy_only=False)
+    )
     if not_numbers.any():
         examples = sorted(pc.unique(text.filter(pa.array(not_numbers))).to_pylist(), key=str)[
             :EXAMPLES_SHOWN

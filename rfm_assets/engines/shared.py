@@ -22,6 +22,31 @@ HIGHER_IS_BETTER = {"recency": False, "frequency": True, "monetary": True}
 SCORE_OF = {"recency": "R_score", "frequency": "F_score", "monetary": "M_score"}
 EXAMPLES_SHOWN = 5
 
+# Trimmed from both ends of text ids and dates, by both engines: ASCII whitespace and the
+# Unicode space separators. One explicit set, because pyarrow's and Java's notions of
+# "whitespace" differ at the edges (e.g. U+001F).
+WHITESPACE = (
+    " \t\n\r\x0b\x0c\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# A UTC offset only counts as one after a time of day, so 05-01-2021 is not "-2021".
+# Group 1 is the wall-clock text, group 2 the offset.
+TIME_WITH_OFFSET = r"^(.*\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)\s?(Z|[+-]\d{2}:?\d{2})$"
+# Exact sums are int64 micro-units: one customer's amounts may add up to at most this
+# (in size), or a sum could overflow.
+MAX_CUSTOMER_TOTAL = 9.0e12
+
+
+def customer_total_error(customer, total: float) -> RFMInputError:
+    return RFMInputError(
+        f"column amount: the amounts of customer {customer!r} add up to {total:.6g} in size, "
+        f"beyond the {MAX_CUSTOMER_TOTAL:g} that exact micro-unit sums allow"
+    )
+
+
+# Integer ids held as floats are exact only below 2**53.
+LARGEST_FLOAT_ID = 2.0**53
+
 
 def is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
@@ -40,6 +65,23 @@ def check_input_path(path: str) -> None:
         p.is_file() and not p.name.startswith(("_", ".")) for p in source.rglob("*")
     ):
         raise RFMInputError(f"input_path: {path} holds no columns (no Parquet files?)")
+
+
+def csv_header(path: str) -> list[str]:
+    """The column names of a local CSV file; a repeated name is an error in both engines."""
+    import csv
+
+    try:
+        with open(path.removeprefix("file://"), newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), None)
+    except (OSError, UnicodeDecodeError) as error:
+        raise RFMInputError(f"input_path: cannot read {path}: {first_line(error)}") from None
+    if not header:
+        raise RFMInputError(f"input_path: {path} is empty")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise RFMInputError(f"input_path: the header of {path} repeats {', '.join(repeated)}")
+    return header
 
 
 def check_columns(path: str, columns: SourceColumns, available: list[str]) -> None:
@@ -104,10 +146,12 @@ def analytics_from_aggregates(
     segments = grid.segments
     empty = {"customers": 0, "revenue_micro": 0, "recency": 0, "orders": 0}
     sums = {key: np.array([aggregates.get(s.name, empty)[key] for s in segments], dtype=np.int64)
-            for key in empty}  # fmt: skip
+            for key in ("customers", "recency", "orders")}  # fmt: skip
     customers = sums["customers"]
-    revenue = sums["revenue_micro"] / MICRO_UNITS
-    total_revenue = sums["revenue_micro"].sum() / MICRO_UNITS
+    # Revenue in micro-units can pass int64 across many customers: Python ints, exact.
+    revenue_micro = [int(aggregates.get(s.name, empty)["revenue_micro"]) for s in segments]
+    revenue = np.array([m / MICRO_UNITS for m in revenue_micro], dtype=np.float64)
+    total_revenue = sum(revenue_micro) / MICRO_UNITS
     with np.errstate(divide="ignore", invalid="ignore"):
         analytics = pd.DataFrame(
             {

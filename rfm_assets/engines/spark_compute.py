@@ -31,12 +31,19 @@ from rfm_assets.engines.pandas_compute import (
 from rfm_assets.engines.shared import (
     EXAMPLES_SHOWN,
     HIGHER_IS_BETTER,
+    LARGEST_FLOAT_ID,
+    MAX_CUSTOMER_TOTAL,
     SCORE_OF,
+    TIME_WITH_OFFSET,
+    WHITESPACE,
     analytics_from_aggregates,
     check_columns,
     check_input_path,
+    csv_header,
+    customer_total_error,
     cut_points_from_extremes,
     first_line,
+    is_local,
 )
 from rfm_assets.errors import RFMInputError
 from rfm_assets.segments import SegmentGrid
@@ -46,11 +53,17 @@ from rfm_assets.settings import SourceColumns
 MISSING_ORDER = "\u0000missing order"
 # Buckets for the distributed rank: enough that no bucket holds a large share of values.
 RANK_BUCKETS = 64
-_OFFSET = r"(Z|[+-]\d{2}:?\d{2})$"
 # strftime directives -> Spark datetime pattern letters, for inferred text date formats.
-_PATTERN = {"%Y": "yyyy", "%y": "yy", "%m": "MM", "%d": "dd", "%H": "HH", "%I": "hh",
-            "%M": "mm", "%S": "ss", "%f": "SSSSSS", "%b": "MMM", "%B": "MMMM", "%p": "a",
-            "%j": "DDD", "%a": "EEE", "%A": "EEEE", "%%": "%"}  # fmt: skip
+# Single letters for numbers, which accept one or two digits as pandas does (12/1/2010 8:26).
+_PATTERN = {"%Y": "yyyy", "%y": "yy", "%m": "M", "%d": "d", "%H": "H", "%I": "h",
+            "%M": "m", "%S": "s", "%f": "SSSSSS", "%b": "MMM", "%B": "MMMM", "%p": "a",
+            "%j": "D", "%a": "EEE", "%A": "EEEE", "%%": "%"}  # fmt: skip
+_SPACE = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]"
+
+
+def trimmed(text: Column) -> Column:
+    """Text without WHITESPACE at either end, the same set the pandas engine trims."""
+    return F.regexp_replace(text, f"^{_SPACE}+|{_SPACE}+$", "")
 
 
 def day_of(timestamp: Column) -> Column:
@@ -74,6 +87,8 @@ def read_transactions(spark: SparkSession, path: str, columns: SourceColumns) ->
     """
     check_input_path(path)
     is_csv = path.lower().endswith(".csv")
+    if is_csv and is_local(path):
+        csv_header(path)  # the same errors as pandas for an empty file or repeated names
     try:
         if is_csv:  # every CSV column stays text: ids keep leading zeros, dates are ours
             raw = spark.read.option("header", True).option("mode", "PERMISSIVE").csv(path)
@@ -144,39 +159,61 @@ def _source_time_zone(path: str, column: str) -> Optional[str]:
     return kind.tz if pa.types.is_timestamp(kind) else None
 
 
+def _is_integer_type(kind: T.DataType) -> bool:
+    return isinstance(kind, T.IntegralType) or (isinstance(kind, T.DecimalType) and kind.scale == 0)
+
+
+def _is_float_type(kind: T.DataType) -> bool:
+    return isinstance(kind, (T.FloatType, T.DoubleType, T.DecimalType)) and not _is_integer_type(
+        kind
+    )
+
+
+def _float_id(column: Column) -> Column:
+    """A float id as a double, with NaN as a missing id (as in pandas)."""
+    value = column.cast("double")
+    return F.when(F.isnan(value), F.lit(None)).otherwise(value)
+
+
 def _customer_id(column: Column, kind: T.DataType) -> Column:
     """Integers stay integers; integer-valued floats become integers; text is trimmed."""
-    if isinstance(kind, T.IntegralType):
-        return column.cast("long")
-    if isinstance(kind, (T.FloatType, T.DoubleType, T.DecimalType)):
-        return column.cast("long")  # fractional ids were refused by the validation pass
-    # (?U): Unicode whitespace, as pyarrow's utf8_trim_whitespace trims.
-    text = F.regexp_replace(column.cast("string"), r"(?U)^\s+|\s+$", "")
+    if _is_integer_type(kind):
+        return column.cast("long")  # the validation pass refused ids beyond int64
+    if _is_float_type(kind):
+        return _float_id(column).cast("long")  # fractional and huge ids were refused
+    text = trimmed(column.cast("string"))
     return F.when(text == "", F.lit(None)).otherwise(text)
 
 
 def _number(column: Column, kind: T.DataType) -> Column:
     if isinstance(kind, T.NumericType):
         return column.cast("double")
-    return column.cast("string").try_cast("double")
+    return trimmed(column.cast("string")).try_cast("double")
 
 
 def _validation_checks(columns: SourceColumns, types: dict, is_csv: bool) -> dict[str, Column]:
     """Named counts that must be zero (or sets to inspect), computed in one pass."""
     checks = {}
-    cid = F.col(f"`{columns.customer_id}`")
-    if isinstance(types[columns.customer_id], (T.FloatType, T.DoubleType, T.DecimalType)):
-        checks["fractional_ids"] = F.sum(F.when(cid != F.floor(cid), 1).otherwise(0))
+    kind = types[columns.customer_id]
+    if _is_integer_type(kind) and isinstance(kind, T.DecimalType):
+        raw = F.col(f"`{columns.customer_id}`")
+        beyond = (raw >= F.lit(2**63).cast(kind)) | (raw < F.lit(-(2**63)).cast(kind))
+        checks["ids_beyond_int64"] = F.sum(F.when(beyond, 1).otherwise(0))
+    if _is_float_type(kind):
+        cid = _float_id(F.col(f"`{columns.customer_id}`"))
+        huge = (F.abs(cid) >= F.lit(LARGEST_FLOAT_ID)) | (F.abs(cid) == F.lit(float("inf")))
+        checks["huge_ids"] = F.sum(F.when(huge, 1).otherwise(0))
+        checks["fractional_ids"] = F.sum(F.when(~huge & (cid != F.floor(cid)), 1).otherwise(0))
     for field in ("amount", "quantity", "unit_price"):
         name = getattr(columns, field)
         if name and not isinstance(types[name], T.NumericType):
             raw = F.col(f"`{name}`")
-            not_number = raw.isNotNull() & raw.cast("string").try_cast("double").isNull()
+            not_number = raw.isNotNull() & trimmed(raw.cast("string")).try_cast("double").isNull()
             checks[f"not_numbers:{name}"] = F.sum(F.when(not_number, 1).otherwise(0))
     date_name = columns.transaction_date
     if isinstance(types[date_name], T.StringType):
-        text = F.col(f"`{date_name}`")
-        offset = F.regexp_extract(text, _OFFSET, 1)
+        text = trimmed(F.col(f"`{date_name}`"))
+        offset = F.regexp_extract(text, TIME_WITH_OFFSET, 2)
         zone = F.when(offset == "Z", "+00:00").otherwise(
             F.concat(F.substring(offset, 1, 3), F.lit(":"), F.substring(offset, -2, 2))
         )
@@ -203,8 +240,18 @@ def _raise_for_text_and_ids(
             f"input_path: cannot read {path}: {stats['not_utf8']} rows hold text that is not "
             "valid UTF-8"
         )
+    if stats.get("ids_beyond_int64"):
+        raise RFMInputError(f"column '{columns.customer_id}': customer ids exceed the int64 range")
+    if stats.get("huge_ids"):
+        cid = _float_id(F.col(f"`{columns.customer_id}`"))
+        huge = (F.abs(cid) >= F.lit(LARGEST_FLOAT_ID)) | (F.abs(cid) == F.lit(float("inf")))
+        examples = _examples(source.filter(huge).select(cid))
+        raise RFMInputError(
+            f"column '{columns.customer_id}': {stats['huge_ids']} customer ids are too large to "
+            f"be exact as numbers, e.g. {examples}; store ids as integers or text"
+        )
     if stats.get("fractional_ids"):
-        cid = F.col(f"`{columns.customer_id}`")
+        cid = _float_id(F.col(f"`{columns.customer_id}`"))
         examples = _examples(source.filter(cid != F.floor(cid)).select(cid))
         raise RFMInputError(
             f"column '{columns.customer_id}': {stats['fractional_ids']} customer ids are not "
@@ -228,7 +275,8 @@ def _raise_for_numbers(stats: dict, source: DataFrame) -> None:
         if key.startswith("not_numbers:") and count:
             name = key.split(":", 1)[1]
             raw = F.col(f"`{name}`")
-            bad = source.filter(raw.isNotNull() & raw.cast("string").try_cast("double").isNull())
+            text = trimmed(raw.cast("string"))
+            bad = source.filter(raw.isNotNull() & text.try_cast("double").isNull())
             raise RFMInputError(
                 f"column '{name}': {count} values are not numbers, "
                 f"e.g. {_examples(bad.select(raw.cast('string')))}"
@@ -245,7 +293,9 @@ def _examples(frame: DataFrame) -> list:
 def _parse_text_dates(source: DataFrame, name: str) -> Column:
     """ISO 8601 text to wall-clock timestamps (a single offset already checked), else one
     format inferred from the data for every row, as the pandas reader does."""
-    text = F.regexp_replace(F.col(f"`{name}`"), _OFFSET, "")
+    raw = trimmed(F.col(f"`{name}`"))
+    text = F.when(raw.rlike(TIME_WITH_OFFSET), F.regexp_replace(raw, TIME_WITH_OFFSET, "$1"))
+    text = text.otherwise(raw)
     iso = F.try_to_timestamp(text).cast("timestamp_ntz")
     failed = source.filter(F.col(f"`{name}`").isNotNull() & iso.isNull()).limit(1).count()
     if not failed:
@@ -329,6 +379,7 @@ def prepare_transactions(
         is_return.alias("is_return"),
         F.when(is_return, -F.abs(amount)).otherwise(amount).alias("signed_amount"),
     )
+    _check_customer_totals(flagged)
     if returns_policy == "net":
         net = (
             flagged.filter(F.col("reason").isNull())
@@ -364,6 +415,22 @@ def prepare_transactions(
         customers=kept.select("customer_id").distinct().count(),
     )
     return kept, account
+
+
+def _check_customer_totals(flagged: DataFrame) -> None:
+    """Refuse inputs whose exact long micro-unit sums could overflow (see shared)."""
+    candidates = flagged.filter(F.col("reason").isNull())
+    total = candidates.agg(F.sum(F.abs("amount"))).first()[0] or 0.0
+    if total < MAX_CUSTOMER_TOTAL:  # no customer can exceed what all add up to
+        return
+    worst = (
+        candidates.groupBy("customer_id")
+        .agg(F.sum(F.abs("amount")).alias("total"))
+        .orderBy(F.col("total").desc())
+        .first()
+    )
+    if worst["total"] >= MAX_CUSTOMER_TOTAL:
+        raise customer_total_error(worst["customer_id"], float(worst["total"]))
 
 
 def compute_metrics(transactions: DataFrame, reference_date: dt.date) -> DataFrame:
@@ -539,7 +606,8 @@ def segment_analytics(
         segmented.groupBy("segment")
         .agg(
             F.count(F.lit(1)).alias("customers"),
-            F.sum(micro_units(F.col("monetary"))).alias("revenue_micro"),
+            # Exact at any size: decimal sums, as Python ints on the driver.
+            F.sum(micro_units(F.col("monetary")).cast("decimal(38,0)")).alias("revenue_micro"),
             F.sum("recency").alias("recency"),
             F.sum("frequency").alias("orders"),
         )
