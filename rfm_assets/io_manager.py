@@ -119,6 +119,8 @@ class RFMStore(dg.UPathIOManager):
                 f"got {type(obj).__name__}"
             )
         path.mkdir(parents=True, exist_ok=True)
+        pointer = path / POINTER
+        previous = pointer.read_text().strip() if pointer.exists() else None
         try:
             if isinstance(obj, pd.DataFrame):
                 self._write_pandas(obj, target)
@@ -128,7 +130,8 @@ class RFMStore(dg.UPathIOManager):
             self._remove(target)
             raise
         self._point_to(path, version)
-        self._remove_all_but(path, version)
+        if previous:
+            self._remove_older_than(path, previous)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
         current = self.current_version(path)
@@ -183,14 +186,19 @@ class RFMStore(dg.UPathIOManager):
             staging.unlink(missing_ok=True)
 
     @staticmethod
-    def _remove_all_but(path: UPath, version: str) -> None:
-        """Older versions and leftovers of killed writes; best effort, a failure costs disk.
+    def _remove_older_than(path: UPath, previous: str) -> None:
+        """Remove versions older than the one that was current before this write.
 
-        Version names start with their creation time, so a newer version (another run still
-        writing) sorts after `version` and is left alone.
+        Those are superseded values and leftovers of killed writes; removal is best effort,
+        and a failure costs disk only. The previous version stays, because a reader may still
+        be loading it. Version names start with their creation time, so a version that another
+        run began writing after the previous one was written is never removed. Only a writer
+        that started before the previous version and is still writing can lose its version,
+        which takes three overlapping writes of one asset. Dot names (the pointer's
+        temporary files) are never touched.
         """
         for entry in path.iterdir():
-            if entry.name != POINTER and entry.name < version:
+            if entry.name.startswith("v") and entry.name < previous:
                 RFMStore._remove(entry)
 
     @staticmethod

@@ -179,4 +179,14 @@ def test_cleanup_keeps_a_newer_version_that_another_run_is_writing(tmp_path):
     in_progress.write_bytes(b"PAR1 another run is writing this")
     assert dg.materialize([fragile], resources={"io_manager": store}).success
     assert in_progress.exists()
-    assert len(list(location.iterdir())) == 3  # CURRENT, the new version, the newer one
+    # CURRENT, the previous version, the new one, and the newer one still being written.
+    assert len(list(location.iterdir())) == 4
+
+
+def test_old_versions_are_removed_and_the_previous_one_kept(tmp_path):
+    store = RFMParquetIOManager(base_dir=str(tmp_path / "store"))
+    for _ in range(4):
+        assert dg.materialize([fragile], resources={"io_manager": store}).success
+    names = sorted(p.name for p in (tmp_path / "store" / "fragile").iterdir())
+    current = (tmp_path / "store" / "fragile" / "CURRENT").read_text().strip()
+    assert len(names) == 3 and names[0] == "CURRENT" and current == names[2]  # newest

@@ -102,7 +102,9 @@ def test_an_exception_in_a_later_asset_keeps_every_earlier_value(tmp_path, monke
     assert after["customer_segments"] == before["customer_segments"]
     assert after["segment_analytics"] == before["segment_analytics"]
     assert after["transactions"] != before["transactions"]
-    assert all(len(list(location.iterdir())) == 2 for location in base.iterdir())
+    # Rewritten assets keep their previous version beside the new one; nothing else is left.
+    assert {len(list(location.iterdir())) for location in base.iterdir()} == {2, 3}
+    assert not [p for p in base.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_a_full_disk_keeps_the_previous_value_and_says_so(tmp_path, monkeypatch, capsys):
