@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from rfm_assets.errors import RFMConfigError, RFMError
-from rfm_assets.exports import write_atomically, write_spark_table, write_table
+from rfm_assets.exports import replace_path, write_atomically, write_spark_table, write_table
 from rfm_assets.packaged import preset_names, preset_path
 
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
@@ -331,11 +331,16 @@ def command_analyze(args: argparse.Namespace) -> int:
     if output.exists() and not output.is_dir():
         raise RFMError(f"--output: {output} exists and is not a directory")
     output.mkdir(parents=True, exist_ok=True)
-    work_dir = output / f".rfm_work_{uuid.uuid4().hex[:8]}"
+    run_id = uuid.uuid4().hex[:8]
+    work_dir = output / f".rfm_work_{run_id}"
+    # Every output is finished in a staging folder first, then all move into place together,
+    # so a failure leaves the previous result whole rather than half replaced.
+    staging = output / f".rfm_staging_{run_id}"
+    staging.mkdir()
     try:
         outcome = run_graph(settings, spark_resource(args), work_dir)
         for name in OUTPUT_TABLES:
-            target = output / f"{name}.{args.format}"
+            target = staging / f"{name}.{args.format}"
             frame = outcome["tables"][name]
             if settings.engine == "spark":
                 if name == "segment_analytics":
@@ -343,13 +348,17 @@ def command_analyze(args: argparse.Namespace) -> int:
                 write_spark_table(frame, target, args.format)
             else:
                 write_table(frame, target, args.format)
+        summary = run_summary(settings, outcome["metadata"])
+        (staging / "run_summary.json").write_text(
+            json.dumps(summary, indent=2) + "\n", encoding="utf-8"
+        )
+        for entry in sorted(staging.iterdir()):
+            replace_path(entry, output / entry.name)
+    except OSError as error:
+        raise RFMError(f"cannot write {output}: {error.strerror or error}") from None
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    summary = run_summary(settings, outcome["metadata"])
-    write_atomically(
-        output / "run_summary.json",
-        lambda p: p.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8"),
-    )
+        shutil.rmtree(staging, ignore_errors=True)
     excluded = sum(summary["rows_excluded"].values())
     print(
         f"{summary['rows_read']:,} rows read, {summary['rows_kept']:,} kept, {excluded:,} "

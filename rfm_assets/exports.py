@@ -83,7 +83,7 @@ def write_spark_table(frame, path: Path, file_format: str) -> None:
     try:
         if file_format == "parquet":
             frame.write.parquet(str(staging))
-            _replace(staging, path)
+            replace_path(staging, path)
             return
         triggers = "^[" + "".join("\\" + t if t in "-+" else t for t in FORMULA_TRIGGERS) + "]"
         safe = []
@@ -111,8 +111,8 @@ def write_spark_table(frame, path: Path, file_format: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _replace(staging: Path, path: Path) -> None:
-    """Move a finished directory into place, replacing what was there."""
+def replace_path(staging: Path, path: Path) -> None:
+    """Move a finished file or directory into place, replacing a file or directory there."""
     previous = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
     if path.exists():
         os.replace(path, previous)

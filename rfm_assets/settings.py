@@ -7,6 +7,7 @@ names the field.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -65,9 +66,15 @@ class ColumnMapping(dg.Config):
 class Weights(dg.Config):
     """Weights of the R, F and M scores in FM_score and RFM_score."""
 
-    recency: float = Field(default=1.0, ge=0, description="Weight of R_score (>= 0).")
-    frequency: float = Field(default=1.0, ge=0, description="Weight of F_score (>= 0).")
-    monetary: float = Field(default=1.0, ge=0, description="Weight of M_score (>= 0).")
+    recency: float = Field(
+        default=1.0, ge=0, allow_inf_nan=False, description="Weight of R_score (>= 0)."
+    )
+    frequency: float = Field(
+        default=1.0, ge=0, allow_inf_nan=False, description="Weight of F_score (>= 0)."
+    )
+    monetary: float = Field(
+        default=1.0, ge=0, allow_inf_nan=False, description="Weight of M_score (>= 0)."
+    )
 
     @model_validator(mode="after")
     def _fm_weights_not_both_zero(self):
@@ -108,6 +115,8 @@ class FixedThresholds(dg.Config):
             )
         for name in ("recency", "frequency", "monetary"):
             cuts = getattr(self, name)
+            if not all(math.isfinite(c) for c in cuts):
+                raise ValueError(f"fixed_thresholds.{name}: cut points must be finite, got {cuts}")
             if any(b < a for a, b in zip(cuts, cuts[1:])):
                 raise ValueError(f"fixed_thresholds.{name}: cut points must ascend, got {cuts}")
         return self

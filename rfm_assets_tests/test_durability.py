@@ -136,9 +136,17 @@ def test_a_full_disk_keeps_the_previous_value_and_says_so(tmp_path, monkeypatch,
 
 @pytest.mark.parametrize("file_format", ["parquet", "csv"])
 def test_an_existing_result_survives_a_failed_cli_run(tmp_path, file_format):
+    """Also: a directory where a file now goes (a Spark result before) is replaced whole."""
     output = tmp_path / "out"
     assert main(["analyze", "--output", str(output), "--format", file_format]) == 0
     before = {p.name: p.read_bytes() for p in output.iterdir()}
     assert main(["analyze", "--output", str(output), "--weights", "1,0,0"]) == 1
     assert main(["analyze", "--output", str(output), "--reference-date", "1999-01-01"]) == 1
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before
+    for path in list(output.iterdir()):
+        path.unlink()
+    (output / f"customer_segments.{file_format}").mkdir()  # e.g. Spark part files
+    (output / f"customer_segments.{file_format}" / "part-0").write_text("old")
+    assert main(["analyze", "--output", str(output), "--format", file_format]) == 0
+    assert (output / f"customer_segments.{file_format}").is_file()
+    assert sorted(p.name for p in output.iterdir()) == sorted(before)  # nothing else left

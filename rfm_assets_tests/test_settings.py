@@ -18,6 +18,8 @@ PRESETS = ["b2b", "balanced_ecommerce", "large_run_spark", "repeat_purchase", "s
     "settings, field",
     [
         ({"weights": {"recency": -1}}, "weights.recency"),
+        ({"weights": {"frequency": float("inf")}}, "weights.frequency"),
+        ({"weights": {"recency": float("nan")}}, "weights.recency"),
         ({"weights": {"recency": 0, "frequency": 0, "monetary": 0}}, "weights"),
         ({"weights": {"recency": 1, "frequency": 0, "monetary": 0}}, "weights"),
         ({"scoring_method": "deciles"}, "scoring_method"),
