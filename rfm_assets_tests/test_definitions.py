@@ -12,7 +12,14 @@ import pytest
 
 from rfm_assets import defs
 from rfm_assets.assets import RFM_ASSETS
-from rfm_assets.contract import COLUMN_DESCRIPTIONS
+from rfm_assets.contract import (
+    ANALYTICS_COLUMNS,
+    COLUMN_DESCRIPTIONS,
+    METRIC_COLUMNS,
+    SCORE_COLUMNS,
+    SEGMENT_COLUMNS,
+    TRANSACTION_COLUMNS,
+)
 from rfm_assets.definitions import rfm_weekly_schedule
 from rfm_assets.io_manager import RFMParquetIOManager, default_base_dir
 from rfm_assets.settings import RFMSettings
@@ -71,6 +78,15 @@ def test_weekly_schedule_targets_the_rfm_job_on_monday_morning():
     assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == set(CHAIN)
 
 
+COLUMNS_OF = {
+    "transactions": TRANSACTION_COLUMNS,
+    "rfm_metrics": METRIC_COLUMNS,
+    "rfm_scores": METRIC_COLUMNS + SCORE_COLUMNS,
+    "customer_segments": METRIC_COLUMNS + SCORE_COLUMNS + SEGMENT_COLUMNS,
+    "segment_analytics": ANALYTICS_COLUMNS,
+}
+
+
 def test_materialize_attaches_schema_row_counts_and_passing_checks(tmp_path):
     source = tmp_path / "tx.parquet"
     generate_transactions(2000, customers=300, seed=2).to_parquet(source)
@@ -86,6 +102,7 @@ def test_materialize_attaches_schema_row_counts_and_passing_checks(tmp_path):
     for name in CHAIN:
         metadata = result.asset_materializations_for_node(name)[0].metadata
         stored = stored_frame(tmp_path / "store", name)
+        assert list(stored.columns) == COLUMNS_OF[name]
         assert metadata["dagster/row_count"].value == len(stored)
         schema = metadata["dagster/column_schema"].schema
         assert [c.name for c in schema.columns] == list(stored.columns)
