@@ -11,6 +11,7 @@ tables cross between the engines only as Parquet files.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Optional
 
 import pyarrow as pa
@@ -552,15 +553,18 @@ def compute_scores(
 
 
 def thresholds_from_scores(scores: DataFrame, scale: int) -> dict[str, list[float]]:
-    extremes, maxima = {}, {}
-    for dimension in HIGHER_IS_BETTER:
-        rows = (
-            scores.groupBy(SCORE_OF[dimension])
-            .agg(F.min(dimension).alias("low"), F.max(dimension).alias("high"))
-            .collect()
-        )
-        extremes[dimension] = {int(r[0]): (float(r["low"]), float(r["high"])) for r in rows}
-        maxima[dimension] = float(max(r["high"] for r in rows))
+    """Least and greatest value per score and dimension, in one job; cut points as pandas."""
+    per_dimension = [
+        scores.groupBy(F.col(SCORE_OF[d]).alias("score"))
+        .agg(F.min(d).cast("double").alias("low"), F.max(d).cast("double").alias("high"))
+        .withColumn("dimension", F.lit(d))
+        for d in HIGHER_IS_BETTER
+    ]
+    rows = functools.reduce(DataFrame.unionByName, per_dimension).collect()
+    extremes = {d: {} for d in HIGHER_IS_BETTER}
+    for row in rows:
+        extremes[row["dimension"]][int(row["score"])] = (row["low"], row["high"])
+    maxima = {d: max(high for _, high in extremes[d].values()) for d in HIGHER_IS_BETTER}
     return cut_points_from_extremes(extremes, maxima, scale)
 
 
