@@ -207,11 +207,12 @@ def run_graph(settings, spark, work_dir: Path) -> dict[str, Any]:
     )
     if not result.success:
         raise RFMError(step_failure_message(result))
-    metadata = {
-        m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()}
-        for m in result.get_asset_materialization_events()
-        for m in [m.event_specific_data.materialization]
-    }
+    metadata = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        metadata[materialization.asset_key.to_user_string()] = {
+            key: value.value for key, value in materialization.metadata.items()
+        }
     if settings.engine == "spark":
         from upath import UPath
 

@@ -135,9 +135,10 @@ class RFMStore(dg.UPathIOManager):
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
         current = self.current_version(path)
+        stored = StoredTable(_plain(current), dict(current.storage_options))
         wanted = _wanted_type(context)
         if wanted is StoredTable:
-            return StoredTable(_plain(current), dict(current.storage_options))
+            return stored
         as_spark = wanted is Any and self._load_as == "spark"
         if as_spark or (isinstance(wanted, type) and wanted.__module__.startswith("pyspark")):
             if self._spark is None:
@@ -145,8 +146,8 @@ class RFMStore(dg.UPathIOManager):
                     f"{context.asset_key.to_user_string()}: loading as a Spark DataFrame needs "
                     "the io_manager to be given the `spark` resource"
                 )
-            return self._spark.spark_session.read.parquet(_plain(current))
-        return StoredTable(_plain(current), dict(current.storage_options)).to_pandas()
+            return stored.to_spark(self._spark.spark_session)
+        return stored.to_pandas()
 
     def path_exists(self, path: UPath) -> bool:
         return (path / POINTER).exists()

@@ -134,7 +134,7 @@ def prepare_transactions(
     signed_amount = np.where(is_return, -np.abs(amount), amount)
     if returns_policy == "net":
         kept = ~excluded
-        codes, uniques = pd.factorize(frame["customer_id"].to_numpy()[kept])
+        codes, uniques = pd.factorize(frame["customer_id"].array[kept])
         net_micro = np.zeros(len(uniques), dtype=np.int64)
         np.add.at(net_micro, codes, to_micro_units(signed_amount[kept]))
         not_positive = np.zeros(rows_read, dtype=bool)
@@ -310,10 +310,8 @@ def thresholds_from_scores(scores: pd.DataFrame, scale: int) -> dict[str, list[f
     for dimension in HIGHER_IS_BETTER:
         values = scores[dimension].to_numpy(dtype=np.float64)
         grouped = pd.Series(values).groupby(scores[SCORE_OF[dimension]].to_numpy())
-        extremes[dimension] = {
-            int(score): (low, high)
-            for score, low, high in zip(grouped.min().index, grouped.min(), grouped.max())
-        }
+        lows, highs = grouped.min(), grouped.max()
+        extremes[dimension] = {int(score): (low, highs[score]) for score, low in lows.items()}
         maxima[dimension] = float(values.max())
     return cut_points_from_extremes(extremes, maxima, scale)
 
