@@ -98,7 +98,8 @@ def transactions(
     (`rows_excluded`). The resolved reference date is recorded here for the later steps.
     """
     engine = engine_for(rfm_settings, spark)
-    kept, account = engine.prepare(engine.read(rfm_settings), rfm_settings)
+    raw, listing = engine.read(rfm_settings)
+    kept, account = engine.prepare(raw, rfm_settings, listing)
     kept = engine.keep(kept)
     summary = account.as_metadata()
     excluded_total = sum(account.rows_excluded.values())

@@ -8,10 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import traceback
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -20,8 +18,9 @@ import pandas as pd
 import yaml
 
 from rfm_assets.errors import RFMConfigError, RFMError
-from rfm_assets.exports import replace_path, write_atomically, write_spark_table, write_table
+from rfm_assets.exports import write_atomically, write_spark_table, write_table
 from rfm_assets.packaged import preset_names, preset_path
+from rfm_assets.result_dir import ResultDirectory
 
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
 EXIT_USAGE = 2
@@ -250,6 +249,8 @@ def run_summary(settings, metadata: dict[str, Any]) -> dict:
     return {
         "input": settings.source_path,
         "engine": settings.engine,
+        "files_read": tx["files_read"],
+        "files_skipped": tx["files_skipped"],
         "rows_read": tx["rows_read"],
         "rows_kept": tx["rows_kept"],
         "rows_excluded": tx["rows_excluded"],
@@ -328,43 +329,36 @@ def report_markdown(analytics: pd.DataFrame, summary: Optional[dict]) -> str:
 
 def command_analyze(args: argparse.Namespace) -> int:
     settings = build_settings(settings_from_args(args))
+    spark = spark_resource(args)
+    with ResultDirectory(Path(args.output)) as result:
+        outcome = run_graph(settings, spark, result.work)
+        try:
+            for name in OUTPUT_TABLES:
+                target = result.files / f"{name}.{args.format}"
+                frame = outcome["tables"][name]
+                if settings.engine == "spark":
+                    if name == "segment_analytics":
+                        frame = frame.orderBy("priority").coalesce(1)
+                    write_spark_table(frame, target, args.format)
+                else:
+                    write_table(frame, target, args.format)
+            summary = run_summary(settings, outcome["metadata"])
+            (result.files / "run_summary.json").write_text(
+                json.dumps(summary, indent=2) + "\n", encoding="utf-8"
+            )
+        except OSError as error:
+            raise RFMError(
+                f"--output: cannot write {args.output}: {error.strerror or error}"
+            ) from None
+        result.publish()
     output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise RFMError(f"--output: {output} exists and is not a directory")
-    output.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex[:8]
-    work_dir = output / f".rfm_work_{run_id}"
-    # Every output is finished in a staging folder first, then all move into place together,
-    # so a failure leaves the previous result whole rather than half replaced.
-    staging = output / f".rfm_staging_{run_id}"
-    staging.mkdir()
-    try:
-        outcome = run_graph(settings, spark_resource(args), work_dir)
-        for name in OUTPUT_TABLES:
-            target = staging / f"{name}.{args.format}"
-            frame = outcome["tables"][name]
-            if settings.engine == "spark":
-                if name == "segment_analytics":
-                    frame = frame.orderBy("priority").coalesce(1)
-                write_spark_table(frame, target, args.format)
-            else:
-                write_table(frame, target, args.format)
-        summary = run_summary(settings, outcome["metadata"])
-        (staging / "run_summary.json").write_text(
-            json.dumps(summary, indent=2) + "\n", encoding="utf-8"
-        )
-        for entry in sorted(staging.iterdir()):
-            replace_path(entry, output / entry.name)
-    except OSError as error:
-        raise RFMError(f"cannot write {output}: {error.strerror or error}") from None
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        shutil.rmtree(staging, ignore_errors=True)
     excluded = sum(summary["rows_excluded"].values())
+    skipped = summary.get("files_skipped") or 0
     print(
         f"{summary['rows_read']:,} rows read, {summary['rows_kept']:,} kept, {excluded:,} "
         f"excluded; {summary['customers']:,} customers; reference date "
         f"{summary['reference_date']}"
+        + (f"; {skipped:,} files skipped (names starting with _ or .)" if skipped else "")
     )
     print(segment_table_text(read_table(output, "segment_analytics")))
     print(

@@ -9,6 +9,8 @@ MICRO_UNITS = 10**6
 EXCLUSION_REASONS = {
     "missing_customer_id": "customer id is null or blank",
     "invalid_amount": "amount is NaN or infinite",
+    "date_out_of_range": "dated before earliest_valid_date or after latest_valid_date "
+    "(placeholders such as 9999-12-31 or 1900-01-01)",
     "on_or_after_reference_date": "dated on or after the reference date",
     "before_analysis_window": "dated before reference_date - analysis_period_days",
     "cancelled_order": "order id starts with the cancellation prefix (returns_policy exclude)",

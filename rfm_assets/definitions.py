@@ -44,6 +44,10 @@ DEFAULT_SPARK_CONFIG = {
     "spark.log.level": "ERROR",
     # Standard Parquet timestamps (not legacy INT96), so pandas reads segmented_at as UTC.
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    # Dates and INT96 timestamps in Parquet are proleptic Gregorian, as pyarrow writes and
+    # reads them (Spark would otherwise refuse or shift dates before 1582/1900).
+    "spark.sql.parquet.datetimeRebaseModeInRead": "CORRECTED",
+    "spark.sql.parquet.int96RebaseModeInRead": "CORRECTED",
     # Few partitions suit one machine; on a cluster set it in run config (large_run_spark).
     "spark.sql.shuffle.partitions": "8",
 }

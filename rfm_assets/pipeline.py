@@ -30,7 +30,8 @@ def run_engine(
 ) -> RFMResult:
     """Run every step with the settings' engine (Spark needs `spark_session`)."""
     engine = SparkEngine(spark_session) if settings.engine == "spark" else PandasEngine()
-    kept, account = engine.prepare(engine.read(settings), settings)
+    raw, listing = engine.read(settings)
+    kept, account = engine.prepare(raw, settings, listing)
     metrics = engine.keep(engine.metrics(kept, account.reference_date))
     scores = engine.keep(engine.scores(metrics, settings))
     grid = settings.segment_grid()

@@ -167,6 +167,17 @@ class RFMSettings(dg.ConfigurableResource):
         description="Reference date YYYY-MM-DD; recency counts days to it and rows dated on "
         "or after it are excluded. Unset: the day after the latest transaction date.",
     )
+    earliest_valid_date: str = Field(
+        default="1900-01-01",
+        description="Transactions dated before this (YYYY-MM-DD) are placeholders such as "
+        "1900-01-01, not purchases: excluded and counted as date_out_of_range.",
+    )
+    latest_valid_date: str = Field(
+        default="2999-12-31",
+        description="Transactions dated after this (YYYY-MM-DD) are placeholders such as "
+        "9999-12-31 ('no end'), not purchases: excluded and counted as date_out_of_range, so "
+        "they never move the default reference date.",
+    )
     analysis_period_days: Optional[int] = Field(
         default=None,
         ge=1,
@@ -204,18 +215,30 @@ class RFMSettings(dg.ConfigurableResource):
         "session: local mode or any spark.master).",
     )
 
-    @field_validator("reference_date")
+    @field_validator("reference_date", "earliest_valid_date", "latest_valid_date")
     @classmethod
-    def _iso_date(cls, value: Optional[str]) -> Optional[str]:
+    def _iso_date(cls, value: Optional[str], info) -> Optional[str]:
         if value is None:
             return value
         try:
             dt.date.fromisoformat(value)
-        except ValueError:
+        except (ValueError, TypeError):
             raise ValueError(
-                f"reference_date: {value!r} is not a date in YYYY-MM-DD form"
+                f"{info.field_name}: {value!r} is not a date in YYYY-MM-DD form"
             ) from None
         return value
+
+    @model_validator(mode="after")
+    def _valid_dates_in_order(self):
+        earliest, latest = self.valid_dates
+        if earliest >= latest:
+            raise ValueError(
+                f"earliest_valid_date: {earliest} must be before latest_valid_date {latest}"
+            )
+        if latest >= dt.date(9999, 12, 31):
+            # The default reference date is the day after the latest date: it must exist.
+            raise ValueError(f"latest_valid_date: {latest} must be before 9999-12-31")
+        return self
 
     @model_validator(mode="after")
     def _scoring_is_complete(self):
@@ -240,6 +263,14 @@ class RFMSettings(dg.ConfigurableResource):
     @property
     def source_path(self) -> str:
         return self.input_path or str(BUNDLED_DATASET)
+
+    @property
+    def valid_dates(self) -> tuple[dt.date, dt.date]:
+        """(earliest_valid_date, latest_valid_date) as dates."""
+        return (
+            dt.date.fromisoformat(self.earliest_valid_date),
+            dt.date.fromisoformat(self.latest_valid_date),
+        )
 
     @property
     def parsed_reference_date(self) -> Optional[dt.date]:

@@ -1,5 +1,6 @@
 """The malformed-input corpus: every case gives its expected one-line error or counts."""
 
+import os
 import re
 from pathlib import Path
 
@@ -16,6 +17,30 @@ from rfm_assets.settings import RFMSettings
 CASES = yaml.safe_load((Path(__file__).parent / "corpus" / "malformed.yaml").read_text())
 
 
+def arrow_table(columns: dict) -> pa.Table:
+    """A table from the corpus's `{column: {type, values}}` form."""
+    arrays = {}
+    for name, column in columns.items():
+        kind = column["type"]
+        if kind.startswith("timestamp"):
+            unit, _, zone = kind[len("timestamp[") : -1].partition(", tz=")
+            # Zoned values are written with their offset; naive ones without.
+            parsed = pa.array(column["values"]).cast(pa.timestamp(unit, tz="UTC" if zone else None))
+            arrays[name] = parsed.cast(pa.timestamp(unit, tz=zone)) if zone else parsed
+        elif kind == "date32":
+            arrays[name] = pa.array(column["values"]).cast(pa.timestamp("s")).cast(pa.date32())
+        elif kind == "infer":  # nested values (structs, lists) as pyarrow infers them
+            arrays[name] = pa.array(column["values"])
+        else:
+            arrays[name] = pa.array(column["values"], type=pa.type_for_alias(kind))
+    return pa.table(arrays)
+
+
+def write_parquet(columns: dict, path: Path, int96: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(arrow_table(columns), path, use_deprecated_int96_timestamps=int96)
+
+
 def write_input(case: dict, folder: Path) -> Path:
     """Materialise the case's input in `folder` and return its path."""
     if "csv" in case:
@@ -26,24 +51,26 @@ def write_input(case: dict, folder: Path) -> Path:
         path.write_bytes(bytes.fromhex(case["bytes_hex"]))
     elif "parquet" in case:
         path = folder / "input.parquet"
-        arrays = {}
-        for name, column in case["parquet"].items():
-            kind = column["type"]
-            if kind.startswith("timestamp"):
-                unit, _, zone = kind[len("timestamp[") : -1].partition(", tz=")
-                # Zoned values are written with their offset; naive ones without.
-                parsed = pa.array(column["values"]).cast(
-                    pa.timestamp(unit, tz="UTC" if zone else None)
-                )
-                arrays[name] = parsed.cast(pa.timestamp(unit, tz=zone)) if zone else parsed
+        write_parquet(case["parquet"], path, case.get("int96", False))
+    elif "files" in case:  # a directory: Parquet files by relative path, other files as text
+        path = folder / "input_dir"
+        for relative, content in case["files"].items():
+            target = path / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, str):
+                target.write_text(content)
             else:
-                arrays[name] = pa.array(column["values"], type=pa.type_for_alias(kind))
-        pq.write_table(pa.table(arrays), path)
+                write_parquet(content, target, case.get("int96", False))
     elif case.get("empty_dir"):
         path = folder / "empty"
         path.mkdir()
     elif case.get("missing"):
         path = folder / "nothing.parquet"
+    elif case.get("fifo"):
+        path = folder / "input.csv"
+        os.mkfifo(path)
+    elif "path" in case:
+        path = Path(case["path"])
     else:
         raise ValueError(f"corpus case {case['name']!r} has no input")
     return path
@@ -64,6 +91,11 @@ def test_corpus_case(case, tmp_path):
     account = result.account
     assert account.rows_read == account.rows_kept + sum(account.rows_excluded.values())
     assert set(account.rows_excluded) == set(EXCLUSION_REASONS)
+    for key in ("files_read", "files_skipped"):
+        if key in expect:
+            assert getattr(account, key) == expect[key], key
+    if "reference_date" in expect:
+        assert account.reference_date.isoformat() == expect["reference_date"]
     if "rows_kept" in expect:
         assert account.rows_kept == expect["rows_kept"]
     wanted = {reason: expect.get("excluded", {}).get(reason, 0) for reason in EXCLUSION_REASONS}

@@ -1,7 +1,9 @@
 """A failed, killed or starved run never loses or half-writes the previous result."""
 
 import errno
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,19 +136,26 @@ def test_a_full_disk_keeps_the_previous_value_and_says_so(tmp_path, monkeypatch,
     assert not [p for p in output.iterdir() if p.name.endswith(".tmp")]
 
 
+def visible_result(output) -> dict[str, bytes]:
+    """The result a reader of `output` sees: each visible file's bytes, through its link."""
+    return {p.name: p.read_bytes() for p in output.iterdir() if not p.name.startswith(".")}
+
+
 @pytest.mark.parametrize("file_format", ["parquet", "csv"])
 def test_an_existing_result_survives_a_failed_cli_run(tmp_path, file_format):
-    """Also: a directory where a file now goes (a Spark result before) is replaced whole."""
+    """Also: a result of the earlier layout (real files, a Spark folder) is replaced whole."""
     output = tmp_path / "out"
     assert main(["analyze", "--output", str(output), "--format", file_format]) == 0
-    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    before = visible_result(output)
     assert main(["analyze", "--output", str(output), "--weights", "1,0,0"]) == 1
     assert main(["analyze", "--output", str(output), "--reference-date", "1999-01-01"]) == 1
-    assert {p.name: p.read_bytes() for p in output.iterdir()} == before
-    for path in list(output.iterdir()):
-        path.unlink()
+    assert visible_result(output) == before
+    shutil.rmtree(output)
+    output.mkdir()
     (output / f"customer_segments.{file_format}").mkdir()  # e.g. Spark part files
     (output / f"customer_segments.{file_format}" / "part-0").write_text("old")
+    (output / "run_summary.json").write_text("{}")
     assert main(["analyze", "--output", str(output), "--format", file_format]) == 0
     assert (output / f"customer_segments.{file_format}").is_file()
-    assert sorted(p.name for p in output.iterdir()) == sorted(before)  # nothing else left
+    assert sorted(visible_result(output)) == sorted(before)  # nothing else left
+    assert json.loads((output / "run_summary.json").read_text())["customers"] == 4338

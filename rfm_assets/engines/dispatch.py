@@ -6,13 +6,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from typing import Any
+from typing import Any, Optional
 
 import pandas as pd
 
 from rfm_assets.engines import pandas_compute, pandas_read
 from rfm_assets.engines.pandas_compute import RowAccount
+from rfm_assets.engines.source import SourceListing
 from rfm_assets.io_manager import StoredTable
 from rfm_assets.segments import SegmentGrid
 from rfm_assets.settings import RFMSettings
@@ -32,17 +34,26 @@ class PandasEngine:
     def load(self, value: Any) -> pd.DataFrame:
         return value.to_pandas() if isinstance(value, StoredTable) else value
 
-    def read(self, settings: RFMSettings) -> pd.DataFrame:
+    def read(self, settings: RFMSettings) -> tuple[pd.DataFrame, SourceListing]:
+        """The canonical frame and the listing of the files it came from."""
         return pandas_read.read_transactions(settings.source_path, settings.source_columns())
 
-    def prepare(self, raw, settings: RFMSettings) -> tuple[Any, RowAccount]:
-        return self.compute.prepare_transactions(
+    def prepare(
+        self, raw, settings: RFMSettings, listing: Optional[SourceListing] = None
+    ) -> tuple[Any, RowAccount]:
+        kept, account = self.compute.prepare_transactions(
             raw,
             reference_date=settings.parsed_reference_date,
             analysis_period_days=settings.analysis_period_days,
             returns_policy=settings.returns_policy,
             cancelled_order_prefix=settings.cancelled_order_prefix,
+            valid_dates=settings.valid_dates,
         )
+        if listing is not None and listing.listed:
+            account = dataclasses.replace(
+                account, files_read=listing.files_read, files_skipped=listing.files_skipped
+            )
+        return kept, account
 
     def metrics(self, kept, reference_date: dt.date):
         return self.compute.compute_metrics(kept, reference_date)

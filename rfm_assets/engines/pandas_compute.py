@@ -28,6 +28,10 @@ from rfm_assets.errors import RFMInputError
 from rfm_assets.segments import SegmentGrid
 
 EPOCH = np.datetime64("1970-01-01", "D")
+# Dates outside these are placeholders ("no date" markers such as 9999-12-31), not
+# purchases: excluded and counted as date_out_of_range. Settings can move both.
+EARLIEST_VALID_DATE = dt.date(1900, 1, 1)
+LATEST_VALID_DATE = dt.date(2999, 12, 31)
 # Beyond this an amount's micro-units would overflow int64.
 MAX_ABS_AMOUNT = 9.0e12
 
@@ -42,9 +46,13 @@ class RowAccount:
     reference_date: Optional[dt.date] = None
     window_start: Optional[dt.date] = None
     customers: int = 0
+    files_read: int = 1
+    files_skipped: int = 0
 
     def as_metadata(self) -> dict:
         return {
+            "files_read": self.files_read,
+            "files_skipped": self.files_skipped,
             "rows_read": self.rows_read,
             "rows_kept": self.rows_kept,
             "rows_excluded": dict(self.rows_excluded),
@@ -78,6 +86,7 @@ def prepare_transactions(
     analysis_period_days: Optional[int] = None,
     returns_policy: str = "exclude",
     cancelled_order_prefix: str = "C",
+    valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
 ) -> tuple[pd.DataFrame, RowAccount]:
     """Apply the counted cleaning rules of DESIGN.md to the canonical frame.
 
@@ -88,13 +97,17 @@ def prepare_transactions(
     rows_read = len(frame)
     days = to_day_numbers(frame["transaction_date"])
     amount = frame["amount"].to_numpy(dtype=np.float64)
-    ref_day = day_number(reference_date) if reference_date else int(days.max()) + 1
-    if ref_day <= days.min():
-        raise RFMInputError(
-            f"reference_date: {from_day_number(ref_day)} is on or before all data "
-            f"(earliest transaction {from_day_number(days.min())})"
-        )
-    window_start_day = ref_day - analysis_period_days if analysis_period_days else None
+    low_day, high_day = (day_number(d) for d in valid_dates)
+    in_range = (days >= low_day) & (days <= high_day)
+    if not in_range.any():
+        raise no_valid_dates_error(valid_dates, rows_read)
+    ref_day, window_start_day = reference_and_window(
+        reference_date,
+        analysis_period_days,
+        int(days[in_range].min()),
+        int(days[in_range].max()),
+        low_day,
+    )
     finite = np.isfinite(amount)
     too_large = finite & (np.abs(amount) > MAX_ABS_AMOUNT)
     if too_large.any():
@@ -113,6 +126,7 @@ def prepare_transactions(
     rules: list[tuple[str, np.ndarray]] = [
         ("missing_customer_id", frame["customer_id"].isna().to_numpy()),
         ("invalid_amount", ~finite),
+        ("date_out_of_range", ~in_range),
         ("on_or_after_reference_date", days >= ref_day),
         (
             "before_analysis_window",
@@ -168,6 +182,36 @@ def prepare_transactions(
         customers=int(clean["customer_id"].nunique()),
     )
     return clean, account
+
+
+def reference_and_window(
+    reference_date: Optional[dt.date],
+    analysis_period_days: Optional[int],
+    first_day: int,
+    last_day: int,
+    earliest_valid_day: int,
+) -> tuple[int, Optional[int]]:
+    """(reference day, window start day or None) from the in-range dates' first and last day.
+
+    The default reference date is the day after the last in-range date. A window reaching
+    back past earliest_valid_date starts there (older rows are out of range anyway).
+    """
+    ref_day = day_number(reference_date) if reference_date else last_day + 1
+    if ref_day <= first_day:
+        raise RFMInputError(
+            f"reference_date: {from_day_number(ref_day)} is on or before all data "
+            f"(earliest transaction {from_day_number(first_day)})"
+        )
+    if not analysis_period_days:
+        return ref_day, None
+    return ref_day, max(ref_day - analysis_period_days, earliest_valid_day)
+
+
+def no_valid_dates_error(valid_dates: tuple[dt.date, dt.date], rows: int) -> RFMInputError:
+    return RFMInputError(
+        f"no transactions left after filtering (date_out_of_range: {rows}): no date lies "
+        f"between earliest_valid_date {valid_dates[0]} and latest_valid_date {valid_dates[1]}"
+    )
 
 
 def _check_customer_totals(customer_ids: pd.Series, amount: np.ndarray, kept: np.ndarray) -> None:

@@ -7,33 +7,45 @@ order column is mapped.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
-from pandas.tseries.api import guess_datetime_format
 
 from rfm_assets.engines.shared import (
     EXAMPLES_SHOWN,
+    EXTRA_FRACTION_DIGITS,
+    INFINITY_TEXT,
+    ISO_DATE_TEXT,
     LARGEST_FLOAT_ID,
+    NAN_TEXT,
+    NUMBER_TEXT,
     TIME_WITH_OFFSET,
     WHITESPACE,
-    check_columns,
-    check_input_path,
-    csv_header,
-    first_line,
+    infer_date_format,
+    zone_label,
 )
+from rfm_assets.engines.source import SourceListing, first_line, list_source
 from rfm_assets.errors import RFMInputError
 from rfm_assets.settings import SourceColumns
 
+# INT96 timestamps (legacy Spark/Impala) as microseconds: as nanoseconds they wrap outside
+# 1677-2262.
+PARQUET = pads.ParquetFileFormat(
+    default_fragment_scan_options=pads.ParquetFragmentScanOptions(),
+    read_options=pads.ParquetReadOptions(coerce_int96_timestamp_unit="us"),
+)
 
-def read_transactions(path: str, columns: SourceColumns) -> pd.DataFrame:
-    """Read `path` (.parquet, .csv or a directory of Parquet) into the canonical frame."""
-    table = _read_table(path, columns)
+
+def read_transactions(path: str, columns: SourceColumns) -> tuple[pd.DataFrame, SourceListing]:
+    """Read `path` (.parquet, .csv or a directory of Parquet) into the canonical frame.
+
+    Returns the frame and the listing of what was read (files read and skipped).
+    """
+    listing = list_source(path, columns)
+    table = _read_table(listing, columns)
     if table.num_rows == 0:
         raise RFMInputError(f"input_path: {path} has no rows")
     frame = {
@@ -48,45 +60,62 @@ def read_transactions(path: str, columns: SourceColumns) -> pd.DataFrame:
         )
     if columns.order_id:
         frame["order_id"] = _order_ids(table[columns.order_id])
-    return pd.DataFrame(frame, copy=False)
+    return pd.DataFrame(frame, copy=False), listing
 
 
-def _read_table(path: str, columns: SourceColumns) -> pa.Table:
-    check_input_path(path)
-    source = Path(path)
-    is_csv = source.suffix.lower() == ".csv"
+def _read_table(listing: SourceListing, columns: SourceColumns) -> pa.Table:
+    """The needed columns of every listed file, each cast to the listing's one type."""
     try:
-        available = csv_header(path) if is_csv else _parquet_dataset(source).schema.names
-    except (OSError, pa.ArrowException, UnicodeDecodeError) as error:
-        raise RFMInputError(f"input_path: cannot read {path}: {first_line(error)}") from None
-    check_columns(path, columns, available)
-    try:
-        if is_csv:
-            # Ids stay text so that leading zeros survive; dates are parsed by
-            # _timestamps, which keeps each row's own wall-clock date.
-            as_text = {
-                c: pa.string()
-                for c in (columns.customer_id, columns.order_id, columns.transaction_date)
-                if c
-            }
+        if listing.is_csv:
             return pacsv.read_csv(
-                source,
+                listing.files[0],
+                # RFC 4180: doubled quotes and line breaks inside quoted fields, as Spark's
+                # multiLine reader takes them.
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=columns.needed,
-                    column_types=as_text,
+                    # Every column stays text and is parsed by the rules both engines share:
+                    # ids keep leading zeros, dates and numbers follow one grammar.
+                    column_types={name: pa.string() for name in columns.needed},
                     # Only an empty field is missing, as in Spark's CSV reader; "NA" or
                     # "n/a" in an amount column are reported, not guessed.
                     null_values=[""],
                     strings_can_be_null=True,
                 ),
             )
-        return _parquet_dataset(source).to_table(columns=columns.needed)
+        partitioning = None
+        if listing.partition_columns:
+            partitioning = pads.partitioning(
+                pa.schema([(name, pa.string()) for name in listing.partition_columns]),
+                flavor="hive",
+            )
+        target = pa.schema([(name, listing.types[name]) for name in columns.needed])
+        parts = []
+        for group in listing.groups:
+            dataset = pads.dataset(
+                list(group),
+                format=PARQUET,
+                partitioning=partitioning,
+                partition_base_dir=listing.root if partitioning else None,
+            )
+            part = dataset.to_table(columns=columns.needed)
+            parts.append(_cast_columns(part, target))
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     except (OSError, pa.ArrowException) as error:
-        raise RFMInputError(f"input_path: cannot read {path}: {first_line(error)}") from None
+        raise RFMInputError(
+            f"input_path: cannot read {listing.path}: {first_line(error)}"
+        ) from None
 
 
-def _parquet_dataset(source: Path) -> pads.Dataset:
-    return pads.dataset(source, format="parquet")
+def _cast_columns(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """`table` with each column in the target type (timestamps may lose sub-microseconds)."""
+    arrays = []
+    for field in target:
+        column = table[field.name]
+        if column.type != field.type:
+            column = column.cast(field.type, safe=not pa.types.is_timestamp(field.type))
+        arrays.append(column)
+    return pa.table(arrays, schema=target)
 
 
 def _customer_ids(column: pa.ChunkedArray, name: str) -> pd.Series:
@@ -124,12 +153,6 @@ def _customer_ids(column: pa.ChunkedArray, name: str) -> pd.Series:
     return text.to_pandas()
 
 
-# TIME_WITH_OFFSET with named groups, as pyarrow's extract_regex wants them.
-_NAMED_OFFSET = TIME_WITH_OFFSET.replace("^(", "^(?P<wall>", 1).replace(
-    r"\s?(Z", r"\s?(?P<offset>Z", 1
-)
-
-
 def _timestamps(column: pa.ChunkedArray, name: str) -> np.ndarray:
     """Naive datetime64 values; the calendar date is the one on the source's own clock."""
     kind = column.type
@@ -137,8 +160,8 @@ def _timestamps(column: pa.ChunkedArray, name: str) -> np.ndarray:
         parsed = pc.local_timestamp(column) if kind.tz is not None else column
     elif pa.types.is_date(kind):
         parsed = column.cast(pa.timestamp("s"))
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
-        text = pc.utf8_trim(column.cast(pa.string()), characters=WHITESPACE)
+    elif pa.types.is_string(kind):
+        text = pc.utf8_trim(column, characters=WHITESPACE)
         parsed = _parse_text_timestamps(text, name)
     else:
         raise RFMInputError(
@@ -158,18 +181,29 @@ def _timestamps(column: pa.ChunkedArray, name: str) -> np.ndarray:
 
 
 def _parse_text_timestamps(text: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
-    """ISO 8601 text to naive timestamps, keeping the wall-clock time of a single offset.
+    """Text to naive timestamps, keeping the wall-clock time of a single UTC offset.
 
     Text with more than one UTC offset (or offsets on some rows only) has no single calendar
-    to take dates from, so it is an error rather than a guess.
+    to take dates from, so it is an error rather than a guess. ISO 8601 text is parsed as
+    such; anything else by one format inferred from the data and applied to every row, so an
+    ambiguous day/month order is never mixed within a column.
     """
-    offsets = pc.struct_field(pc.extract_regex(text, _NAMED_OFFSET), "offset")
+    parts = pc.extract_regex(text, TIME_WITH_OFFSET)
+    offsets = pc.struct_field(parts, "offset")
+    found = (
+        pa.Table.from_arrays(
+            [offsets, pc.struct_field(parts, "hours"), pc.struct_field(parts, "minutes")],
+            names=["offset", "hours", "minutes"],
+        )
+        .group_by(["offset", "hours", "minutes"])
+        .aggregate([])
+    )
     zones = {
-        "+00:00" if z == "Z" else z[:3] + ":" + z[-2:]
-        for z in pc.unique(offsets).to_pylist()
-        if z is not None
+        zone_label(row["offset"], row["hours"], row["minutes"])
+        for row in found.to_pylist()
+        if row["offset"] is not None
     }
-    with_offset = int(pc.sum(pc.is_valid(offsets)).as_py() or 0)
+    with_offset = len(offsets) - offsets.null_count
     present = len(text) - text.null_count
     if len(zones) > 1 or (zones and with_offset != present):
         shown = sorted(zones) + (["none"] if with_offset != present else [])
@@ -177,52 +211,52 @@ def _parse_text_timestamps(text: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
             f"column '{name}': mixed time zones ({', '.join(shown)}); convert the column to "
             "one zone first, e.g. UTC or the shop's local time"
         )
-    wall_clock = pc.replace_substring_regex(text, TIME_WITH_OFFSET, r"\1") if zones else text
-    try:
-        return pc.cast(wall_clock, pa.timestamp("us"))
-    except pa.ArrowInvalid:
-        # Not plain ISO 8601: one format inferred from the data and applied to every row, so
-        # an ambiguous day/month order is never mixed within a column.
-        # The 100 smallest distinct values, as the Spark reader samples them.
-        distinct = pc.unique(wall_clock.drop_null())
-        sample = distinct.take(pc.sort_indices(distinct)[:100]).to_pylist()
-        date_format = next((f for v in sample if (f := guess_datetime_format(v))), None)
-        if date_format is None:  # nothing looks like a date: every row is reported
-            return pa.chunked_array([pa.nulls(len(wall_clock), pa.timestamp("us"))])
-        parsed = pd.to_datetime(wall_clock.to_pandas(), format=date_format, errors="coerce")
-        return pa.chunked_array([pa.array(parsed.to_numpy(dtype="datetime64[us]"))])
+    wall_clock = pc.struct_field(parts, "wall") if zones else text
+    is_iso = pc.match_substring_regex(wall_clock, ISO_DATE_TEXT)
+    if pc.all(is_iso).as_py() in (True, None):
+        try:
+            return pc.cast(
+                pc.replace_substring_regex(wall_clock, EXTRA_FRACTION_DIGITS, r"\1"),
+                pa.timestamp("us"),
+            )
+        except pa.ArrowInvalid:  # e.g. 2024-02-30: reported row by row below
+            pass
+    # The 100 smallest distinct values, as the Spark reader samples them.
+    distinct = pc.unique(wall_clock.drop_null())
+    sample = distinct.take(pc.sort_indices(distinct)[:100]).to_pylist()
+    date_format = infer_date_format(sample)
+    if date_format is None:  # nothing looks like a whole date: every row is reported
+        return pa.chunked_array([pa.nulls(len(wall_clock), pa.timestamp("us"))])
+    parsed = pd.to_datetime(wall_clock.to_pandas(), format=date_format, errors="coerce")
+    return pa.chunked_array([pa.array(parsed.to_numpy(dtype="datetime64[us]"))])
 
 
 def _numbers(column: pa.ChunkedArray, name: str) -> np.ndarray:
     """float64 values; missing ones become NaN (counted later as invalid_amount).
 
-    Text is parsed as numbers; the words NaN and inf are numbers too (counted later as
-    invalid_amount), as Spark reads them.
+    Text follows NUMBER_TEXT (blank text is missing); the words NaN and inf are numbers too
+    (counted later as invalid_amount). Anything else is reported with examples.
     """
-    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
-    if pa.types.is_decimal(column.type):
-        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
-    text = pc.utf8_trim(column.cast(pa.string()), characters=WHITESPACE)
-    try:
-        return pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    values = pd.to_numeric(text.to_pandas(), errors="coerce").to_numpy(dtype=np.float64)
-    nan_words = pc.match_substring_regex(text, r"^[+-]?(?i:nan)$")
-    not_numbers = (
-        np.isnan(values)
-        & ~text.is_null().to_numpy(zero_copy_only=False)
-        & ~pc.fill_null(nan_words, False).to_numpy(zero_copy_only=False)
-    )
-    if not_numbers.any():
-        examples = sorted(pc.unique(text.filter(pa.array(not_numbers))).to_pylist(), key=str)[
-            :EXAMPLES_SHOWN
-        ]
+    if not pa.types.is_string(kind):
+        raise RFMInputError(f"column '{name}': type {kind} is not a number")
+    text = pc.utf8_trim(column, characters=WHITESPACE)
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    is_number = pc.match_substring_regex(text, NUMBER_TEXT)
+    is_nan = pc.match_substring_regex(text, NAN_TEXT)
+    is_infinite = pc.match_substring_regex(text, INFINITY_TEXT)
+    not_numbers = pc.invert(pc.or_(pc.or_(is_number, is_nan), is_infinite))
+    bad = pc.fill_null(not_numbers, False)
+    if pc.any(bad).as_py():
+        examples = sorted(pc.unique(text.filter(bad)).to_pylist(), key=str)[:EXAMPLES_SHOWN]
         raise RFMInputError(
-            f"column '{name}': {int(not_numbers.sum())} values are not numbers, e.g. {examples}"
+            f"column '{name}': {pc.sum(bad).as_py()} values are not numbers, e.g. {examples}"
         )
-    return values
+    # The words become pyarrow's spelling; the sign of an infinity stays.
+    spelled = pc.if_else(is_nan, "nan", pc.replace_substring_regex(text, INFINITY_TEXT, r"\1inf"))
+    return pc.cast(spelled, pa.float64()).to_numpy(zero_copy_only=False)
 
 
 def _order_ids(column: pa.ChunkedArray) -> pd.Series:

@@ -1,4 +1,4 @@
-"""Rules both engines share verbatim: input checks, cut points, and the analytics table.
+"""Rules both engines share verbatim: text grammars, cut points, and the analytics table.
 
 Each engine computes the large per-row and per-customer work natively and hands small
 summaries (a few numbers per score or per segment) to these functions, so the published
@@ -7,15 +7,12 @@ numbers and messages cannot drift apart between engines.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from rfm_assets.contract import MICRO_UNITS
 from rfm_assets.errors import RFMInputError
 from rfm_assets.segments import SegmentGrid
-from rfm_assets.settings import SourceColumns
 
 # Per dimension: is a larger value better? (recency: smaller is better)
 HIGHER_IS_BETTER = {"recency": False, "frequency": True, "monetary": True}
@@ -29,9 +26,54 @@ WHITESPACE = (
     " \t\n\r\x0b\x0c\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
-# A UTC offset only counts as one after a time of day, so 05-01-2021 is not "-2021".
-# Group 1 is the wall-clock text, group 2 the offset.
-TIME_WITH_OFFSET = r"^(.*\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)\s?(Z|[+-]\d{2}:?\d{2})$"
+# Text rules both engines apply to the same strings (docs/data-quality.md).
+# A UTC offset only counts as one after a time of day, so 05-01-2021 is not "-2021"; it is
+# `Z`, `+hh`, `+hhmm` or `+hh:mm`. Groups in order: the wall-clock text, the offset, its signed
+# hours, its minutes (absent for `+hh`). Named as RE2 (pyarrow) writes it; `java_regex`
+# gives Java's spelling.
+TIME_WITH_OFFSET = (
+    r"^(?P<wall>.*\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)\s?"
+    r"(?P<offset>Z|(?P<hours>[+-]\d{2})(?::?(?P<minutes>\d{2}))?)$"
+)
+# ISO 8601 wall-clock text (offset already removed): a full date, optionally a time.
+ISO_DATE_TEXT = r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?$"
+# Fractions beyond microseconds are cut (never rounded: rounding 23:59:59.9999999 up would
+# move the calendar date). Group 1 keeps the first six digits.
+EXTRA_FRACTION_DIGITS = r"(\.\d{6})\d+"
+# Numbers as text: decimal notation with an optional exponent. Hexadecimal, Java suffixes
+# (5d, 5f), thousands separators and the like are not numbers in either engine.
+NUMBER_TEXT = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+# The words NaN and inf(inity) are numbers too, counted later as invalid_amount.
+NAN_TEXT = r"^[+-]?(?i:nan)$"
+INFINITY_TEXT = r"^([+-]?)(?i:inf|infinity)$"
+
+
+def java_regex(pattern: str) -> str:
+    """The same regular expression in Java's syntax for named groups (`(?<name>`)."""
+    return pattern.replace("(?P<", "(?<")
+
+
+def zone_label(offset: str, hours: str | None, minutes: str | None) -> str:
+    """`+hh:mm` of an offset: `Z` is +00:00 and `+09` is +09:00."""
+    return "+00:00" if offset == "Z" else f"{hours}:{minutes or '00'}"
+
+
+def infer_date_format(sample: list[str]) -> str | None:
+    """One strftime format for a column of non-ISO dates: the first that the sorted sample
+    yields with a day, a month and a year (`2024` and `2024-01` are no dates). None if none.
+    """
+    from pandas.tseries.api import guess_datetime_format
+
+    for value in sample:
+        found = guess_datetime_format(value) or ""
+        has_day = "%d" in found or "%j" in found
+        has_month = any(d in found for d in ("%m", "%b", "%B")) or "%j" in found
+        has_year = "%Y" in found or "%y" in found
+        if has_day and has_month and has_year:
+            return found
+    return None
+
+
 # Exact sums are int64 micro-units: one customer's amounts may add up to at most this
 # (in size), or a sum could overflow.
 MAX_CUSTOMER_TOTAL = 9.0e12
@@ -46,65 +88,6 @@ def customer_total_error(customer, total: float) -> RFMInputError:
 
 # Integer ids held as floats are exact only below 2**53.
 LARGEST_FLOAT_ID = 2.0**53
-
-
-def is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def check_input_path(path: str) -> None:
-    """Errors that a local path shows before any reader opens it."""
-    if not is_local(path):
-        return
-    source = Path(path.removeprefix("file://"))
-    if not source.exists():
-        raise RFMInputError(f"input_path: {path} does not exist")
-    if source.is_file() and source.stat().st_size == 0:
-        raise RFMInputError(f"input_path: {path} is empty")
-    if source.is_dir() and not any(
-        p.is_file() and not p.name.startswith(("_", ".")) for p in source.rglob("*")
-    ):
-        raise RFMInputError(f"input_path: {path} holds no columns (no Parquet files?)")
-
-
-def csv_header(path: str) -> list[str]:
-    """The column names of a local CSV file; a repeated name is an error in both engines."""
-    import csv
-
-    try:
-        with open(path.removeprefix("file://"), newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), None)
-    except (OSError, UnicodeDecodeError) as error:
-        raise RFMInputError(f"input_path: cannot read {path}: {first_line(error)}") from None
-    if not header:
-        raise RFMInputError(f"input_path: {path} is empty")
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
-        raise RFMInputError(f"input_path: the header of {path} repeats {', '.join(repeated)}")
-    return header
-
-
-def check_columns(path: str, columns: SourceColumns, available: list[str]) -> None:
-    """Every mapped column must exist; the message names the setting and lists what exists."""
-    if not available:
-        raise RFMInputError(f"input_path: {path} holds no columns (no Parquet files?)")
-    missing = [
-        f"columns.{field}={source!r}"
-        for field, source in columns.mapping.items()
-        if source and source not in available
-    ]
-    if missing:
-        hint = ""
-        if columns.amount == "amount" and "amount" not in available:
-            hint = " (map columns.amount, or columns.quantity and columns.unit_price)"
-        raise RFMInputError(
-            f"{', '.join(missing)} not found in {path}{hint}; "
-            f"its columns are: {', '.join(available)}"
-        )
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def cut_points_from_extremes(

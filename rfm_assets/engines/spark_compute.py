@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from typing import Optional
 
 import pyarrow as pa
-import pyarrow.dataset as pads
-from pandas.tseries.api import guess_datetime_format
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -24,28 +23,35 @@ from pyspark.storagelevel import StorageLevel
 
 from rfm_assets.contract import EXCLUSION_REASONS, MICRO_UNITS
 from rfm_assets.engines.pandas_compute import (
+    EARLIEST_VALID_DATE,
+    LATEST_VALID_DATE,
     MAX_ABS_AMOUNT,
     RowAccount,
     day_number,
     from_day_number,
+    no_valid_dates_error,
+    reference_and_window,
 )
 from rfm_assets.engines.shared import (
     EXAMPLES_SHOWN,
+    EXTRA_FRACTION_DIGITS,
     HIGHER_IS_BETTER,
+    INFINITY_TEXT,
+    ISO_DATE_TEXT,
     LARGEST_FLOAT_ID,
     MAX_CUSTOMER_TOTAL,
+    NAN_TEXT,
+    NUMBER_TEXT,
     SCORE_OF,
     TIME_WITH_OFFSET,
     WHITESPACE,
     analytics_from_aggregates,
-    check_columns,
-    check_input_path,
-    csv_header,
     customer_total_error,
     cut_points_from_extremes,
-    first_line,
-    is_local,
+    infer_date_format,
+    java_regex,
 )
+from rfm_assets.engines.source import SourceListing, check_columns, first_line, list_source
 from rfm_assets.errors import RFMInputError
 from rfm_assets.segments import SegmentGrid
 from rfm_assets.settings import SourceColumns
@@ -59,6 +65,7 @@ RANK_BUCKETS = 64
 _PATTERN = {"%Y": "yyyy", "%y": "yy", "%m": "M", "%d": "d", "%H": "H", "%I": "h",
             "%M": "m", "%S": "s", "%f": "SSSSSS", "%b": "MMM", "%B": "MMMM", "%p": "a",
             "%j": "D", "%a": "EEE", "%A": "EEEE", "%%": "%"}  # fmt: skip
+_FIXED_WIDTH = {"%m": "MM", "%d": "dd", "%H": "HH", "%I": "hh", "%M": "mm", "%S": "ss"}
 _SPACE = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]"
 
 
@@ -80,36 +87,35 @@ def micro_units(amount: Column) -> Column:
 # --- reading --------------------------------------------------------------------------------
 
 
-def read_transactions(spark: SparkSession, path: str, columns: SourceColumns) -> DataFrame:
+def col(name: str) -> Column:
+    """A source column by its exact name, whatever characters it holds (dots, backticks)."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def read_transactions(
+    spark: SparkSession, path: str, columns: SourceColumns
+) -> tuple[DataFrame, SourceListing]:
     """Read `path` (.parquet, .csv or a directory of Parquet) into the canonical frame.
 
-    Validation runs as one aggregation over the mapped columns; examples for an error
-    message are fetched only when there is an error.
+    Local sources are read file by file as `list_source` found them, with the types it chose,
+    so Spark reads the same table as pandas. Validation runs as one aggregation over the
+    mapped columns; examples for an error message are fetched only when there is an error.
     """
-    check_input_path(path)
-    is_csv = path.lower().endswith(".csv")
-    if is_csv and is_local(path):
-        csv_header(path)  # the same errors as pandas for an empty file or repeated names
-    try:
-        if is_csv:  # every CSV column stays text: ids keep leading zeros, dates are ours
-            raw = spark.read.option("header", True).option("mode", "PERMISSIVE").csv(path)
-        else:
-            raw = spark.read.parquet(path)
-        available = raw.columns
-    except Exception as error:  # Spark raises AnalysisException, SparkException, Py4J errors
-        raise RFMInputError(f"input_path: cannot read {path}: {first_line(error)}") from None
-    check_columns(path, columns, available)
-    source = raw.select(*[F.col(f"`{name}`").alias(name) for name in columns.needed])
+    listing = list_source(path, columns)
+    source = _read_source(spark, listing, columns)
     types = {f.name: f.dataType for f in source.schema.fields}
 
-    canonical = {"customer_id": _customer_id(F.col(f"`{columns.customer_id}`"),
+    canonical = {"customer_id": _customer_id(col(columns.customer_id),
                                              types[columns.customer_id])}  # fmt: skip
     date_type = types[columns.transaction_date]
-    date_column = F.col(f"`{columns.transaction_date}`")
+    date_column = col(columns.transaction_date)
     if isinstance(date_type, T.TimestampType):
         # Spark holds zoned timestamps as instants; take the wall clock of the zone the file
         # names (as pandas does), whatever the session's time zone is.
-        zone = _source_time_zone(path, columns.transaction_date) or "UTC"
+        zone = None
+        if listing.listed:
+            zone = listing.types[columns.transaction_date].tz
+        zone = zone or "UTC"
         session_zone = spark.conf.get("spark.sql.session.timeZone")
         canonical["transaction_date"] = F.to_utc_timestamp(
             F.from_utc_timestamp(date_column, zone), session_zone
@@ -122,17 +128,17 @@ def read_transactions(spark: SparkSession, path: str, columns: SourceColumns) ->
             "date; expected a date, timestamp or text"
         )
     if columns.amount:
-        canonical["amount"] = _number(F.col(f"`{columns.amount}`"), types[columns.amount])
+        canonical["amount"] = _number(col(columns.amount), types[columns.amount])
     else:
-        canonical["amount"] = _number(
-            F.col(f"`{columns.quantity}`"), types[columns.quantity]
-        ) * _number(F.col(f"`{columns.unit_price}`"), types[columns.unit_price])
+        canonical["amount"] = _number(col(columns.quantity), types[columns.quantity]) * _number(
+            col(columns.unit_price), types[columns.unit_price]
+        )
     if columns.order_id:
-        order = F.col(f"`{columns.order_id}`")
+        order = col(columns.order_id)
         is_integer = isinstance(types[columns.order_id], T.IntegralType)
         canonical["order_id"] = order.cast("long") if is_integer else order.cast("string")
 
-    checks = _validation_checks(columns, types, is_csv)
+    checks = _validation_checks(columns, types, listing.is_csv)
     stats = source.agg(F.count(F.lit(1)).alias("rows"), *checks.values()).first().asDict()
     if stats["rows"] == 0:
         raise RFMInputError(f"input_path: {path} has no rows")
@@ -145,19 +151,76 @@ def read_transactions(spark: SparkSession, path: str, columns: SourceColumns) ->
         parsed = source.select(canonical["transaction_date"].alias("d"), date_column.alias("raw"))
         _raise_for_bad_dates(parsed.filter(F.col("d").isNull()), columns.transaction_date)
     _raise_for_numbers(stats, source)
-    return source.select(*[column.alias(name) for name, column in canonical.items()])
+    frame = source.select(*[column.alias(name) for name, column in canonical.items()])
+    return frame, listing
 
 
-def _source_time_zone(path: str, column: str) -> Optional[str]:
-    """The time zone a Parquet source names for `column` in its Arrow schema, if any.
-
-    Only the file footer is read, on the driver. Files written by Spark name none (UTC).
-    """
+def _read_source(spark: SparkSession, listing: SourceListing, columns: SourceColumns) -> DataFrame:
+    """The needed columns, from the listed files with the listed types where there is a listing."""
     try:
-        kind = pads.dataset(path, format="parquet").schema.field(column).type
-    except Exception:  # not readable by pyarrow from here: fall back to UTC
-        return None
-    return kind.tz if pa.types.is_timestamp(kind) else None
+        if listing.is_csv:
+            # RFC 4180 as pyarrow reads it: doubled quotes inside quotes, line breaks inside
+            # quoted fields. Every column stays text: ids keep leading zeros, dates are ours.
+            reader = spark.read.options(header=True, mode="PERMISSIVE", multiLine=True, escape='"')
+            raw = reader.csv(listing.files[0] if listing.listed else listing.path)
+            if not listing.listed:
+                check_columns(listing.path, columns, raw.columns)
+            return raw.select(*[col(name).alias(name) for name in columns.needed])
+        if not listing.listed:
+            raw = spark.read.parquet(listing.path)
+            check_columns(listing.path, columns, raw.columns)
+            return raw.select(*[col(name).alias(name) for name in columns.needed])
+        parts = [_read_group(spark, listing, group, columns) for group in listing.groups]
+        return functools.reduce(DataFrame.unionByName, parts)
+    except RFMInputError:
+        raise
+    except Exception as error:  # Spark raises AnalysisException, SparkException, Py4J errors
+        raise RFMInputError(
+            f"input_path: cannot read {listing.path}: {first_line(error)}"
+        ) from None
+
+
+_INFER_PARTITION_TYPES = "spark.sql.sources.partitionColumnTypeInference.enabled"
+
+
+def _read_group(
+    spark: SparkSession, listing: SourceListing, group: tuple[str, ...], columns: SourceColumns
+) -> DataFrame:
+    """Files of one set of column types, each needed column cast to the listing's type.
+
+    Directory (`key=value`) columns are text, as in the pandas engine: type inference of
+    partition values is off while Spark lists the files.
+    """
+    inferring = spark.conf.get(_INFER_PARTITION_TYPES)
+    spark.conf.set(_INFER_PARTITION_TYPES, "false")
+    try:
+        raw = spark.read.option("basePath", listing.root).parquet(*group)
+    finally:
+        spark.conf.set(_INFER_PARTITION_TYPES, inferring)
+    own = listing.file_types[group[0]]
+    selected = []
+    for name in columns.needed:
+        wanted = listing.types[name]
+        column = col(name)
+        if own[name] != wanted:
+            column = column.cast(_spark_type_of(wanted))
+        selected.append(column.alias(name))
+    return raw.select(*selected)
+
+
+def _spark_type_of(kind: pa.DataType) -> str:
+    """The Spark SQL type of a unified Arrow type (see source.unify_types)."""
+    if pa.types.is_timestamp(kind):
+        return "timestamp" if kind.tz else "timestamp_ntz"
+    if pa.types.is_decimal(kind):
+        return f"decimal({kind.precision},{kind.scale})"
+    return {
+        pa.int64(): "long",
+        pa.float64(): "double",
+        pa.string(): "string",
+        pa.date32(): "date",
+        pa.bool_(): "boolean",
+    }[kind]
 
 
 def _is_integer_type(kind: T.DataType) -> bool:
@@ -186,10 +249,33 @@ def _customer_id(column: Column, kind: T.DataType) -> Column:
     return F.when(text == "", F.lit(None)).otherwise(text)
 
 
+def _number_text(column: Column) -> Column:
+    """Trimmed text of a number column, blank as missing (as in the pandas engine)."""
+    text = trimmed(column.cast("string"))
+    return F.when(text == "", F.lit(None)).otherwise(text)
+
+
 def _number(column: Column, kind: T.DataType) -> Column:
+    """A double; text by NUMBER_TEXT, and the words NaN and inf (validated before use)."""
     if isinstance(kind, T.NumericType):
         return column.cast("double")
-    return trimmed(column.cast("string")).try_cast("double")
+    text = _number_text(column)
+    infinity = F.regexp_extract(text, java_regex(INFINITY_TEXT), 1)
+    return (
+        F.when(text.rlike(NUMBER_TEXT), text.cast("double"))
+        .when(text.rlike(java_regex(NAN_TEXT)), F.lit(float("nan")))
+        .when(text.rlike(java_regex(INFINITY_TEXT)),
+              F.when(infinity == "-", F.lit(float("-inf"))).otherwise(F.lit(float("inf"))))
+    )  # fmt: skip
+
+
+def _not_a_number(column: Column) -> Column:
+    text = _number_text(column)
+    return text.isNotNull() & ~(
+        text.rlike(NUMBER_TEXT)
+        | text.rlike(java_regex(NAN_TEXT))
+        | text.rlike(java_regex(INFINITY_TEXT))
+    )
 
 
 def _validation_checks(columns: SourceColumns, types: dict, is_csv: bool) -> dict[str, Column]:
@@ -197,38 +283,44 @@ def _validation_checks(columns: SourceColumns, types: dict, is_csv: bool) -> dic
     checks = {}
     kind = types[columns.customer_id]
     if _is_integer_type(kind) and isinstance(kind, T.DecimalType):
-        raw = F.col(f"`{columns.customer_id}`")
+        raw = col(columns.customer_id)
         beyond = (raw >= F.lit(2**63).cast(kind)) | (raw < F.lit(-(2**63)).cast(kind))
         checks["ids_beyond_int64"] = F.sum(F.when(beyond, 1).otherwise(0))
     if _is_float_type(kind):
-        cid = _float_id(F.col(f"`{columns.customer_id}`"))
+        cid = _float_id(col(columns.customer_id))
         huge = (F.abs(cid) >= F.lit(LARGEST_FLOAT_ID)) | (F.abs(cid) == F.lit(float("inf")))
         checks["huge_ids"] = F.sum(F.when(huge, 1).otherwise(0))
         checks["fractional_ids"] = F.sum(F.when(~huge & (cid != F.floor(cid)), 1).otherwise(0))
     for field in ("amount", "quantity", "unit_price"):
         name = getattr(columns, field)
         if name and not isinstance(types[name], T.NumericType):
-            raw = F.col(f"`{name}`")
-            not_number = raw.isNotNull() & trimmed(raw.cast("string")).try_cast("double").isNull()
+            not_number = _not_a_number(col(name))
             checks[f"not_numbers:{name}"] = F.sum(F.when(not_number, 1).otherwise(0))
     date_name = columns.transaction_date
     if isinstance(types[date_name], T.StringType):
-        text = trimmed(F.col(f"`{date_name}`"))
-        offset = F.regexp_extract(text, TIME_WITH_OFFSET, 2)
+        text = trimmed(col(date_name))
+        pattern = java_regex(TIME_WITH_OFFSET)
+        offset = F.regexp_extract(text, pattern, 2)
+        minutes = F.regexp_extract(text, pattern, 4)
+        # As shared.zone_label: Z is +00:00, +09 is +09:00.
         zone = F.when(offset == "Z", "+00:00").otherwise(
-            F.concat(F.substring(offset, 1, 3), F.lit(":"), F.substring(offset, -2, 2))
+            F.concat(
+                F.regexp_extract(text, pattern, 3),
+                F.lit(":"),
+                F.when(minutes == "", F.lit("00")).otherwise(minutes),
+            )
         )
         checks["zones"] = F.collect_set(F.when(offset != "", zone))
         checks["with_offset"] = F.sum(F.when(offset != "", 1).otherwise(0))
         checks["dates_present"] = F.count(text)
     else:
-        checks["missing_dates"] = F.sum(F.when(F.col(f"`{date_name}`").isNull(), 1).otherwise(0))
+        checks["missing_dates"] = F.sum(F.when(col(date_name).isNull(), 1).otherwise(0))
     if is_csv:
         # Spark replaces bytes that are not UTF-8 with U+FFFD where pyarrow refuses them.
         text_columns = [c for c in columns.needed if isinstance(types[c], T.StringType)]
         replaced = F.lit(False)
         for name in text_columns:
-            replaced = replaced | F.coalesce(F.col(f"`{name}`").contains("\ufffd"), F.lit(False))
+            replaced = replaced | F.coalesce(col(name).contains("\ufffd"), F.lit(False))
         checks["not_utf8"] = F.sum(F.when(replaced, 1).otherwise(0))
     return {name: check.alias(name) for name, check in checks.items()}
 
@@ -244,7 +336,7 @@ def _raise_for_text_and_ids(
     if stats.get("ids_beyond_int64"):
         raise RFMInputError(f"column '{columns.customer_id}': customer ids exceed the int64 range")
     if stats.get("huge_ids"):
-        cid = _float_id(F.col(f"`{columns.customer_id}`"))
+        cid = _float_id(col(columns.customer_id))
         huge = (F.abs(cid) >= F.lit(LARGEST_FLOAT_ID)) | (F.abs(cid) == F.lit(float("inf")))
         examples = _examples(source.filter(huge).select(cid))
         raise RFMInputError(
@@ -252,7 +344,7 @@ def _raise_for_text_and_ids(
             f"be exact as numbers, e.g. {examples}; store ids as integers or text"
         )
     if stats.get("fractional_ids"):
-        cid = _float_id(F.col(f"`{columns.customer_id}`"))
+        cid = _float_id(col(columns.customer_id))
         examples = _examples(source.filter(cid != F.floor(cid)).select(cid))
         raise RFMInputError(
             f"column '{columns.customer_id}': {stats['fractional_ids']} customer ids are not "
@@ -275,12 +367,10 @@ def _raise_for_numbers(stats: dict, source: DataFrame) -> None:
     for key, count in stats.items():
         if key.startswith("not_numbers:") and count:
             name = key.split(":", 1)[1]
-            raw = F.col(f"`{name}`")
-            text = trimmed(raw.cast("string"))
-            bad = source.filter(raw.isNotNull() & text.try_cast("double").isNull())
+            bad = source.filter(_not_a_number(col(name)))
             raise RFMInputError(
                 f"column '{name}': {count} values are not numbers, "
-                f"e.g. {_examples(bad.select(raw.cast('string')))}"
+                f"e.g. {_examples(bad.select(_number_text(col(name))))}"
             )
 
 
@@ -294,22 +384,38 @@ def _examples(frame: DataFrame) -> list:
 def _parse_text_dates(source: DataFrame, name: str) -> Column:
     """ISO 8601 text to wall-clock timestamps (a single offset already checked), else one
     format inferred from the data for every row, as the pandas reader does."""
-    raw = trimmed(F.col(f"`{name}`"))
-    text = F.when(raw.rlike(TIME_WITH_OFFSET), F.regexp_replace(raw, TIME_WITH_OFFSET, "$1"))
-    text = text.otherwise(raw)
-    iso = F.try_to_timestamp(text).cast("timestamp_ntz")
-    failed = source.filter(F.col(f"`{name}`").isNotNull() & iso.isNull()).limit(1).count()
+    raw = trimmed(col(name))
+    pattern = java_regex(TIME_WITH_OFFSET)
+    text = F.when(raw.rlike(pattern), F.regexp_extract(raw, pattern, 1)).otherwise(raw)
+    truncated = F.regexp_replace(text, EXTRA_FRACTION_DIGITS, "$1")
+    iso = F.when(text.rlike(ISO_DATE_TEXT), F.try_to_timestamp(truncated)).cast("timestamp_ntz")
+    failed = source.filter(text.isNotNull() & iso.isNull()).limit(1).count()
     if not failed:
         return iso
     distinct = source.select(text.alias("text")).dropna().distinct()
     sample = [row[0] for row in distinct.orderBy("text").limit(100).collect()]
-    date_format = next((f for v in sample if (f := guess_datetime_format(v))), None)
+    date_format = infer_date_format(sample)
     if date_format is None:
         return F.lit(None).cast("timestamp_ntz")
-    pattern = date_format
-    for directive, letters in _PATTERN.items():
-        pattern = pattern.replace(directive, letters)
-    return F.try_to_timestamp(text, F.lit(pattern)).cast("timestamp_ntz")
+    return F.try_to_timestamp(text, F.lit(spark_date_pattern(date_format))).cast("timestamp_ntz")
+
+
+def spark_date_pattern(date_format: str) -> str:
+    """A strftime format as a Spark datetime pattern.
+
+    Single pattern letters accept one or two digits (12/1/2010 8:26), as pandas does; where
+    two number fields touch (20240105) only fixed widths can tell them apart. Literal text
+    with letters is quoted.
+    """
+    tokens = re.findall(r"%.|[^%]+", date_format)
+    touching = any(a[0] == "%" and b[0] == "%" for a, b in zip(tokens, tokens[1:]))
+    letters = {**_PATTERN, **(_FIXED_WIDTH if touching else {})}
+    return "".join(
+        letters.get(token, token)
+        if token.startswith("%")
+        else (f"'{token}'" if re.search("[A-Za-z']", token) else token)
+        for token in tokens
+    )
 
 
 def _raise_for_bad_dates(bad: DataFrame, name: str) -> None:
@@ -328,17 +434,29 @@ def prepare_transactions(
     analysis_period_days: Optional[int] = None,
     returns_policy: str = "exclude",
     cancelled_order_prefix: str = "C",
+    valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
 ) -> tuple[DataFrame, RowAccount]:
     """The counted cleaning rules of DESIGN.md (see pandas_compute.prepare_transactions)."""
     amount = F.col("amount")
     finite = amount.isNotNull() & ~F.isnan(amount) & (F.abs(amount) != F.lit(float("inf")))
     day = day_of(F.col("transaction_date"))
+    low_day, high_day = (day_number(d) for d in valid_dates)
+    in_range = (day >= F.lit(low_day)) & (day <= F.lit(high_day))
     stats = frame.agg(
         F.count(F.lit(1)).alias("rows"),
-        F.min(day).alias("first_day"),
-        F.max(day).alias("last_day"),
+        F.min(F.when(in_range, day)).alias("first_day"),
+        F.max(F.when(in_range, day)).alias("last_day"),
         F.sum(F.when(finite & (F.abs(amount) > MAX_ABS_AMOUNT), 1).otherwise(0)).alias("large"),
     ).first()
+    if stats["first_day"] is None:
+        raise no_valid_dates_error(valid_dates, int(stats["rows"]))
+    ref_day, window_start_day = reference_and_window(
+        reference_date,
+        analysis_period_days,
+        int(stats["first_day"]),
+        int(stats["last_day"]),
+        low_day,
+    )
     if stats["large"]:
         examples = [r[0] for r in frame.filter(finite & (F.abs(amount) > MAX_ABS_AMOUNT))
                     .select(amount).limit(3).collect()]  # fmt: skip
@@ -346,13 +464,6 @@ def prepare_transactions(
             f"column amount: {stats['large']} values exceed {MAX_ABS_AMOUNT:g} in size, "
             f"e.g. {examples}"
         )
-    ref_day = day_number(reference_date) if reference_date else int(stats["last_day"]) + 1
-    if ref_day <= stats["first_day"]:
-        raise RFMInputError(
-            f"reference_date: {from_day_number(ref_day)} is on or before all data "
-            f"(earliest transaction {from_day_number(stats['first_day'])})"
-        )
-    window_start_day = ref_day - analysis_period_days if analysis_period_days else None
     has_orders = "order_id" in frame.columns
     if has_orders and cancelled_order_prefix:
         cancelled = F.coalesce(
@@ -364,6 +475,7 @@ def prepare_transactions(
     rules = [
         ("missing_customer_id", F.col("customer_id").isNull()),
         ("invalid_amount", ~finite),
+        ("date_out_of_range", ~in_range),
         ("on_or_after_reference_date", day >= ref_day),
     ]
     if window_start_day is not None:
