@@ -14,6 +14,7 @@ from dagster_pyspark import LazyPySparkResource
 
 from rfm_assets.contract import COLUMN_DESCRIPTIONS, EXCLUSION_REASONS
 from rfm_assets.engines.dispatch import PandasEngine, engine_for
+from rfm_assets.exports import markdown_cell
 from rfm_assets.io_manager import StoredTable, is_spark_dataframe
 from rfm_assets.settings import RFMSettings
 
@@ -58,7 +59,7 @@ def segment_table_markdown(analytics: pd.DataFrame) -> str:
     for row in analytics.itertuples(index=False):
         bar = "█" * round(30 * row.customers / widest)
         lines.append(
-            f"| {row.segment} | {row.customers:,} | {row.customer_share:.1%} "
+            f"| {markdown_cell(row.segment)} | {row.customers:,} | {row.customer_share:.1%} "
             f"| {row.revenue_share:.1%} | `{bar}` |"
         )
     return "\n".join(lines)

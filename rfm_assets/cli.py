@@ -6,6 +6,7 @@ Errors are one line on stderr and a non-zero exit; `--debug` shows the traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -17,12 +18,16 @@ from typing import Any, Optional
 import pandas as pd
 import yaml
 
+from rfm_assets.contract import ANALYTICS_COLUMNS
+from rfm_assets.engines.source import first_line
 from rfm_assets.errors import RFMConfigError, RFMError
-from rfm_assets.exports import write_atomically, write_spark_table, write_table
+from rfm_assets.exports import markdown_cell, write_atomically, write_spark_table, write_table
 from rfm_assets.packaged import preset_names, preset_path
 from rfm_assets.result_dir import ResultDirectory
 
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
+# The columns `report` needs of each table it reads.
+TABLE_COLUMNS = {"segment_analytics": ANALYTICS_COLUMNS[:12]}
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
@@ -41,6 +46,8 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise RFMConfigError(
             f"--config: cannot read {path}: {error.strerror}; presets: {', '.join(preset_names())}"
         ) from None
+    except UnicodeDecodeError:
+        raise RFMConfigError(f"--config: {path} is not UTF-8 text") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -183,6 +190,25 @@ def spark_resource(args: argparse.Namespace):
     return LazyPySparkResource(spark_config=config)
 
 
+@contextlib.contextmanager
+def jvm_stderr_to(path: Path):
+    """Point file descriptor 2 at `path` while Spark starts its JVM.
+
+    The JVM inherits stderr when it starts and keeps it: its start-up warnings and the
+    stack traces Spark logs on a failure then go to the log, and the user reads our one
+    line (`--debug` leaves stderr alone and shows everything).
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def run_graph(settings, spark, work_dir: Path) -> dict[str, Any]:
     """Materialize the five assets in-process; return their values and metadata.
 
@@ -269,11 +295,35 @@ def run_summary(settings, metadata: dict[str, Any]) -> dict:
 
 
 def read_table(directory: Path, name: str) -> pd.DataFrame:
+    """A result table of `directory`; a damaged or foreign file is one line naming it."""
     for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
         path = directory / f"{name}{suffix}"
         if path.exists():
-            return reader(path)
+            try:
+                table = reader(path)
+            except Exception as error:  # pyarrow, pandas and OS errors alike: name the file
+                raise RFMError(f"--input: cannot read {path}: {first_line(error)}") from None
+            missing = [c for c in TABLE_COLUMNS.get(name, ()) if c not in table.columns]
+            if missing:
+                raise RFMError(
+                    f"--input: {path} is not a {name} table (no {', '.join(missing)})"
+                )
+            return table
     raise RFMError(f"--input: {directory} has no {name}.parquet or {name}.csv; run analyze first")
+
+
+def read_summary(directory: Path) -> Optional[dict]:
+    """run_summary.json of a result, or None when there is none."""
+    path = directory / "run_summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RFMError(f"--input: cannot read {path}: {first_line(error)}") from None
+    if not isinstance(summary, dict):
+        raise RFMError(f"--input: {path} is not a run summary (not a JSON object)")
+    return summary
 
 
 def segment_table_text(analytics: pd.DataFrame) -> str:
@@ -296,17 +346,24 @@ def _number(value: float, digits: int) -> str:
     return "-" if pd.isna(value) else f"{value:,.{digits}f}"
 
 
+def _count(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else "unknown"
+
+
 def report_markdown(analytics: pd.DataFrame, summary: Optional[dict]) -> str:
     lines = ["# RFM segment report", ""]
     if summary:
-        excluded = sum(summary.get("rows_excluded", {}).values())
+        excluded = summary.get("rows_excluded")
+        excluded = sum(excluded.values()) if isinstance(excluded, dict) else None
+        window = summary.get("window_start")
         lines += [
-            f"- input: `{summary.get('input')}`",
-            f"- reference date: {summary.get('reference_date')}"
-            + (f", window from {summary['window_start']}" if summary.get("window_start") else ""),
-            f"- rows read {summary.get('rows_read'):,}, kept {summary.get('rows_kept'):,}, "
-            f"excluded {excluded:,}",
-            f"- customers: {summary.get('customers'):,}; scoring: {summary.get('scoring_method')}",
+            f"- input: {markdown_cell(summary.get('input'))}",
+            f"- reference date: {markdown_cell(summary.get('reference_date'))}"
+            + (f", window from {markdown_cell(window)}" if window else ""),
+            f"- rows read {_count(summary.get('rows_read'))}, kept "
+            f"{_count(summary.get('rows_kept'))}, excluded {_count(excluded)}",
+            f"- customers: {_count(summary.get('customers'))}; scoring: "
+            f"{markdown_cell(summary.get('scoring_method'))}",
             "",
         ]
     lines += [
@@ -316,10 +373,10 @@ def report_markdown(analytics: pd.DataFrame, summary: Optional[dict]) -> str:
     ]
     for row in analytics.itertuples(index=False):
         lines.append(
-            f"| {row.segment} | {row.customers:,} | {row.customer_share:.1%} | "
+            f"| {markdown_cell(row.segment)} | {row.customers:,} | {row.customer_share:.1%} | "
             f"{row.revenue:,.2f} | {row.revenue_share:.1%} | {_number(row.avg_recency, 1)} | "
             f"{_number(row.avg_frequency, 2)} | {_number(row.avg_monetary, 2)} | "
-            f"{_number(row.avg_order_value, 2)} | {row.recommendation} |"
+            f"{_number(row.avg_order_value, 2)} | {markdown_cell(row.recommendation)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -331,6 +388,10 @@ def command_analyze(args: argparse.Namespace) -> int:
     settings = build_settings(settings_from_args(args))
     spark = spark_resource(args)
     with ResultDirectory(Path(args.output)) as result:
+        if settings.engine == "spark" and not args.debug:
+            result.work.mkdir()
+            with jvm_stderr_to(result.work / "spark.log"):
+                _ = spark.spark_session  # starts the JVM now, with its stderr in the log
         outcome = run_graph(settings, spark, result.work)
         try:
             for name in OUTPUT_TABLES:
@@ -373,8 +434,7 @@ def command_report(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         raise RFMError(f"--input: {directory} is not a directory")
     analytics = read_table(directory, "segment_analytics")
-    summary_path = directory / "run_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    summary = read_summary(directory)
     from rfm_assets.chart import segment_chart_svg
 
     target = Path(args.output) if args.output else directory / "segment_report.md"

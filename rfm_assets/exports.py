@@ -1,6 +1,7 @@
 """Writing result tables for people and other tools: atomic files, spreadsheet-safe CSV."""
 
 import csv
+import html
 import json
 import os
 import shutil
@@ -14,6 +15,12 @@ from rfm_assets.errors import RFMError
 # OWASP "CSV Injection": a spreadsheet treats a cell that starts with one of these as a
 # formula. Such text cells get a leading single quote, and every text field is quoted.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def markdown_cell(value) -> str:
+    """Text safe inside a Markdown table cell: no raw HTML, no column breaks, one line."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return text.replace("|", "\\|")
 
 
 def write_atomically(path: Path, write) -> None:

@@ -80,32 +80,59 @@ def _packaged_config() -> dict:
         return yaml.safe_load(handle)
 
 
-def _catalog_from(raw: dict, source: str) -> dict[str, SegmentEntry]:
+def _catalog_from(raw, source: str) -> dict[str, SegmentEntry]:
+    if not isinstance(raw, dict):
+        raise RFMConfigError(f"{source}: catalog must map segment names to entries")
     catalog = {}
     for name, entry in raw.items():
-        missing = {"priority", "description", "recommendation"} - set(entry or {})
+        _check_name(name, source, "catalog")
+        if not isinstance(entry, dict):
+            raise RFMConfigError(
+                f"{source}: catalog entry '{name}' must be a mapping with priority, "
+                f"description and recommendation, got {entry!r}"
+            )
+        missing = {"priority", "description", "recommendation"} - set(entry)
         if missing:
             raise RFMConfigError(
                 f"{source}: catalog entry '{name}' lacks {', '.join(sorted(missing))}"
             )
+        priority = entry["priority"]
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise RFMConfigError(
+                f"{source}: catalog entry '{name}': priority must be a whole number "
+                f"(1 = act first), got {priority!r}"
+            )
+        actions = entry.get("example_actions") or ()
+        if isinstance(actions, str) or not isinstance(actions, (list, tuple)):
+            raise RFMConfigError(
+                f"{source}: catalog entry '{name}': example_actions must be a list of texts"
+            )
         catalog[name] = SegmentEntry(
             name=name,
             segment_id=slugify(name),
-            priority=int(entry["priority"]),
+            priority=priority,
             description=str(entry["description"]),
             recommendation=str(entry["recommendation"]),
-            example_actions=tuple(entry.get("example_actions") or ()),
+            example_actions=tuple(str(action) for action in actions),
         )
     return catalog
+
+
+def _check_name(name, source: str, where: str) -> None:
+    """Segment names are text with at least one letter or digit (they become segment_id)."""
+    if not isinstance(name, str) or not slugify(name):
+        raise RFMConfigError(
+            f"{source}: {where}: segment names must be text with a letter or digit, got {name!r}"
+        )
 
 
 def default_catalog() -> dict[str, SegmentEntry]:
     return _catalog_from(_packaged_config()["catalog"], str(SEGMENTS_FILE))
 
 
-def _scale_table(raw: dict, scale: int, what: str, source: str) -> tuple[str, ...]:
-    table = raw.get(scale)
-    if table is None or sorted(table) != list(range(1, scale + 1)):
+def _scale_table(raw, scale: int, what: str, source: str) -> tuple[str, ...]:
+    table = raw.get(scale) if isinstance(raw, dict) else None
+    if not isinstance(table, dict) or sorted(table, key=str) != list(range(1, scale + 1)):
         raise RFMConfigError(f"{source}: {what} must give a value for scores 1..{scale}")
     return tuple(str(table[score]) for score in range(1, scale + 1))
 
@@ -159,28 +186,48 @@ def _build_grid(
     )
 
 
-def _cells_from_rules(rules: list, scale: int, source: str) -> tuple[dict, list[str]]:
+def _score_range(value, scale: int, index: int, key: str, source: str) -> tuple[int, int]:
+    """A rule's [low, high] for one score, checked against the scale before any use."""
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise RFMConfigError(
+            f"{source}: rule {index}: {key} must be [low, high] with whole numbers, got {value!r}"
+        )
+    low, high = value
+    if not 1 <= low <= high <= scale:
+        raise RFMConfigError(
+            f"{source}: rule {index}: {key} range {list(value)} must lie within 1..{scale} "
+            "with low <= high"
+        )
+    return low, high
+
+
+def _cells_from_rules(rules, scale: int, source: str) -> tuple[dict, list[str]]:
     """Apply ordered range rules (first match wins); return the grid rows and dead segments."""
+    if not isinstance(rules, list):
+        raise RFMConfigError(f"{source}: rules must be a list")
     winner: dict[tuple[int, int], str] = {}
     winning_segments = set()
+    named = []
     for index, rule in enumerate(rules, start=1):
-        try:
-            name = rule["segment"]
-            r_low, r_high = rule["R"]
-            fm_low, fm_high = rule["FM"]
-        except (KeyError, TypeError, ValueError):
+        if not isinstance(rule, dict) or not {"segment", "R", "FM"} <= set(rule):
             raise RFMConfigError(
                 f"{source}: rule {index} must be {{segment: NAME, R: [low, high], FM: [low, high]}}"
-            ) from None
-        for r in range(int(r_low), int(r_high) + 1):
-            for fm in range(int(fm_low), int(fm_high) + 1):
-                if 1 <= r <= scale and 1 <= fm <= scale and (r, fm) not in winner:
+            )
+        name = rule["segment"]
+        _check_name(name, source, f"rule {index}")
+        r_low, r_high = _score_range(rule["R"], scale, index, "R", source)
+        fm_low, fm_high = _score_range(rule["FM"], scale, index, "FM", source)
+        if name not in named:
+            named.append(name)
+        for r in range(r_low, r_high + 1):
+            for fm in range(fm_low, fm_high + 1):
+                if (r, fm) not in winner:
                     winner[(r, fm)] = name
                     winning_segments.add(name)
-    named = []
-    for rule in rules:
-        if rule["segment"] not in named:
-            named.append(rule["segment"])
     dead = [name for name in named if name not in winning_segments]
     rows = {r: [winner.get((r, fm)) for fm in range(1, scale + 1)] for r in range(1, scale + 1)}
     return rows, dead
@@ -199,8 +246,11 @@ def load_grid_file(path: str | Path, scale: int) -> SegmentGrid:
             raw = yaml.safe_load(handle) or {}
     except OSError as error:
         raise RFMConfigError(f"segment_grid_file: cannot read {source}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise RFMConfigError(f"segment_grid_file: {source} is not UTF-8 text") from None
     except yaml.YAMLError as error:
-        raise RFMConfigError(f"segment_grid_file: {source} is not valid YAML: {error}") from None
+        first = " ".join(str(error).split())
+        raise RFMConfigError(f"segment_grid_file: {source} is not valid YAML: {first}") from None
     if not isinstance(raw, dict):
         raise RFMConfigError(f"segment_grid_file: {source} must be a mapping with grid: or rules:")
     file_scale = raw.get("scale", scale)
@@ -217,6 +267,16 @@ def load_grid_file(path: str | Path, scale: int) -> SegmentGrid:
     dead: list[str] = []
     if "grid" in raw:
         rows = raw["grid"] or {}
+        if not isinstance(rows, dict) or not all(
+            isinstance(row, list) or row is None for row in rows.values()
+        ):
+            raise RFMConfigError(
+                f"{source}: grid must map each R_score to a list of {scale} segment names"
+            )
+        for row in rows.values():
+            for name in row or []:
+                if name is not None:
+                    _check_name(name, source, "grid")
     else:
         rows, dead = _cells_from_rules(raw["rules"] or [], scale, source)
     listed_in_file = set((raw.get("catalog") or {}).keys())

@@ -18,6 +18,9 @@ from rfm_assets.packaged import BUNDLED_COLUMNS, BUNDLED_DATASET
 from rfm_assets.segments import SegmentGrid, default_grid, load_grid_file
 
 SCALE_OF_METHOD = {"quintiles": 5, "quartiles": 4}
+# Weights are ratios: any usable ratio fits between these.
+SMALLEST_WEIGHT = 1e-6
+LARGEST_WEIGHT = 1e6
 
 
 class ColumnMapping(dg.Config):
@@ -75,6 +78,18 @@ class Weights(dg.Config):
     monetary: float = Field(
         default=1.0, ge=0, allow_inf_nan=False, description="Weight of M_score (>= 0)."
     )
+
+    @field_validator("recency", "frequency", "monetary")
+    @classmethod
+    def _usable_size(cls, value: float, info) -> float:
+        # Beyond these, wF*F + wM*M overflows or underflows in double precision and the
+        # FM_score would leave the scale.
+        if value != 0 and not SMALLEST_WEIGHT <= value <= LARGEST_WEIGHT:
+            raise ValueError(
+                f"weights.{info.field_name}: must be 0 or between {SMALLEST_WEIGHT:g} and "
+                f"{LARGEST_WEIGHT:g}, got {value:g}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _fm_weights_not_both_zero(self):

@@ -1,8 +1,10 @@
 """`rfm-assets`: the real datasets against the oracle, outputs, report, one-line errors."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -176,3 +178,80 @@ def test_generate_writes_seeded_data(tmp_path):
     first, second = pd.read_parquet(target), pd.read_parquet(again)
     assert len(first) == 5000
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_an_output_that_is_a_dangling_link_is_named(tmp_path, capsys):
+    output = tmp_path / "out"
+    output.symlink_to(tmp_path / "gone")
+    assert main(["analyze", "--output", str(output)]) == 1
+    error = capsys.readouterr().err
+    assert f"--output: {output} is a link to {tmp_path / 'gone'}, which is missing" in error
+    assert error.count("\n") == 1
+
+
+def test_an_output_that_cannot_be_written_is_named(tmp_path, capsys, monkeypatch):
+    # Root ignores file modes, so the refusal a read-only directory gives is simulated.
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert main(["analyze", "--output", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert f"--output: cannot write {tmp_path / 'out'}: Permission denied" in error
+    assert error.count("\n") == 1
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_bytes(b"weights: {recency: 2}\n# caf\xe9\n")
+    assert main(["analyze", "--output", str(tmp_path / "o"), "--config", str(config)]) == 1
+    error = capsys.readouterr().err
+    assert f"--config: {config} is not UTF-8 text" in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ({"run_summary.json": b"{not json"}, "cannot read .*run_summary.json: Expecting"),
+        ({"run_summary.json": b"[1, 2]"}, "run_summary.json is not a run summary"),
+        ({"segment_analytics.parquet": b"PAR1 broken"}, "cannot read .*segment_analytics.parquet"),
+        ({"segment_analytics.csv": b"a,b\n1,2\n"}, "segment_analytics.csv is not a segment_analy"),
+    ],
+)
+def test_report_on_a_damaged_result_names_the_file(tmp_path, capsys, damage, message):
+    for name, content in damage.items():
+        (tmp_path / name).write_bytes(content)
+    if "segment_analytics.parquet" not in damage and "segment_analytics.csv" not in damage:
+        assert main(["analyze", "--output", str(tmp_path / "r")]) == 0
+        (tmp_path / "r" / "run_summary.json").unlink()
+        (tmp_path / "r" / "run_summary.json").write_bytes(damage["run_summary.json"])
+        tmp_path = tmp_path / "r"
+    capsys.readouterr()
+    assert main(["report", "--input", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert re.search(message, error), error
+    assert error.count("\n") == 1
+
+
+def test_report_escapes_html_and_pipes_in_segment_names(tmp_path):
+    from rfm_assets.cli import report_markdown
+
+    analytics = pd.DataFrame(
+        {
+            "segment": ["<img src=x onerror=alert(1)>|VIP"],
+            "customers": [3],
+            "customer_share": [1.0],
+            "revenue": [10.0],
+            "revenue_share": [1.0],
+            "avg_recency": [1.0],
+            "avg_frequency": [1.0],
+            "avg_monetary": [1.0],
+            "avg_order_value": [1.0],
+            "recommendation": ["call | now\nplease"],
+        }
+    )
+    text = report_markdown(analytics, {"input": "a|b", "rows_read": None})
+    row = text.splitlines()[-1]
+    assert "&lt;img src=x onerror=alert(1)&gt;\\|VIP" in row and "<img" not in text
+    assert len(re.findall(r"(?<!\\)\|", row)) == 11 and "call \\| now please" in row
+    assert "input: a\\|b" in text and "rows read unknown" in text

@@ -192,3 +192,60 @@ def test_unknown_segment_and_wrong_scale_are_reported(tmp_path):
     path = write(tmp_path, "scale: 4\nrules: []\n")
     with pytest.raises(RFMConfigError, match="4-point scale but scoring uses 5"):
         load_grid_file(path, 5)
+
+
+RULES_TAIL = "  - {segment: Lost, R: [1, 5], FM: [1, 5]}\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "rules:\n  - {segment: Champions, R: [1, 100000], FM: [4, 5]}\n" + RULES_TAIL,
+            r"rule 1: R range \[1, 100000\] must lie within 1..5",
+        ),
+        (
+            "rules:\n  - {segment: Champions, R: [5, 4], FM: [4, 5]}\n" + RULES_TAIL,
+            r"rule 1: R range \[5, 4\] must lie within 1..5 with low <= high",
+        ),
+        (
+            "rules:\n  - {segment: Champions, R: [4, five], FM: [4, 5]}\n" + RULES_TAIL,
+            r"rule 1: R must be \[low, high\] with whole numbers, got \[4, 'five'\]",
+        ),
+        (
+            "rules:\n  - {segment: 7, R: [4, 5], FM: [4, 5]}\n" + RULES_TAIL,
+            r"rule 1: segment names must be text with a letter or digit, got 7",
+        ),
+        (
+            "catalog:\n  VIP: {priority: high, description: d, recommendation: r}\n"
+            "rules:\n  - {segment: VIP, R: [4, 5], FM: [4, 5]}\n" + RULES_TAIL,
+            r"catalog entry 'VIP': priority must be a whole number \(1 = act first\), got 'high'",
+        ),
+        (
+            "catalog:\n  VIP: just a text\nrules:\n  - {segment: VIP, R: [4, 5], FM: [4, 5]}\n"
+            + RULES_TAIL,
+            r"catalog entry 'VIP' must be a mapping with priority, description and "
+            r"recommendation, got 'just a text'",
+        ),
+        (
+            "catalog:\n  5: {priority: 1, description: d, recommendation: r}\n"
+            "rules:\n  - {segment: Lost, R: [1, 5], FM: [1, 5]}\n",
+            r"catalog: segment names must be text with a letter or digit, got 5",
+        ),
+        ("catalog: [a, b]\nrules: []\n", r"catalog must map segment names to entries"),
+        ("rules: {a: 1}\n", r"rules must be a list"),
+        ("grid: [1, 2]\n", r"grid must map each R_score to a list of 5 segment names"),
+        ("grid:\n  5: [1, 2, 3, 4, 5]\n", r"grid: segment names must be text"),
+    ],
+)
+def test_malformed_grid_files_get_one_line_naming_the_problem(tmp_path, text, message):
+    with pytest.raises(RFMConfigError, match=message) as error:
+        load_grid_file(write(tmp_path, text), 5)
+    assert "\n" not in str(error.value)
+
+
+def test_a_grid_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_bytes(b"rules:\n  - {segment: Lost\xff, R: [1, 5], FM: [1, 5]}\n")
+    with pytest.raises(RFMConfigError, match=r"grid.yaml is not UTF-8 text"):
+        load_grid_file(path, 5)

@@ -1,6 +1,7 @@
 """Settings: every bad value fails before any asset computes, naming the field; presets work."""
 
 import dagster as dg
+import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -22,6 +23,11 @@ PRESETS = ["b2b", "balanced_ecommerce", "large_run_spark", "repeat_purchase", "s
         ({"weights": {"recency": float("nan")}}, "weights.recency"),
         ({"weights": {"recency": 0, "frequency": 0, "monetary": 0}}, "weights"),
         ({"weights": {"recency": 1, "frequency": 0, "monetary": 0}}, "weights"),
+        ({"weights": {"frequency": 1e308, "monetary": 1e308}}, "weights.frequency: must be 0 or"),
+        ({"weights": {"monetary": 1e-320}}, "weights.monetary: must be 0 or between 1e-06"),
+        ({"earliest_valid_date": "3000-01-01"}, "earliest_valid_date: 3000-01-01 must be before"),
+        ({"latest_valid_date": "9999-12-31"}, "latest_valid_date: 9999-12-31 must be before"),
+        ({"latest_valid_date": "31/12/2999"}, "latest_valid_date: '31/12/2999' is not a date"),
         ({"scoring_method": "deciles"}, "scoring_method"),
         ({"analysis_period_days": 0}, "analysis_period_days"),
         ({"analysis_period_days": -30}, "analysis_period_days"),
@@ -182,3 +188,18 @@ def test_unknown_literal_is_rejected_before_launch():
 def test_pydantic_error_names_the_nested_field():
     with pytest.raises(ValidationError, match="weights.recency"):
         RFMSettings(weights={"recency": -2})
+
+
+@pytest.mark.parametrize(
+    "weights", [(1, 1e6, 1e6), (1, 1e-6, 1e6), (1, 1e6, 1e-6), (1e6, 1e-6, 1e-6), (0, 0, 1e-6)]
+)
+def test_weights_at_their_bounds_keep_every_score_on_the_scale(weights):
+    from rfm_assets.engines.pandas_compute import combined_scores
+
+    RFMSettings(weights=dict(zip(("recency", "frequency", "monetary"), weights)))
+    scores = np.arange(1, 6)
+    r, f, m = (a.ravel() for a in np.meshgrid(scores, scores, scores))
+    fm, rfm = combined_scores(r, f, m, weights)
+    assert fm.min() >= 1 and fm.max() <= 5
+    # RFM_score is a float weighted mean: on the scale up to rounding in the last bit.
+    assert np.isfinite(rfm).all() and rfm.min() > 1 - 1e-9 and rfm.max() < 5 + 1e-9
