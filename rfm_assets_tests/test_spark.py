@@ -8,6 +8,8 @@ order (monetary is an exact micro-unit sum divided once), so no tolerance is nee
 import datetime as dt
 import json
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -256,3 +258,27 @@ def test_zoned_dates_do_not_depend_on_the_session_time_zone(spark, tmp_path):
     finally:
         spark.conf.set("spark.sql.session.timeZone", before)
     assert recency.to_dict() == {1: 2, 2: 1}  # Tokyo dates 1 and 2 January, as in pandas
+
+
+def test_cli_on_spark_prints_one_line_and_no_jvm_output(tmp_path):
+    """A user sees the result on success and one line on failure: Java's warnings and stack
+    traces go to a log (`--debug` would show them)."""
+    source = tmp_path / "tx.parquet"
+    generate_transactions(2_000, customers=200, seed=3).to_parquet(source)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("customer_id,transaction_date,amount\n1,2024-01-01,5\n2,someday,5\n")
+    for path, code in ((source, 0), (bad, 1)):
+        done = subprocess.run(
+            [sys.executable, "-m", "rfm_assets", "analyze", "--engine", "spark",
+             "--spark-master", "local[1]", "--input", str(path), "--output", str(tmp_path / "o")],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == code, done.stderr
+        if code == 0:
+            assert done.stderr == ""
+            assert "wrote customer_segments.parquet" in done.stdout
+        else:
+            assert done.stderr == (
+                "rfm-assets: error: column 'transaction_date': 1 values are not dates, "
+                "e.g. ['someday']\n"
+            )
