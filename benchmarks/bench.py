@@ -19,8 +19,8 @@ Variants:
 - pandas:  rfm_assets.pipeline.run_pandas: every engine step the assets run, without Dagster.
 - dagster: `rfm-assets analyze` in-process (rfm_assets.cli.main): the five assets through
            dg.materialize, asset checks, metadata, writing the two result tables as Parquet.
-- duckdb:  one SQL query over the same Parquet file with the same semantics (DESIGN.md "Exact
-           semantics", default settings), fetched to pandas; threads = CPU count.
+- duckdb:  one SQL query over the same Parquet file with the same semantics (README "How the
+           numbers are computed", default settings), fetched to pandas; threads = CPU count.
 - spark:   rfm_assets.pipeline.run_engine with engine spark on a local[2] session (started and
            warmed up before the timer), customer_segments written to Parquet and
            segment_analytics collected inside the timed region. Peak RSS is the Python driver's;
@@ -50,7 +50,7 @@ SEED = 42
 WARMUP_ROWS = 10_000
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
-# The default 5-point grid of DESIGN.md: R -> segment for FM = 1..5.
+# The default 5-point grid of the README: R -> segment for FM = 1..5.
 GRID_5 = {
     5: ["New Customers", "Potential Loyalists", "Potential Loyalists", "Champions", "Champions"],
     4: ["Promising", "Potential Loyalists", "Potential Loyalists", "Loyal Customers", "Champions"],

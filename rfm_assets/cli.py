@@ -305,9 +305,7 @@ def read_table(directory: Path, name: str) -> pd.DataFrame:
                 raise RFMError(f"--input: cannot read {path}: {first_line(error)}") from None
             missing = [c for c in TABLE_COLUMNS.get(name, ()) if c not in table.columns]
             if missing:
-                raise RFMError(
-                    f"--input: {path} is not a {name} table (no {', '.join(missing)})"
-                )
+                raise RFMError(f"--input: {path} is not a {name} table (no {', '.join(missing)})")
             return table
     raise RFMError(f"--input: {directory} has no {name}.parquet or {name}.csv; run analyze first")
 

@@ -138,7 +138,7 @@ def _scale_table(raw, scale: int, what: str, source: str) -> tuple[str, ...]:
 
 
 def default_grid(scale: int) -> SegmentGrid:
-    """The default grid of DESIGN.md for a 5-point (quintiles) or 4-point (quartiles) scale."""
+    """The default grid (README.md) for a 5-point (quintiles) or 4-point (quartiles) scale."""
     if scale not in SUPPORTED_SCALES:
         raise RFMConfigError(f"scale: {scale} is not supported; use one of {SUPPORTED_SCALES}")
     raw = _packaged_config()

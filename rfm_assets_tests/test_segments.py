@@ -1,4 +1,4 @@
-"""The segment catalog and grids: DESIGN.md's tables, validation of user grids, tiers."""
+"""The segment catalog and grids: the README's tables, validation of user grids, tiers."""
 
 import textwrap
 

@@ -1,4 +1,4 @@
-"""Every rule of DESIGN.md's "Exact semantics", engine against the plain-loop oracle."""
+"""Every rule of the README's "How the numbers are computed", engine against the oracle."""
 
 import datetime as dt
 

@@ -1,7 +1,8 @@
 """The RFM computation on pandas: pure functions from frame to frame, no Dagster.
 
-Each function implements one step of DESIGN.md ("Exact semantics"). Customers are grouped by
-integer codes from one factorisation, never by object keys; all per-row work is vectorised.
+Each function implements one step of README.md ("How the numbers are computed"). Customers
+are grouped by integer codes from one factorisation, never by object keys; all per-row work is
+vectorised.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def prepare_transactions(
     cancelled_order_prefix: str = "C",
     valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
 ) -> tuple[pd.DataFrame, RowAccount]:
-    """Apply the counted cleaning rules of DESIGN.md to the canonical frame.
+    """Apply the counted cleaning rules (README.md, "Data quality and errors") to the frame.
 
     Returns the kept rows (columns `customer_id, transaction_date, amount, is_return
     [, order_id]`, where a kept return's amount is negative) and the account of every row.
@@ -363,7 +364,7 @@ def thresholds_from_scores(scores: pd.DataFrame, scale: int) -> dict[str, list[f
 def combined_scores(
     r: np.ndarray, f: np.ndarray, m: np.ndarray, weights: tuple[float, float, float]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(FM_score, RFM_score) with the weights (wR, wF, wM), in DESIGN.md's operation order."""
+    """(FM_score, RFM_score) with the weights (wR, wF, wM), in the documented operation order."""
     w_r, w_f, w_m = (float(w) for w in weights)
     fm = np.floor((w_f * f + w_m * m) / (w_f + w_m) + 0.5).astype(np.int64)
     rfm = (w_r * r + w_f * f + w_m * m) / (w_r + w_f + w_m)

@@ -436,7 +436,7 @@ def prepare_transactions(
     cancelled_order_prefix: str = "C",
     valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
 ) -> tuple[DataFrame, RowAccount]:
-    """The counted cleaning rules of DESIGN.md (see pandas_compute.prepare_transactions)."""
+    """The counted cleaning rules (see pandas_compute.prepare_transactions)."""
     amount = F.col("amount")
     finite = amount.isNotNull() & ~F.isnan(amount) & (F.abs(amount) != F.lit(float("inf")))
     day = day_of(F.col("transaction_date"))
