@@ -105,8 +105,9 @@ def transactions(
     summary = account.as_metadata()
     excluded_total = sum(account.rows_excluded.values())
     context.log.info(
-        f"{account.rows_read:,} rows read, {account.rows_kept:,} kept, "
-        f"{excluded_total:,} excluded: {account.rows_excluded}"
+        f"{account.rows_read:,} rows read from {account.files_read:,} files "
+        f"({account.files_skipped:,} skipped: names starting with _ or .), "
+        f"{account.rows_kept:,} kept, {excluded_total:,} excluded: {account.rows_excluded}"
     )
     yield dg.Output(
         kept,

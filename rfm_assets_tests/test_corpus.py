@@ -109,3 +109,13 @@ def test_corpus_case(case, tmp_path):
     for customer, columns in expect.get("values", {}).items():
         for column, value in columns.items():
             assert by_id[str(customer)][column] == value, (customer, column)
+
+
+def test_a_pipe_inside_a_folder_is_refused_not_waited_on(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pq.write_table(pa.table({"customer_id": [1], "transaction_date": ["2024-01-01"],
+                             "amount": [1.0]}), folder / "a.parquet")  # fmt: skip
+    os.mkfifo(folder / "b.parquet")
+    with pytest.raises(RFMError, match=r"input_path: b.parquet in .*data is not a regular file"):
+        run_pandas(RFMSettings(input_path=str(folder)))

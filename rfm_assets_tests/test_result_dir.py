@@ -162,3 +162,11 @@ def test_switching_format_hides_the_other_formats_files(tmp_path, inputs):
     assert main(["analyze", "--input", inputs[0], "--output", str(output), "--format", "csv"]) == 0
     visible = sorted(p.name for p in output.iterdir() if not p.name.startswith("."))
     assert visible == ["customer_segments.csv", "run_summary.json", "segment_analytics.csv"]
+
+
+def test_leftovers_of_the_earlier_layout_are_removed(tmp_path, inputs):
+    output = tmp_path / "out"
+    for leftover in (".rfm_staging_1a2b3c4d", ".rfm_work_1a2b3c4d"):
+        (output / leftover / "customer_segments.parquet").mkdir(parents=True)
+    assert main(["analyze", "--input", inputs[0], "--output", str(output)]) == 0
+    assert leftovers(output) == []

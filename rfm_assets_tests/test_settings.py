@@ -135,6 +135,15 @@ def test_spark_preset_selects_spark_and_the_cli_uses_its_spark_config():
     spark_config = spark_resource(args).spark_config
     assert spark_config["spark.sql.shuffle.partitions"] == "200"  # from the preset
     assert spark_config["a.b"] == "c"  # the flag on top
+    # In Dagster the preset's spark_config replaces the defaults whole: it must carry every
+    # default that the numbers depend on (zones, calendars, timestamp type).
+    from rfm_assets.definitions import DEFAULT_SPARK_CONFIG
+
+    from_preset = config["spark"]["config"]["spark_config"]
+    for key in ("spark.sql.session.timeZone", "spark.sql.parquet.outputTimestampType",
+                "spark.sql.parquet.datetimeRebaseModeInRead",
+                "spark.sql.parquet.int96RebaseModeInRead"):  # fmt: skip
+        assert from_preset[key] == DEFAULT_SPARK_CONFIG[key], key
 
 
 def test_presets_express_their_emphasis():
