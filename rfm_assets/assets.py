@@ -1,25 +1,49 @@
 """The five RFM assets (group `rfm`): thin Dagster wiring around `rfm_assets.engines`.
 
-Each asset reads the settings, asks `engine_for` for the pandas or Spark engine, calls one
-step, and attaches metadata. Inputs arrive as `StoredTable` handles (or frames, with an
-in-memory IO manager), so each engine loads them natively: pandas with pyarrow, Spark with
-its own reader, never one through the other.
+`build_rfm_assets` makes one instance of the graph: its key prefix, its settings resource,
+its weekly partitions (or none) and the engine kind it shows. Each asset reads the settings,
+asks `engine_for` for the pandas or Spark engine, calls one step, runs its checks on the
+value *before* returning it, and attaches metadata. A blocking check that fails stops the
+step, so the failed value never becomes what readers load; the previous one stays.
+
+Every stored table carries the run context it was computed in (reference date, scale, rule
+set, thresholds, engine; see `table_context`), and a step takes what it needs from the
+table it loads, never from the event log or from today's settings: any subset of the graph
+can run on its own.
 """
 
 import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import dagster as dg
 import pandas as pd
-from dagster_pyspark import LazyPySparkResource
 
-from rfm_assets.contract import COLUMN_DESCRIPTIONS, EXCLUSION_REASONS
+from rfm_assets.contract import (
+    ANALYTICS_COLUMNS,
+    COLUMN_DESCRIPTIONS,
+    COLUMN_TYPES,
+    EXCLUSION_REASONS,
+    METRIC_COLUMNS,
+    SCORE_COLUMNS,
+    SEGMENT_COLUMNS,
+    TRANSACTION_COLUMNS,
+)
 from rfm_assets.engines.dispatch import PandasEngine, engine_for
 from rfm_assets.exports import markdown_cell
-from rfm_assets.io_manager import StoredTable, is_spark_dataframe
+from rfm_assets.io_manager import CONTEXT_METADATA, StoredTable, is_spark_dataframe
+from rfm_assets.segments import SegmentGrid, default_grid, load_grid_file
 from rfm_assets.settings import RFMSettings
 
 GROUP = "rfm"
-KINDS = {"pandas", "spark"}
+CHAIN = ("transactions", "rfm_metrics", "rfm_scores", "customer_segments", "segment_analytics")
+COLUMNS_OF = {
+    "transactions": TRANSACTION_COLUMNS,
+    "rfm_metrics": METRIC_COLUMNS,
+    "rfm_scores": METRIC_COLUMNS + SCORE_COLUMNS,
+    "customer_segments": METRIC_COLUMNS + SCORE_COLUMNS + SEGMENT_COLUMNS,
+    "segment_analytics": ANALYTICS_COLUMNS,
+}
 
 RFM_TABLE = dg.DagsterType(
     name="RFMTable",
@@ -31,8 +55,52 @@ RFM_TABLE = dg.DagsterType(
 )
 
 
-def table_input(name: str) -> dict[str, dg.AssetIn]:
-    return {name: dg.AssetIn(dagster_type=RFM_TABLE)}
+@dataclass(frozen=True)
+class RFMGraph:
+    """One instance of the RFM graph in a code location."""
+
+    key_prefix: tuple[str, ...] = ()
+    settings_key: str = "rfm_settings"
+    partitions: Optional[dg.PartitionsDefinition] = None
+    engine: str = "pandas"  # the kind shown in the UI
+    group: str = GROUP
+
+    def key(self, name: str) -> dg.AssetKey:
+        return dg.AssetKey([*self.key_prefix, name])
+
+
+# --- the context a stored table carries -----------------------------------------------------
+
+
+def context_of(value: Any) -> dict:
+    """The run context of a loaded table: a stored handle's, or a pandas frame's attrs."""
+    if isinstance(value, StoredTable):
+        return dict(value.context)
+    if isinstance(value, pd.DataFrame):
+        return dict(value.attrs.get("rfm_context", {}))
+    return {}
+
+
+def _needed(table_context: dict, key: str, upstream: str) -> Any:
+    if key not in table_context:
+        raise dg.Failure(
+            f"{upstream} carries no {key} (it was stored by an earlier version or without "
+            f"context): rematerialize {upstream}"
+        )
+    return table_context[key]
+
+
+def _output(engine: PandasEngine, frame, table_context: dict, metadata: dict) -> dg.Output:
+    if isinstance(frame, pd.DataFrame):
+        frame.attrs["rfm_context"] = table_context  # travels in memory too (the CLI)
+    return dg.Output(
+        frame,
+        metadata={
+            **table_metadata(engine, frame),
+            **metadata,
+            CONTEXT_METADATA: dg.MetadataValue.json(table_context),
+        },
+    )
 
 
 def table_metadata(engine: PandasEngine, frame) -> dict:
@@ -47,6 +115,16 @@ def table_metadata(engine: PandasEngine, frame) -> dict:
         ),
         "engine": engine.name,
     }
+
+
+def declared_schema(name: str) -> dg.TableSchema:
+    """The contract's columns of an asset, shown in the catalog before the first run."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=c, type=COLUMN_TYPES[c], description=COLUMN_DESCRIPTIONS.get(c))
+            for c in COLUMNS_OF[name]
+        ]
+    )
 
 
 def segment_table_markdown(analytics: pd.DataFrame) -> str:
@@ -65,196 +143,484 @@ def segment_table_markdown(analytics: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def recorded_by_transactions(context: dg.AssetExecutionContext, key: str):
-    """A value the stored `transactions` materialization recorded (reference date, customers).
-
-    Later steps read it from the instance, so they agree with the table they load even when
-    they are materialized on their own.
-    """
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("transactions"))
-    if event is None or key not in event.asset_materialization.metadata:
-        raise dg.Failure(f"transactions has no recorded {key}: materialize transactions first")
-    return event.asset_materialization.metadata[key].value
-
-
-@dg.asset(
-    group_name=GROUP,
-    kinds=KINDS,
-    dagster_type=RFM_TABLE,
-    check_specs=[
-        dg.AssetCheckSpec(
-            "rows_accounted_for",
-            asset="transactions",
-            blocking=True,
-            description="rows_read == rows_kept + sum(rows_excluded by reason).",
+def segment_trends(analytics: pd.DataFrame) -> dict:
+    """Numeric metadata with stable keys, which the UI plots week over week."""
+    trends = {}
+    for row in analytics.itertuples(index=False):
+        trends[f"customers/{row.segment_id}"] = dg.MetadataValue.int(int(row.customers))
+        trends[f"customer_share/{row.segment_id}"] = dg.MetadataValue.float(
+            float(row.customer_share)
         )
-    ],
-)
-def transactions(
-    context: dg.AssetExecutionContext, rfm_settings: RFMSettings, spark: LazyPySparkResource
-):
-    """Source transaction lines mapped to `customer_id, transaction_date, amount[, order_id]`.
-
-    Cleaned by explicit rules; every excluded row is counted by reason in the metadata
-    (`rows_excluded`). The resolved reference date is recorded here for the later steps.
-    """
-    engine = engine_for(rfm_settings, spark)
-    raw, listing = engine.read(rfm_settings)
-    kept, account = engine.prepare(raw, rfm_settings, listing)
-    kept = engine.keep(kept)
-    summary = account.as_metadata()
-    excluded_total = sum(account.rows_excluded.values())
-    context.log.info(
-        f"{account.rows_read:,} rows read from {account.files_read:,} files "
-        f"({account.files_skipped:,} skipped: names starting with _ or .), "
-        f"{account.rows_kept:,} kept, {excluded_total:,} excluded: {account.rows_excluded}"
-    )
-    yield dg.Output(
-        kept,
-        metadata={
-            **table_metadata(engine, kept),
-            **{k: v for k, v in summary.items() if v is not None and k != "rows_excluded"},
-            "rows_excluded": dg.MetadataValue.json(summary["rows_excluded"]),
-            "exclusion_rules": dg.MetadataValue.md(
-                "\n".join(f"- `{reason}`: {rule}" for reason, rule in EXCLUSION_REASONS.items())
-            ),
-            "source": rfm_settings.source_path,
-        },
-    )
-    yield dg.AssetCheckResult(
-        check_name="rows_accounted_for",
-        passed=account.rows_read == account.rows_kept + excluded_total,
-        metadata={
-            "rows_read": account.rows_read,
-            "rows_kept": account.rows_kept,
-            "rows_excluded": excluded_total,
-        },
-    )
-
-
-@dg.asset(group_name=GROUP, kinds=KINDS, dagster_type=RFM_TABLE, ins=table_input("transactions"))
-def rfm_metrics(
-    context: dg.AssetExecutionContext,
-    rfm_settings: RFMSettings,
-    spark: LazyPySparkResource,
-    transactions,
-) -> dg.Output:
-    """One row per customer: recency (days to the reference date), frequency, monetary.
-
-    Also first and last purchase dates, tenure in days and average order value.
-    """
-    engine = engine_for(rfm_settings, spark)
-    reference_date = dt.date.fromisoformat(recorded_by_transactions(context, "reference_date"))
-    metrics = engine.keep(engine.metrics(engine.load(transactions), reference_date))
-    return dg.Output(
-        metrics,
-        metadata={
-            **table_metadata(engine, metrics),
-            "reference_date": reference_date.isoformat(),
-        },
-    )
-
-
-@dg.asset(group_name=GROUP, kinds=KINDS, dagster_type=RFM_TABLE, ins=table_input("rfm_metrics"))
-def rfm_scores(rfm_settings: RFMSettings, spark: LazyPySparkResource, rfm_metrics) -> dg.Output:
-    """Customer metrics with R, F and M scores (1 worst .. k best), FM_score, RFM_score, rfm_cell.
-
-    Quantile scores are tie-safe (`1 + floor(k * b / n)`); the cut points they imply are
-    published in the metadata so a later run can pin them with `scoring_method: fixed`.
-    """
-    engine = engine_for(rfm_settings, spark)
-    scores = engine.keep(engine.scores(engine.load(rfm_metrics), rfm_settings))
-    return dg.Output(
-        scores,
-        metadata={
-            **table_metadata(engine, scores),
-            "scoring_method": rfm_settings.scoring_method,
-            "thresholds": dg.MetadataValue.json(engine.thresholds(scores, rfm_settings)),
-        },
-    )
-
-
-@dg.asset(
-    group_name=GROUP,
-    kinds=KINDS,
-    dagster_type=RFM_TABLE,
-    ins=table_input("rfm_scores"),
-    check_specs=[
-        dg.AssetCheckSpec(
-            "one_row_per_customer",
-            asset="customer_segments",
-            blocking=True,
-            description="Every customer with a kept transaction appears exactly once and has a "
-            "segment.",
-        )
-    ],
-)
-def customer_segments(
-    context: dg.AssetExecutionContext,
-    rfm_settings: RFMSettings,
-    spark: LazyPySparkResource,
-    rfm_scores,
-):
-    """Every customer with scores, one of the named segments, its recommendation, value tier
-    and engagement level. Filter on the published columns, e.g.
-    `df[df["segment"] == "Champions"]`.
-    """
-    engine = engine_for(rfm_settings, spark)
-    segmented_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    segmented = engine.keep(
-        engine.segments(engine.load(rfm_scores), rfm_settings.segment_grid(), segmented_at)
-    )
-    yield dg.Output(
-        segmented,
-        metadata={
-            **table_metadata(engine, segmented),
-            "segment_counts": dg.MetadataValue.json(engine.segment_counts(segmented)),
-        },
-    )
-    duplicated, unsegmented = engine.duplicates_and_unsegmented(segmented)
-    customers = engine.row_count(segmented)
-    with_kept_rows = int(recorded_by_transactions(context, "customers"))
-    yield dg.AssetCheckResult(
-        check_name="one_row_per_customer",
-        passed=duplicated == 0 and unsegmented == 0 and customers == with_kept_rows,
-        metadata={
-            "customers": customers,
-            "customers_with_kept_rows": with_kept_rows,
-            "duplicated_customers": duplicated,
-            "customers_without_segment": unsegmented,
-        },
-    )
-
-
-@dg.asset(
-    group_name=GROUP, kinds=KINDS, dagster_type=RFM_TABLE, ins=table_input("customer_segments")
-)
-def segment_analytics(
-    rfm_settings: RFMSettings, spark: LazyPySparkResource, customer_segments
-) -> dg.Output:
-    """Per segment: customers, revenue, their shares, average R/F/M, average order value and
-    the recommendation, in priority order, with the score thresholds the run used.
-    """
-    engine = engine_for(rfm_settings, spark)
-    segmented = engine.load(customer_segments)
-    analytics = engine.analytics(
-        segmented, rfm_settings.segment_grid(), engine.thresholds(segmented, rfm_settings)
-    )
-    # A dozen rows at most: the picture for the UI is drawn from them on the driver.
-    shown = analytics if isinstance(analytics, pd.DataFrame) else _small_to_pandas(analytics)
-    return dg.Output(
-        analytics,
-        metadata={
-            **table_metadata(engine, analytics),
-            "segment_distribution": dg.MetadataValue.md(segment_table_markdown(shown)),
-        },
-    )
+        revenue_share = 0.0 if pd.isna(row.revenue_share) else float(row.revenue_share)
+        trends[f"revenue_share/{row.segment_id}"] = dg.MetadataValue.float(revenue_share)
+    return trends
 
 
 def _small_to_pandas(frame) -> pd.DataFrame:
     """A few rows of a Spark DataFrame as pandas, via Python rows (no Arrow conversion)."""
+    if isinstance(frame, pd.DataFrame):
+        return frame
     rows = frame.collect()
     return pd.DataFrame([row.asDict() for row in rows], columns=frame.columns)
 
 
-RFM_ASSETS = [transactions, rfm_metrics, rfm_scores, customer_segments, segment_analytics]
+def _blocking(results: list[dg.AssetCheckResult], asset: str):
+    """Yield the check results; if a blocking one failed, stop before the value is stored."""
+    yield from results
+    failed = [r for r in results if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR]
+    if failed:
+        names = ", ".join(r.check_name for r in failed)
+        raise dg.Failure(
+            f"{asset}: blocking check {names} failed, so this value was not stored and the "
+            f"previous one stays: {failed[0].description}"
+        )
+
+
+def grid_of(table_context: dict, settings: RFMSettings, upstream: str) -> SegmentGrid:
+    """The segment grid for scores of the scale the loaded table was scored on."""
+    scale = int(_needed(table_context, "scale", upstream))
+    rule_set = table_context.get("rule_set") or settings.segment_grid_file or "default"
+    if rule_set == "default":
+        return default_grid(scale)
+    if settings.segment_grid_file and rule_set != settings.segment_grid_file:
+        raise dg.Failure(
+            f"{upstream} was segmented with {rule_set} but the settings name "
+            f"{settings.segment_grid_file}: rematerialize {upstream}"
+        )
+    grid = load_grid_file(rule_set, scale)
+    return grid
+
+
+# --- the graph -------------------------------------------------------------------------------
+
+
+def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
+    """The five assets of one graph instance, with their checks."""
+    key, settings_key = graph.key, graph.settings_key
+    common = dict(
+        group_name=graph.group,
+        kinds={graph.engine},
+        dagster_type=RFM_TABLE,
+        partitions_def=graph.partitions,
+        required_resource_keys={settings_key, "spark", "io_manager"},
+    )
+
+    def settings_of(context) -> RFMSettings:
+        return getattr(context.resources, settings_key)
+
+    def engine_of(context):
+        return engine_for(settings_of(context), context.resources.spark)
+
+    def checks(asset: str, *entries: tuple[str, str, bool]) -> list[dg.AssetCheckSpec]:
+        return [
+            dg.AssetCheckSpec(name, asset=key(asset), blocking=blocking, description=text)
+            for name, text, blocking in entries
+        ]
+
+    def ins(upstream: str) -> dict[str, dg.AssetIn]:
+        return {upstream: dg.AssetIn(key=key(upstream), dagster_type=RFM_TABLE)}
+
+    def meta(name: str) -> dict:
+        return {"dagster/column_schema": declared_schema(name)}
+
+    @dg.asset(
+        key=key("transactions"),
+        metadata=meta("transactions"),
+        check_specs=checks(
+            "transactions",
+            (
+                "rows_accounted_for",
+                "Rows read (counted on the table as read) == rows kept (counted on the kept "
+                "table) + rows excluded by reason: nothing disappears without a number.",
+                True,
+            ),
+        ),
+        **common,
+    )
+    def transactions(context: dg.AssetExecutionContext):
+        """Source transaction lines mapped to `customer_id, transaction_date, amount[, order_id]`.
+
+        Cleaned by explicit rules; every excluded row is counted by reason in the metadata
+        (`rows_excluded`). On weekly partitions the reference date is the end of the week.
+        """
+        settings = settings_of(context)
+        engine = engine_of(context)
+        week_end = context.partition_time_window.end.date() if graph.partitions else None
+        raw, listing = engine.read(settings)
+        raw = engine.keep(raw)
+        kept, account = engine.prepare(raw, settings, listing, reference_date=week_end)
+        kept = engine.keep(kept)
+        rows_read, rows_kept = engine.row_count(raw), engine.row_count(kept)
+        excluded_total = sum(account.rows_excluded.values())
+        context.log.info(
+            f"{account.rows_read:,} rows read from {account.files_read:,} files "
+            f"({account.files_skipped:,} skipped: names starting with _ or .), "
+            f"{account.rows_kept:,} kept, {excluded_total:,} excluded: {account.rows_excluded}"
+        )
+        balanced = rows_read == rows_kept + excluded_total
+        yield from _blocking(
+            [
+                dg.AssetCheckResult(
+                    asset_key=key("transactions"),
+                    check_name="rows_accounted_for",
+                    passed=balanced,
+                    description=None
+                    if balanced
+                    else f"{rows_read:,} rows read but {rows_kept:,} kept + "
+                    f"{excluded_total:,} excluded = {rows_kept + excluded_total:,}",
+                    metadata={
+                        "rows_read": rows_read,
+                        "rows_kept": rows_kept,
+                        "rows_excluded": excluded_total,
+                    },
+                )
+            ],
+            "transactions",
+        )
+        summary = account.as_metadata()
+        table_context = {
+            "reference_date": summary["reference_date"],
+            "window_start": summary["window_start"],
+            "partition_key": context.partition_key if graph.partitions else None,
+            "source": settings.source_path,
+            "engine": engine.name,
+            "customers": account.customers,
+        }
+        yield _output(
+            engine,
+            kept,
+            table_context,
+            {
+                **{k: v for k, v in summary.items() if v is not None and k != "rows_excluded"},
+                "rows_excluded": dg.MetadataValue.json(summary["rows_excluded"]),
+                "exclusion_rules": dg.MetadataValue.md(
+                    "\n".join(f"- `{reason}`: {rule}" for reason, rule in EXCLUSION_REASONS.items())
+                ),
+                "source": settings.source_path,
+            },
+        )
+
+    @dg.asset(
+        key=key("rfm_metrics"),
+        ins=ins("transactions"),
+        metadata=meta("rfm_metrics"),
+        check_specs=checks(
+            "rfm_metrics",
+            (
+                "one_row_per_customer",
+                "Exactly one row per distinct customer id of the kept transactions, counted "
+                "on the loaded tables, not by the code that built them.",
+                True,
+            ),
+        ),
+        **common,
+    )
+    def rfm_metrics(context: dg.AssetExecutionContext, transactions):
+        """One row per customer: recency (days to the reference date), frequency, monetary.
+
+        Also first and last purchase dates, tenure in days and average order value.
+        """
+        engine = engine_of(context)
+        upstream = context_of(transactions)
+        reference_date = dt.date.fromisoformat(_needed(upstream, "reference_date", "transactions"))
+        loaded = engine.load(transactions)
+        metrics = engine.keep(engine.metrics(loaded, reference_date))
+        customers = engine.distinct_count(loaded, "customer_id")
+        rows, distinct = engine.row_count(metrics), engine.distinct_count(metrics, "customer_id")
+        passed = rows == distinct == customers
+        yield from _blocking(
+            [
+                dg.AssetCheckResult(
+                    asset_key=key("rfm_metrics"),
+                    check_name="one_row_per_customer",
+                    passed=passed,
+                    description=None
+                    if passed
+                    else f"{rows:,} rows for {distinct:,} distinct ids; the kept transactions "
+                    f"have {customers:,} customers",
+                    metadata={"rows": rows, "distinct_ids": distinct, "customers": customers},
+                )
+            ],
+            "rfm_metrics",
+        )
+        yield _output(engine, metrics, upstream, {"reference_date": reference_date.isoformat()})
+
+    @dg.asset(
+        key=key("rfm_scores"),
+        ins=ins("rfm_metrics"),
+        metadata=meta("rfm_scores"),
+        check_specs=checks(
+            "rfm_scores",
+            (
+                "scores_on_scale",
+                "Every R, F, M and FM score is a whole number in 1..k and never null, and "
+                "RFM_score lies in 1..k.",
+                True,
+            ),
+        ),
+        **common,
+    )
+    def rfm_scores(context: dg.AssetExecutionContext, rfm_metrics):
+        """Customer metrics with R, F and M scores (1 worst .. k best), FM_score, RFM_score,
+        rfm_cell.
+
+        Quantile scores are tie-safe (`1 + floor(k * b / n)`); the cut points they imply are
+        published in the metadata so a later run can pin them (`thresholds_from_week` or
+        `scoring_method: fixed`).
+        """
+        settings = settings_of(context)
+        engine = engine_of(context)
+        cut_points, source_of_cuts = None, settings.scoring_method
+        if settings.thresholds_from_week:
+            cut_points = _thresholds_of_week(context, settings.thresholds_from_week)
+            source_of_cuts = f"thresholds of week {settings.thresholds_from_week}"
+        scores = engine.keep(engine.scores(engine.load(rfm_metrics), settings, cut_points))
+        thresholds = engine.thresholds(scores, settings, cut_points)
+        scale = len(thresholds["recency"]) + 1
+        off_scale = engine.scores_off_scale(scores, scale)
+        yield from _blocking(
+            [
+                dg.AssetCheckResult(
+                    asset_key=key("rfm_scores"),
+                    check_name="scores_on_scale",
+                    passed=off_scale == 0,
+                    description=None
+                    if off_scale == 0
+                    else f"{off_scale:,} customers have a score that is null or off the "
+                    f"1..{scale} scale",
+                    metadata={"customers_off_scale": off_scale, "scale": scale},
+                )
+            ],
+            "rfm_scores",
+        )
+        table_context = {
+            **context_of(rfm_metrics),
+            "scale": scale,
+            "scoring_method": source_of_cuts,
+            "weights": settings.weights.model_dump(),
+            "thresholds": thresholds,
+        }
+        yield _output(
+            engine,
+            scores,
+            table_context,
+            {
+                "scoring_method": source_of_cuts,
+                "thresholds": dg.MetadataValue.json(thresholds),
+            },
+        )
+
+    @dg.asset(
+        key=key("customer_segments"),
+        ins=ins("rfm_scores"),
+        metadata=meta("customer_segments"),
+        check_specs=checks(
+            "customer_segments",
+            (
+                "one_row_per_customer",
+                "As many rows as scored customers, each customer id once.",
+                True,
+            ),
+            (
+                "segments_in_catalog",
+                "Every customer has a segment, and every segment is a named entry of the "
+                "catalog of the rule set in use.",
+                True,
+            ),
+            (
+                "dominant_segment",
+                "Warns when one segment holds more than max_segment_share of the customers "
+                "(default 50%). Usual causes: most customers bought once (F and FM pile up at "
+                "the bottom, so Hibernating/Lost or New Customers dominate), a window too "
+                "short or too long for the purchase cycle, fixed thresholds that no longer "
+                "fit the data, or a rule set whose first rules are too wide.",
+                False,
+            ),
+        ),
+        **common,
+    )
+    def customer_segments(context: dg.AssetExecutionContext, rfm_scores):
+        """Every customer with scores, one of the named segments, its recommendation, value tier
+        and engagement level. Filter on the published columns, e.g.
+        `df[df["segment"] == "Champions"]`.
+        """
+        settings = settings_of(context)
+        engine = engine_of(context)
+        upstream = context_of(rfm_scores)
+        grid = grid_of(upstream, settings, "rfm_scores")
+        scores = engine.load(rfm_scores)
+        segmented_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        segmented = engine.keep(engine.segments(scores, grid, segmented_at))
+        rows, distinct = (
+            engine.row_count(segmented),
+            engine.distinct_count(segmented, "customer_id"),
+        )
+        scored = engine.row_count(scores)
+        unknown = engine.unknown_segments(segmented, {entry.name for entry in grid.segments})
+        counts = engine.segment_counts(segmented)
+        largest = max(counts, key=counts.get) if counts else None
+        largest_share = counts[largest] / rows if largest else 0.0
+        dominant = largest_share > settings.max_segment_share
+        yield from _blocking(
+            [
+                dg.AssetCheckResult(
+                    asset_key=key("customer_segments"),
+                    check_name="one_row_per_customer",
+                    passed=rows == distinct == scored,
+                    description=None
+                    if rows == distinct == scored
+                    else f"{rows:,} rows for {distinct:,} distinct ids; {scored:,} customers "
+                    "were scored",
+                    metadata={"rows": rows, "distinct_ids": distinct, "scored": scored},
+                ),
+                dg.AssetCheckResult(
+                    asset_key=key("customer_segments"),
+                    check_name="segments_in_catalog",
+                    passed=not unknown,
+                    description=f"segments not in the catalog: {unknown}" if unknown else None,
+                    metadata={"unknown_segments": dg.MetadataValue.json(unknown)},
+                ),
+                dg.AssetCheckResult(
+                    asset_key=key("customer_segments"),
+                    check_name="dominant_segment",
+                    passed=not dominant,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=f"{largest} holds {largest_share:.1%} of the customers, more "
+                    f"than max_segment_share {settings.max_segment_share:.0%}"
+                    if dominant
+                    else None,
+                    metadata={"largest_segment": str(largest), "share": float(largest_share)},
+                ),
+            ],
+            "customer_segments",
+        )
+        rule_set = settings.segment_grid_file or "default"
+        table_context = {**upstream, "rule_set": rule_set, "segmented_at": str(segmented_at)}
+        yield _output(
+            engine,
+            segmented,
+            table_context,
+            {"segment_counts": dg.MetadataValue.json(counts)},
+        )
+
+    @dg.asset(
+        key=key("segment_analytics"),
+        ins=ins("customer_segments"),
+        metadata=meta("segment_analytics"),
+        check_specs=checks(
+            "segment_analytics",
+            (
+                "revenue_matches_customers",
+                "Total revenue equals the exact sum of monetary over customer_segments, and "
+                "the customers add up to its rows.",
+                True,
+            ),
+            (
+                "share_change_from_previous_week",
+                "Warns when a segment's share of customers moves more than "
+                "max_weekly_share_change (default 10 points) from the previous week's stored "
+                "value: a change in the source, the settings or the business worth a look.",
+                False,
+            ),
+        ),
+        **common,
+    )
+    def segment_analytics(context: dg.AssetExecutionContext, customer_segments):
+        """Per segment: customers, revenue, their shares, average R/F/M, average order value and
+        the recommendation, in priority order, with the score thresholds the run used.
+        """
+        settings = settings_of(context)
+        engine = engine_of(context)
+        upstream = context_of(customer_segments)
+        grid = grid_of(upstream, settings, "customer_segments")
+        thresholds = _needed(upstream, "thresholds", "customer_segments")
+        segmented = engine.load(customer_segments)
+        analytics = engine.analytics(segmented, grid, thresholds)
+        shown = _small_to_pandas(analytics)  # a dozen rows at most
+        customers = engine.row_count(segmented)
+        expected_micro = engine.monetary_micro_sum(segmented, "monetary")
+        got_micro = PandasEngine().monetary_micro_sum(shown, "revenue")
+        matches = got_micro == expected_micro and int(shown["customers"].sum()) == customers
+        moves = _share_moves(context, shown, graph, settings)
+        worst = max(moves, key=lambda m: abs(m[1]), default=None)
+        moved = worst is not None and abs(worst[1]) > settings.max_weekly_share_change
+        yield from _blocking(
+            [
+                dg.AssetCheckResult(
+                    asset_key=key("segment_analytics"),
+                    check_name="revenue_matches_customers",
+                    passed=matches,
+                    description=None
+                    if matches
+                    else f"revenue {got_micro / 1e6:,.2f} over {int(shown['customers'].sum()):,} "
+                    f"customers, but customer_segments sums to {expected_micro / 1e6:,.2f} "
+                    f"over {customers:,}",
+                    metadata={
+                        "revenue": got_micro / 1e6,
+                        "monetary_of_customers": expected_micro / 1e6,
+                    },
+                ),
+                dg.AssetCheckResult(
+                    asset_key=key("segment_analytics"),
+                    check_name="share_change_from_previous_week",
+                    passed=not moved,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=(
+                        "no previous week stored"
+                        if worst is None
+                        else f"{worst[0]} moved {worst[1]:+.1%} from the previous week"
+                    ),
+                    metadata={
+                        "moves": dg.MetadataValue.json({name: round(d, 6) for name, d in moves})
+                    },
+                ),
+            ],
+            "segment_analytics",
+        )
+        yield _output(
+            engine,
+            analytics,
+            upstream,
+            {
+                "segment_distribution": dg.MetadataValue.md(segment_table_markdown(shown)),
+                **segment_trends(shown),
+            },
+        )
+
+    def _thresholds_of_week(context, week: str) -> dict[str, list[float]]:
+        stored = context.resources.io_manager.stored(key("rfm_scores"), week)
+        if stored is None or "thresholds" not in stored.context:
+            raise dg.Failure(
+                f"thresholds_from_week: no rfm_scores with thresholds is stored for week {week}: "
+                f"materialize rfm_scores for {week} first"
+            )
+        return stored.context["thresholds"]
+
+    return [transactions, rfm_metrics, rfm_scores, customer_segments, segment_analytics]
+
+
+def _share_moves(context, analytics: pd.DataFrame, graph: RFMGraph, settings) -> list:
+    """(segment, share now - share the week before) per segment; [] without a previous week."""
+    if not graph.partitions:
+        return []
+    previous_key = graph.partitions.get_prev_partition_window(context.partition_time_window.start)
+    if previous_key is None:
+        return []
+    previous_week = previous_key.start.strftime("%Y-%m-%d")
+    stored = context.resources.io_manager.stored(graph.key("segment_analytics"), previous_week)
+    if stored is None:
+        return []
+    before = stored.to_pandas(columns=["segment", "customer_share"])
+    shares = dict(zip(before["segment"], before["customer_share"]))
+    return [
+        (row.segment, float(row.customer_share) - float(shares.get(row.segment, 0.0)))
+        for row in analytics.itertuples(index=False)
+    ]
+
+
+def build_rfm_checks(graph: RFMGraph, assets: list[dg.AssetsDefinition]) -> list:
+    """Dagster's column-schema-change checks on every asset of the graph."""
+    return list(dg.build_column_schema_change_checks(assets=assets))
+
+
+RFM_ASSETS = build_rfm_assets()

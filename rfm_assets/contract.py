@@ -56,6 +56,46 @@ ANALYTICS_COLUMNS = [
     "monetary_thresholds",
 ]
 
+# Declared types of the columns, shown in the Dagster catalog before the first run (the
+# stored schema then gives the engine's exact types).
+COLUMN_TYPES = {
+    "customer_id": "int64 or string",
+    "transaction_date": "timestamp",
+    "amount": "float64",
+    "is_return": "bool",
+    "order_id": "int64 or string",
+    "recency": "int64",
+    "frequency": "int64",
+    "monetary": "float64",
+    "first_purchase_date": "timestamp",
+    "last_purchase_date": "timestamp",
+    "tenure_days": "int64",
+    "avg_order_value": "float64",
+    "R_score": "int64",
+    "F_score": "int64",
+    "M_score": "int64",
+    "FM_score": "int64",
+    "RFM_score": "float64",
+    "rfm_cell": "string",
+    "segment": "category",
+    "segment_id": "category",
+    "recommendation": "category",
+    "value_tier": "category",
+    "engagement_level": "category",
+    "segmented_at": "timestamp (UTC)",
+    "priority": "int64",
+    "customers": "int64",
+    "customer_share": "float64",
+    "revenue": "float64",
+    "revenue_share": "float64",
+    "avg_recency": "float64",
+    "avg_frequency": "float64",
+    "avg_monetary": "float64",
+    "recency_thresholds": "list<float64>",
+    "frequency_thresholds": "list<float64>",
+    "monetary_thresholds": "list<float64>",
+}
+
 # Shown in the Dagster UI as the column schema of each asset.
 COLUMN_DESCRIPTIONS = {
     "customer_id": "Customer id as in the source (integer-valued floats become integers).",

@@ -5,6 +5,12 @@ Layout of an asset's location `<base_dir>/<asset key path>/`:
     CURRENT                      the name of the current version (one line)
     v<time>-<id>.parquet         a version written by pandas (one file)
     v<time>-<id>.parquet/        a version written by Spark (a directory of part files)
+    v<time>-<id>.parquet.context.json   the run context the version was computed in
+                                 (reference date, scale, rule set, thresholds, engine, ...)
+
+A weekly-partitioned asset has one such location per partition key below its own, and a
+`LATEST` file naming the latest week stored, which an unkeyed load (`defs.load_asset_value(
+"customer_segments")`) returns.
 
 A write puts a complete new version beside the old ones, then replaces `CURRENT` atomically
 (a rename on a local disk, a single PUT on an object store), then removes the old versions.
@@ -14,6 +20,7 @@ value stays readable. Spark versions are written by the executors, never collect
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import typing
@@ -30,6 +37,10 @@ from upath import UPath
 
 LOCAL_PROTOCOLS = ("", "file", "local")
 POINTER = "CURRENT"
+LATEST_PARTITION = "LATEST"
+# Output metadata key under which an asset hands the IO manager its table's run context.
+CONTEXT_METADATA = "rfm/context"
+CONTEXT_SUFFIX = ".context.json"
 
 
 def default_base_dir() -> str:
@@ -53,11 +64,15 @@ class StoredTable:
 
     path: str
     storage_options: dict = field(default_factory=dict)
+    # The run context the table was computed in (see rfm_assets.table_context).
+    context: dict = field(default_factory=dict)
 
     def to_pandas(self, columns: Optional[list[str]] = None) -> pd.DataFrame:
-        return pd.read_parquet(
+        frame = pd.read_parquet(
             self.path, columns=columns, storage_options=self.storage_options or None
         )
+        frame.attrs["rfm_context"] = dict(self.context)
+        return frame
 
     def to_spark(self, spark):
         return spark.read.parquet(self.path)
@@ -88,6 +103,22 @@ def _is_local(path: UPath) -> bool:
 def _plain(path: UPath) -> str:
     """The path as readers outside fsspec take it: a plain local path or the full URI."""
     return path.path if _is_local(path) else str(path)
+
+
+def _write_durably(target: UPath, text: str) -> None:
+    """Replace a small file atomically: a rename on a local disk, a single PUT elsewhere."""
+    if not _is_local(target):
+        target.write_text(text)
+        return
+    staging = Path(target.path).with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(staging, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, target.path)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 class RFMStore(dg.UPathIOManager):
@@ -121,21 +152,31 @@ class RFMStore(dg.UPathIOManager):
         path.mkdir(parents=True, exist_ok=True)
         pointer = path / POINTER
         previous = pointer.read_text().strip() if pointer.exists() else None
+        table_context = context.output_metadata.get(CONTEXT_METADATA)
         try:
             if isinstance(obj, pd.DataFrame):
                 self._write_pandas(obj, target)
             else:
                 obj.write.parquet(_plain(target), mode="error")
+            if table_context is not None:
+                _write_durably(
+                    path / f"{version}{CONTEXT_SUFFIX}", json.dumps(table_context.value) + "\n"
+                )
         except BaseException:
             self._remove(target)
+            self._remove(path / f"{version}{CONTEXT_SUFFIX}")
             raise
         self._point_to(path, version)
+        if context.has_asset_partitions:
+            self._note_partition(path.parent, context.asset_partition_key)
         if previous:
             self._remove_older_than(path, previous)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
-        current = self.current_version(path)
-        stored = StoredTable(_plain(current), dict(current.storage_options))
+        if not (path / POINTER).exists() and (path / LATEST_PARTITION).exists():
+            # An unkeyed load of a partitioned asset: the latest week stored.
+            path = path / (path / LATEST_PARTITION).read_text().strip()
+        stored = self.stored_at(path, context.asset_key.to_user_string())
         wanted = _wanted_type(context)
         if wanted is StoredTable:
             return stored
@@ -148,6 +189,38 @@ class RFMStore(dg.UPathIOManager):
                 )
             return stored.to_spark(self._spark.spark_session)
         return stored.to_pandas()
+
+    def stored_at(self, path: UPath, what: str) -> StoredTable:
+        """The handle on the current version at `path`, with its context."""
+        if not (path / POINTER).exists():
+            raise dg.Failure(f"{what} is not stored at {path}: materialize it first")
+        current = self.current_version(path)
+        sidecar = path / f"{current.name}{CONTEXT_SUFFIX}"
+        table_context = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        return StoredTable(_plain(current), dict(current.storage_options), table_context)
+
+    def stored(self, asset_key: dg.AssetKey, partition_key: Optional[str] = None):
+        """The stored value of an asset (one week of it), or None when there is none."""
+        path = self._base_path.joinpath(*asset_key.path)
+        if partition_key is not None:
+            path = path / partition_key
+        if not (path / POINTER).exists():
+            return None
+        return self.stored_at(path, asset_key.to_user_string())
+
+    def stored_partitions(self, asset_key: dg.AssetKey) -> list[str]:
+        """Partition keys stored for an asset, in order."""
+        path = self._base_path.joinpath(*asset_key.path)
+        if not path.exists():
+            return []
+        return sorted(p.name for p in path.iterdir() if (p / POINTER).exists())
+
+    def _note_partition(self, asset_path: UPath, partition_key: str) -> None:
+        """Move LATEST forward when this partition is the latest one stored."""
+        latest = asset_path / LATEST_PARTITION
+        current = latest.read_text().strip() if latest.exists() else ""
+        if partition_key >= current:
+            _write_durably(latest, partition_key + "\n")
 
     def path_exists(self, path: UPath) -> bool:
         return (path / POINTER).exists()
@@ -172,19 +245,7 @@ class RFMStore(dg.UPathIOManager):
 
     @staticmethod
     def _point_to(path: UPath, version: str) -> None:
-        pointer = path / POINTER
-        if not _is_local(path):
-            pointer.write_text(version + "\n")  # a single PUT: atomic on object stores
-            return
-        staging = Path(pointer.path).with_name(f".{POINTER}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(staging, "w") as handle:
-                handle.write(version + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(staging, pointer.path)
-        finally:
-            staging.unlink(missing_ok=True)
+        _write_durably(path / POINTER, version + "\n")
 
     @staticmethod
     def _remove_older_than(path: UPath, previous: str) -> None:

@@ -208,6 +208,12 @@ class RFMSettings(dg.ConfigurableResource):
         description="Cut points for scoring_method: fixed, e.g. the thresholds an earlier "
         "quantile run published, to keep scores comparable over time.",
     )
+    thresholds_from_week: Optional[str] = Field(
+        default=None,
+        description="Score with the cut points that the stored week starting on this date "
+        "(a weekly partition key, YYYY-MM-DD) published, so scores stay comparable from week "
+        "to week. Unset: quantiles of this run (or fixed_thresholds).",
+    )
     weights: Weights = Field(default_factory=Weights, description="Weights of R, F and M.")
     returns_policy: Literal["exclude", "net"] = Field(
         default="exclude",
@@ -224,13 +230,29 @@ class RFMSettings(dg.ConfigurableResource):
         description="YAML file with a custom segment grid or ordered range rules. Unset: the "
         "default grid of the scoring scale.",
     )
+    max_segment_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Warn (asset check dominant_segment) when one segment holds more than "
+        "this share of the customers.",
+    )
+    max_weekly_share_change: float = Field(
+        default=0.10,
+        gt=0,
+        le=1,
+        description="Warn (asset check share_change_from_previous_week) when a segment's "
+        "share of customers moves more than this from the previous week.",
+    )
     engine: Literal["pandas", "spark"] = Field(
         default="pandas",
         description="pandas (in-process, no services) or spark (the `spark` resource's "
         "session: local mode or any spark.master).",
     )
 
-    @field_validator("reference_date", "earliest_valid_date", "latest_valid_date")
+    @field_validator(
+        "reference_date", "earliest_valid_date", "latest_valid_date", "thresholds_from_week"
+    )
     @classmethod
     def _iso_date(cls, value: Optional[str], info) -> Optional[str]:
         if value is None:
@@ -259,6 +281,10 @@ class RFMSettings(dg.ConfigurableResource):
     def _scoring_is_complete(self):
         if self.scoring_method == "fixed" and self.fixed_thresholds is None:
             raise ValueError("fixed_thresholds: required when scoring_method is 'fixed'")
+        if self.scoring_method == "fixed" and self.thresholds_from_week:
+            raise ValueError(
+                "thresholds_from_week: use either it or scoring_method 'fixed', not both"
+            )
         if self.scoring_method != "fixed" and self.fixed_thresholds is not None:
             raise ValueError(
                 f"fixed_thresholds: only used with scoring_method 'fixed', "

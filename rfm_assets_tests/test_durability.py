@@ -104,8 +104,9 @@ def test_an_exception_in_a_later_asset_keeps_every_earlier_value(tmp_path, monke
     assert after["customer_segments"] == before["customer_segments"]
     assert after["segment_analytics"] == before["segment_analytics"]
     assert after["transactions"] != before["transactions"]
-    # Rewritten assets keep their previous version beside the new one; nothing else is left.
-    assert {len(list(location.iterdir())) for location in base.iterdir()} == {2, 3}
+    # Rewritten assets keep their previous version (and its context) beside the new one;
+    # nothing else is left: CURRENT + 1 or 2 versions, each with its context file.
+    assert {len(list(location.iterdir())) for location in base.iterdir()} == {3, 5}
     assert not [p for p in base.rglob("*") if p.name.endswith(".tmp")]
 
 
@@ -126,7 +127,8 @@ def test_a_full_disk_keeps_the_previous_value_and_says_so(tmp_path, monkeypatch,
     result = materialize_graph(base, analysis_period_days=90)
     assert not result.success
     assert stored_snapshot(base) == before
-    assert all(len(list(location.iterdir())) == 2 for location in base.iterdir())  # no debris
+    # no debris: CURRENT, one version and its context file
+    assert all(len(list(location.iterdir())) == 3 for location in base.iterdir())
 
     output = tmp_path / "out"
     capsys.readouterr()

@@ -40,11 +40,16 @@ class PandasEngine:
         return pandas_read.read_transactions(settings.source_path, settings.source_columns())
 
     def prepare(
-        self, raw, settings: RFMSettings, listing: Optional[SourceListing] = None
+        self,
+        raw,
+        settings: RFMSettings,
+        listing: Optional[SourceListing] = None,
+        reference_date: Optional[dt.date] = None,
     ) -> tuple[Any, RowAccount]:
+        """The counted cleaning rules; `reference_date` (a week's end) overrides the setting."""
         kept, account = self.compute.prepare_transactions(
             raw,
-            reference_date=settings.parsed_reference_date,
+            reference_date=reference_date or settings.parsed_reference_date,
             analysis_period_days=settings.analysis_period_days,
             returns_policy=settings.returns_policy,
             cancelled_order_prefix=settings.cancelled_order_prefix,
@@ -59,16 +64,18 @@ class PandasEngine:
     def metrics(self, kept, reference_date: dt.date):
         return self.compute.compute_metrics(kept, reference_date)
 
-    def scores(self, metrics, settings: RFMSettings):
-        return self.compute.compute_scores(
-            metrics, settings.scale, _weights(settings), settings.fixed_cut_points()
-        )
+    def scores(self, metrics, settings: RFMSettings, cut_points: Optional[dict] = None):
+        """Scores by the settings, or by `cut_points` (e.g. an earlier week's) when given."""
+        cut_points = cut_points or settings.fixed_cut_points()
+        scale = len(cut_points["recency"]) + 1 if cut_points else settings.scale
+        return self.compute.compute_scores(metrics, scale, _weights(settings), cut_points)
 
-    def thresholds(self, scores, settings: RFMSettings) -> dict[str, list[float]]:
-        """The cut points behind the scores: the configured ones, or those the quantiles drew."""
-        return settings.fixed_cut_points() or self.compute.thresholds_from_scores(
-            scores, settings.scale
-        )
+    def thresholds(
+        self, scores, settings: RFMSettings, cut_points: Optional[dict] = None
+    ) -> dict[str, list[float]]:
+        """The cut points behind the scores: the given ones, or those the quantiles drew."""
+        cut_points = cut_points or settings.fixed_cut_points()
+        return cut_points or self.compute.thresholds_from_scores(scores, settings.scale)
 
     def segments(self, scores, grid: SegmentGrid, segmented_at: dt.datetime):
         return self.compute.assign_segments(scores, grid, segmented_at)
@@ -94,6 +101,34 @@ class PandasEngine:
             int(segmented["customer_id"].duplicated().sum()),
             int(segmented["segment"].isna().sum()),
         )
+
+    # --- plain counts for the asset checks: simple code, independent of the steps' own ----
+
+    def distinct_count(self, frame, column: str) -> int:
+        """Distinct non-null values of a column."""
+        return int(frame[column].nunique(dropna=True))
+
+    def scores_off_scale(self, scores, scale: int) -> int:
+        """Rows with an R/F/M/FM score that is null or outside 1..scale, or RFM_score outside."""
+        bad = pd.Series(False, index=scores.index)
+        for column in ("R_score", "F_score", "M_score", "FM_score"):
+            values = scores[column]
+            bad |= values.isna() | (values < 1) | (values > scale)
+        rfm = scores["RFM_score"]
+        bad |= rfm.isna() | (rfm < 1 - 1e-9) | (rfm > scale + 1e-9)
+        return int(bad.sum())
+
+    def unknown_segments(self, segmented, names: set[str]) -> list[str]:
+        """Segment values that are null or not in `names` (at most a few, for the message)."""
+        values = segmented["segment"].astype("object")
+        unknown = values[values.isna() | ~values.isin(list(names))]
+        return sorted({str(v) for v in unknown.head(1000)})[:5]
+
+    def monetary_micro_sum(self, frame, column: str) -> int:
+        """Exact sum of a money column in micro-units (Python int, no overflow)."""
+        micro = self.compute.to_micro_units(frame[column].to_numpy())
+        # As high and low 32-bit halves, each of which sums without overflow.
+        return int((micro >> 32).sum()) * 2**32 + int((micro & 0xFFFFFFFF).sum())
 
 
 class SparkEngine(PandasEngine):
@@ -130,6 +165,41 @@ class SparkEngine(PandasEngine):
     def segment_counts(self, segmented) -> dict[str, int]:
         rows = segmented.groupBy("segment").count().collect()
         return {row["segment"]: int(row["count"]) for row in rows}
+
+    def distinct_count(self, frame, column: str) -> int:
+        from pyspark.sql import functions as F
+
+        return int(frame.agg(F.count_distinct(column)).first()[0])
+
+    def scores_off_scale(self, scores, scale: int) -> int:
+        from pyspark.sql import functions as F
+
+        bad = F.lit(False)
+        for column in ("R_score", "F_score", "M_score", "FM_score"):
+            value = F.col(column)
+            bad = bad | value.isNull() | (value < 1) | (value > scale)
+        rfm = F.col("RFM_score")
+        bad = bad | rfm.isNull() | (rfm < 1 - 1e-9) | (rfm > scale + 1e-9)
+        return int(scores.filter(bad).count())
+
+    def unknown_segments(self, segmented, names: set[str]) -> list[str]:
+        from pyspark.sql import functions as F
+
+        segment = F.col("segment")
+        rows = (
+            segmented.filter(segment.isNull() | ~segment.isin(sorted(names)))
+            .select(segment)
+            .distinct()
+            .limit(5)
+            .collect()
+        )
+        return sorted(str(row[0]) for row in rows)
+
+    def monetary_micro_sum(self, frame, column: str) -> int:
+        from pyspark.sql import functions as F
+
+        micro = self.compute.micro_units(F.col(column)).cast("decimal(38,0)")
+        return int(frame.agg(F.sum(micro)).first()[0] or 0)
 
     def duplicates_and_unsegmented(self, segmented) -> tuple[int, int]:
         from pyspark.sql import functions as F
