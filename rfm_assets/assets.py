@@ -13,6 +13,7 @@ can run on its own.
 """
 
 import datetime as dt
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -30,6 +31,7 @@ from rfm_assets.contract import (
     TRANSACTION_COLUMNS,
 )
 from rfm_assets.engines.dispatch import PandasEngine, engine_for
+from rfm_assets.errors import RFMConfigError
 from rfm_assets.exports import markdown_cell
 from rfm_assets.io_manager import CONTEXT_METADATA, StoredTable, is_spark_dataframe
 from rfm_assets.segments import SegmentGrid, default_grid, load_grid_file
@@ -61,6 +63,7 @@ class RFMGraph:
 
     key_prefix: tuple[str, ...] = ()
     settings_key: str = "rfm_settings"
+    io_manager_key: str = "io_manager"
     partitions: Optional[dg.PartitionsDefinition] = None
     engine: str = "pandas"  # the kind shown in the UI
     group: str = GROUP
@@ -187,8 +190,13 @@ def grid_of(table_context: dict, settings: RFMSettings, upstream: str) -> Segmen
             f"{upstream} was segmented with {rule_set} but the settings name "
             f"{settings.segment_grid_file}: rematerialize {upstream}"
         )
-    grid = load_grid_file(rule_set, scale)
-    return grid
+    try:
+        return load_grid_file(rule_set, scale)
+    except RFMConfigError as error:
+        raise dg.Failure(
+            f"{upstream} holds {scale}-point scores, which {rule_set} cannot segment "
+            f"({error}): rematerialize {upstream} with the settings of this rule set"
+        ) from None
 
 
 # --- the graph -------------------------------------------------------------------------------
@@ -202,7 +210,8 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         kinds={graph.engine},
         dagster_type=RFM_TABLE,
         partitions_def=graph.partitions,
-        required_resource_keys={settings_key, "spark", "io_manager"},
+        required_resource_keys={settings_key, "spark", graph.io_manager_key},
+        io_manager_key=graph.io_manager_key,
     )
 
     def settings_of(context) -> RFMSettings:
@@ -588,7 +597,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         )
 
     def _thresholds_of_week(context, week: str) -> dict[str, list[float]]:
-        stored = context.resources.io_manager.stored(key("rfm_scores"), week)
+        stored = getattr(context.resources, graph.io_manager_key).stored(key("rfm_scores"), week)
         if stored is None or "thresholds" not in stored.context:
             raise dg.Failure(
                 f"thresholds_from_week: no rfm_scores with thresholds is stored for week {week}: "
@@ -607,7 +616,8 @@ def _share_moves(context, analytics: pd.DataFrame, graph: RFMGraph, settings) ->
     if previous_key is None:
         return []
     previous_week = previous_key.start.strftime("%Y-%m-%d")
-    stored = context.resources.io_manager.stored(graph.key("segment_analytics"), previous_week)
+    store = getattr(context.resources, graph.io_manager_key)
+    stored = store.stored(graph.key("segment_analytics"), previous_week)
     if stored is None:
         return []
     before = stored.to_pandas(columns=["segment", "customer_share"])
@@ -620,7 +630,9 @@ def _share_moves(context, analytics: pd.DataFrame, graph: RFMGraph, settings) ->
 
 def build_rfm_checks(graph: RFMGraph, assets: list[dg.AssetsDefinition]) -> list:
     """Dagster's column-schema-change checks on every asset of the graph."""
-    return list(dg.build_column_schema_change_checks(assets=assets))
+    with warnings.catch_warnings():  # a beta API: its notice is Dagster's, not the user's
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return list(dg.build_column_schema_change_checks(assets=assets))
 
 
 RFM_ASSETS = build_rfm_assets()

@@ -1,65 +1,28 @@
-"""The Dagster code location: assets, job, weekly schedule and shared resources."""
+"""The package's own code location: the RFM graph on the bundled sample, by week.
 
-import warnings
+A deployment declares its own instances with the `RFMSegmentation` component (see
+`rfm_assets.component` and the README); this one is the demo that `dagster dev` shows and
+that `from rfm_assets import defs; defs.load_asset_value("customer_segments")` reads.
+"""
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 
-from rfm_assets.assets import GROUP, RFM_ASSETS
-from rfm_assets.io_manager import RFMParquetIOManager
+from rfm_assets.component import build_rfm_definitions
 from rfm_assets.settings import RFMSettings
+from rfm_assets.spark_resource import DEFAULT_SPARK_CONFIG, spark
 
-rfm_job = dg.define_asset_job(
-    "rfm_job",
-    selection=dg.AssetSelection.groups(GROUP),
-    description="Materialize the whole RFM graph: transactions to segment analytics.",
+__all__ = ["BUNDLED_WEEKS", "DEFAULT_SPARK_CONFIG", "defs", "spark"]
+
+# The bundled sample runs from 2010-12-01 to 2011-12-09: its weeks (Mondays) to 2011-12-05.
+BUNDLED_WEEKS = ("2010-11-29", "2011-12-12")
+
+defs: dg.Definitions = build_rfm_definitions(
+    RFMSettings(),
+    weeks_start=BUNDLED_WEEKS[0],
+    weeks_end=BUNDLED_WEEKS[1],
+    # The sample's weeks are long past: nothing for a schedule to run until you point the
+    # graph at your own data (RFMSegmentation), so it is deployed stopped.
+    schedule_running=False,
 )
-
-# Monday 06:00 UTC, so the week's segments are ready before the working day.
-rfm_weekly_schedule = dg.ScheduleDefinition(
-    name="rfm_weekly",
-    job=rfm_job,
-    cron_schedule="0 6 * * 1",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Refresh the RFM segments every Monday at 06:00 UTC.",
-)
-
-# PySpark 4.3 warns about pandas 3 whenever a SparkContext starts (pyspark.testing checks the
-# version on import), whether or not anything is converted. The warning concerns pandas <->
-# Spark conversions (createDataFrame(pandas), toPandas), which this package never makes:
-# tables cross between the engines only as Parquet, and the Spark tests make both calls fail.
-warnings.filterwarnings(
-    "ignore", message="PySpark does not yet fully support pandas >= 3.0.0", category=FutureWarning
-)
-
-# Started only when a step asks for the session (engine: spark), so pandas runs never start
-# a JVM. Point it at a cluster with spark.master in run config (see config/large_run_spark.yaml).
-DEFAULT_SPARK_CONFIG = {
-    "spark.master": "local[*]",
-    "spark.app.name": "rfm_assets",
-    # Calendar dates of time-zone-aware timestamps are taken in this zone.
-    "spark.sql.session.timeZone": "UTC",
-    "spark.ui.showConsoleProgress": "false",
-    "spark.log.level": "ERROR",
-    # Standard Parquet timestamps (not legacy INT96), so pandas reads segmented_at as UTC.
-    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-    # Dates and INT96 timestamps in Parquet are proleptic Gregorian, as pyarrow writes and
-    # reads them (Spark would otherwise refuse or shift dates before 1582/1900).
-    "spark.sql.parquet.datetimeRebaseModeInRead": "CORRECTED",
-    "spark.sql.parquet.int96RebaseModeInRead": "CORRECTED",
-    # Few partitions suit one machine; on a cluster set it in run config (large_run_spark).
-    "spark.sql.shuffle.partitions": "8",
-}
-spark = LazyPySparkResource(spark_config=DEFAULT_SPARK_CONFIG)
-
-defs = dg.Definitions(
-    assets=RFM_ASSETS,
-    jobs=[rfm_job],
-    schedules=[rfm_weekly_schedule],
-    resources={
-        "rfm_settings": RFMSettings(),
-        "spark": spark,
-        "io_manager": RFMParquetIOManager(spark=spark),
-    },
-)
+rfm_job = defs.resolve_job_def("rfm_job")
+rfm_weekly_schedule = defs.resolve_schedule_def("rfm_weekly")

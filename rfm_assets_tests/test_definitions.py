@@ -69,11 +69,13 @@ def test_workspace_yaml_loads_with_the_dagster_cli(tmp_dagster_home):
 def test_weekly_schedule_targets_the_rfm_job_on_monday_morning():
     assert rfm_weekly_schedule.cron_schedule == "0 6 * * 1"  # minute hour dom month dow=Monday
     assert rfm_weekly_schedule.job_name == "rfm_job"
-    monday = dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.UTC)
+    monday = dt.datetime(2011, 11, 28, 6, 0, tzinfo=dt.UTC)
     assert monday.weekday() == 0
     context = dg.build_schedule_context(scheduled_execution_time=monday)
-    requests = rfm_weekly_schedule.evaluate_tick(context).run_requests
-    assert len(requests) == 1
+    (request,) = rfm_weekly_schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == "2011-11-21"  # the week that just ended
+    # The bundled sample's weeks are past: its schedule is deployed stopped.
+    assert rfm_weekly_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     job = defs.resolve_job_def("rfm_job")
     assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == set(CHAIN)
 
@@ -141,7 +143,7 @@ def test_load_asset_value_in_a_fresh_process_from_another_directory(tmp_dagster_
     materialize = subprocess.run(
         [
             sys.executable, "-m", "dagster", "asset", "materialize",
-            "-m", "rfm_assets.definitions", "--select", "*",
+            "-m", "rfm_assets.definitions", "--select", "*", "--partition", "2011-11-28",
             "-c", str(REPO / "config" / "subscription.yaml"),
         ],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
@@ -152,6 +154,8 @@ def test_load_asset_value_in_a_fresh_process_from_another_directory(tmp_dagster_
     reader = (
         "from rfm_assets import defs\n"
         "df = defs.load_asset_value('customer_segments')\n"
+        "week = defs.load_asset_value('customer_segments', partition_key='2011-11-28')\n"
+        "assert week.equals(df) and df.attrs['rfm_context']['reference_date'] == '2011-12-05'\n"
         "print(type(df).__module__, len(df), df['customer_id'].is_unique, "
         "int((df['segment'] == 'Champions').sum()))\n"
     )
@@ -165,7 +169,9 @@ def test_load_asset_value_in_a_fresh_process_from_another_directory(tmp_dagster_
     )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     module, rows, unique, champions = loaded.stdout.split()
-    stored = stored_frame(tmp_dagster_home / "storage" / "rfm_assets", "customer_segments")
+    stored = stored_frame(
+        tmp_dagster_home / "storage" / "rfm_assets", "customer_segments/2011-11-28"
+    )
     assert module.startswith("pandas")
     assert int(rows) == len(stored) > 3000 and unique == "True"  # 180-day window
     assert int(champions) == int((stored["segment"] == "Champions").sum()) > 0

@@ -160,7 +160,7 @@ def test_presets_express_their_emphasis():
 def test_preset_runs_unchanged_as_dagster_run_config():
     run_config = yaml.safe_load(preset_path("b2b").read_text())
     result = defs.resolve_job_def("rfm_job").execute_in_process(
-        run_config=run_config, instance=dg.DagsterInstance.ephemeral()
+        run_config=run_config, instance=dg.DagsterInstance.ephemeral(), partition_key="2011-11-28"
     )
     assert result.success
     scores = result.asset_materializations_for_node("rfm_scores")[0].metadata
@@ -174,7 +174,7 @@ def test_bad_run_config_fails_before_any_asset_runs():
     run_config = {"resources": {"rfm_settings": {"config": {"weights": {"recency": -1}}}}}
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def("rfm_job").execute_in_process(
-        run_config=run_config, instance=instance, raise_on_error=False
+        run_config=run_config, instance=instance, raise_on_error=False, partition_key="2011-11-28"
     )
     assert not result.success
     assert result.get_asset_materialization_events() == []
