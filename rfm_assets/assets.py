@@ -256,7 +256,6 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         engine = engine_of(context)
         week_end = context.partition_time_window.end.date() if graph.partitions else None
         raw, listing = engine.read(settings)
-        raw = engine.keep(raw)
         kept, account = engine.prepare(raw, settings, listing, reference_date=week_end)
         kept = engine.keep(kept)
         rows_read, rows_kept = engine.row_count(raw), engine.row_count(kept)

@@ -384,6 +384,11 @@ def report_markdown(analytics: pd.DataFrame, summary: Optional[dict]) -> str:
 
 def command_analyze(args: argparse.Namespace) -> int:
     settings = build_settings(settings_from_args(args))
+    if settings.thresholds_from_week:
+        raise RFMConfigError(
+            "thresholds_from_week: reads the weekly history of a Dagster deployment, which "
+            "the command line does not keep; pin the cut points with fixed_thresholds instead"
+        )
     spark = spark_resource(args)
     with ResultDirectory(Path(args.output)) as result:
         if settings.engine == "spark" and not args.debug:

@@ -302,3 +302,17 @@ def test_two_component_instances_load_in_one_code_location(monkeypatch):
         dg.build_schedule_context(scheduled_execution_time=monday)
     ).run_requests
     assert request.partition_key == "1998-02-23"  # the week that just ended
+
+
+def test_a_step_run_alone_after_its_source_changed_uses_what_it_loads(source, tmp_path):
+    """All from A, then transactions alone from B, then customer_segments alone: the
+    segments are A's scores segmented, consistent and published; nothing compares them
+    with B's transactions through the event log."""
+    store = tmp_path / "store"
+    assert materialize(source, store, WEEK).success
+    other = tmp_path / "b.parquet"
+    generate_transactions(2_000, customers=100, seed=9).to_parquet(other)
+    assert materialize(str(other), store, WEEK, ["transactions"]).success
+    assert materialize(str(other), store, WEEK, ["customer_segments"]).success
+    segments = stored(store, "customer_segments", WEEK)
+    assert len(segments) == len(stored(store, "rfm_scores", WEEK)) > 100
