@@ -67,6 +67,8 @@ class RFMGraph:
     partitions: Optional[dg.PartitionsDefinition] = None
     engine: str = "pandas"  # the kind shown in the UI
     group: str = GROUP
+    # An upstream asset whose value is the source table, instead of settings.input_path.
+    source_asset: Optional[tuple[str, ...]] = None
 
     def key(self, name: str) -> dg.AssetKey:
         return dg.AssetKey([*self.key_prefix, name])
@@ -232,8 +234,12 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
     def meta(name: str) -> dict:
         return {"dagster/column_schema": declared_schema(name)}
 
-    @dg.asset(
+    transactions_spec = dict(
         key=key("transactions"),
+        description="Source transaction lines mapped to `customer_id, transaction_date, "
+        "amount[, order_id]`.\n\nCleaned by explicit rules; every excluded row is counted by "
+        "reason in the metadata (`rows_excluded`). On weekly partitions the reference date "
+        "is the end of the week.",
         metadata=meta("transactions"),
         check_specs=checks(
             "transactions",
@@ -246,16 +252,29 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         ),
         **common,
     )
-    def transactions(context: dg.AssetExecutionContext):
-        """Source transaction lines mapped to `customer_id, transaction_date, amount[, order_id]`.
+    if graph.source_asset:
+        source_key = dg.AssetKey(list(graph.source_asset))
 
-        Cleaned by explicit rules; every excluded row is counted by reason in the metadata
-        (`rows_excluded`). On weekly partitions the reference date is the end of the week.
-        """
+        @dg.asset(ins={"source_table": dg.AssetIn(key=source_key)}, **transactions_spec)
+        def transactions(context: dg.AssetExecutionContext, source_table):
+            yield from transactions_step(context, source_table)
+
+    else:
+
+        @dg.asset(**transactions_spec)
+        def transactions(context: dg.AssetExecutionContext):
+            yield from transactions_step(context, None)
+
+    def transactions_step(context, source_table):
         settings = settings_of(context)
         engine = engine_of(context)
         week_end = context.partition_time_window.end.date() if graph.partitions else None
-        raw, listing = engine.read(settings)
+        if source_table is None:
+            raw, listing = engine.read(settings)
+            source = settings.source_path
+        else:
+            source = f"asset {'/'.join(graph.source_asset)}"
+            raw, listing = engine.read_table(source_table, settings, source)
         kept, account = engine.prepare(raw, settings, listing, reference_date=week_end)
         kept = engine.keep(kept)
         rows_read, rows_kept = engine.row_count(raw), engine.row_count(kept)
@@ -290,7 +309,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             "reference_date": summary["reference_date"],
             "window_start": summary["window_start"],
             "partition_key": context.partition_key if graph.partitions else None,
-            "source": settings.source_path,
+            "source": source,
             "engine": engine.name,
             "customers": account.customers,
         }
@@ -304,7 +323,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                 "exclusion_rules": dg.MetadataValue.md(
                     "\n".join(f"- `{reason}`: {rule}" for reason, rule in EXCLUSION_REASONS.items())
                 ),
-                "source": settings.source_path,
+                "source": source,
             },
         )
 
@@ -596,7 +615,8 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         )
 
     def _thresholds_of_week(context, week: str) -> dict[str, list[float]]:
-        stored = getattr(context.resources, graph.io_manager_key).stored(key("rfm_scores"), week)
+        store = getattr(context.resources, graph.io_manager_key)
+        stored = store.stored(key("rfm_scores"), week) if hasattr(store, "stored") else None
         if stored is None or "thresholds" not in stored.context:
             raise dg.Failure(
                 f"thresholds_from_week: no rfm_scores with thresholds is stored for week {week}: "
@@ -616,6 +636,8 @@ def _share_moves(context, analytics: pd.DataFrame, graph: RFMGraph, settings) ->
         return []
     previous_week = previous_key.start.strftime("%Y-%m-%d")
     store = getattr(context.resources, graph.io_manager_key)
+    if not hasattr(store, "stored"):  # another IO manager (in memory): no weekly history
+        return []
     stored = store.stored(graph.key("segment_analytics"), previous_week)
     if stored is None:
         return []

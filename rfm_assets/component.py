@@ -48,8 +48,13 @@ def build_rfm_definitions(
     schedule_hour: Optional[int] = 6,
     schedule_running: bool = True,
     storage: Optional[str] = None,
+    source_asset: Optional[str] = None,
 ) -> dg.Definitions:
-    """Assets, checks, job, schedule and resources of one RFM graph instance."""
+    """Assets, checks, job, schedule and resources of one RFM graph instance.
+
+    `source_asset` ("raw/orders") starts the graph from the table another asset produces,
+    loaded by that asset's IO manager, instead of `settings.input_path`.
+    """
     from rfm_assets.spark_resource import spark
 
     name = "_".join(key_prefix)
@@ -67,6 +72,7 @@ def build_rfm_definitions(
         partitions=partitions,
         engine=settings.engine,
         group=f"{GROUP}_{name}" if name else GROUP,
+        source_asset=tuple(source_asset.split("/")) if source_asset else None,
     )
     assets = build_rfm_assets(graph)
     job = dg.define_asset_job(
@@ -133,8 +139,14 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
     source: Optional[str] = Field(
         default=None,
         description="Transactions: a .parquet or .csv file, a folder of Parquet files, or a "
-        "URI Spark reads. Use {{ env.NAME }} to take it from the environment. Unset: the "
-        "bundled UCI Online Retail sample.",
+        "URI Spark reads. Use {{ env.NAME }} to take it from the environment. Unset (and no "
+        "source_asset): the bundled UCI Online Retail sample.",
+    )
+    source_asset: Optional[str] = Field(
+        default=None,
+        description="Instead of source: the key (e.g. raw/orders) of an asset of this code "
+        "location whose value is the transaction table, a pandas DataFrame (pandas engine) "
+        "or a Spark DataFrame (Spark engine).",
     )
     settings: dict = Field(
         default_factory=dict,
@@ -166,6 +178,8 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         from rfm_assets.cli import build_settings
 
+        if self.source and self.source_asset:
+            raise ValueError("RFMSegmentation: give either source or source_asset, not both")
         settings = build_settings({**self.settings, "input_path": self.source})
         return build_rfm_definitions(
             settings,
@@ -175,4 +189,5 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
             schedule_hour=self.schedule_hour,
             schedule_running=self.schedule_status == "running",
             storage=self.storage,
+            source_asset=self.source_asset,
         )

@@ -317,10 +317,16 @@ class RFMSettings(dg.ConfigurableResource):
     def parsed_reference_date(self) -> Optional[dt.date]:
         return dt.date.fromisoformat(self.reference_date) if self.reference_date else None
 
-    def source_columns(self) -> SourceColumns:
-        """Resolve the column mapping: explicit names first, then the source's defaults."""
+    def source_columns(self, bundled: Optional[bool] = None) -> SourceColumns:
+        """Resolve the column mapping: explicit names first, then the source's defaults.
+
+        `bundled`: whether the source is the bundled sample (default: no input_path set); a
+        table from another asset is not.
+        """
         mapped = self.columns
-        defaults = BUNDLED_COLUMNS if self.input_path is None else {}
+        if bundled is None:
+            bundled = self.input_path is None
+        defaults = BUNDLED_COLUMNS if bundled else {}
         by_quantity = bool(mapped.quantity) or (not mapped.amount and "quantity" in defaults)
         return SourceColumns(
             customer_id=mapped.customer_id or defaults.get("customer_id", "customer_id"),

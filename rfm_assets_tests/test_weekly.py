@@ -164,6 +164,15 @@ def test_columns_and_kinds_are_declared_before_the_first_run():
     schema = node.metadata["dagster/column_schema"]
     assert "segment" in [c.name for c in schema.columns]
     assert node.kinds == {"spark"}
+    # Dagster's column-schema-change check on every asset.
+    schema_checks = {
+        key.asset_key.to_user_string()
+        for checks in definitions.asset_checks
+        for key in checks.check_keys
+        if key.name == "column_schema_change"
+    }
+    assert schema_checks == {"transactions", "rfm_metrics", "rfm_scores", "customer_segments",
+                             "segment_analytics"}  # fmt: skip
 
 
 # --- checks that fail on a crafted bad value, and never publish it --------------------------
@@ -316,3 +325,39 @@ def test_a_step_run_alone_after_its_source_changed_uses_what_it_loads(source, tm
     assert materialize(str(other), store, WEEK, ["customer_segments"]).success
     segments = stored(store, "customer_segments", WEEK)
     assert len(segments) == len(stored(store, "rfm_scores", WEEK)) > 100
+
+
+def test_the_graph_can_start_from_a_table_another_asset_produces(source, tmp_path):
+    """source_asset: the transactions step reads an upstream asset's value, with the same
+    rules and numbers as reading the same table from a path."""
+
+    @dg.asset(key=["raw", "orders"], partitions_def=dg.WeeklyPartitionsDefinition(
+        start_date=WEEKS[0], end_date=WEEKS[1], day_offset=1))  # fmt: skip
+    def orders() -> pd.DataFrame:
+        return pd.read_parquet(source).rename(columns={"customer_id": "client"})
+
+    definitions = build_rfm_definitions(
+        RFMSettings(columns={"customer_id": "client", "order_id": "order_id"}),
+        weeks_start=WEEKS[0],
+        weeks_end=WEEKS[1],
+        source_asset="raw/orders",
+    )
+    resources = {**definitions.resources, "io_manager": dg.InMemoryIOManager()}
+    result = dg.materialize(
+        [orders, *definitions.assets],
+        partition_key=WEEK,
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    from_asset = result.output_for_node("customer_segments")
+    from_path = materialize(source, tmp_path / "store", WEEK)
+    assert from_path.success
+    expected = stored(tmp_path / "store", "customer_segments", WEEK)
+    columns = ["customer_id", "recency", "frequency", "monetary", "segment"]
+    pd.testing.assert_frame_equal(
+        from_asset[columns].astype({"segment": str}).reset_index(drop=True),
+        expected[columns].astype({"segment": str}).reset_index(drop=True),
+    )
+    metadata = result.asset_materializations_for_node("transactions")[0].metadata
+    assert metadata["source"].value == "asset raw/orders"

@@ -16,6 +16,7 @@ import pandas as pd
 from rfm_assets.engines import pandas_compute, pandas_read
 from rfm_assets.engines.pandas_compute import RowAccount
 from rfm_assets.engines.source import SourceListing
+from rfm_assets.errors import RFMInputError
 from rfm_assets.io_manager import StoredTable
 from rfm_assets.segments import SegmentGrid
 from rfm_assets.settings import RFMSettings
@@ -38,6 +39,15 @@ class PandasEngine:
     def read(self, settings: RFMSettings) -> tuple[pd.DataFrame, SourceListing]:
         """The canonical frame and the listing of the files it came from."""
         return pandas_read.read_transactions(settings.source_path, settings.source_columns())
+
+    def read_table(self, table, settings: RFMSettings, name: str):
+        """The canonical frame of a table another asset produced and Dagster loaded."""
+        if not isinstance(table, pd.DataFrame):
+            raise RFMInputError(
+                f"source asset {name}: the pandas engine reads a pandas DataFrame, got "
+                f"{type(table).__name__}"
+            )
+        return pandas_read.read_frame(table, settings.source_columns(bundled=False), name)
 
     def prepare(
         self,
@@ -149,6 +159,18 @@ class SparkEngine(PandasEngine):
         return self.compute.read_transactions(
             self.session, settings.source_path, settings.source_columns()
         )
+
+    def read_table(self, table, settings: RFMSettings, name: str):
+        from rfm_assets.io_manager import is_spark_dataframe
+
+        if not is_spark_dataframe(table):
+            # No pandas -> Spark conversion in memory (see spark_resource.py): tables cross
+            # between the engines as Parquet.
+            raise RFMInputError(
+                f"source asset {name}: the Spark engine reads a Spark DataFrame, got "
+                f"{type(table).__name__}; store the source as Parquet and give its path"
+            )
+        return self.compute.read_frame(table, settings.source_columns(bundled=False), name)
 
     def keep(self, frame):
         """Cache a step's result: its metadata and its write then compute it once."""

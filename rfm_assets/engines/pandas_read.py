@@ -27,7 +27,14 @@ from rfm_assets.engines.shared import (
     infer_date_format,
     zone_label,
 )
-from rfm_assets.engines.source import SourceListing, first_line, list_source
+from rfm_assets.engines.source import (
+    SourceListing,
+    check_columns,
+    check_types,
+    first_line,
+    list_source,
+    unify_types,
+)
 from rfm_assets.errors import RFMInputError
 from rfm_assets.settings import SourceColumns
 
@@ -45,7 +52,25 @@ def read_transactions(path: str, columns: SourceColumns) -> tuple[pd.DataFrame, 
     Returns the frame and the listing of what was read (files read and skipped).
     """
     listing = list_source(path, columns)
-    table = _read_table(listing, columns)
+    return _canonical(_read_table(listing, columns), columns, path), listing
+
+
+def read_frame(
+    frame: pd.DataFrame, columns: SourceColumns, name: str
+) -> tuple[pd.DataFrame, SourceListing]:
+    """The canonical frame of a table another asset produced (`name` says which)."""
+    check_columns(name, columns, [str(c) for c in frame.columns])
+    table = pa.Table.from_pandas(frame[columns.needed], preserve_index=False)
+    types = {}
+    for field in table.schema:
+        types[field.name] = unify_types(field.name, {name: field.type}, name, "")
+    check_types(types, columns)
+    table = _cast_columns(table, pa.schema([(n, types[n]) for n in columns.needed]))
+    return _canonical(table, columns, name), SourceListing(path=name, is_csv=False, listed=False)
+
+
+def _canonical(table: pa.Table, columns: SourceColumns, path: str) -> pd.DataFrame:
+    """The canonical columns from the source's mapped columns, by the shared text rules."""
     if table.num_rows == 0:
         raise RFMInputError(f"input_path: {path} has no rows")
     frame = {
@@ -60,7 +85,7 @@ def read_transactions(path: str, columns: SourceColumns) -> tuple[pd.DataFrame, 
         )
     if columns.order_id:
         frame["order_id"] = _order_ids(table[columns.order_id])
-    return pd.DataFrame(frame, copy=False), listing
+    return pd.DataFrame(frame, copy=False)
 
 
 def _read_table(listing: SourceListing, columns: SourceColumns) -> pa.Table:

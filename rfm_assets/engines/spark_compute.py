@@ -103,6 +103,24 @@ def read_transactions(
     """
     listing = list_source(path, columns)
     source = _read_source(spark, listing, columns)
+    return _canonical(spark, source, columns, listing), listing
+
+
+def read_frame(
+    frame: DataFrame, columns: SourceColumns, name: str
+) -> tuple[DataFrame, SourceListing]:
+    """The canonical frame of a Spark table another asset produced (`name` says which)."""
+    check_columns(name, columns, frame.columns)
+    listing = SourceListing(path=name, is_csv=False, listed=False)
+    source = frame.select(*[col(n).alias(n) for n in columns.needed])
+    return _canonical(frame.sparkSession, source, columns, listing), listing
+
+
+def _canonical(
+    spark: SparkSession, source: DataFrame, columns: SourceColumns, listing: SourceListing
+) -> DataFrame:
+    """Canonical columns from the mapped source columns, validated in one aggregation."""
+    path = listing.path
     types = {f.name: f.dataType for f in source.schema.fields}
 
     canonical = {"customer_id": _customer_id(col(columns.customer_id),
@@ -151,8 +169,7 @@ def read_transactions(
         parsed = source.select(canonical["transaction_date"].alias("d"), date_column.alias("raw"))
         _raise_for_bad_dates(parsed.filter(F.col("d").isNull()), columns.transaction_date)
     _raise_for_numbers(stats, source)
-    frame = source.select(*[column.alias(name) for name, column in canonical.items()])
-    return frame, listing
+    return source.select(*[column.alias(name) for name, column in canonical.items()])
 
 
 def _read_source(spark: SparkSession, listing: SourceListing, columns: SourceColumns) -> DataFrame:
