@@ -361,3 +361,29 @@ def test_the_graph_can_start_from_a_table_another_asset_produces(source, tmp_pat
     )
     metadata = result.asset_materializations_for_node("transactions")[0].metadata
     assert metadata["source"].value == "asset raw/orders"
+
+
+def test_a_changed_column_schema_is_flagged(source, tmp_path):
+    """Dagster's column-schema-change check warns when an asset's stored columns change:
+    here transactions loses order_id when the order column is no longer mapped."""
+    store = tmp_path / "store"
+    assert materialize(source, store, WEEK).success
+    definitions = build_rfm_definitions(
+        RFMSettings(input_path=source), weeks_start=WEEKS[0], weeks_end=WEEKS[1]
+    )
+    resources = {**definitions.resources, "io_manager": RFMParquetIOManager(base_dir=str(store))}
+    instance = dg.DagsterInstance.ephemeral()
+    for settings in ({"columns": {"order_id": "order_id"}}, {}):
+        resources["rfm_settings"] = RFMSettings(input_path=source, **settings)
+        result = dg.materialize(
+            [*definitions.assets, *definitions.asset_checks],
+            selection=dg.AssetSelection.assets("transactions")
+            | dg.AssetSelection.checks_for_assets("transactions"),
+            partition_key=WEEK,
+            resources=resources,
+            instance=instance,
+        )
+    (changed,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "column_schema_change"
+    ]
+    assert not changed.passed and changed.severity == dg.AssetCheckSeverity.WARN
