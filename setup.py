@@ -4,7 +4,16 @@ from setuptools import setup
 # (run-config presets and the segment catalog) into the package as `rfm_assets.config`, so an
 # installed wheel carries the same files as a clone.
 setup(
-    packages=["rfm_assets", "rfm_assets.engines", "rfm_assets.config"],
-    package_dir={"rfm_assets.config": "config"},
-    package_data={"rfm_assets": ["data/*"], "rfm_assets.config": ["*.yaml"]},
+    packages=[
+        "rfm_assets",
+        "rfm_assets.engines",
+        "rfm_assets.config",
+        "rfm_assets.config.rule_sets",
+    ],
+    package_dir={"rfm_assets.config": "config", "rfm_assets.config.rule_sets": "config/rule_sets"},
+    package_data={
+        "rfm_assets": ["data/*"],
+        "rfm_assets.config": ["*.yaml"],
+        "rfm_assets.config.rule_sets": ["*.yaml"],
+    },
 )

@@ -34,7 +34,7 @@ from rfm_assets.engines.dispatch import PandasEngine, engine_for
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.exports import markdown_cell
 from rfm_assets.io_manager import CONTEXT_METADATA, StoredTable, is_spark_dataframe
-from rfm_assets.segments import SegmentGrid, default_grid, load_grid_file
+from rfm_assets.segments import SegmentGrid, load_rule_set
 from rfm_assets.settings import RFMSettings
 
 GROUP = "rfm"
@@ -182,18 +182,18 @@ def _blocking(results: list[dg.AssetCheckResult], asset: str):
 
 
 def grid_of(table_context: dict, settings: RFMSettings, upstream: str) -> SegmentGrid:
-    """The segment grid for scores of the scale the loaded table was scored on."""
+    """The rule set for the loaded scores: the scale and weights they were made with, and
+    the rule set their table names (or, when it names none yet, the settings')."""
     scale = int(_needed(table_context, "scale", upstream))
-    rule_set = table_context.get("rule_set") or settings.segment_grid_file or "default"
-    if rule_set == "default":
-        return default_grid(scale)
-    if settings.segment_grid_file and rule_set != settings.segment_grid_file:
-        raise dg.Failure(
-            f"{upstream} was segmented with {rule_set} but the settings name "
-            f"{settings.segment_grid_file}: rematerialize {upstream}"
-        )
+    stored_weights = table_context.get("weights")
+    weights = (
+        tuple(float(stored_weights[k]) for k in ("recency", "frequency", "monetary"))
+        if stored_weights
+        else settings.weight_tuple()
+    )
+    rule_set = table_context.get("rule_set") or settings.rule_set
     try:
-        return load_grid_file(rule_set, scale)
+        return load_rule_set(rule_set, scale, weights)
     except RFMConfigError as error:
         raise dg.Failure(
             f"{upstream} holds {scale}-point scores, which {rule_set} cannot segment "
@@ -521,8 +521,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             ],
             "customer_segments",
         )
-        rule_set = settings.segment_grid_file or "default"
-        table_context = {**upstream, "rule_set": rule_set, "segmented_at": str(segmented_at)}
+        table_context = {**upstream, "rule_set": grid.name, "segmented_at": str(segmented_at)}
         yield _output(
             engine,
             segmented,

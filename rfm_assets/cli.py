@@ -85,6 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "scoring_method": args.scoring,
         "returns_policy": args.returns,
         "segment_grid_file": args.segment_grid,
+        "segment_rules": args.segment_rules,
         "engine": args.engine,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
@@ -510,7 +511,12 @@ def parser() -> argparse.ArgumentParser:
     rules.add_argument("--scoring", choices=("quintiles", "quartiles"))
     rules.add_argument("--weights", metavar="R,F,M")
     rules.add_argument("--returns", choices=("exclude", "net"))
-    rules.add_argument("--segment-grid", metavar="FILE", help="custom segment grid YAML")
+    rules.add_argument(
+        "--segment-rules",
+        metavar="NAME|FILE",
+        help="rule set: a shipped one (rfm_grid) or a YAML file of rules",
+    )
+    rules.add_argument("--segment-grid", metavar="FILE", help="former name of --segment-rules")
     analyze.set_defaults(handler=command_analyze)
 
     report = commands.add_parser("report", help="summarise a finished result")

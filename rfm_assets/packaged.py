@@ -7,6 +7,8 @@ from pathlib import Path
 # (see setup.py), so presets and the catalog are found the same way from a clone and a wheel.
 CONFIG_DIR = Path(str(files("rfm_assets.config")))
 SEGMENTS_FILE = CONFIG_DIR / "segments.yaml"
+# Shipped rule sets, selected by name with the setting segment_rules.
+RULE_SETS_DIR = CONFIG_DIR / "rule_sets"
 
 # UCI Online Retail (CC BY 4.0), the embedded default input; attribution in data/README.md.
 BUNDLED_DATASET = Path(str(files("rfm_assets"))) / "data" / "online_retail.parquet"

@@ -1,11 +1,15 @@
-"""Segment catalog and segment grids: loaded from YAML, validated once, looked up as arrays.
+"""Segment catalog and rule sets: loaded from YAML, validated once, looked up as arrays.
 
-The catalog and the default grids live in `config/segments.yaml`; this module is the only code
-that reads them, and every engine gets its lookup tables from here.
+A rule set gives every combination of (R_score, F_score, M_score) on the scale its segment.
+It is written either as a grid over (R_score, FM_score) or as ordered rules over ranges of
+R, F, M, FM and the weighted RFM_score (first match wins). Both compile, for the run's
+weights, into one table over (R, F, M) that every engine looks up. The catalog and the
+shipped rule sets live in `config/`; this module is the only code that reads them.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -15,9 +19,13 @@ import numpy as np
 import yaml
 
 from rfm_assets.errors import RFMConfigError
-from rfm_assets.packaged import SEGMENTS_FILE
+from rfm_assets.formulas import combined_scores
+from rfm_assets.packaged import RULE_SETS_DIR, SEGMENTS_FILE
 
 SUPPORTED_SCALES = (4, 5)
+DEFAULT_RULE_SET = "rfm_grid"
+# How many uncovered combinations an error names before it counts the rest.
+COMBINATIONS_SHOWN = 40
 
 
 @dataclass(frozen=True)
@@ -34,39 +42,56 @@ class SegmentEntry:
 
 @dataclass(frozen=True)
 class SegmentGrid:
-    """A complete map from (R_score, FM_score) to a segment, on a `scale`-point scale.
+    """A complete map from (R_score, F_score, M_score) to a segment on a `scale`-point scale.
 
-    `cells[r - 1][fm - 1]` is the segment name of the cell (R=r, FM=fm).
+    `by_code[(r, f, m)]` is the segment name of that combination; `name` says which rule set
+    it came from (a shipped name or a file path).
     """
 
     scale: int
-    cells: tuple[tuple[str, ...], ...]
+    by_code: dict[tuple[int, int, int], str]
     catalog: dict[str, SegmentEntry]
     value_tiers: tuple[str, ...]  # index = FM_score - 1
     engagement_levels: tuple[str, ...]  # index = R_score - 1
+    name: str = DEFAULT_RULE_SET
 
     @property
     def segments(self) -> list[SegmentEntry]:
-        """The segments that some cell reaches, in priority order."""
-        used = {name for row in self.cells for name in row}
+        """The segments that some combination reaches, in priority order."""
+        used = set(self.by_code.values())
         return sorted((self.catalog[n] for n in used), key=lambda e: (e.priority, e.name))
 
     def lookup_table(self) -> tuple[np.ndarray, list[SegmentEntry]]:
-        """`(table, segments)` where `segments[table[R, FM]]` is the cell's segment.
+        """`(table, segments)` where `segments[table[R, F, M]]` is the combination's segment.
 
-        `table` has shape (scale + 1, scale + 1) so scores index it directly; row and column 0
-        are unused (-1).
+        `table` has shape (scale + 1,) * 3 so scores index it directly; index 0 is unused (-1).
         """
         segments = self.segments
         position = {entry.name: i for i, entry in enumerate(segments)}
-        table = np.full((self.scale + 1, self.scale + 1), -1, dtype=np.int64)
-        for r in range(1, self.scale + 1):
-            for fm in range(1, self.scale + 1):
-                table[r, fm] = position[self.cells[r - 1][fm - 1]]
+        table = np.full((self.scale + 1,) * 3, -1, dtype=np.int64)
+        for (r, f, m), name in self.by_code.items():
+            table[r, f, m] = position[name]
         return table, segments
 
-    def segment_of(self, r_score: int, fm_score: int) -> str:
-        return self.cells[r_score - 1][fm_score - 1]
+    def segment_of(self, r_score: int, f_score: int, m_score: int) -> str:
+        return self.by_code[(r_score, f_score, m_score)]
+
+
+def all_codes(scale: int) -> list[tuple[int, int, int]]:
+    """Every (R, F, M) score combination of the scale, in code order (111, 112, ...)."""
+    return list(itertools.product(range(1, scale + 1), repeat=3))
+
+
+def _code(combination: tuple[int, int, int]) -> str:
+    return "".join(str(score) for score in combination)
+
+
+def _fm_and_rfm(scale: int, weights) -> dict[tuple[int, int, int], tuple[int, float]]:
+    """(FM_score, RFM_score) of every combination, by the engines' own formula."""
+    codes = all_codes(scale)
+    r, f, m = (np.array(values) for values in zip(*codes))
+    fm, rfm = combined_scores(r, f, m, weights)
+    return {code: (int(a), float(b)) for code, a, b in zip(codes, fm, rfm)}
 
 
 def slugify(name: str) -> str:
@@ -137,17 +162,15 @@ def _scale_table(raw, scale: int, what: str, source: str) -> tuple[str, ...]:
     return tuple(str(table[score]) for score in range(1, scale + 1))
 
 
-def default_grid(scale: int) -> SegmentGrid:
-    """The default grid (README.md) for a 5-point (quintiles) or 4-point (quartiles) scale."""
-    if scale not in SUPPORTED_SCALES:
-        raise RFMConfigError(f"scale: {scale} is not supported; use one of {SUPPORTED_SCALES}")
-    raw = _packaged_config()
-    return _build_grid(raw["grids"][scale], scale, default_catalog(), raw, str(SEGMENTS_FILE))
+def default_grid(scale: int, weights=(1.0, 1.0, 1.0)) -> SegmentGrid:
+    """The default rule set, the R x FM grid of the README, for the scale and weights."""
+    return load_rule_set(DEFAULT_RULE_SET, scale, weights)
 
 
-def _build_grid(
-    rows: dict, scale: int, catalog: dict[str, SegmentEntry], raw: dict, source: str
-) -> SegmentGrid:
+def _grid_codes(
+    rows: dict, scale: int, weights, source: str
+) -> tuple[dict[tuple[int, int, int], str], list[str]]:
+    """An R x FM grid as a map over (R, F, M), and its problems (short rows, holes)."""
     problems = []
     cells = []
     for r in range(1, scale + 1):
@@ -162,17 +185,35 @@ def _build_grid(
         for fm in range(1, scale + 1)
         if cells[r - 1][fm - 1] is None
     ]
-    unknown = sorted({n for row in cells for n in row if n is not None and n not in catalog})
-    if unknown:
-        problems.append(f"segments without a catalog entry: {', '.join(unknown)}")
     if uncovered:
         problems.append(f"uncovered cells: {', '.join(uncovered)}")
+    scores = _fm_and_rfm(scale, weights)
+    by_code = {}
+    for code, (fm, _) in scores.items():
+        name = cells[code[0] - 1][fm - 1]
+        if name is not None:
+            by_code[code] = name
+    return by_code, problems
+
+
+def _build_grid(
+    by_code: dict,
+    scale: int,
+    catalog: dict[str, SegmentEntry],
+    raw: dict,
+    source: str,
+    name: str,
+    problems: list[str],
+) -> SegmentGrid:
+    unknown = sorted({n for n in by_code.values() if n not in catalog})
+    if unknown:
+        problems.append(f"segments without a catalog entry: {', '.join(unknown)}")
     if problems:
         raise RFMConfigError(f"{source}: " + "; ".join(problems))
     defaults = _packaged_config()
     return SegmentGrid(
         scale=scale,
-        cells=tuple(cells),
+        by_code=by_code,
         catalog=catalog,
         value_tiers=_scale_table(
             raw.get("value_tiers") or defaults["value_tiers"], scale, "value_tiers", source
@@ -183,11 +224,17 @@ def _build_grid(
             "engagement_levels",
             source,
         ),
+        name=name,
     )
 
 
+RULE_KEYS = ("R", "F", "M", "FM")
+
+
 def _score_range(value, scale: int, index: int, key: str, source: str) -> tuple[int, int]:
-    """A rule's [low, high] for one score, checked against the scale before any use."""
+    """A rule's range for one score (`[low, high]` or one score), checked against the scale."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
     if (
         not isinstance(value, (list, tuple))
         or len(value) != 2
@@ -205,68 +252,186 @@ def _score_range(value, scale: int, index: int, key: str, source: str) -> tuple[
     return low, high
 
 
-def _cells_from_rules(rules, scale: int, source: str) -> tuple[dict, list[str]]:
-    """Apply ordered range rules (first match wins); return the grid rows and dead segments."""
+def _rfm_range(value, index: int, source: str) -> tuple[float, float]:
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or value[0] > value[1]
+    ):
+        raise RFMConfigError(
+            f"{source}: rule {index}: RFM must be [low, high] with low <= high, got {value!r}"
+        )
+    return float(value[0]), float(value[1])
+
+
+def _codes_of(value, scale: int, index: int, source: str) -> set[tuple[int, int, int]]:
+    """A rule's `codes`: three-digit R, F, M score codes such as 555 or "545"."""
+    if not isinstance(value, list):
+        raise RFMConfigError(f"{source}: rule {index}: codes must be a list such as [555, 545]")
+    codes = set()
+    for item in value:
+        text = str(item)
+        if not re.fullmatch(rf"[1-{scale}]{{3}}", text):
+            raise RFMConfigError(
+                f"{source}: rule {index}: {item!r} is not an R, F, M score code of the "
+                f"{scale}-point scale (three digits 1..{scale}, e.g. {scale}{scale}{scale})"
+            )
+        codes.add(tuple(int(c) for c in text))
+    return codes
+
+
+def _matcher(rule, index: int, scale: int, source: str):
+    """A predicate over (code, FM, RFM) for one rule; every named condition must hold."""
+    if not isinstance(rule, dict) or "segment" not in rule:
+        raise RFMConfigError(
+            f"{source}: rule {index} must be a mapping with segment: and conditions on "
+            "R, F, M, FM (ranges), RFM (a range of RFM_score), codes, or default: true"
+        )
+    unknown = sorted(set(rule) - {"segment", *RULE_KEYS, "RFM", "codes", "default", "note"})
+    if unknown:
+        raise RFMConfigError(f"{source}: rule {index}: unknown keys {', '.join(map(str, unknown))}")
+    _check_name(rule["segment"], source, f"rule {index}")
+    if rule.get("default"):
+        if len(set(rule) - {"segment", "default", "note"}) > 0:
+            raise RFMConfigError(f"{source}: rule {index}: a default rule has no conditions")
+        return lambda code, fm, rfm: True
+    ranges = {key: _score_range(rule[key], scale, index, key, source)
+              for key in RULE_KEYS if key in rule}  # fmt: skip
+    rfm_range = _rfm_range(rule["RFM"], index, source) if "RFM" in rule else None
+    codes = _codes_of(rule["codes"], scale, index, source) if "codes" in rule else None
+    if not ranges and rfm_range is None and codes is None:
+        raise RFMConfigError(
+            f"{source}: rule {index} names no condition; give R, F, M, FM, RFM or codes, or "
+            "default: true"
+        )
+
+    def matches(code, fm, rfm) -> bool:
+        values = {"R": code[0], "F": code[1], "M": code[2], "FM": fm}
+        return (
+            all(low <= values[key] <= high for key, (low, high) in ranges.items())
+            and (rfm_range is None or rfm_range[0] <= rfm <= rfm_range[1])
+            and (codes is None or code in codes)
+        )
+
+    return matches
+
+
+def _rules_codes(
+    rules, scale: int, weights, source: str
+) -> tuple[dict[tuple[int, int, int], str], list[str]]:
+    """Apply ordered rules (first match wins) to every combination; return the map and the
+    problems: combinations no rule covers, and rules that never win."""
     if not isinstance(rules, list):
         raise RFMConfigError(f"{source}: rules must be a list")
-    winner: dict[tuple[int, int], str] = {}
-    winning_segments = set()
-    named = []
-    for index, rule in enumerate(rules, start=1):
-        if not isinstance(rule, dict) or not {"segment", "R", "FM"} <= set(rule):
-            raise RFMConfigError(
-                f"{source}: rule {index} must be {{segment: NAME, R: [low, high], FM: [low, high]}}"
-            )
-        name = rule["segment"]
-        _check_name(name, source, f"rule {index}")
-        r_low, r_high = _score_range(rule["R"], scale, index, "R", source)
-        fm_low, fm_high = _score_range(rule["FM"], scale, index, "FM", source)
-        if name not in named:
-            named.append(name)
-        for r in range(r_low, r_high + 1):
-            for fm in range(fm_low, fm_high + 1):
-                if (r, fm) not in winner:
-                    winner[(r, fm)] = name
-                    winning_segments.add(name)
-    dead = [name for name in named if name not in winning_segments]
-    rows = {r: [winner.get((r, fm)) for fm in range(1, scale + 1)] for r in range(1, scale + 1)}
-    return rows, dead
+    matchers = [_matcher(rule, i, scale, source) for i, rule in enumerate(rules, start=1)]
+    scores = _fm_and_rfm(scale, weights)
+    by_code, wins = {}, [0] * len(rules)
+    for code, (fm, rfm) in scores.items():
+        for i, matches in enumerate(matchers):
+            if matches(code, fm, rfm):
+                by_code[code] = rules[i]["segment"]
+                wins[i] += 1
+                break
+    problems = []
+    uncovered = [_code(code) for code in scores if code not in by_code]
+    if uncovered:
+        shown = ", ".join(uncovered[:COMBINATIONS_SHOWN])
+        more = f" and {len(uncovered) - COMBINATIONS_SHOWN} more" if len(uncovered) > 40 else ""
+        problems.append(
+            f"{len(uncovered)} R,F,M combinations match no rule: {shown}{more} (add a final "
+            "rule with default: true)"
+        )
+    dead = [f"rule {i} ({rules[i - 1]['segment']})" for i, n in enumerate(wins, 1) if n == 0]
+    if dead:
+        problems.append(f"dead rules (earlier rules take all they match): {', '.join(dead)}")
+    return by_code, problems
 
 
-def load_grid_file(path: str | Path, scale: int) -> SegmentGrid:
-    """Load a user's segment grid (`grid:`) or ordered range rules (`rules:`) from YAML.
+def rule_overlaps(grid_rules: list, scale: int, weights) -> list[str]:
+    """Overlaps that rule order decides: for each rule, the later rules it takes codes from.
 
-    The file may add or override catalog entries under `catalog:`. Validation: every cell of
-    the `scale`-point grid is covered, every named segment is reachable, and every segment has
-    a catalog entry; the error lists the uncovered cells and the dead segments.
+    Not errors (ordered rules overlap on purpose); the coverage docs list them.
     """
-    source = str(path)
+    matchers = [_matcher(rule, i, scale, "rules") for i, rule in enumerate(grid_rules, 1)]
+    scores = _fm_and_rfm(scale, weights)
+    taken: dict[tuple[int, int], int] = {}
+    for code, (fm, rfm) in scores.items():
+        hits = [i for i, matches in enumerate(matchers) if matches(code, fm, rfm)]
+        for later in hits[1:]:
+            taken[(hits[0], later)] = taken.get((hits[0], later), 0) + 1
+    return [
+        f"rule {a + 1} ({grid_rules[a]['segment']}) takes {n} combinations that rule {b + 1} "
+        f"({grid_rules[b]['segment']}) also matches"
+        for (a, b), n in sorted(taken.items())
+        if not grid_rules[b].get("default")
+    ]
+
+
+def shipped_rule_sets() -> list[str]:
+    """Names of the rule sets shipped in config/rule_sets/."""
+    return sorted(p.stem for p in RULE_SETS_DIR.glob("*.yaml"))
+
+
+def rule_set_path(name_or_path: str | Path) -> Path:
+    """The YAML of a shipped rule set by name, or a user's file by path."""
+    candidate = RULE_SETS_DIR / f"{name_or_path}.yaml"
+    if isinstance(name_or_path, str) and "/" not in name_or_path and candidate.exists():
+        return candidate
+    return Path(name_or_path)
+
+
+def _read_yaml(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle) or {}
+            return yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise RFMConfigError(
+            f"segment_rules: {path} is neither a shipped rule set "
+            f"({', '.join(shipped_rule_sets())}) nor a file"
+        ) from None
     except OSError as error:
-        raise RFMConfigError(f"segment_grid_file: cannot read {source}: {error.strerror}") from None
+        raise RFMConfigError(f"segment_rules: cannot read {path}: {error.strerror}") from None
     except UnicodeDecodeError:
-        raise RFMConfigError(f"segment_grid_file: {source} is not UTF-8 text") from None
+        raise RFMConfigError(f"segment_rules: {path} is not UTF-8 text") from None
     except yaml.YAMLError as error:
         first = " ".join(str(error).split())
-        raise RFMConfigError(f"segment_grid_file: {source} is not valid YAML: {first}") from None
+        raise RFMConfigError(f"segment_rules: {path} is not valid YAML: {first}") from None
+
+
+def load_rule_set(name_or_path: str | Path, scale: int, weights=(1.0, 1.0, 1.0)) -> SegmentGrid:
+    """Load a shipped rule set (by name) or a user's YAML (by path), compiled for the scale
+    and weights.
+
+    The file holds `grid:` (an R x FM grid) or `rules:` (ordered rules), per scale under
+    `scales: {5: ..., 4: ...}` or for one `scale:`; it may add or override catalog entries
+    under `catalog:`. Validation: every (R, F, M) combination is covered, every rule wins
+    somewhere, every named segment is reachable and in the catalog; the error lists them.
+    """
+    if scale not in SUPPORTED_SCALES:
+        raise RFMConfigError(f"scale: {scale} is not supported; use one of {SUPPORTED_SCALES}")
+    path = rule_set_path(name_or_path)
+    source = str(name_or_path) if path.parent == RULE_SETS_DIR else str(path)
+    raw = _read_yaml(str(path))
     if not isinstance(raw, dict):
-        raise RFMConfigError(f"segment_grid_file: {source} must be a mapping with grid: or rules:")
-    file_scale = raw.get("scale", scale)
-    if file_scale != scale:
-        raise RFMConfigError(
-            f"segment_grid_file: {source} is for a {file_scale}-point scale but scoring uses "
-            f"{scale} points"
-        )
+        raise RFMConfigError(f"segment_rules: {source} must be a mapping with grid: or rules:")
+    body = raw
+    if "scales" in raw:
+        body = (raw["scales"] or {}).get(scale) if isinstance(raw["scales"], dict) else None
+        if not isinstance(body, dict):
+            raise RFMConfigError(f"segment_rules: {source} has no rules for a {scale}-point scale")
+    else:
+        file_scale = raw.get("scale", scale)
+        if file_scale != scale:
+            raise RFMConfigError(
+                f"segment_rules: {source} is for a {file_scale}-point scale but scoring uses "
+                f"{scale} points"
+            )
     catalog = default_catalog() | _catalog_from(raw.get("catalog") or {}, source)
-    if ("grid" in raw) == ("rules" in raw):
-        raise RFMConfigError(
-            f"segment_grid_file: {source} must have exactly one of grid: or rules:"
-        )
-    dead: list[str] = []
-    if "grid" in raw:
-        rows = raw["grid"] or {}
+    if ("grid" in body) == ("rules" in body):
+        raise RFMConfigError(f"segment_rules: {source} must have exactly one of grid: or rules:")
+    if "grid" in body:
+        rows = body["grid"] or {}
         if not isinstance(rows, dict) or not all(
             isinstance(row, list) or row is None for row in rows.values()
         ):
@@ -277,17 +442,16 @@ def load_grid_file(path: str | Path, scale: int) -> SegmentGrid:
             for name in row or []:
                 if name is not None:
                     _check_name(name, source, "grid")
+        by_code, problems = _grid_codes(rows, scale, weights, source)
     else:
-        rows, dead = _cells_from_rules(raw["rules"] or [], scale, source)
+        by_code, problems = _rules_codes(body["rules"] or [], scale, weights, source)
     listed_in_file = set((raw.get("catalog") or {}).keys())
-    used = {name for row in rows.values() for name in (row or []) if name is not None}
-    dead += sorted(listed_in_file - used - set(dead))
-    try:
-        grid = _build_grid(rows, scale, catalog, raw, source)
-    except RFMConfigError as error:
-        if dead:
-            raise RFMConfigError(f"{error}; dead segments: {', '.join(dead)}") from None
-        raise
-    if dead:
-        raise RFMConfigError(f"{source}: dead segments (no cell reaches them): {', '.join(dead)}")
-    return grid
+    unreached = sorted(listed_in_file - set(by_code.values()))
+    if unreached:
+        problems.append(f"dead segments (no combination reaches them): {', '.join(unreached)}")
+    return _build_grid(by_code, scale, catalog, raw, source, str(name_or_path), problems)
+
+
+def load_grid_file(path: str | Path, scale: int, weights=(1.0, 1.0, 1.0)) -> SegmentGrid:
+    """A user's rule set file (the former segment_grid_file); see load_rule_set."""
+    return load_rule_set(Path(path), scale, weights)

@@ -14,8 +14,9 @@ from typing import Literal, Optional
 import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
+from rfm_assets.errors import RFMConfigError
 from rfm_assets.packaged import BUNDLED_COLUMNS, BUNDLED_DATASET
-from rfm_assets.segments import SegmentGrid, default_grid, load_grid_file
+from rfm_assets.segments import SegmentGrid, load_rule_set
 
 SCALE_OF_METHOD = {"quintiles": 5, "quartiles": 4}
 # Weights are ratios: any usable ratio fits between these.
@@ -225,10 +226,15 @@ class RFMSettings(dg.ConfigurableResource):
         description="Order ids starting with this text are cancellations (only when an order "
         "column is mapped). Empty: no order is a cancellation.",
     )
+    segment_rules: str = Field(
+        default="rfm_grid",
+        description="Rule set that names the segments: a shipped one (rfm_grid, the default "
+        "R x FM grid) or the path of a YAML file with a grid or ordered rules over R, F, M, "
+        "FM and RFM_score.",
+    )
     segment_grid_file: Optional[str] = Field(
         default=None,
-        description="YAML file with a custom segment grid or ordered range rules. Unset: the "
-        "default grid of the scoring scale.",
+        description="Former name of segment_rules for a file path; when set, it wins.",
     )
     max_segment_share: float = Field(
         default=0.5,
@@ -338,10 +344,24 @@ class RFMSettings(dg.ConfigurableResource):
             order_id=mapped.order_id or defaults.get("order_id"),
         )
 
-    def segment_grid(self) -> SegmentGrid:
-        if self.segment_grid_file:
-            return load_grid_file(self.segment_grid_file, self.scale)
-        return default_grid(self.scale)
+    @property
+    def rule_set(self) -> str:
+        """The rule set in use: a shipped name or a file path."""
+        return self.segment_grid_file or self.segment_rules
+
+    def weight_tuple(self) -> tuple[float, float, float]:
+        return (self.weights.recency, self.weights.frequency, self.weights.monetary)
+
+    def segment_grid(self, scale: Optional[int] = None) -> SegmentGrid:
+        """The rule set compiled for the scale (default: the settings') and the weights."""
+        try:
+            return load_rule_set(self.rule_set, scale or self.scale, self.weight_tuple())
+        except RFMConfigError as error:
+            if not self.segment_grid_file:
+                raise
+            # Name the field the user set.
+            message = str(error).replace("segment_rules:", "segment_grid_file:", 1)
+            raise RFMConfigError(message) from None
 
     def fixed_cut_points(self) -> Optional[dict[str, list[float]]]:
         if self.fixed_thresholds is None:

@@ -12,7 +12,7 @@ from rfm_assets.engines.pandas_compute import (
     prepare_transactions,
 )
 from rfm_assets.io_manager import RFMStore
-from rfm_assets.segments import default_grid
+from rfm_assets.segments import load_rule_set
 
 DATA_DIR = Path(__file__).parent / "data"
 CDNOW = DATA_DIR / "cdnow_master.parquet"
@@ -28,6 +28,7 @@ def run_pipeline(
     scale=5,
     weights=(1.0, 1.0, 1.0),
     fixed=None,
+    rule_set="rfm_grid",
 ):
     """The pandas engine's steps in order, as the assets chain them."""
     kept, account = prepare_transactions(
@@ -35,7 +36,7 @@ def run_pipeline(
     )
     metrics = compute_metrics(kept, account.reference_date)
     scores = compute_scores(metrics, scale, weights, fixed)
-    return assign_segments(scores, default_grid(scale), FIXED_TIME), account
+    return assign_segments(scores, load_rule_set(rule_set, scale, weights), FIXED_TIME), account
 
 
 def frame_of(rows: list[dict]) -> pd.DataFrame:

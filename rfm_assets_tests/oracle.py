@@ -42,6 +42,7 @@ def oracle(
     scale: int = 5,
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     fixed: dict[str, list[float]] | None = None,
+    rules: list[dict] | None = None,
 ) -> tuple[dict, dict]:
     """rows: dicts with customer_id (None = missing), date, amount, and optionally order_id.
 
@@ -108,11 +109,30 @@ def oracle(
             "last_purchase_date": last,
             "tenure_days": (reference_date - first).days,
         }
-    score(customers, scale, weights, fixed)
+    score(customers, scale, weights, fixed, rules)
     return customers, dict(excluded)
 
 
-def score(customers: dict, scale: int, weights, fixed) -> None:
+def rule_segment(rules: list[dict], r: int, f: int, m: int, fm: int, rfm: float):
+    """The first rule (as written in a rule file) whose every condition holds."""
+    for rule in rules:
+        if rule.get("default"):
+            return rule["segment"]
+        holds = True
+        for key, value in (("R", r), ("F", f), ("M", m), ("FM", fm)):
+            if key in rule:
+                bounds = rule[key] if isinstance(rule[key], list) else [rule[key], rule[key]]
+                holds = holds and bounds[0] <= value <= bounds[1]
+        if "RFM" in rule:
+            holds = holds and rule["RFM"][0] <= rfm <= rule["RFM"][1]
+        if "codes" in rule:
+            holds = holds and f"{r}{f}{m}" in {str(code) for code in rule["codes"]}
+        if holds:
+            return rule["segment"]
+    return None
+
+
+def score(customers: dict, scale: int, weights, fixed, rules=None) -> None:
     n = len(customers)
     for dimension, letter in (("recency", "R"), ("frequency", "F"), ("monetary", "M")):
         values = [c[dimension] for c in customers.values()]
@@ -143,4 +163,7 @@ def score(customers: dict, scale: int, weights, fixed) -> None:
         c["FM_score"] = math.floor((w_f * f + w_m * m) / (w_f + w_m) + 0.5)
         c["RFM_score"] = (w_r * r + w_f * f + w_m * m) / (w_r + w_f + w_m)
         c["rfm_cell"] = f"{r}{f}{m}"
-        c["segment"] = grid[r][c["FM_score"] - 1]
+        if rules is None:
+            c["segment"] = grid[r][c["FM_score"] - 1]
+        else:
+            c["segment"] = rule_segment(rules, r, f, m, c["FM_score"], c["RFM_score"])

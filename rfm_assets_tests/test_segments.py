@@ -32,7 +32,7 @@ def test_default_grids_are_the_tables_of_design_md(scale, design):
     grid = default_grid(scale)
     for r in range(1, scale + 1):
         for fm in range(1, scale + 1):
-            assert grid.segment_of(r, fm) == design[r][fm - 1], (r, fm)
+            assert grid.segment_of(r, fm, fm) == design[r][fm - 1], (r, fm)
     assert {entry.name for entry in grid.segments} == ELEVEN
 
 
@@ -70,7 +70,7 @@ def test_assign_segments_copies_catalog_fields_and_tiers(scale):
     segmented = assign_segments(scores_frame(cells), grid, FIXED_TIME)
     catalog = default_catalog()
     for (r, fm), row in zip(cells, segmented.itertuples()):
-        name = grid.segment_of(r, fm)
+        name = grid.segment_of(r, fm, fm)
         assert row.segment == name
         assert row.segment_id == catalog[name].segment_id
         assert row.recommendation == catalog[name].recommendation
@@ -117,7 +117,7 @@ def test_user_grid_loads_with_its_own_catalog_entry(tmp_path):
         f"grid:\n{rows}\n",
     )
     grid = load_grid_file(path, 4)
-    assert grid.segment_of(4, 4) == "VIP" and grid.segment_of(1, 1) == "Lost"
+    assert grid.segment_of(4, 4, 4) == "VIP" and grid.segment_of(1, 1, 1) == "Lost"
     assert [e.name for e in grid.segments] == ["VIP", "Lost"]
 
 
@@ -150,7 +150,7 @@ def test_rules_first_match_wins_and_dead_segments_are_named(tmp_path):
           - {segment: Lost, R: [1, 5], FM: [1, 5]}
         """,
     )
-    with pytest.raises(RFMConfigError, match="dead segments.*Loyal Customers"):
+    with pytest.raises(RFMConfigError, match=r"dead rules .*: rule 2 \(Loyal Customers\)"):
         load_grid_file(path, 5)
 
 
@@ -163,7 +163,8 @@ def test_rules_that_leave_cells_uncovered_name_them(tmp_path):
           - {segment: Lost, R: [1, 1], FM: [1, 4]}
         """,
     )
-    with pytest.raises(RFMConfigError, match=r"uncovered cells: R=1,FM=5"):
+    # R=1 with FM=5: F, M = 4, 5 / 5, 4 / 5, 5 (FM rounds 4.5 up).
+    with pytest.raises(RFMConfigError, match=r"3 R,F,M combinations match no rule: 145, 154, 155"):
         load_grid_file(path, 5)
 
 
@@ -178,9 +179,9 @@ def test_complete_rules_build_the_grid(tmp_path):
         """,
     )
     grid = load_grid_file(path, 5)
-    assert grid.segment_of(5, 5) == "Champions"
-    assert grid.segment_of(2, 4) == "At Risk"
-    assert grid.segment_of(3, 3) == "Lost"
+    assert grid.segment_of(5, 5, 5) == "Champions"
+    assert grid.segment_of(2, 4, 4) == "At Risk"
+    assert grid.segment_of(3, 3, 3) == "Lost"
 
 
 def test_unknown_segment_and_wrong_scale_are_reported(tmp_path):

@@ -1,6 +1,7 @@
 """Every rule of the README's "How the numbers are computed", engine against the oracle."""
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -222,3 +223,21 @@ def test_fm_and_rfm_scores_use_the_weights():
     assert (result["FM_score"] == np.floor(m + 0.5)).all()  # wF = 0: FM is the M score
     assert np.allclose(result["RFM_score"], (2 * r + m) / 3)
     assert (result["rfm_cell"] == r.astype(str) + f.astype(str) + m.astype(str)).all()
+
+
+RULES_OVER_F_AND_M = Path(__file__).parent / "data" / "rules_f_and_m.yaml"
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0), (3.0, 0.5, 2.0)])
+def test_rules_over_r_f_m_fm_and_rfm_match_the_oracle(tmp_path, weights):
+    import yaml
+
+    rows, frame = synthetic_rows(seed=5)
+    result, _ = run_pipeline(frame, weights=weights, rule_set=str(RULES_OVER_F_AND_M))
+    rules = yaml.safe_load(RULES_OVER_F_AND_M.read_text())["rules"]
+    expected, _ = oracle(rows, weights=weights, rules=rules)
+    assert_matches_oracle(result, expected)
+    # Every rule takes customers: F and M are told apart, RFM_score ranges work.
+    assert len(set(result["segment"])) == len(rules)
+    quiet = result[result["segment"] == "Big Spenders Gone Quiet"]
+    assert ((quiet["F_score"] <= 3) & (quiet["M_score"] >= 3) & (quiet["R_score"] <= 2)).all()

@@ -1,5 +1,7 @@
 """Settings: every bad value fails before any asset computes, naming the field; presets work."""
 
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from rfm_assets.errors import RFMConfigError
 from rfm_assets.packaged import BUNDLED_DATASET, preset_names, preset_path
 from rfm_assets.settings import RFMSettings
 
+REPO_TESTS = Path(__file__).parent
 PRESETS = ["b2b", "balanced_ecommerce", "large_run_spark", "repeat_purchase", "subscription"]
 
 
@@ -212,3 +215,13 @@ def test_weights_at_their_bounds_keep_every_score_on_the_scale(weights):
     assert fm.min() >= 1 and fm.max() <= 5
     # RFM_score is a float weighted mean: on the scale up to rounding in the last bit.
     assert np.isfinite(rfm).all() and rfm.min() > 1 - 1e-9 and rfm.max() < 5 + 1e-9
+
+
+def test_rule_sets_are_chosen_by_name_or_path_and_an_unknown_name_lists_the_shipped_ones():
+    assert RFMSettings().segment_grid().name == "rfm_grid"
+    path = REPO_TESTS / "data" / "rules_f_and_m.yaml"
+    settings = RFMSettings(segment_rules=str(path))
+    assert "Big Spenders Gone Quiet" in {s.name for s in settings.segment_grid().segments}
+    with pytest.raises(RFMConfigError, match=r"segment_rules: no_such_set is neither a shipped "
+                       r"rule set \(.*rfm_grid.*\) nor a file"):  # fmt: skip
+        build_settings({"segment_rules": "no_such_set"})

@@ -134,8 +134,12 @@ def synthetic_file(tmp_path_factory):
             },
             "reference_date": "2024-10-01",
         },
+        {
+            "segment_rules": str(Path(__file__).parent / "data" / "rules_f_and_m.yaml"),
+            "weights": {"recency": 3, "frequency": 0.5, "monetary": 2},
+        },
     ],
-    ids=["defaults", "net-quartiles", "weights-window", "fixed"],
+    ids=["defaults", "net-quartiles", "weights-window", "fixed", "rules-over-f-and-m"],
 )
 def test_synthetic_heavy_ties_identical(spark, synthetic_file, tmp_path, extra):
     settings = {"input_path": str(synthetic_file), "columns": {"order_id": "order_id"}, **extra}

@@ -26,6 +26,7 @@ from rfm_assets.engines.shared import (
     cut_points_from_extremes,
 )
 from rfm_assets.errors import RFMInputError
+from rfm_assets.formulas import combined_scores
 from rfm_assets.segments import SegmentGrid
 
 EPOCH = np.datetime64("1970-01-01", "D")
@@ -361,16 +362,6 @@ def thresholds_from_scores(scores: pd.DataFrame, scale: int) -> dict[str, list[f
     return cut_points_from_extremes(extremes, maxima, scale)
 
 
-def combined_scores(
-    r: np.ndarray, f: np.ndarray, m: np.ndarray, weights: tuple[float, float, float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(FM_score, RFM_score) with the weights (wR, wF, wM), in the documented operation order."""
-    w_r, w_f, w_m = (float(w) for w in weights)
-    fm = np.floor((w_f * f + w_m * m) / (w_f + w_m) + 0.5).astype(np.int64)
-    rfm = (w_r * r + w_f * f + w_m * m) / (w_r + w_f + w_m)
-    return fm, rfm
-
-
 _CELL_NAMES = np.array([f"{code:03d}" for code in range(1000)], dtype=object)
 
 
@@ -411,11 +402,11 @@ def _categorical(codes: np.ndarray, labels: list[str]) -> pd.Categorical:
 def assign_segments(
     scores: pd.DataFrame, grid: SegmentGrid, segmented_at: dt.datetime
 ) -> pd.DataFrame:
-    """Scores plus the segment of each (R_score, FM_score) cell and its catalog fields."""
+    """Scores plus the segment of each (R, F, M) combination and its catalog fields."""
     table, segments = grid.lookup_table()
     r = scores["R_score"].to_numpy()
     fm = scores["FM_score"].to_numpy()
-    segment_code = table[r, fm]
+    segment_code = table[r, scores["F_score"].to_numpy(), scores["M_score"].to_numpy()]
     segmented = scores.copy()
     for column in ("segment", "segment_id", "recommendation"):
         attribute = "name" if column == "segment" else column
@@ -432,7 +423,7 @@ def segment_analytics(
 ) -> pd.DataFrame:
     """One row per segment of the grid (zero-customer segments included), in priority order."""
     table, segments = grid.lookup_table()
-    code = table[segmented["R_score"].to_numpy(), segmented["FM_score"].to_numpy()]
+    code = table[tuple(segmented[c].to_numpy() for c in ("R_score", "F_score", "M_score"))]
     count = len(segments)
     # Summed as high and low 32-bit halves so no int64 sum can overflow; joined in Python.
     micro = to_micro_units(segmented["monetary"].to_numpy())

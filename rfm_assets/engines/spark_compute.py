@@ -701,18 +701,16 @@ def thresholds_from_scores(scores: DataFrame, scale: int) -> dict[str, list[floa
 
 
 def assign_segments(scores: DataFrame, grid: SegmentGrid, segmented_at: dt.datetime) -> DataFrame:
-    """Scores plus the segment of each (R_score, FM_score) cell and its catalog fields,
-    from the same grid and catalog as pandas, broadcast as a small table."""
+    """Scores plus the segment of each (R, F, M) combination and its catalog fields, from
+    the same rule set and catalog as pandas, broadcast as a small table."""
     spark = scores.sparkSession
     catalog = grid.catalog
     cells = [
-        (r, fm, name, catalog[name].segment_id, catalog[name].recommendation)
-        for r in range(1, grid.scale + 1)
-        for fm in range(1, grid.scale + 1)
-        for name in [grid.segment_of(r, fm)]
+        (r, f, m, name, catalog[name].segment_id, catalog[name].recommendation)
+        for (r, f, m), name in sorted(grid.by_code.items())
     ]
     lookup = spark.createDataFrame(
-        cells, "R_score long, FM_score long, segment string, segment_id string, "
+        cells, "R_score long, F_score long, M_score long, segment string, segment_id string, "
         "recommendation string",
     )  # fmt: skip
 
@@ -720,7 +718,9 @@ def assign_segments(scores: DataFrame, grid: SegmentGrid, segmented_at: dt.datet
         table = F.create_map(*[F.lit(x) for i, v in enumerate(labels) for x in (i + 1, v)])
         return F.element_at(table, F.col(score))
 
-    return scores.join(F.broadcast(lookup), on=["R_score", "FM_score"], how="left").select(
+    return scores.join(
+        F.broadcast(lookup), on=["R_score", "F_score", "M_score"], how="left"
+    ).select(
         *scores.columns,
         "segment",
         "segment_id",
