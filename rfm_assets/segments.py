@@ -288,12 +288,13 @@ def _matcher(rule, index: int, scale: int, source: str):
             f"{source}: rule {index} must be a mapping with segment: and conditions on "
             "R, F, M, FM (ranges), RFM (a range of RFM_score), codes, or default: true"
         )
-    unknown = sorted(set(rule) - {"segment", *RULE_KEYS, "RFM", "codes", "default", "note"})
+    allowed = {"segment", *RULE_KEYS, "RFM", "codes", "default", "note", "completion"}
+    unknown = sorted(set(rule) - allowed)
     if unknown:
         raise RFMConfigError(f"{source}: rule {index}: unknown keys {', '.join(map(str, unknown))}")
     _check_name(rule["segment"], source, f"rule {index}")
     if rule.get("default"):
-        if len(set(rule) - {"segment", "default", "note"}) > 0:
+        if len(set(rule) - {"segment", "default", "note", "completion"}) > 0:
             raise RFMConfigError(f"{source}: rule {index}: a default rule has no conditions")
         return lambda code, fm, rfm: True
     ranges = {key: _score_range(rule[key], scale, index, key, source)
@@ -455,3 +456,37 @@ def load_rule_set(name_or_path: str | Path, scale: int, weights=(1.0, 1.0, 1.0))
 def load_grid_file(path: str | Path, scale: int, weights=(1.0, 1.0, 1.0)) -> SegmentGrid:
     """A user's rule set file (the former segment_grid_file); see load_rule_set."""
     return load_rule_set(Path(path), scale, weights)
+
+
+def coverage_markdown(name: str, scale: int = 5) -> str:
+    """A shipped rule set's coverage, for the docs: for each R_score a table of F_score
+    (rows) by M_score (columns) with the segment of every code; `*` marks a code that a
+    completion rule (`completion: true`) fills, where the convention itself is silent."""
+    path = rule_set_path(name)
+    raw = _read_yaml(str(path))
+    body = raw["scales"][scale] if "scales" in raw else raw
+    grid = load_rule_set(name, scale)
+    filled: set[tuple[int, int, int]] = set()
+    if "rules" in body:
+        matchers = [_matcher(rule, i, scale, name) for i, rule in enumerate(body["rules"], 1)]
+        for code, (fm, rfm) in _fm_and_rfm(scale, (1.0, 1.0, 1.0)).items():
+            winner = next(i for i, matches in enumerate(matchers) if matches(code, fm, rfm))
+            if body["rules"][winner].get("completion"):
+                filled.add(code)
+    lines = [f"### `{name}`", ""]
+    header = "| F \\ M | " + " | ".join(str(m) for m in range(1, scale + 1)) + " |"
+    for r in range(scale, 0, -1):
+        lines += [f"R_score {r}:", "", header, "|---" * (scale + 1) + "|"]
+        for f in range(scale, 0, -1):
+            cells = [
+                grid.by_code[(r, f, m)] + ("\\*" if (r, f, m) in filled else "")
+                for m in range(1, scale + 1)
+            ]
+            lines.append(f"| **{f}** | " + " | ".join(cells) + " |")
+        lines.append("")
+    counts = {}
+    for segment in grid.by_code.values():
+        counts[segment] = counts.get(segment, 0) + 1
+    summary = ", ".join(f"{s} {n}" for s, n in sorted(counts.items(), key=lambda i: -i[1]))
+    lines += [f"Codes per segment: {summary}. Filled by completion (\\*): {len(filled)}.", ""]
+    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The segment catalog and grids: the README's tables, validation of user grids, tiers."""
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -250,3 +251,74 @@ def test_a_grid_file_that_is_not_utf8_is_named(tmp_path):
     path.write_bytes(b"rules:\n  - {segment: Lost\xff, R: [1, 5], FM: [1, 5]}\n")
     with pytest.raises(RFMConfigError, match=r"grid.yaml is not UTF-8 text"):
         load_grid_file(path, 5)
+
+
+RULE_SET_DOCS = Path(__file__).resolve().parents[1] / "docs" / "segment-rule-sets.md"
+SHIPPED = ("rfm_grid", "score_codes", "ranges")
+
+
+def generated_coverage() -> str:
+    from rfm_assets.segments import coverage_markdown
+
+    return "\n".join(coverage_markdown(name) for name in SHIPPED)
+
+
+def test_the_coverage_tables_in_the_docs_are_current():
+    text = RULE_SET_DOCS.read_text()
+    start, end = "<!-- coverage:start -->\n", "<!-- coverage:end -->"
+    documented = text[text.index(start) + len(start) : text.index(end)]
+    assert documented == generated_coverage(), "regenerate docs/segment-rule-sets.md"
+
+
+def test_every_published_score_code_lands_in_the_segment_it_names():
+    """score_codes: each of the 60 published codes is in its segment, except 144, which the
+    convention lists twice (At Risk, listed first, keeps it)."""
+    from rfm_assets.segments import load_rule_set
+
+    published = {
+        "Champions": [555, 554, 544, 545, 454, 455, 445],
+        "Loyal Customers": [543, 444, 435, 355, 354, 345, 344, 335],
+        "Potential Loyalists": [512, 511, 422, 421, 412, 411, 311],
+        "New Customers": [551, 552, 541, 542, 425],
+        "Need Attention": [323, 322, 231, 241, 251, 233, 232],
+        "About to Sleep": [331, 321, 312, 221, 213, 222, 132],
+        "At Risk": [155, 154, 144, 214, 215, 115, 114, 113],
+        "Cannot Lose Them": [144, 234, 134, 124, 123],
+        "Lost": [111, 112, 121, 131, 141, 151],
+    }
+    grid = load_rule_set("score_codes", 5)
+    default = load_rule_set("rfm_grid", 5)
+    wrong, agree_with_default = [], 0
+    for segment, codes in published.items():
+        for code in codes:
+            r, f, m = (int(c) for c in str(code))
+            if grid.segment_of(r, f, m) != segment:
+                wrong.append((code, segment, grid.segment_of(r, f, m)))
+            agree_with_default += default.segment_of(r, f, m) == segment
+    assert wrong == [(144, "Cannot Lose Them", "At Risk")]
+    # The default grid puts fewer than half of them where the convention does.
+    assert agree_with_default < 30
+    # The ranges read digit by digit: "533-515" and "413-315" are New Customers.
+    for code in (513, 515, 523, 533, 535, 313, 415):
+        assert grid.segment_of(*(int(c) for c in str(code))) == "New Customers", code
+
+
+def test_the_range_convention_keeps_its_published_cells():
+    from rfm_assets.segments import load_rule_set
+
+    grid = load_rule_set("ranges", 5)
+    assert grid.segment_of(5, 5, 5) == "Champions"
+    assert grid.segment_of(1, 1, 5) == "Cannot Lose Them"  # At Risk under rfm_grid
+    assert load_rule_set("rfm_grid", 5).segment_of(1, 1, 5) == "At Risk"
+    assert grid.segment_of(1, 1, 1) == "Lost" and grid.segment_of(1, 1, 3) == "Hibernating"
+    assert grid.segment_of(4, 3, 3) == "Loyal Customers"  # listed before Promising
+    assert grid.segment_of(3, 2, 4) == "Promising"
+    assert "New Customers" not in {s.name for s in grid.segments}
+
+
+@pytest.mark.parametrize("name", ["score_codes", "ranges"])
+def test_conventions_on_five_points_say_so_on_four(name):
+    from rfm_assets.segments import load_rule_set
+
+    with pytest.raises(RFMConfigError, match=f"{name} is for a 5-point scale but scoring uses 4"):
+        load_rule_set(name, 4)
