@@ -138,8 +138,16 @@ def synthetic_file(tmp_path_factory):
             "segment_rules": str(Path(__file__).parent / "data" / "rules_f_and_m.yaml"),
             "weights": {"recency": 3, "frequency": 0.5, "monetary": 2},
         },
+        {"segment_rules": "score_codes"},
     ],
-    ids=["defaults", "net-quartiles", "weights-window", "fixed", "rules-over-f-and-m"],
+    ids=[
+        "defaults",
+        "net-quartiles",
+        "weights-window",
+        "fixed",
+        "rules-over-f-and-m",
+        "score-codes",
+    ],
 )
 def test_synthetic_heavy_ties_identical(spark, synthetic_file, tmp_path, extra):
     settings = {"input_path": str(synthetic_file), "columns": {"order_id": "order_id"}, **extra}
