@@ -433,17 +433,76 @@ def command_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+REPORT_FORMATS = (".md", ".csv", ".html")
+
+
+def report_html(analytics: pd.DataFrame, summary: Optional[dict], svg: str) -> str:
+    """One self-contained HTML page: the summary, the segment table and the chart inline."""
+    import html
+
+    def cell(value) -> str:
+        return html.escape(str(value))
+
+    rows = "".join(
+        "<tr>"
+        + f"<td>{cell(row.segment)}</td><td>{row.customers:,}</td>"
+        + f"<td>{row.customer_share:.1%}</td><td>{row.revenue:,.2f}</td>"
+        + f"<td>{row.revenue_share:.1%}</td><td>{_number(row.avg_recency, 1)}</td>"
+        + f"<td>{_number(row.avg_frequency, 2)}</td><td>{_number(row.avg_monetary, 2)}</td>"
+        + f"<td>{cell(row.recommendation)}</td></tr>"
+        for row in analytics.itertuples(index=False)
+    )
+    facts = ""
+    if summary:
+        facts = "".join(
+            f"<li>{cell(label)}: {cell(summary.get(key))}</li>"
+            for label, key in (
+                ("input", "input"),
+                ("reference date", "reference_date"),
+                ("rows read", "rows_read"),
+                ("rows kept", "rows_kept"),
+                ("customers", "customers"),
+                ("scoring", "scoring_method"),
+            )
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>RFM segment report</title>
+<style>body{{font-family:Helvetica,Arial,sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
+td:nth-child(n+2):not(:last-child){{text-align:right}}th{{background:#f3f3f3}}</style>
+</head><body><h1>RFM segment report</h1><ul>{facts}</ul>
+<table><tr><th>segment</th><th>customers</th><th>share</th><th>revenue</th>
+<th>revenue share</th><th>avg recency</th><th>avg orders</th><th>avg monetary</th>
+<th>recommendation</th></tr>{rows}</table>
+<p>{svg}</p></body></html>
+"""
+
+
 def command_report(args: argparse.Namespace) -> int:
     directory = Path(args.input)
     if not directory.is_dir():
         raise RFMError(f"--input: {directory} is not a directory")
+    target = Path(args.output) if args.output else directory / "segment_report.md"
+    if target.suffix.lower() not in REPORT_FORMATS:
+        raise RFMError(
+            f"--output: {target} must end in {', '.join(REPORT_FORMATS)} (the report's format)"
+        )
     analytics = read_table(directory, "segment_analytics")
     summary = read_summary(directory)
     from rfm_assets.chart import segment_chart_svg
 
-    target = Path(args.output) if args.output else directory / "segment_report.md"
-    chart = target.with_name("segment_distribution.svg")
     svg = segment_chart_svg(analytics)
+    suffix = target.suffix.lower()
+    if suffix == ".csv":
+        write_table(analytics, target, "csv")
+        print(f"wrote {target}")
+        return 0
+    if suffix == ".html":
+        page = report_html(analytics, summary, svg)
+        write_atomically(target, lambda p: p.write_text(page, encoding="utf-8"))
+        print(f"wrote {target}")
+        return 0
+    chart = target.with_name("segment_distribution.svg")
     write_atomically(chart, lambda p: p.write_text(svg, encoding="utf-8"))
     text = report_markdown(analytics, summary) + f"\n![segment distribution]({chart.name})\n"
     write_atomically(target, lambda p: p.write_text(text, encoding="utf-8"))
@@ -478,9 +537,15 @@ def parser() -> argparse.ArgumentParser:
         prog="rfm-assets", description="RFM customer segmentation as a Dagster asset graph."
     )
     root.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # --debug is accepted after the command too; SUPPRESS keeps the root's value otherwise.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks and Spark's own output on errors")  # fmt: skip
     commands = root.add_subparsers(dest="command", required=True)
 
-    analyze = commands.add_parser("analyze", help="run the RFM graph and write the tables")
+    analyze = commands.add_parser(
+        "analyze", help="run the RFM graph and write the tables", parents=[debug]
+    )
     analyze.add_argument(
         "--input",
         help="transactions (.parquet, .csv, Parquet directory); "
@@ -508,7 +573,16 @@ def parser() -> argparse.ArgumentParser:
     rules = analyze.add_argument_group("rules")
     rules.add_argument("--reference-date", metavar="YYYY-MM-DD")
     rules.add_argument("--analysis-period-days", type=int, metavar="N")
-    rules.add_argument("--scoring", choices=("quintiles", "quartiles"))
+    scoring = rules.add_mutually_exclusive_group()
+    scoring.add_argument("--scoring", choices=("quintiles", "quartiles"))
+    scoring.add_argument(
+        "--quintiles", dest="scoring", action="store_const", const="quintiles",
+        help="same as --scoring quintiles",
+    )  # fmt: skip
+    scoring.add_argument(
+        "--quartiles", dest="scoring", action="store_const", const="quartiles",
+        help="same as --scoring quartiles",
+    )  # fmt: skip
     rules.add_argument("--weights", metavar="R,F,M")
     rules.add_argument("--returns", choices=("exclude", "net"))
     rules.add_argument(
@@ -519,12 +593,18 @@ def parser() -> argparse.ArgumentParser:
     rules.add_argument("--segment-grid", metavar="FILE", help="former name of --segment-rules")
     analyze.set_defaults(handler=command_analyze)
 
-    report = commands.add_parser("report", help="summarise a finished result")
+    report = commands.add_parser("report", help="summarise a finished result", parents=[debug])
     report.add_argument("--input", required=True, help="directory written by analyze")
-    report.add_argument("--output", help="report file (default: INPUT/segment_report.md)")
+    report.add_argument(
+        "--output",
+        help="report file; its suffix picks the format: .md (with an SVG chart beside it), "
+        ".csv or .html (default: INPUT/segment_report.md)",
+    )
     report.set_defaults(handler=command_report)
 
-    generate = commands.add_parser("generate", help="write seeded synthetic transactions")
+    generate = commands.add_parser(
+        "generate", help="write seeded synthetic transactions", parents=[debug]
+    )
     generate.add_argument("--rows", type=int, required=True)
     generate.add_argument("--customers", type=int)
     generate.add_argument("--seed", type=int, default=0)

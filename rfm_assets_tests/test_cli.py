@@ -255,3 +255,28 @@ def test_report_escapes_html_and_pipes_in_segment_names(tmp_path):
     assert "&lt;img src=x onerror=alert(1)&gt;\\|VIP" in row and "<img" not in text
     assert len(re.findall(r"(?<!\\)\|", row)) == 11 and "call \\| now please" in row
     assert "input: a\\|b" in text and "rows read unknown" in text
+
+
+def test_usual_cli_shapes_quartiles_shorthand_debug_anywhere_and_report_by_suffix(tmp_path):
+    output = tmp_path / "out"
+    assert main(["analyze", "--output", str(output), "--quartiles", "--debug"]) == 0
+    summary = json.loads((output / "run_summary.json").read_text())
+    assert summary["scoring_method"] == "quartiles" and summary["scale"] == 4
+    assert main(["--debug", "report", "--input", str(output), "--output",
+                 str(tmp_path / "r.csv")]) == 0  # fmt: skip
+    table = pd.read_csv(tmp_path / "r.csv")
+    analytics = pd.read_parquet(output / "segment_analytics.parquet")
+    assert list(table["segment"]) == list(analytics["segment"])
+    assert list(table["customers"]) == list(analytics["customers"])
+    assert main(["report", "--input", str(output), "--output", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!doctype html>") and "<svg" in page
+    for row in analytics.itertuples():
+        assert f"<td>{row.customers:,}</td>" in page
+    assert main(["report", "--input", str(output), "--output", str(tmp_path / "r.pdf")]) == 1
+
+
+def test_scoring_and_its_shorthands_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        main(["analyze", "--output", "o", "--quartiles", "--scoring", "quintiles"])
+    assert "not allowed with argument" in capsys.readouterr().err
