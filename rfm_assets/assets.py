@@ -24,6 +24,7 @@ from rfm_assets.contract import (
     ANALYTICS_COLUMNS,
     COLUMN_DESCRIPTIONS,
     COLUMN_TYPES,
+    CUSTOMER_FILTERS,
     EXCLUSION_REASONS,
     METRIC_COLUMNS,
     SCORE_COLUMNS,
@@ -352,7 +353,10 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         reference_date = dt.date.fromisoformat(_needed(upstream, "reference_date", "transactions"))
         loaded = engine.load(transactions)
         metrics = engine.keep(engine.metrics(loaded, reference_date))
-        customers = engine.distinct_count(loaded, "customer_id")
+        metrics, held_out = engine.filter_customers(metrics, settings_of(context))
+        metrics = engine.keep(metrics)
+        # Customers of the kept transactions, less those the filters held out.
+        customers = engine.distinct_count(loaded, "customer_id") - sum(held_out.values())
         rows, distinct = engine.row_count(metrics), engine.distinct_count(metrics, "customer_id")
         passed = rows == distinct == customers
         yield from _blocking(
@@ -370,7 +374,18 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             ],
             "rfm_metrics",
         )
-        yield _output(engine, metrics, upstream, {"reference_date": reference_date.isoformat()})
+        yield _output(
+            engine,
+            metrics,
+            {**upstream, "customers_held_out": held_out},
+            {
+                "reference_date": reference_date.isoformat(),
+                "customers_held_out": dg.MetadataValue.json(held_out),
+                "customer_filters": dg.MetadataValue.md(
+                    "\n".join(f"- `{reason}`: {rule}" for reason, rule in CUSTOMER_FILTERS.items())
+                ),
+            },
+        )
 
     @dg.asset(
         key=key("rfm_scores"),

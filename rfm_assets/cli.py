@@ -82,6 +82,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "input_path": args.input,
         "reference_date": args.reference_date,
         "analysis_period_days": args.analysis_period_days,
+        "min_frequency": args.min_frequency,
+        "exclude_recent_days": args.exclude_recent_days,
         "scoring_method": args.scoring,
         "returns_policy": args.returns,
         "segment_grid_file": args.segment_grid,
@@ -282,6 +284,7 @@ def run_summary(settings, metadata: dict[str, Any]) -> dict:
         "rows_kept": tx["rows_kept"],
         "rows_excluded": tx["rows_excluded"],
         "customers": metadata["customer_segments"]["dagster/row_count"],
+        "customers_held_out": metadata["rfm_metrics"]["customers_held_out"],
         "reference_date": tx["reference_date"],
         "window_start": tx.get("window_start"),
         "scoring_method": settings.scoring_method,
@@ -573,6 +576,15 @@ def parser() -> argparse.ArgumentParser:
     rules = analyze.add_argument_group("rules")
     rules.add_argument("--reference-date", metavar="YYYY-MM-DD")
     rules.add_argument("--analysis-period-days", type=int, metavar="N")
+    rules.add_argument(
+        "--min-frequency", type=int, metavar="N", help="hold out customers with fewer orders"
+    )
+    rules.add_argument(
+        "--exclude-recent-days",
+        type=int,
+        metavar="N",
+        help="hold out customers whose first purchase is within N days of the reference date",
+    )
     scoring = rules.add_mutually_exclusive_group()
     scoring.add_argument("--scoring", choices=("quintiles", "quartiles"))
     scoring.add_argument(

@@ -18,6 +18,13 @@ EXCLUSION_REASONS = {
     "customer_monetary_not_positive": "the customer's netted monetary is <= 0 (returns_policy net)",
 }
 
+# Why a customer is held out before scoring (settings min_frequency, exclude_recent_days), in
+# the order the filters apply; counted in customers, not rows.
+CUSTOMER_FILTERS = {
+    "below_min_frequency": "fewer orders than min_frequency",
+    "first_purchase_too_recent": "first purchase within exclude_recent_days of the reference date",
+}
+
 TRANSACTION_COLUMNS = ["customer_id", "transaction_date", "amount", "is_return", "order_id"]
 METRIC_COLUMNS = [
     "customer_id",
@@ -28,6 +35,8 @@ METRIC_COLUMNS = [
     "last_purchase_date",
     "tenure_days",
     "avg_order_value",
+    "customer_lifetime_days",
+    "purchase_frequency_per_month",
 ]
 SCORE_COLUMNS = ["R_score", "F_score", "M_score", "FM_score", "RFM_score", "rfm_cell"]
 SEGMENT_COLUMNS = [
@@ -71,6 +80,8 @@ COLUMN_TYPES = {
     "last_purchase_date": "timestamp",
     "tenure_days": "int64",
     "avg_order_value": "float64",
+    "customer_lifetime_days": "int64",
+    "purchase_frequency_per_month": "float64",
     "R_score": "int64",
     "F_score": "int64",
     "M_score": "int64",
@@ -111,6 +122,10 @@ COLUMN_DESCRIPTIONS = {
     "tenure_days": "Days from the first purchase date to the reference date.",
     "avg_order_value": "Average order value: monetary / frequency per customer; "
     "revenue / orders per segment.",
+    "customer_lifetime_days": "Days from the first to the last purchase, both counted (1 for a "
+    "customer who bought on one day).",
+    "purchase_frequency_per_month": "Orders per 30.44 days of tenure; a tenure under one month "
+    "counts as one month.",
     "R_score": "Recency score, 1 (longest ago) to k (most recent).",
     "F_score": "Frequency score, 1 (fewest) to k (most).",
     "M_score": "Monetary score, 1 (least) to k (most).",

@@ -21,6 +21,7 @@ class RFMResult:
     segment_analytics: Any
     account: RowAccount
     thresholds: dict[str, list[float]]
+    customers_held_out: dict[str, int]
 
 
 def run_engine(
@@ -33,6 +34,8 @@ def run_engine(
     raw, listing = engine.read(settings)
     kept, account = engine.prepare(raw, settings, listing)
     metrics = engine.keep(engine.metrics(kept, account.reference_date))
+    metrics, customers_held_out = engine.filter_customers(metrics, settings)
+    metrics = engine.keep(metrics)
     scores = engine.keep(engine.scores(metrics, settings))
     grid = settings.segment_grid()
     segmented = engine.keep(
@@ -42,7 +45,9 @@ def run_engine(
     )
     thresholds = engine.thresholds(scores, settings)
     analytics = engine.analytics(segmented, grid, thresholds)
-    return RFMResult(kept, metrics, scores, segmented, analytics, account, thresholds)
+    return RFMResult(
+        kept, metrics, scores, segmented, analytics, account, thresholds, customers_held_out
+    )
 
 
 def run_pandas(settings: RFMSettings, segmented_at: Optional[dt.datetime] = None) -> RFMResult:

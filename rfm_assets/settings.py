@@ -200,6 +200,18 @@ class RFMSettings(dg.ConfigurableResource):
         description="Keep transactions with reference_date - N <= date < reference_date. "
         "Unset: all history before the reference date.",
     )
+    min_frequency: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Hold out customers with fewer orders before scoring (counted as "
+        "below_min_frequency), e.g. 2 to score repeat buyers only. Unset: everyone.",
+    )
+    exclude_recent_days: Optional[int] = Field(
+        default=None,
+        ge=0,
+        description="Hold out customers whose first purchase is within this many days of the "
+        "reference date (counted as first_purchase_too_recent). Unset: everyone.",
+    )
     scoring_method: Literal["quintiles", "quartiles", "fixed"] = Field(
         default="quintiles",
         description="quintiles (5-point), quartiles (4-point) or fixed (fixed_thresholds).",

@@ -9,6 +9,7 @@ from rfm_assets.engines.pandas_compute import (
     assign_segments,
     compute_metrics,
     compute_scores,
+    filter_customers,
     prepare_transactions,
 )
 from rfm_assets.io_manager import RFMStore
@@ -29,12 +30,15 @@ def run_pipeline(
     weights=(1.0, 1.0, 1.0),
     fixed=None,
     rule_set="rfm_grid",
+    min_frequency=None,
+    exclude_recent_days=None,
 ):
     """The pandas engine's steps in order, as the assets chain them."""
     kept, account = prepare_transactions(
         frame, reference_date, analysis_period_days, returns_policy, cancelled_order_prefix
     )
     metrics = compute_metrics(kept, account.reference_date)
+    metrics, _ = filter_customers(metrics, min_frequency, exclude_recent_days)
     scores = compute_scores(metrics, scale, weights, fixed)
     return assign_segments(scores, load_rule_set(rule_set, scale, weights), FIXED_TIME), account
 
@@ -62,6 +66,8 @@ ORACLE_COLUMNS = [
     "frequency",
     "monetary",
     "tenure_days",
+    "customer_lifetime_days",
+    "purchase_frequency_per_month",
     "R_score",
     "F_score",
     "M_score",

@@ -43,6 +43,8 @@ def oracle(
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     fixed: dict[str, list[float]] | None = None,
     rules: list[dict] | None = None,
+    min_frequency: int | None = None,
+    exclude_recent_days: int | None = None,
 ) -> tuple[dict, dict]:
     """rows: dicts with customer_id (None = missing), date, amount, and optionally order_id.
 
@@ -108,7 +110,18 @@ def oracle(
             "first_purchase_date": first,
             "last_purchase_date": last,
             "tenure_days": (reference_date - first).days,
+            "customer_lifetime_days": (last - first).days + 1,
         }
+        c = customers[customer]
+        c["purchase_frequency_per_month"] = c["frequency"] * 30.44 / max(c["tenure_days"], 30.44)
+    for customer in list(customers):  # held out before scoring, first reason first
+        c = customers[customer]
+        if min_frequency is not None and c["frequency"] < min_frequency:
+            excluded["customers:below_min_frequency"] += 1
+            del customers[customer]
+        elif exclude_recent_days is not None and c["tenure_days"] <= exclude_recent_days:
+            excluded["customers:first_purchase_too_recent"] += 1
+            del customers[customer]
     score(customers, scale, weights, fixed, rules)
     return customers, dict(excluded)
 

@@ -241,3 +241,49 @@ def test_rules_over_r_f_m_fm_and_rfm_match_the_oracle(tmp_path, weights):
     assert len(set(result["segment"])) == len(rules)
     quiet = result[result["segment"] == "Big Spenders Gone Quiet"]
     assert ((quiet["F_score"] <= 3) & (quiet["M_score"] >= 3) & (quiet["R_score"] <= 2)).all()
+
+
+@pytest.mark.parametrize("min_frequency, exclude_recent_days", [(2, None), (None, 60), (2, 60)])
+def test_customer_filters_are_counted_and_scores_cover_the_rest(min_frequency, exclude_recent_days):
+    from rfm_assets.engines.pandas_compute import compute_metrics, filter_customers
+
+    rows, frame = synthetic_rows(seed=13)
+    result, account = run_pipeline(
+        frame, min_frequency=min_frequency, exclude_recent_days=exclude_recent_days
+    )
+    expected, excluded = oracle(
+        rows, min_frequency=min_frequency, exclude_recent_days=exclude_recent_days
+    )
+    assert_matches_oracle(result, expected)  # scores over the customers that remain
+    kept, account = prepare_transactions_of(frame)
+    _, counts = filter_customers(
+        compute_metrics(kept, account.reference_date), min_frequency, exclude_recent_days
+    )
+    assert counts == {
+        "below_min_frequency": excluded.get("customers:below_min_frequency", 0),
+        "first_purchase_too_recent": excluded.get("customers:first_purchase_too_recent", 0),
+    }
+    assert sum(counts.values()) > 0
+    assert len(result) + sum(counts.values()) == kept["customer_id"].nunique()
+
+
+def prepare_transactions_of(frame):
+    from rfm_assets.engines.pandas_compute import prepare_transactions
+
+    return prepare_transactions(frame)
+
+
+def test_lifetime_and_monthly_purchase_rate_follow_their_stated_rules():
+    rows = [
+        {"customer_id": 1, "date": dt.datetime(2024, 1, 1), "amount": 5.0, "order_id": "a"},
+        {"customer_id": 1, "date": dt.datetime(2024, 3, 1), "amount": 5.0, "order_id": "b"},
+        {"customer_id": 2, "date": dt.datetime(2024, 3, 30), "amount": 5.0, "order_id": "c"},
+    ]
+    result, _ = run_pipeline(frame_of(rows))
+    by_id = result.set_index("customer_id")
+    # reference date 2024-03-31: customer 1 has tenure 90 days, lifetime 61 days (both ends)
+    assert by_id.loc[1, "customer_lifetime_days"] == 61
+    assert by_id.loc[1, "purchase_frequency_per_month"] == 2 * 30.44 / 90
+    # one day of tenure counts as one month: one order a month, not 30
+    assert by_id.loc[2, "customer_lifetime_days"] == 1
+    assert by_id.loc[2, "purchase_frequency_per_month"] == 1.0

@@ -106,6 +106,7 @@ def both_engines(settings: dict, spark, folder: Path):
         RFMSettings(**settings, engine="spark"), spark, segmented_at=SEGMENTED_AT
     )
     assert spark_result.account == pandas_result.account
+    assert spark_result.customers_held_out == pandas_result.customers_held_out
     assert spark_result.thresholds == pandas_result.thresholds
     assert_same_customers(spark_result.customer_segments, pandas_result.customer_segments, folder)
     assert_same_analytics(spark_result.segment_analytics, pandas_result.segment_analytics, folder)
@@ -138,7 +139,7 @@ def synthetic_file(tmp_path_factory):
             "segment_rules": str(Path(__file__).parent / "data" / "rules_f_and_m.yaml"),
             "weights": {"recency": 3, "frequency": 0.5, "monetary": 2},
         },
-        {"segment_rules": "score_codes"},
+        {"segment_rules": "score_codes", "min_frequency": 2, "exclude_recent_days": 60},
     ],
     ids=[
         "defaults",
@@ -152,7 +153,12 @@ def synthetic_file(tmp_path_factory):
 def test_synthetic_heavy_ties_identical(spark, synthetic_file, tmp_path, extra):
     settings = {"input_path": str(synthetic_file), "columns": {"order_id": "order_id"}, **extra}
     pandas_result, _ = both_engines(settings, spark, tmp_path)
-    assert (pandas_result.customer_segments["frequency"] == 1).mean() > 0.2  # real ties
+    frequency = pandas_result.customer_segments["frequency"]
+    if "min_frequency" in extra:  # the filter held every one-order customer out
+        assert frequency.min() >= extra["min_frequency"]
+        assert pandas_result.customers_held_out["below_min_frequency"] > 0
+    else:
+        assert (frequency == 1).mean() > 0.2  # real ties
 
 
 def test_bundled_online_retail_identical(spark, tmp_path):

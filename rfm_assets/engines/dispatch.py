@@ -74,6 +74,12 @@ class PandasEngine:
     def metrics(self, kept, reference_date: dt.date):
         return self.compute.compute_metrics(kept, reference_date)
 
+    def filter_customers(self, metrics, settings: RFMSettings) -> tuple[Any, dict[str, int]]:
+        """Customers held out before scoring (min_frequency, exclude_recent_days), counted."""
+        return self.compute.filter_customers(
+            metrics, settings.min_frequency, settings.exclude_recent_days
+        )
+
     def scores(self, metrics, settings: RFMSettings, cut_points: Optional[dict] = None):
         """Scores by the settings, or by `cut_points` (e.g. an earlier week's) when given."""
         cut_points = cut_points or settings.fixed_cut_points()

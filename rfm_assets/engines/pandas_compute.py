@@ -34,6 +34,8 @@ EPOCH = np.datetime64("1970-01-01", "D")
 # purchases: excluded and counted as date_out_of_range. Settings can move both.
 EARLIEST_VALID_DATE = dt.date(1900, 1, 1)
 LATEST_VALID_DATE = dt.date(2999, 12, 31)
+# The average month, in days: purchase_frequency_per_month counts orders per this many days.
+DAYS_PER_MONTH = 30.44
 # Beyond this an amount's micro-units would overflow int64.
 MAX_ABS_AMOUNT = 9.0e12
 
@@ -271,8 +273,44 @@ def compute_metrics(transactions: pd.DataFrame, reference_date: dt.date) -> pd.D
             ),
             "tenure_days": ref_day - first_day,
             "avg_order_value": monetary / frequency,
+            "customer_lifetime_days": last_day - first_day + 1,
+            # Orders per month of tenure; a tenure under one month counts as one month.
+            "purchase_frequency_per_month": frequency
+            * DAYS_PER_MONTH
+            / np.maximum(ref_day - first_day, DAYS_PER_MONTH),
         }
     )
+
+
+def filter_customers(
+    metrics: pd.DataFrame,
+    min_frequency: Optional[int] = None,
+    exclude_recent_days: Optional[int] = None,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Customers held out before scoring, counted by reason (first reason that applies):
+    fewer orders than min_frequency; a first purchase within exclude_recent_days of the
+    reference date (tenure_days <= N)."""
+    held_out = np.zeros(len(metrics), dtype=bool)
+    counts = {}
+    for reason, mask in customer_filter_masks(metrics, min_frequency, exclude_recent_days):
+        newly = mask & ~held_out
+        counts[reason] = int(newly.sum())
+        held_out |= newly
+    return metrics[~held_out].reset_index(drop=True), counts
+
+
+def customer_filter_masks(metrics, min_frequency, exclude_recent_days):
+    frequency = metrics["frequency"].to_numpy()
+    tenure = metrics["tenure_days"].to_numpy()
+    return [
+        ("below_min_frequency", frequency < (min_frequency or 0)),
+        (
+            "first_purchase_too_recent",
+            tenure <= exclude_recent_days
+            if exclude_recent_days is not None
+            else np.zeros(len(metrics), dtype=bool),
+        ),
+    ]
 
 
 def _order_codes(order_ids) -> np.ndarray:

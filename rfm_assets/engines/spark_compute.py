@@ -23,6 +23,7 @@ from pyspark.storagelevel import StorageLevel
 
 from rfm_assets.contract import EXCLUSION_REASONS, MICRO_UNITS
 from rfm_assets.engines.pandas_compute import (
+    DAYS_PER_MONTH,
     EARLIEST_VALID_DATE,
     LATEST_VALID_DATE,
     MAX_ABS_AMOUNT,
@@ -589,7 +590,37 @@ def compute_metrics(transactions: DataFrame, reference_date: dt.date) -> DataFra
         F.date_from_unix_date("last_day").cast("timestamp_ntz").alias("last_purchase_date"),
         (F.lit(ref_day) - F.col("first_day")).cast("long").alias("tenure_days"),
         (monetary / F.col("frequency")).alias("avg_order_value"),
-    )
+        (F.col("last_day") - F.col("first_day") + 1).cast("long").alias("customer_lifetime_days"),
+        # As pandas: frequency * 30.44 / max(tenure_days, 30.44), in that order.
+        (
+            F.col("frequency").cast("double") * F.lit(DAYS_PER_MONTH)
+            / F.greatest((F.lit(ref_day) - F.col("first_day")).cast("double"),
+                         F.lit(DAYS_PER_MONTH))
+        ).alias("purchase_frequency_per_month"),
+    )  # fmt: skip
+
+
+def filter_customers(
+    metrics: DataFrame,
+    min_frequency: Optional[int] = None,
+    exclude_recent_days: Optional[int] = None,
+) -> tuple[DataFrame, dict[str, int]]:
+    """Customers held out before scoring, counted by reason (see pandas_compute)."""
+    reasons = [("below_min_frequency", F.col("frequency") < F.lit(min_frequency or 0))]
+    recent = F.lit(False)
+    if exclude_recent_days is not None:
+        recent = F.col("tenure_days") <= F.lit(exclude_recent_days)
+    reasons.append(("first_purchase_too_recent", recent))
+    reason = F.lit(None).cast("string")
+    for name, condition in reversed(reasons):
+        reason = F.when(condition, F.lit(name)).otherwise(reason)
+    if min_frequency is None and exclude_recent_days is None:
+        return metrics, {name: 0 for name, _ in reasons}
+    row = metrics.agg(
+        *[F.sum(F.when(reason == name, 1).otherwise(0)).alias(name) for name, _ in reasons]
+    ).first()
+    counts = {name: int(row[name] or 0) for name, _ in reasons}
+    return metrics.filter(reason.isNull()), counts
 
 
 # --- scores ---------------------------------------------------------------------------------
