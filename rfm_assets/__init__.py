@@ -5,5 +5,6 @@ materialized customer table as a pandas DataFrame.
 """
 
 from rfm_assets.definitions import defs
+from rfm_assets.lists import identify_high_value_customers
 
-__all__ = ["defs"]
+__all__ = ["defs", "identify_high_value_customers"]

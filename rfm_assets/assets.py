@@ -46,6 +46,7 @@ COLUMNS_OF = {
     "rfm_scores": METRIC_COLUMNS + SCORE_COLUMNS,
     "customer_segments": METRIC_COLUMNS + SCORE_COLUMNS + SEGMENT_COLUMNS,
     "segment_analytics": ANALYTICS_COLUMNS,
+    "high_value_customers": METRIC_COLUMNS + SCORE_COLUMNS + SEGMENT_COLUMNS + ["high_value_rank"],
 }
 
 RFM_TABLE = dg.DagsterType(
@@ -628,6 +629,35 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             },
         )
 
+    @dg.asset(
+        key=key("high_value_customers"),
+        ins=ins("customer_segments"),
+        metadata=meta("high_value_customers"),
+        **common,
+    )
+    def high_value_customers(context: dg.AssetExecutionContext, customer_segments):
+        """The top share of customers (high_value_share, default 20%) by monetary or by the
+        weighted RFM_score (high_value_by), highest first, for a campaign list. Tie-safe:
+        customers tied at the cut are all on the list.
+        """
+        settings = settings_of(context)
+        engine = engine_of(context)
+        chosen = engine.high_value(engine.load(customer_segments), settings)
+        table_context = {
+            **context_of(customer_segments),
+            "high_value_share": settings.high_value_share,
+            "high_value_by": settings.high_value_by,
+        }
+        return _output(
+            engine,
+            chosen,
+            table_context,
+            {
+                "high_value_share": settings.high_value_share,
+                "high_value_by": settings.high_value_by,
+            },
+        )
+
     def _thresholds_of_week(context, week: str) -> dict[str, list[float]]:
         store = getattr(context.resources, graph.io_manager_key)
         stored = store.stored(key("rfm_scores"), week) if hasattr(store, "stored") else None
@@ -638,7 +668,14 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             )
         return stored.context["thresholds"]
 
-    return [transactions, rfm_metrics, rfm_scores, customer_segments, segment_analytics]
+    return [
+        transactions,
+        rfm_metrics,
+        rfm_scores,
+        customer_segments,
+        segment_analytics,
+        high_value_customers,
+    ]
 
 
 def _share_moves(context, analytics: pd.DataFrame, graph: RFMGraph, settings) -> list:

@@ -26,6 +26,8 @@ from rfm_assets.packaged import preset_names, preset_path
 from rfm_assets.result_dir import ResultDirectory
 
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
+# Tables the graph computes that the CLI writes only when asked (--high-value).
+OPTIONAL_TABLES = ("high_value_customers",)
 # The columns `report` needs of each table it reads.
 TABLE_COLUMNS = {"segment_analytics": ANALYTICS_COLUMNS[:12]}
 EXIT_USAGE = 2
@@ -83,6 +85,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "reference_date": args.reference_date,
         "analysis_period_days": args.analysis_period_days,
         "min_frequency": args.min_frequency,
+        "high_value_share": args.high_value,
+        "high_value_by": args.high_value_by,
         "exclude_recent_days": args.exclude_recent_days,
         "scoring_method": args.scoring,
         "returns_policy": args.returns,
@@ -250,10 +254,10 @@ def run_graph(settings, spark, work_dir: Path) -> dict[str, Any]:
             name: spark.spark_session.read.parquet(
                 RFMStore.current_version(UPath(str(work_dir)) / name).path
             )
-            for name in OUTPUT_TABLES
+            for name in OUTPUT_TABLES + OPTIONAL_TABLES
         }
     else:
-        tables = {name: result.output_for_node(name) for name in OUTPUT_TABLES}
+        tables = {name: result.output_for_node(name) for name in OUTPUT_TABLES + OPTIONAL_TABLES}
     return {"tables": tables, "metadata": metadata}
 
 
@@ -407,6 +411,14 @@ def command_analyze(args: argparse.Namespace) -> int:
                 if settings.engine == "spark":
                     if name == "segment_analytics":
                         frame = frame.orderBy("priority").coalesce(1)
+                    write_spark_table(frame, target, args.format)
+                else:
+                    write_table(frame, target, args.format)
+            if args.high_value is not None:
+                name = "high_value_customers"
+                frame = outcome["tables"][name]
+                target = result.files / f"{name}.{args.format}"
+                if settings.engine == "spark":
                     write_spark_table(frame, target, args.format)
                 else:
                     write_table(frame, target, args.format)
@@ -576,6 +588,15 @@ def parser() -> argparse.ArgumentParser:
     rules = analyze.add_argument_group("rules")
     rules.add_argument("--reference-date", metavar="YYYY-MM-DD")
     rules.add_argument("--analysis-period-days", type=int, metavar="N")
+    rules.add_argument(
+        "--high-value",
+        type=float,
+        nargs="?",
+        const=0.2,
+        metavar="SHARE",
+        help="also write high_value_customers: the top SHARE (default 0.2) of customers",
+    )
+    rules.add_argument("--high-value-by", choices=("monetary", "RFM_score"))
     rules.add_argument(
         "--min-frequency", type=int, metavar="N", help="hold out customers with fewer orders"
     )

@@ -248,6 +248,18 @@ class RFMSettings(dg.ConfigurableResource):
         default=None,
         description="Former name of segment_rules for a file path; when set, it wins.",
     )
+    high_value_share: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Share of customers in high_value_customers (0.2 = the top 20%); ties at "
+        "the cut are all in.",
+    )
+    high_value_by: Literal["monetary", "RFM_score"] = Field(
+        default="monetary",
+        description="Measure that ranks high_value_customers: monetary, or the weighted "
+        "RFM_score (so the weights decide who is on the list).",
+    )
     max_segment_share: float = Field(
         default=0.5,
         gt=0,

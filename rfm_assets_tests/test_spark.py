@@ -240,7 +240,14 @@ def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path
 
 def test_cli_spark_output_equals_pandas_output(spark, tmp_path):
     for engine in ("pandas", "spark"):
-        assert main(["analyze", "--engine", engine, "--output", str(tmp_path / engine)]) == 0
+        output = str(tmp_path / engine)
+        assert main(["analyze", "--engine", engine, "--output", output, "--high-value"]) == 0
+    lists = [
+        pd.read_parquet(tmp_path / engine / "high_value_customers.parquet")
+        for engine in ("pandas", "spark")
+    ]
+    for column in ("customer_id", "high_value_rank", "monetary", "segment"):
+        assert list(lists[0][column].astype(str)) == list(lists[1][column].astype(str)), column
     pandas_summary = json.loads((tmp_path / "pandas" / "run_summary.json").read_text())
     spark_summary = json.loads((tmp_path / "spark" / "run_summary.json").read_text())
     assert {k: v for k, v in spark_summary.items() if k != "engine"} == {

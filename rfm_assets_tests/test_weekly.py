@@ -171,8 +171,14 @@ def test_columns_and_kinds_are_declared_before_the_first_run():
         for key in checks.check_keys
         if key.name == "column_schema_change"
     }
-    assert schema_checks == {"transactions", "rfm_metrics", "rfm_scores", "customer_segments",
-                             "segment_analytics"}  # fmt: skip
+    assert schema_checks == {
+        "transactions",
+        "rfm_metrics",
+        "rfm_scores",
+        "customer_segments",
+        "segment_analytics",
+        "high_value_customers",
+    }
 
 
 # --- checks that fail on a crafted bad value, and never publish it --------------------------

@@ -99,6 +99,11 @@ class PandasEngine:
     def analytics(self, segmented, grid: SegmentGrid, thresholds):
         return self.compute.segment_analytics(segmented, grid, thresholds)
 
+    def high_value(self, segmented, settings: RFMSettings):
+        return self.compute.high_value_customers(
+            segmented, settings.high_value_share, settings.high_value_by
+        )
+
     def keep(self, frame):
         return frame
 

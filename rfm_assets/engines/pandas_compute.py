@@ -484,3 +484,10 @@ def _integer_sums(codes: np.ndarray, values: np.ndarray, count: int) -> np.ndarr
     totals = np.zeros(count, dtype=np.int64)
     np.add.at(totals, codes, values.astype(np.int64))
     return totals
+
+
+def high_value_customers(segmented: pd.DataFrame, top_percentage: float, by: str) -> pd.DataFrame:
+    """The tie-safe top share of customers by `by` (see rfm_assets.lists)."""
+    from rfm_assets.lists import identify_high_value_customers
+
+    return identify_high_value_customers(segmented, top_percentage, by)

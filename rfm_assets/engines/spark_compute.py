@@ -805,3 +805,14 @@ def _python_value(value):
     if hasattr(value, "item"):  # numpy scalars
         return value.item()
     return value
+
+
+def high_value_customers(segmented: DataFrame, top_percentage: float, by: str) -> DataFrame:
+    """The tie-safe top share of customers by `by` (see rfm_assets.lists): rank() - 1 is the
+    number of customers with a strictly greater value."""
+    customers = segmented.count()
+    # One window over the customer table (not the transactions): a global order.
+    rank = F.rank().over(Window.orderBy(F.col(by).desc()))
+    ranked = segmented.withColumn("high_value_rank", rank.cast("long"))
+    chosen = ranked.filter((F.col("high_value_rank") - 1) < F.lit(top_percentage * customers))
+    return chosen.orderBy("high_value_rank", "customer_id")

@@ -1,0 +1,69 @@
+"""Customer lists: the tie-safe high-value list against a plain count, the asset, the CLI."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rfm_assets import identify_high_value_customers
+from rfm_assets.cli import main
+from rfm_assets.errors import RFMConfigError
+
+
+def plain_top(values: dict, share: float) -> dict:
+    """customer -> rank, for customers with fewer than share * n strictly greater values."""
+    n = len(values)
+    chosen = {}
+    for customer, value in values.items():
+        greater = sum(1 for other in values.values() if other > value)
+        if greater < share * n:
+            chosen[customer] = greater + 1
+    return chosen
+
+
+def test_ties_at_the_cut_are_all_in():
+    df = pd.DataFrame({"customer_id": [1, 2, 3, 4, 5, 6],
+                       "monetary": [9.0, 10.0, 9.0, 9.0, 5.0, 1.0]})  # fmt: skip
+    top = identify_high_value_customers(df, top_percentage=0.2)
+    # 20% of 6 is 1.2: the 10 and all three 9s (one customer above them) are in.
+    assert list(top["customer_id"]) == [2, 1, 3, 4]
+    assert list(top["high_value_rank"]) == [1, 2, 2, 2]
+    shuffled = df.sample(frac=1, random_state=3)
+    pd.testing.assert_frame_equal(identify_high_value_customers(shuffled, 0.2), top)
+
+
+@pytest.mark.parametrize("share, by", [(0.2, "monetary"), (0.05, "RFM_score"), (1.0, "monetary")])
+def test_high_value_list_equals_a_plain_count(share, by):
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame(
+        {
+            "customer_id": np.arange(500),
+            "monetary": rng.integers(1, 60, 500).astype(float),  # many ties
+            "RFM_score": rng.integers(3, 16, 500) / 3,
+        }
+    )
+    top = identify_high_value_customers(df, top_percentage=share, by=by)
+    expected = plain_top(dict(zip(df["customer_id"], df[by])), share)
+    assert dict(zip(top["customer_id"], top["high_value_rank"])) == expected
+    assert len(top) >= int(share * len(df))
+
+
+def test_bad_arguments_name_the_setting():
+    df = pd.DataFrame({"customer_id": [1], "monetary": [1.0]})
+    with pytest.raises(RFMConfigError, match="high_value_share: must be a share in"):
+        identify_high_value_customers(df, top_percentage=20)
+    with pytest.raises(RFMConfigError, match="high_value_by: 'frequency' is not one of"):
+        identify_high_value_customers(df, by="frequency")
+
+
+def test_cli_writes_the_list_only_when_asked(tmp_path):
+    plain = tmp_path / "plain"
+    assert main(["analyze", "--output", str(plain)]) == 0
+    assert not (plain / "high_value_customers.parquet").exists()
+    output = tmp_path / "out"
+    assert main(["analyze", "--output", str(output), "--high-value", "0.1",
+                 "--high-value-by", "RFM_score"]) == 0  # fmt: skip
+    written = pd.read_parquet(output / "high_value_customers.parquet")
+    segments = pd.read_parquet(output / "customer_segments.parquet")
+    expected = plain_top(dict(zip(segments["customer_id"], segments["RFM_score"])), 0.1)
+    assert dict(zip(written["customer_id"], written["high_value_rank"])) == expected
+    assert 0.1 * len(segments) <= len(written) < 0.2 * len(segments)
