@@ -440,7 +440,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             **context_of(rfm_metrics),
             "scale": scale,
             "scoring_method": source_of_cuts,
-            "weights": settings.weights.model_dump(),
+            "weights": settings.effective_weights.model_dump(),
             "thresholds": thresholds,
         }
         yield _output(

@@ -293,7 +293,7 @@ def run_summary(settings, metadata: dict[str, Any]) -> dict:
         "window_start": tx.get("window_start"),
         "scoring_method": settings.scoring_method,
         "scale": settings.scale,
-        "weights": settings.weights.model_dump(),
+        "weights": settings.effective_weights.model_dump(),
         "returns_policy": settings.returns_policy,
         "thresholds": metadata["rfm_scores"]["thresholds"],
     }

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import dagster as dg
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.packaged import BUNDLED_COLUMNS, BUNDLED_DATASET
@@ -228,6 +228,15 @@ class RFMSettings(dg.ConfigurableResource):
         "to week. Unset: quantiles of this run (or fixed_thresholds).",
     )
     weights: Weights = Field(default_factory=Weights, description="Weights of R, F and M.")
+    recency_weight: Optional[float] = Field(
+        default=None, description="Flat alias of weights.recency (as other RFM tools name it)."
+    )
+    frequency_weight: Optional[float] = Field(
+        default=None, description="Flat alias of weights.frequency."
+    )
+    monetary_weight: Optional[float] = Field(
+        default=None, description="Flat alias of weights.monetary."
+    )
     returns_policy: Literal["exclude", "net"] = Field(
         default="exclude",
         description="exclude: drop rows with amount <= 0 and cancelled orders (counted). "
@@ -307,8 +316,32 @@ class RFMSettings(dg.ConfigurableResource):
             raise ValueError(f"latest_valid_date: {latest} must be before 9999-12-31")
         return self
 
+    @property
+    def effective_weights(self) -> Weights:
+        """`weights`, with any flat alias (recency_weight, ...) taking the place of its field."""
+        flat = {
+            "recency": self.recency_weight,
+            "frequency": self.frequency_weight,
+            "monetary": self.monetary_weight,
+        }
+        given = {k: v for k, v in flat.items() if v is not None}
+        if not given:
+            return self.weights
+        return Weights(**{**self.weights.model_dump(), **given})
+
     @model_validator(mode="after")
     def _scoring_is_complete(self):
+        try:
+            self.effective_weights  # noqa: B018 (validates the flat aliases as weights)
+        except ValidationError as error:
+            raise ValueError(
+                "; ".join(
+                    f"{item['loc'][0]}_weight: {item['msg'].removeprefix('Value error, ')}"
+                    if item["loc"]
+                    else item["msg"].removeprefix("Value error, ")
+                    for item in error.errors()
+                )
+            ) from None
         if self.scoring_method == "fixed" and self.fixed_thresholds is None:
             raise ValueError("fixed_thresholds: required when scoring_method is 'fixed'")
         if self.scoring_method == "fixed" and self.thresholds_from_week:
@@ -374,7 +407,8 @@ class RFMSettings(dg.ConfigurableResource):
         return self.segment_grid_file or self.segment_rules
 
     def weight_tuple(self) -> tuple[float, float, float]:
-        return (self.weights.recency, self.weights.frequency, self.weights.monetary)
+        weights = self.effective_weights
+        return (weights.recency, weights.frequency, weights.monetary)
 
     def segment_grid(self, scale: Optional[int] = None) -> SegmentGrid:
         """The rule set compiled for the scale (default: the settings') and the weights."""

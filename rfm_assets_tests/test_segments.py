@@ -60,6 +60,7 @@ def scores_frame(cells):
             "F_score": fm,
             "M_score": fm,
             "FM_score": fm,
+            "RFM_score": (r + 2 * fm) / 3,
         }
     )
 
@@ -70,7 +71,8 @@ def test_assign_segments_copies_catalog_fields_and_tiers(scale):
     cells = [(r, fm) for r in range(1, scale + 1) for fm in range(1, scale + 1)]
     segmented = assign_segments(scores_frame(cells), grid, FIXED_TIME)
     catalog = default_catalog()
-    for (r, fm), row in zip(cells, segmented.itertuples()):
+    for row in segmented.itertuples():  # rows come in segment order: find each one's cell
+        r, fm = cells[row.customer_id]
         name = grid.segment_of(r, fm, fm)
         assert row.segment == name
         assert row.segment_id == catalog[name].segment_id

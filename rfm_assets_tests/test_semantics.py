@@ -287,3 +287,23 @@ def test_lifetime_and_monthly_purchase_rate_follow_their_stated_rules():
     # one day of tenure counts as one month: one order a month, not 30
     assert by_id.loc[2, "customer_lifetime_days"] == 1
     assert by_id.loc[2, "purchase_frequency_per_month"] == 1.0
+
+
+def test_customers_come_in_segment_priority_then_weighted_score_order():
+    """The recency weight orders every segment's customers (and so every exported list)."""
+    _, frame = synthetic_rows(seed=17)
+    for weights in ((1.0, 1.0, 1.0), (3.0, 1.0, 1.0)):
+        result, _ = run_pipeline(frame, weights=weights)
+        priority = result["segment"].map(
+            {
+                s.name: s.priority
+                for s in __import__("rfm_assets.segments").segments.default_grid(5).segments
+            }  # fmt: skip
+        )
+        assert priority.is_monotonic_increasing
+        for _, group in result.groupby("segment", observed=True):
+            assert group["RFM_score"].is_monotonic_decreasing
+    # With recency weighted up, the order inside segments changes for real.
+    plain, _ = run_pipeline(frame)
+    recency_first, _ = run_pipeline(frame, weights=(3.0, 1.0, 1.0))
+    assert list(plain["customer_id"]) != list(recency_first["customer_id"])

@@ -248,6 +248,12 @@ def test_cli_spark_output_equals_pandas_output(spark, tmp_path):
     ]
     for column in ("customer_id", "high_value_rank", "monetary", "segment"):
         assert list(lists[0][column].astype(str)) == list(lists[1][column].astype(str)), column
+    # The same row order: segment priority, then the weighted RFM_score, then the id.
+    ordered = [
+        pd.read_parquet(tmp_path / engine / "customer_segments.parquet")["customer_id"].tolist()
+        for engine in ("pandas", "spark")
+    ]
+    assert ordered[0] == ordered[1]
     pandas_summary = json.loads((tmp_path / "pandas" / "run_summary.json").read_text())
     spark_summary = json.loads((tmp_path / "spark" / "run_summary.json").read_text())
     assert {k: v for k, v in spark_summary.items() if k != "engine"} == {

@@ -23,8 +23,7 @@ from rfm_assets.settings import RFMSettings
 
 
 def _weights(settings: RFMSettings) -> tuple[float, float, float]:
-    w = settings.weights
-    return (w.recency, w.frequency, w.monetary)
+    return settings.weight_tuple()
 
 
 class PandasEngine:

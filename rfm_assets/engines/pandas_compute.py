@@ -440,11 +440,19 @@ def _categorical(codes: np.ndarray, labels: list[str]) -> pd.Categorical:
 def assign_segments(
     scores: pd.DataFrame, grid: SegmentGrid, segmented_at: dt.datetime
 ) -> pd.DataFrame:
-    """Scores plus the segment of each (R, F, M) combination and its catalog fields."""
+    """Scores plus the segment of each (R, F, M) combination and its catalog fields.
+
+    Rows come in segment priority order and, within a segment, by the weighted RFM_score,
+    highest first (ties in customer id order): the recency weight orders every list.
+    """
     table, segments = grid.lookup_table()
+    codes = table[tuple(scores[c].to_numpy() for c in ("R_score", "F_score", "M_score"))]
+    # segments are in priority order, so the code is the priority rank; lexsort is stable.
+    order = np.lexsort((-scores["RFM_score"].to_numpy(), codes))
+    scores = scores.iloc[order].reset_index(drop=True)
+    segment_code = codes[order]
     r = scores["R_score"].to_numpy()
     fm = scores["FM_score"].to_numpy()
-    segment_code = table[r, scores["F_score"].to_numpy(), scores["M_score"].to_numpy()]
     segmented = scores.copy()
     for column in ("segment", "segment_id", "recommendation"):
         attribute = "name" if column == "segment" else column

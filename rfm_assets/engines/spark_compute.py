@@ -736,30 +736,35 @@ def assign_segments(scores: DataFrame, grid: SegmentGrid, segmented_at: dt.datet
     the same rule set and catalog as pandas, broadcast as a small table."""
     spark = scores.sparkSession
     catalog = grid.catalog
+    rank = {entry.name: i for i, entry in enumerate(grid.segments)}
     cells = [
-        (r, f, m, name, catalog[name].segment_id, catalog[name].recommendation)
+        (r, f, m, name, catalog[name].segment_id, catalog[name].recommendation, rank[name])
         for (r, f, m), name in sorted(grid.by_code.items())
     ]
     lookup = spark.createDataFrame(
         cells, "R_score long, F_score long, M_score long, segment string, segment_id string, "
-        "recommendation string",
+        "recommendation string, segment_rank long",
     )  # fmt: skip
 
     def by_score(labels: tuple[str, ...], score: str) -> Column:
         table = F.create_map(*[F.lit(x) for i, v in enumerate(labels) for x in (i + 1, v)])
         return F.element_at(table, F.col(score))
 
-    return scores.join(
-        F.broadcast(lookup), on=["R_score", "F_score", "M_score"], how="left"
-    ).select(
-        *scores.columns,
-        "segment",
-        "segment_id",
-        "recommendation",
-        by_score(grid.value_tiers, "FM_score").alias("value_tier"),
-        by_score(grid.engagement_levels, "R_score").alias("engagement_level"),
-        F.lit(segmented_at).cast("timestamp").alias("segmented_at"),
-    )
+    return (
+        scores.join(F.broadcast(lookup), on=["R_score", "F_score", "M_score"], how="left")
+        .select(
+            *scores.columns,
+            "segment",
+            "segment_id",
+            "recommendation",
+            by_score(grid.value_tiers, "FM_score").alias("value_tier"),
+            by_score(grid.engagement_levels, "R_score").alias("engagement_level"),
+            F.lit(segmented_at).cast("timestamp").alias("segmented_at"),
+            "segment_rank",
+        )
+        .orderBy("segment_rank", F.col("RFM_score").desc(), "customer_id")
+        .drop("segment_rank")
+    )  # as pandas: segment priority, then the weighted RFM_score, highest first
 
 
 def segment_analytics(
