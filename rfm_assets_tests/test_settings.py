@@ -225,3 +225,14 @@ def test_rule_sets_are_chosen_by_name_or_path_and_an_unknown_name_lists_the_ship
     with pytest.raises(RFMConfigError, match=r"segment_rules: no_such_set is neither a shipped "
                        r"rule set \(.*rfm_grid.*\) nor a file"):  # fmt: skip
         build_settings({"segment_rules": "no_such_set"})
+
+
+def test_flat_weight_keys_are_aliases_of_weights():
+    settings = build_settings({"recency_weight": 2, "frequency_weight": 0.5})
+    assert settings.weight_tuple() == (2.0, 0.5, 1.0)
+    with pytest.raises(RFMConfigError, match="recency_weight: Input should be greater than"):
+        build_settings({"recency_weight": -1})
+    # As Dagster run config too: the launchpad's schema knows the keys.
+    run_config = {"resources": {"rfm_settings": {"config": {"monetary_weight": 3.0}}}}
+    dg.validate_run_config(defs.resolve_job_def("rfm_job"), run_config)
+    assert RFMSettings(monetary_weight=3.0).weight_tuple() == (1.0, 1.0, 3.0)
