@@ -194,8 +194,9 @@ def grid_of(table_context: dict, settings: RFMSettings, upstream: str) -> Segmen
         else settings.weight_tuple()
     )
     rule_set = table_context.get("rule_set") or settings.rule_set
+    display_names = table_context.get("display_names", settings.segment_display_names)
     try:
-        return load_rule_set(rule_set, scale, weights)
+        return load_rule_set(rule_set, scale, weights, dict(display_names))
     except RFMConfigError as error:
         raise dg.Failure(
             f"{upstream} holds {scale}-point scores, which {rule_set} cannot segment "
@@ -537,7 +538,12 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             ],
             "customer_segments",
         )
-        table_context = {**upstream, "rule_set": grid.name, "segmented_at": str(segmented_at)}
+        table_context = {
+            **upstream,
+            "rule_set": grid.name,
+            "display_names": dict(settings.segment_display_names),
+            "segmented_at": str(segmented_at),
+        }
         yield _output(
             engine,
             segmented,

@@ -400,7 +400,12 @@ def _read_yaml(path: str) -> dict:
         raise RFMConfigError(f"segment_rules: {path} is not valid YAML: {first}") from None
 
 
-def load_rule_set(name_or_path: str | Path, scale: int, weights=(1.0, 1.0, 1.0)) -> SegmentGrid:
+def load_rule_set(
+    name_or_path: str | Path,
+    scale: int,
+    weights=(1.0, 1.0, 1.0),
+    display_names: dict | None = None,
+) -> SegmentGrid:
     """Load a shipped rule set (by name) or a user's YAML (by path), compiled for the scale
     and weights.
 
@@ -450,7 +455,42 @@ def load_rule_set(name_or_path: str | Path, scale: int, weights=(1.0, 1.0, 1.0))
     unreached = sorted(listed_in_file - set(by_code.values()))
     if unreached:
         problems.append(f"dead segments (no combination reaches them): {', '.join(unreached)}")
-    return _build_grid(by_code, scale, catalog, raw, source, str(name_or_path), problems)
+    display = {**_display_names(raw.get("display_names"), catalog, source),
+               **_display_names(display_names, catalog, "segment_display_names")}  # fmt: skip
+    alias_of = {shown: canonical for canonical, shown in display.items()}
+    # Rules may name a segment by its display name too.
+    by_code = {code: alias_of.get(segment, segment) for code, segment in by_code.items()}
+    grid = _build_grid(by_code, scale, catalog, raw, source, str(name_or_path), problems)
+    return _with_display_names(grid, display) if display else grid
+
+
+def _display_names(raw, catalog: dict, source: str) -> dict[str, str]:
+    """Display names: catalog segment -> the name users see in the segment column."""
+    if not raw:
+        return {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in raw.items()
+    ):
+        raise RFMConfigError(f"{source}: display_names must map segment names to display names")
+    unknown = sorted(set(raw) - set(catalog))
+    if unknown:
+        raise RFMConfigError(
+            f"{source}: display_names: no catalog segment named {', '.join(unknown)}"
+        )
+    return dict(raw)
+
+
+def _with_display_names(grid: SegmentGrid, display: dict[str, str]) -> SegmentGrid:
+    """The same grid with segments shown under their display names; segment_id (the slug of
+    the catalog name) and everything else stay as they are."""
+    import dataclasses
+
+    catalog = {
+        display.get(name, name): dataclasses.replace(entry, name=display.get(name, name))
+        for name, entry in grid.catalog.items()
+    }
+    by_code = {code: display.get(name, name) for code, name in grid.by_code.items()}
+    return dataclasses.replace(grid, catalog=catalog, by_code=by_code)
 
 
 def load_grid_file(path: str | Path, scale: int, weights=(1.0, 1.0, 1.0)) -> SegmentGrid:

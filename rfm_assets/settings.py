@@ -253,6 +253,11 @@ class RFMSettings(dg.ConfigurableResource):
         "R x FM grid) or the path of a YAML file with a grid or ordered rules over R, F, M, "
         "FM and RFM_score.",
     )
+    segment_display_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="Names shown in the segment column instead of the catalog's, e.g. "
+        "{Cannot Lose Them: Can't Lose Them}; segment_id stays the catalog's slug.",
+    )
     segment_grid_file: Optional[str] = Field(
         default=None,
         description="Former name of segment_rules for a file path; when set, it wins.",
@@ -413,7 +418,12 @@ class RFMSettings(dg.ConfigurableResource):
     def segment_grid(self, scale: Optional[int] = None) -> SegmentGrid:
         """The rule set compiled for the scale (default: the settings') and the weights."""
         try:
-            return load_rule_set(self.rule_set, scale or self.scale, self.weight_tuple())
+            return load_rule_set(
+                self.rule_set,
+                scale or self.scale,
+                self.weight_tuple(),
+                dict(self.segment_display_names),
+            )
         except RFMConfigError as error:
             if not self.segment_grid_file:
                 raise

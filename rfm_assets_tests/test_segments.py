@@ -310,7 +310,7 @@ def test_the_range_convention_keeps_its_published_cells():
 
     grid = load_rule_set("ranges", 5)
     assert grid.segment_of(5, 5, 5) == "Champions"
-    assert grid.segment_of(1, 1, 5) == "Cannot Lose Them"  # At Risk under rfm_grid
+    assert grid.segment_of(1, 1, 5) == "Can't Lose Them"  # At Risk under rfm_grid
     assert load_rule_set("rfm_grid", 5).segment_of(1, 1, 5) == "At Risk"
     assert grid.segment_of(1, 1, 1) == "Lost" and grid.segment_of(1, 1, 3) == "Hibernating"
     assert grid.segment_of(4, 3, 3) == "Loyal Customers"  # listed before Promising
@@ -324,3 +324,18 @@ def test_conventions_on_five_points_say_so_on_four(name):
 
     with pytest.raises(RFMConfigError, match=f"{name} is for a 5-point scale but scoring uses 4"):
         load_rule_set(name, 4)
+
+
+def test_display_names_change_what_users_read_not_the_segment_id():
+    from rfm_assets.settings import RFMSettings
+
+    settings = RFMSettings(segment_display_names={"Cannot Lose Them": "Cant Lose Them"})
+    grid = settings.segment_grid()
+    segmented = assign_segments(scores_frame([(1, 5), (5, 5)]), grid, FIXED_TIME)
+    row = segmented[segmented["segment_id"] == "cannot_lose_them"].iloc[0]
+    assert row["segment"] == "Cant Lose Them"  # what its users filter on
+    assert row["recommendation"] == default_catalog()["Cannot Lose Them"].recommendation
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="display_names: no catalog segment named Nobody"):
+        RFMSettings(segment_display_names={"Nobody": "x"})
