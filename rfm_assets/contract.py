@@ -152,3 +152,17 @@ COLUMN_DESCRIPTIONS = {
     "frequency_thresholds": "Frequency cut points this run used.",
     "monetary_thresholds": "Monetary cut points this run used.",
 }
+
+
+def columns_markdown() -> str:
+    """The columns of every table, for docs/contract.md (kept current by a test)."""
+    from rfm_assets.assets import COLUMNS_OF
+
+    lines = []
+    for table, columns in COLUMNS_OF.items():
+        lines += [f"### `{table}`", "", "| column | type | meaning |", "|---|---|---|"]
+        for column in columns:
+            meaning = COLUMN_DESCRIPTIONS.get(column, "").replace("|", "\\|")
+            lines.append(f"| `{column}` | {COLUMN_TYPES[column]} | {meaning} |")
+        lines.append("")
+    return "\n".join(lines)

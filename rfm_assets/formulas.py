@@ -1,5 +1,5 @@
-"""The score formulas every engine and every rule set share (README, "How the numbers are
-computed"): FM_score and RFM_score from the R, F and M scores and the weights."""
+"""The score formulas every engine and every rule set share (docs/contract.md): FM_score
+and RFM_score from the R, F and M scores and the weights."""
 
 import numpy as np
 

@@ -163,7 +163,7 @@ def _scale_table(raw, scale: int, what: str, source: str) -> tuple[str, ...]:
 
 
 def default_grid(scale: int, weights=(1.0, 1.0, 1.0)) -> SegmentGrid:
-    """The default rule set, the R x FM grid of the README, for the scale and weights."""
+    """The default rule set, the R x FM grid of docs/contract.md, for the scale and weights."""
     return load_rule_set(DEFAULT_RULE_SET, scale, weights)
 
 

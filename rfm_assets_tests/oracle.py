@@ -1,7 +1,7 @@
 """An independent, deliberately plain RFM computation: Python loops over rows, no numpy.
 
-It follows the README's text, not the package's code, so the tests compare two readings of the
-contract. The segment grids below are typed in from the README, not loaded from config/.
+It follows docs/contract.md, not the package's code, so the tests compare two readings of the
+contract. The segment grids below are typed in from docs/contract.md, not loaded from config/.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import datetime as dt
 import math
 from collections import defaultdict
 
-GRID_5 = {  # R -> segments for FM 1..5, as in the README
+GRID_5 = {  # R -> segments for FM 1..5, as in docs/contract.md
     5: ["New Customers", "Potential Loyalists", "Potential Loyalists", "Champions", "Champions"],
     4: ["Promising", "Potential Loyalists", "Potential Loyalists", "Loyal Customers", "Champions"],
     3: ["About to Sleep", "About to Sleep", "Need Attention", "Loyal Customers", "Loyal Customers"],

@@ -1,4 +1,4 @@
-"""The segment catalog and grids: the README's tables, validation of user grids, tiers."""
+"""The segment catalog and grids: docs/contract.md's tables, validation of user grids, tiers."""
 
 import textwrap
 from pathlib import Path
@@ -339,3 +339,12 @@ def test_display_names_change_what_users_read_not_the_segment_id():
 
     with pytest.raises(ValidationError, match="display_names: no catalog segment named Nobody"):
         RFMSettings(segment_display_names={"Nobody": "x"})
+
+
+def test_the_columns_in_the_contract_page_are_current():
+    from rfm_assets.contract import columns_markdown
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "contract.md").read_text()
+    start, end = "<!-- columns:start -->\n", "<!-- columns:end -->"
+    documented = text[text.index(start) + len(start) : text.index(end)]
+    assert documented == columns_markdown(), "regenerate docs/contract.md"

@@ -1,4 +1,4 @@
-"""Every rule of the README's "How the numbers are computed", engine against the oracle."""
+"""Every rule of docs/contract.md, engine against the oracle."""
 
 import datetime as dt
 from pathlib import Path

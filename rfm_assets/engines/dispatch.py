@@ -1,8 +1,7 @@
 """The two engines behind one interface, so the assets do not care which one runs.
 
 `PandasEngine` and `SparkEngine` expose the same steps; each step is a call into
-`pandas_compute`/`pandas_read` or `spark_compute`, which implement the rules of README.md
-("How the numbers are computed").
+`pandas_compute`/`pandas_read` or `spark_compute`, which implement the rules of docs/contract.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The RFM computation on pandas: pure functions from frame to frame, no Dagster.
 
-Each function implements one step of README.md ("How the numbers are computed"). Customers
-are grouped by integer codes from one factorisation, never by object keys; all per-row work is
-vectorised.
+Each function implements one step of docs/contract.md. Customers are grouped by integer
+codes from one factorisation, never by object keys; all per-row work is vectorised.
 """
 
 from __future__ import annotations
@@ -92,7 +91,7 @@ def prepare_transactions(
     cancelled_order_prefix: str = "C",
     valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
 ) -> tuple[pd.DataFrame, RowAccount]:
-    """Apply the counted cleaning rules (README.md, "Data quality and errors") to the frame.
+    """Apply the counted cleaning rules (docs/contract.md) to the frame.
 
     Returns the kept rows (columns `customer_id, transaction_date, amount, is_return
     [, order_id]`, where a kept return's amount is negative) and the account of every row.

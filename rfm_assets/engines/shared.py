@@ -26,7 +26,7 @@ WHITESPACE = (
     " \t\n\r\x0b\x0c\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
-# Text rules both engines apply to the same strings (README.md, "Data quality and errors").
+# Text rules both engines apply to the same strings (docs/contract.md).
 # A UTC offset only counts as one after a time of day, so 05-01-2021 is not "-2021"; it is
 # `Z`, `+hh`, `+hhmm` or `+hh:mm`. Groups in order: the wall-clock text, the offset, its signed
 # hours, its minutes (absent for `+hh`). Named as RE2 (pyarrow) writes it; `java_regex`

@@ -4,7 +4,7 @@
 path, the Hive-style `key=value` directory columns, and one type per column that every file
 agrees on (by `unify_types`). Both engines then read exactly those files with exactly those
 types, so a directory reads the same whatever the order of its file names, and the pandas
-and Spark engines read the same table. The rules are in README.md, "Data quality and errors".
+and Spark engines read the same table. The rules are in docs/contract.md.
 """
 
 from __future__ import annotations
