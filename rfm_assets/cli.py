@@ -216,6 +216,22 @@ def jvm_stderr_to(path: Path):
         os.close(saved)
 
 
+def spark_row_order(frame, name: str, settings):
+    """A stored Spark table read back has lost its row order (Spark plans file splits by
+    size): sort it again as the engine did, so the files read as pandas's do."""
+    from pyspark.sql import functions as F
+
+    if name == "segment_analytics":
+        return frame.orderBy("priority").coalesce(1)
+    if name == "high_value_customers":
+        return frame.orderBy("high_value_rank", "customer_id")
+    priority = {entry.name: entry.priority for entry in settings.segment_grid().segments}
+    rank = F.create_map(*[F.lit(x) for pair in priority.items() for x in pair])
+    return frame.orderBy(
+        F.element_at(rank, F.col("segment")), F.col("RFM_score").desc(), "customer_id"
+    )
+
+
 def run_graph(settings, spark, work_dir: Path) -> dict[str, Any]:
     """Materialize the five assets in-process; return their values and metadata.
 
@@ -409,9 +425,7 @@ def command_analyze(args: argparse.Namespace) -> int:
                 target = result.files / f"{name}.{args.format}"
                 frame = outcome["tables"][name]
                 if settings.engine == "spark":
-                    if name == "segment_analytics":
-                        frame = frame.orderBy("priority").coalesce(1)
-                    write_spark_table(frame, target, args.format)
+                    write_spark_table(spark_row_order(frame, name, settings), target, args.format)
                 else:
                     write_table(frame, target, args.format)
             if args.high_value is not None:
@@ -419,7 +433,7 @@ def command_analyze(args: argparse.Namespace) -> int:
                 frame = outcome["tables"][name]
                 target = result.files / f"{name}.{args.format}"
                 if settings.engine == "spark":
-                    write_spark_table(frame, target, args.format)
+                    write_spark_table(spark_row_order(frame, name, settings), target, args.format)
                 else:
                     write_table(frame, target, args.format)
             summary = run_summary(settings, outcome["metadata"])
