@@ -293,23 +293,29 @@ def test_zoned_dates_do_not_depend_on_the_session_time_zone(spark, tmp_path):
 
 def test_cli_on_spark_prints_one_line_and_no_jvm_output(tmp_path):
     """A user sees the result on success and one line on failure: Java's warnings and stack
-    traces go to a log (`--debug` would show them)."""
+    traces go to a log (`--debug` would show them). One process runs both, so one JVM."""
     source = tmp_path / "tx.parquet"
     generate_transactions(2_000, customers=200, seed=3).to_parquet(source)
     bad = tmp_path / "bad.csv"
     bad.write_text("customer_id,transaction_date,amount\n1,2024-01-01,5\n2,someday,5\n")
-    for path, code in ((source, 0), (bad, 1)):
-        done = subprocess.run(
-            [sys.executable, "-m", "rfm_assets", "analyze", "--engine", "spark",
-             "--spark-master", "local[1]", "--input", str(path), "--output", str(tmp_path / "o")],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert done.returncode == code, done.stderr
-        if code == 0:
-            assert done.stderr == ""
-            assert "wrote customer_segments.parquet" in done.stdout
-        else:
-            assert done.stderr == (
-                "rfm-assets: error: column 'transaction_date': 1 values are not dates, "
-                "e.g. ['someday']\n"
-            )
+    script = (
+        "import sys\n"
+        "from rfm_assets.cli import main\n"
+        "for path in sys.argv[2:]:\n"
+        "    code = main(['analyze', '--engine', 'spark', '--spark-master', 'local[1]',\n"
+        "                 '--input', path, '--output', sys.argv[1]])\n"
+        "    print('EXIT', code, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "o"), str(source), str(bad)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stdout.splitlines() if line.startswith("EXIT")] == [
+        "EXIT 0",
+        "EXIT 1",
+    ]
+    assert "wrote customer_segments.parquet" in done.stdout
+    assert done.stderr == (
+        "rfm-assets: error: column 'transaction_date': 1 values are not dates, e.g. ['someday']\n"
+    )
