@@ -540,6 +540,23 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_rules(args: argparse.Namespace) -> int:
+    """Check a rule set: one line per problem and per overlap that its order decides."""
+    from rfm_assets.segments import check_rule_set
+
+    weights = parse_weights(args.weights) if args.weights else None
+    weight_tuple = tuple(weights.values()) if weights else (1.0, 1.0, 1.0)
+    problems, overlaps = check_rule_set(args.rule_set, args.scale, weight_tuple)
+    for line in problems:
+        print(f"problem: {line}")
+    for line in overlaps:
+        print(f"overlap (order decides): {line}")
+    if problems:
+        raise RFMConfigError(f"{args.rule_set}: {len(problems)} problems, listed above")
+    print(f"{args.rule_set}: valid on the {args.scale}-point scale, {len(overlaps)} overlaps")
+    return 0
+
+
 def command_generate(args: argparse.Namespace) -> int:
     from rfm_assets.synthetic import generate_transactions
 
@@ -648,6 +665,14 @@ def parser() -> argparse.ArgumentParser:
         ".csv or .html (default: INPUT/segment_report.md)",
     )
     report.set_defaults(handler=command_report)
+
+    rules_check = commands.add_parser(
+        "rules", help="check a segment rule set, one line per problem", parents=[debug]
+    )
+    rules_check.add_argument("rule_set", help="a shipped rule set name or a YAML file")
+    rules_check.add_argument("--scale", type=int, choices=(4, 5), default=5)
+    rules_check.add_argument("--weights", metavar="R,F,M")
+    rules_check.set_defaults(handler=command_rules)
 
     generate = commands.add_parser(
         "generate", help="write seeded synthetic transactions", parents=[debug]

@@ -530,3 +530,25 @@ def coverage_markdown(name: str, scale: int = 5) -> str:
     summary = ", ".join(f"{s} {n}" for s, n in sorted(counts.items(), key=lambda i: -i[1]))
     lines += [f"Codes per segment: {summary}. Filled by completion (\\*): {len(filled)}.", ""]
     return "\n".join(lines)
+
+
+def check_rule_set(name_or_path: str, scale: int, weights=(1.0, 1.0, 1.0)) -> tuple[list, list]:
+    """(problems, overlaps) of a rule set, one line each: what makes it invalid, and the
+    overlaps that its order decides (allowed, listed so the author can see them)."""
+    problems = []
+    try:
+        load_rule_set(name_or_path, scale, weights)
+    except RFMConfigError as error:
+        text = str(error)
+        source, _, rest = text.partition(": ")
+        problems = [f"{source}: {part}" for part in rest.split("; ")] if rest else [text]
+    overlaps = []
+    path = rule_set_path(name_or_path)
+    try:
+        raw = _read_yaml(str(path))
+        body = raw["scales"][scale] if "scales" in raw else raw
+        if isinstance(body, dict) and isinstance(body.get("rules"), list):
+            overlaps = rule_overlaps(body["rules"], scale, weights)
+    except (RFMConfigError, KeyError, TypeError):
+        pass  # already among the problems
+    return problems, overlaps

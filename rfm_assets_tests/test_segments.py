@@ -348,3 +348,35 @@ def test_the_columns_in_the_contract_page_are_current():
     start, end = "<!-- columns:start -->\n", "<!-- columns:end -->"
     documented = text[text.index(start) + len(start) : text.index(end)]
     assert documented == columns_markdown(), "regenerate docs/contract.md"
+
+
+def test_rules_check_lists_one_line_per_problem_and_per_overlap(tmp_path, capsys):
+    from rfm_assets.cli import main
+
+    path = write(
+        tmp_path,
+        """
+        scale: 5
+        rules:
+          - {segment: Champions, R: [4, 5], FM: [4, 5]}
+          - {segment: Loyal Customers, R: [4, 5], FM: [4, 5]}
+          - {segment: At Risk, R: [1, 2], F: [3, 5]}
+          - {segment: Lost, R: [1, 3], FM: [1, 4]}
+        """,
+    )
+    assert main(["rules", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    problems = [line for line in out if line.startswith("problem:")]
+    overlaps = [line for line in out if line.startswith("overlap")]
+    assert len(problems) == 2 and "33 R,F,M combinations match no rule" in problems[0]
+    assert "dead rules" in problems[1] and "rule 2 (Loyal Customers)" in problems[1]
+    assert overlaps == [
+        "overlap (order decides): rule 1 (Champions) takes 20 combinations that rule 2 "
+        "(Loyal Customers) also matches",
+        "overlap (order decides): rule 3 (At Risk) takes 24 combinations that rule 4 (Lost) "
+        "also matches",
+    ]
+    assert main(["rules", "ranges"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "ranges: valid on the 5-point scale, 5 overlaps"
+    )
