@@ -171,6 +171,25 @@ def _small_to_pandas(frame) -> pd.DataFrame:
     return pd.DataFrame([row.asDict() for row in rows], columns=frame.columns)
 
 
+def _check(
+    asset_key: dg.AssetKey,
+    name: str,
+    passed: bool,
+    problem: Optional[str],
+    metadata: dict,
+    warn: bool = False,
+) -> dg.AssetCheckResult:
+    """A check result whose description says what is wrong only when it failed."""
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=name,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN if warn else dg.AssetCheckSeverity.ERROR,
+        description=None if passed else problem,
+        metadata=metadata,
+    )
+
+
 def _blocking(results: list[dg.AssetCheckResult], asset: str):
     """Yield the check results; if a blocking one failed, stop before the value is stored."""
     yield from results
@@ -290,15 +309,13 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         balanced = rows_read == rows_kept + excluded_total
         yield from _blocking(
             [
-                dg.AssetCheckResult(
-                    asset_key=key("transactions"),
-                    check_name="rows_accounted_for",
-                    passed=balanced,
-                    description=None
-                    if balanced
-                    else f"{rows_read:,} rows read but {rows_kept:,} kept + "
-                    f"{excluded_total:,} excluded = {rows_kept + excluded_total:,}",
-                    metadata={
+                _check(
+                    key("transactions"),
+                    "rows_accounted_for",
+                    balanced,
+                    f"{rows_read:,} rows read but {rows_kept:,} kept + {excluded_total:,} "
+                    f"excluded = {rows_kept + excluded_total:,}",
+                    {
                         "rows_read": rows_read,
                         "rows_kept": rows_kept,
                         "rows_excluded": excluded_total,
@@ -363,15 +380,13 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         passed = rows == distinct == customers
         yield from _blocking(
             [
-                dg.AssetCheckResult(
-                    asset_key=key("rfm_metrics"),
-                    check_name="one_row_per_customer",
-                    passed=passed,
-                    description=None
-                    if passed
-                    else f"{rows:,} rows for {distinct:,} distinct ids; the kept transactions "
-                    f"have {customers:,} customers",
-                    metadata={"rows": rows, "distinct_ids": distinct, "customers": customers},
+                _check(
+                    key("rfm_metrics"),
+                    "one_row_per_customer",
+                    passed,
+                    f"{rows:,} rows for {distinct:,} distinct ids; the kept transactions have "
+                    f"{customers:,} customers after the filters",
+                    {"rows": rows, "distinct_ids": distinct, "customers": customers},
                 )
             ],
             "rfm_metrics",
@@ -424,15 +439,13 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         off_scale = engine.scores_off_scale(scores, scale)
         yield from _blocking(
             [
-                dg.AssetCheckResult(
-                    asset_key=key("rfm_scores"),
-                    check_name="scores_on_scale",
-                    passed=off_scale == 0,
-                    description=None
-                    if off_scale == 0
-                    else f"{off_scale:,} customers have a score that is null or off the "
-                    f"1..{scale} scale",
-                    metadata={"customers_off_scale": off_scale, "scale": scale},
+                _check(
+                    key("rfm_scores"),
+                    "scores_on_scale",
+                    off_scale == 0,
+                    f"{off_scale:,} customers have a score that is null or off the 1..{scale} "
+                    "scale",
+                    {"customers_off_scale": off_scale, "scale": scale},
                 )
             ],
             "rfm_scores",
@@ -507,33 +520,29 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         dominant = largest_share > settings.max_segment_share
         yield from _blocking(
             [
-                dg.AssetCheckResult(
-                    asset_key=key("customer_segments"),
-                    check_name="one_row_per_customer",
-                    passed=rows == distinct == scored,
-                    description=None
-                    if rows == distinct == scored
-                    else f"{rows:,} rows for {distinct:,} distinct ids; {scored:,} customers "
-                    "were scored",
-                    metadata={"rows": rows, "distinct_ids": distinct, "scored": scored},
+                _check(
+                    key("customer_segments"),
+                    "one_row_per_customer",
+                    rows == distinct == scored,
+                    f"{rows:,} rows for {distinct:,} distinct ids; {scored:,} customers were "
+                    "scored",
+                    {"rows": rows, "distinct_ids": distinct, "scored": scored},
                 ),
-                dg.AssetCheckResult(
-                    asset_key=key("customer_segments"),
-                    check_name="segments_in_catalog",
-                    passed=not unknown,
-                    description=f"segments not in the catalog: {unknown}" if unknown else None,
-                    metadata={"unknown_segments": dg.MetadataValue.json(unknown)},
+                _check(
+                    key("customer_segments"),
+                    "segments_in_catalog",
+                    not unknown,
+                    f"segments not in the catalog: {unknown}",
+                    {"unknown_segments": dg.MetadataValue.json(unknown)},
                 ),
-                dg.AssetCheckResult(
-                    asset_key=key("customer_segments"),
-                    check_name="dominant_segment",
-                    passed=not dominant,
-                    severity=dg.AssetCheckSeverity.WARN,
-                    description=f"{largest} holds {largest_share:.1%} of the customers, more "
-                    f"than max_segment_share {settings.max_segment_share:.0%}"
-                    if dominant
-                    else None,
-                    metadata={"largest_segment": str(largest), "share": float(largest_share)},
+                _check(
+                    key("customer_segments"),
+                    "dominant_segment",
+                    not dominant,
+                    f"{largest} holds {largest_share:.1%} of the customers, more than "
+                    f"max_segment_share {settings.max_segment_share:.0%}",
+                    {"largest_segment": str(largest), "share": float(largest_share)},
+                    warn=True,
                 ),
             ],
             "customer_segments",
@@ -594,19 +603,14 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         moved = worst is not None and abs(worst[1]) > settings.max_weekly_share_change
         yield from _blocking(
             [
-                dg.AssetCheckResult(
-                    asset_key=key("segment_analytics"),
-                    check_name="revenue_matches_customers",
-                    passed=matches,
-                    description=None
-                    if matches
-                    else f"revenue {got_micro / 1e6:,.2f} over {int(shown['customers'].sum()):,} "
-                    f"customers, but customer_segments sums to {expected_micro / 1e6:,.2f} "
-                    f"over {customers:,}",
-                    metadata={
-                        "revenue": got_micro / 1e6,
-                        "monetary_of_customers": expected_micro / 1e6,
-                    },
+                _check(
+                    key("segment_analytics"),
+                    "revenue_matches_customers",
+                    matches,
+                    f"revenue {got_micro / 1e6:,.2f} over {int(shown['customers'].sum()):,} "
+                    f"customers, but customer_segments sums to {expected_micro / 1e6:,.2f} over "
+                    f"{customers:,}",
+                    {"revenue": got_micro / 1e6, "monetary_of_customers": expected_micro / 1e6},
                 ),
                 dg.AssetCheckResult(
                     asset_key=key("segment_analytics"),

@@ -11,14 +11,9 @@ import pandas as pd
 import pytest
 
 from rfm_assets import defs
-from rfm_assets.assets import RFM_ASSETS
+from rfm_assets.assets import COLUMNS_OF, RFM_ASSETS
 from rfm_assets.contract import (
-    ANALYTICS_COLUMNS,
     COLUMN_DESCRIPTIONS,
-    METRIC_COLUMNS,
-    SCORE_COLUMNS,
-    SEGMENT_COLUMNS,
-    TRANSACTION_COLUMNS,
 )
 from rfm_assets.definitions import rfm_weekly_schedule
 from rfm_assets.io_manager import RFMParquetIOManager, default_base_dir
@@ -81,15 +76,6 @@ def test_weekly_schedule_targets_the_rfm_job_on_monday_morning():
         *CHAIN,
         "high_value_customers",
     }
-
-
-COLUMNS_OF = {
-    "transactions": TRANSACTION_COLUMNS,
-    "rfm_metrics": METRIC_COLUMNS,
-    "rfm_scores": METRIC_COLUMNS + SCORE_COLUMNS,
-    "customer_segments": METRIC_COLUMNS + SCORE_COLUMNS + SEGMENT_COLUMNS,
-    "segment_analytics": ANALYTICS_COLUMNS,
-}
 
 
 def test_materialize_attaches_schema_row_counts_and_passing_checks(tmp_path):
