@@ -321,7 +321,9 @@ def run_summary(settings, metadata: dict[str, Any]) -> dict:
 def read_table(directory: Path, name: str) -> pd.DataFrame:
     """A result table of `directory`; a damaged or foreign file is one line naming it."""
     for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
-        path = directory / f"{name}{suffix}"
+        # Resolved once: a reader that opens the link twice could see two runs' files if
+        # another run switches the result in between.
+        path = (directory / f"{name}{suffix}").resolve()
         if path.exists():
             try:
                 table = reader(path)

@@ -10,6 +10,7 @@ Layout of an `--output` directory:
     .rfm/runs/<run>/               one run's finished files
     .rfm/runs/<run>.work/          a Spark run's intermediate tables
     .rfm/runs/<run>.lock           locked while that run is alive
+    .rfm/switch.lock               held while a run switches `current` or sweeps
 
 A run writes everything into its own folder, then renames one new link over `.rfm/current`:
 the visible names resolve through that link, so a reader sees the whole old result or the
@@ -20,6 +21,7 @@ is never touched. Needs a file system with symbolic links and `flock` (Linux, ma
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -68,7 +70,8 @@ class ResultDirectory:
         try:
             self.runs.mkdir(parents=True, exist_ok=True)
             self._lock = self._take_lock()
-            self.sweep()
+            with self._switching():
+                self.sweep()
             self.files.mkdir()
         except OSError as error:
             self._release()
@@ -94,6 +97,18 @@ class ResultDirectory:
                 pass
             os.close(handle)
 
+    @contextlib.contextmanager
+    def _switching(self):
+        """Hold the directory's switch lock: pointer swaps and sweeps happen one at a time, so
+        a sweep never deletes a run that another run made current after the sweep looked.
+        Readers take no lock."""
+        handle = os.open(self.output / STATE / "switch.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(handle)  # closing releases the lock
+
     def _release(self) -> None:
         if self._lock is not None:
             (self.runs / f"{self.run}.lock").unlink(missing_ok=True)
@@ -107,15 +122,16 @@ class ResultDirectory:
         state = self.output / STATE
         names = sorted(p.name for p in self.files.iterdir())
         try:
-            replaced = _link_target(state / "current")
-            _replace_link(state / "current", Path("runs") / self.run, self.run)
-            self._published = True
-            if replaced and replaced != f"runs/{self.run}":
-                _replace_link(state / "previous", Path(replaced), self.run)
-            for name in names:
-                self._show(name)
-            self._hide_stale(names)
-            self.sweep()
+            with self._switching():
+                replaced = _link_target(state / "current")
+                _replace_link(state / "current", Path("runs") / self.run, self.run)
+                self._published = True
+                if replaced and replaced != f"runs/{self.run}":
+                    _replace_link(state / "previous", Path(replaced), self.run)
+                for name in names:
+                    self._show(name)
+                self._hide_stale(names)
+                self.sweep()
         except OSError as error:
             if not self._published:
                 raise RFMError(
