@@ -710,7 +710,7 @@ def _share_moves(context, analytics: pd.DataFrame, graph: RFMGraph, settings) ->
     ]
 
 
-def build_rfm_checks(graph: RFMGraph, assets: list[dg.AssetsDefinition]) -> list:
+def build_rfm_checks(assets: list[dg.AssetsDefinition]) -> list:
     """Dagster's column-schema-change checks on every asset of the graph."""
     with warnings.catch_warnings():  # a beta API: its notice is Dagster's, not the user's
         warnings.simplefilter("ignore", dg.BetaWarning)

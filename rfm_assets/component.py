@@ -116,7 +116,7 @@ def build_rfm_definitions(
             )
     return dg.Definitions(
         assets=assets,
-        asset_checks=build_rfm_checks(graph, assets),
+        asset_checks=build_rfm_checks(assets),
         jobs=[job],
         schedules=schedules,
         resources={

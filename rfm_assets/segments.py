@@ -338,7 +338,8 @@ def _rules_codes(
     uncovered = [_code(code) for code in scores if code not in by_code]
     if uncovered:
         shown = ", ".join(uncovered[:COMBINATIONS_SHOWN])
-        more = f" and {len(uncovered) - COMBINATIONS_SHOWN} more" if len(uncovered) > 40 else ""
+        hidden = len(uncovered) - COMBINATIONS_SHOWN
+        more = f" and {hidden} more" if hidden > 0 else ""
         problems.append(
             f"{len(uncovered)} R,F,M combinations match no rule: {shown}{more} (add a final "
             "rule with default: true)"
