@@ -25,11 +25,11 @@ from rfm_assets.contract import (
     COLUMN_DESCRIPTIONS,
     COLUMN_TYPES,
     CUSTOMER_FILTERS,
-    EXCLUSION_REASONS,
     METRIC_COLUMNS,
     SCORE_COLUMNS,
     SEGMENT_COLUMNS,
     TRANSACTION_COLUMNS,
+    exclusion_reasons,
 )
 from rfm_assets.engines.dispatch import PandasEngine, engine_for
 from rfm_assets.errors import RFMConfigError
@@ -259,7 +259,9 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
     transactions_spec = dict(
         key=key("transactions"),
         description="Source transaction lines mapped to `customer_id, transaction_date, "
-        "amount[, order_id]`.\n\nCleaned by explicit rules; every excluded row is counted by "
+        "amount[, order_id]` (with `input_level: customers`, one row per customer: "
+        "`customer_id, recency, last_purchase_date[, first_purchase_date], frequency, "
+        "monetary`).\n\nCleaned by explicit rules; every excluded row is counted by "
         "reason in the metadata (`rows_excluded`). On weekly partitions the reference date "
         "is the end of the week.",
         metadata=meta("transactions"),
@@ -332,6 +334,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             "source": source,
             "engine": engine.name,
             "customers": account.customers,
+            "input_level": settings.input_level,
         }
         yield _output(
             engine,
@@ -340,8 +343,12 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             {
                 **{k: v for k, v in summary.items() if v is not None and k != "rows_excluded"},
                 "rows_excluded": dg.MetadataValue.json(summary["rows_excluded"]),
+                "input_level": settings.input_level,
                 "exclusion_rules": dg.MetadataValue.md(
-                    "\n".join(f"- `{reason}`: {rule}" for reason, rule in EXCLUSION_REASONS.items())
+                    "\n".join(
+                        f"- `{reason}`: {rule}"
+                        for reason, rule in exclusion_reasons(settings.input_level).items()
+                    )
                 ),
                 "source": source,
             },
@@ -371,7 +378,8 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         upstream = context_of(transactions)
         reference_date = dt.date.fromisoformat(_needed(upstream, "reference_date", "transactions"))
         loaded = engine.load(transactions)
-        metrics = engine.keep(engine.metrics(loaded, reference_date))
+        input_level = upstream.get("input_level", "transactions")
+        metrics = engine.keep(engine.metrics(loaded, reference_date, input_level))
         metrics, held_out = engine.filter_customers(metrics, settings_of(context))
         metrics = engine.keep(metrics)
         # Customers of the kept transactions, less those the filters held out.

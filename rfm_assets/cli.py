@@ -82,6 +82,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     settings = settings_from_config_file(args.config) if args.config else {}
     flags = {
         "input_path": args.input,
+        "input_level": args.input_level,
         "reference_date": args.reference_date,
         "analysis_period_days": args.analysis_period_days,
         "min_frequency": args.min_frequency,
@@ -102,6 +103,11 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "quantity": args.quantity,
         "unit_price": args.unit_price,
         "order_id": args.order_id,
+        "recency": args.recency,
+        "last_purchase_date": args.last_purchase_date,
+        "first_purchase_date": args.first_purchase_date,
+        "frequency": args.frequency,
+        "monetary": args.monetary,
     }
     given = {k: v for k, v in columns.items() if v is not None}
     if given:
@@ -297,6 +303,7 @@ def run_summary(settings, metadata: dict[str, Any]) -> dict:
     tx = metadata["transactions"]
     return {
         "input": settings.source_path,
+        "input_level": settings.input_level,
         "engine": settings.engine,
         "files_read": tx["files_read"],
         "files_skipped": tx["files_skipped"],
@@ -450,8 +457,9 @@ def command_analyze(args: argparse.Namespace) -> int:
     output = Path(args.output)
     excluded = sum(summary["rows_excluded"].values())
     skipped = summary.get("files_skipped") or 0
+    rows = "customer rows" if settings.input_level == "customers" else "rows"
     print(
-        f"{summary['rows_read']:,} rows read, {summary['rows_kept']:,} kept, {excluded:,} "
+        f"{summary['rows_read']:,} {rows} read, {summary['rows_kept']:,} kept, {excluded:,} "
         f"excluded; {summary['customers']:,} customers; reference date "
         f"{summary['reference_date']}"
         + (f"; {skipped:,} files skipped (names starting with _ or .)" if skipped else "")
@@ -599,6 +607,12 @@ def parser() -> argparse.ArgumentParser:
         help="transactions (.parquet, .csv, Parquet directory); "
         "default: the bundled UCI Online Retail data",
     )
+    analyze.add_argument(
+        "--input-level",
+        choices=("transactions", "customers"),
+        help="customers: --input holds one row per customer (recency or last purchase date, "
+        "frequency, monetary); default: transactions",
+    )
     analyze.add_argument("--output", required=True, help="directory for the result")
     analyze.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     analyze.add_argument(
@@ -618,6 +632,13 @@ def parser() -> argparse.ArgumentParser:
     amount.add_argument("--quantity", metavar="COL", help="with --unit-price")
     mapping.add_argument("--unit-price", metavar="COL", help="with --quantity")
     mapping.add_argument("--order-id", metavar="COL")
+    by_customer = analyze.add_argument_group("column mapping, --input-level customers")
+    last = by_customer.add_mutually_exclusive_group()
+    last.add_argument("--recency", metavar="COL", help="days since the last purchase")
+    last.add_argument("--last-purchase-date", metavar="COL")
+    by_customer.add_argument("--first-purchase-date", metavar="COL", help="optional")
+    by_customer.add_argument("--frequency", metavar="COL", help="number of orders")
+    by_customer.add_argument("--monetary", metavar="COL", help="total spend")
     rules = analyze.add_argument_group("rules")
     rules.add_argument("--reference-date", metavar="YYYY-MM-DD")
     rules.add_argument("--analysis-period-days", type=int, metavar="N")

@@ -77,8 +77,7 @@ def build_rfm_definitions(
     assets = build_rfm_assets(graph)
     job = dg.define_asset_job(
         f"rfm_{name}_job" if name else "rfm_job",
-        selection=dg.AssetSelection.assets(*assets),
-        partitions_def=partitions,
+        selection=dg.AssetSelection.assets(*assets),  # partitions come from the assets
         description="Materialize the whole RFM graph: transactions to segment analytics"
         + (" for one week (its reference date is the Monday after it)." if partitions else "."),
     )

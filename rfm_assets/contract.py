@@ -18,6 +18,29 @@ EXCLUSION_REASONS = {
     "customer_monetary_not_positive": "the customer's netted monetary is <= 0 (returns_policy net)",
 }
 
+# Why a row of customer-level input (input_level: customers, one row per customer) is not
+# used, in the order the rules are applied; counted like EXCLUSION_REASONS.
+CUSTOMER_ROW_EXCLUSIONS = {
+    "missing_customer_id": "customer id is null or blank",
+    "invalid_recency": "recency is missing, negative or not a whole number of days (or the "
+    "last purchase date is missing)",
+    "invalid_frequency": "frequency is missing or not a whole number of orders of at least 1",
+    "invalid_monetary": "monetary is missing, NaN or infinite",
+    "date_out_of_range": "the last purchase date (reference_date - recency) is before "
+    "earliest_valid_date or after latest_valid_date",
+    "on_or_after_reference_date": "the last purchase date is on or after the reference date",
+    "before_analysis_window": "the last purchase is before reference_date - analysis_period_days",
+    "invalid_first_purchase_date": "the first purchase date is missing, outside the valid "
+    "dates, or after the last purchase date",
+    "customer_monetary_not_positive": "monetary <= 0",
+}
+
+
+def exclusion_reasons(input_level: str) -> dict[str, str]:
+    """The counted exclusion reasons of an input level, in the order they apply."""
+    return CUSTOMER_ROW_EXCLUSIONS if input_level == "customers" else EXCLUSION_REASONS
+
+
 # Why a customer is held out before scoring (settings min_frequency, exclude_recent_days), in
 # the order the filters apply; counted in customers, not rows.
 CUSTOMER_FILTERS = {
@@ -115,7 +138,8 @@ COLUMN_DESCRIPTIONS = {
     "amount": "Line amount (mapped, or quantity * unit_price); negative for netted returns.",
     "is_return": "True for a return or cancellation kept under returns_policy net.",
     "order_id": "Order (invoice) id; present only when an order column is mapped.",
-    "recency": "Days from the last purchase date to the reference date (>= 1).",
+    "recency": "Days from the last purchase date to the reference date (>= 1; customer-level "
+    "input may give 0).",
     "frequency": "Distinct orders (or purchase rows when no order column is mapped).",
     "monetary": "Sum of amounts, exact to 10^-6; returns subtracted under net.",
     "first_purchase_date": "Calendar date of the first purchase in the window.",

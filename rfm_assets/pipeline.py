@@ -33,7 +33,7 @@ def run_engine(
     engine = SparkEngine(spark_session) if settings.engine == "spark" else PandasEngine()
     raw, listing = engine.read(settings)
     kept, account = engine.prepare(raw, settings, listing)
-    metrics = engine.keep(engine.metrics(kept, account.reference_date))
+    metrics = engine.keep(engine.metrics(kept, account.reference_date, settings.input_level))
     metrics, customers_held_out = engine.filter_customers(metrics, settings)
     metrics = engine.keep(metrics)
     scores = engine.keep(engine.scores(metrics, settings))

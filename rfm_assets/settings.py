@@ -50,6 +50,29 @@ class ColumnMapping(dg.Config):
         description="Order (invoice) id column. When mapped, frequency counts distinct orders; "
         "otherwise it counts transaction rows.",
     )
+    # Customer-level input (input_level: customers): one row per customer.
+    recency: Optional[str] = Field(
+        default=None,
+        description="input_level customers: days since the last purchase, counted to the "
+        "reference date. Default: `recency`, unless last_purchase_date is mapped.",
+    )
+    last_purchase_date: Optional[str] = Field(
+        default=None,
+        description="input_level customers: date of the last purchase, instead of recency.",
+    )
+    first_purchase_date: Optional[str] = Field(
+        default=None,
+        description="input_level customers: date of the first purchase (optional; gives "
+        "tenure_days, customer_lifetime_days and purchase_frequency_per_month).",
+    )
+    frequency: Optional[str] = Field(
+        default=None,
+        description="input_level customers: number of orders. Default: `frequency`.",
+    )
+    monetary: Optional[str] = Field(
+        default=None,
+        description="input_level customers: total spend. Default: `monetary`.",
+    )
 
     @model_validator(mode="after")
     def _one_way_to_the_amount(self):
@@ -58,6 +81,11 @@ class ColumnMapping(dg.Config):
                 "columns: map either amount or quantity and unit_price, not both "
                 f"(amount={self.amount!r}, quantity={self.quantity!r}, "
                 f"unit_price={self.unit_price!r})"
+            )
+        if self.recency and self.last_purchase_date:
+            raise ValueError(
+                "columns: map either recency or last_purchase_date, not both "
+                f"(recency={self.recency!r}, last_purchase_date={self.last_purchase_date!r})"
             )
         if bool(self.quantity) != bool(self.unit_price):
             raise ValueError(
@@ -138,28 +166,51 @@ class FixedThresholds(dg.Config):
         return self
 
 
+# The fields of each input level, which the other level may not map.
+TRANSACTION_FIELDS = ("transaction_date", "amount", "quantity", "unit_price", "order_id")
+CUSTOMER_FIELDS = ("recency", "last_purchase_date", "first_purchase_date", "frequency", "monetary")
+INPUT_LEVELS = ("transactions", "customers")
+
+
 @dataclass(frozen=True)
 class SourceColumns:
-    """The source column behind each canonical field, resolved for one input."""
+    """The source column behind each canonical field, resolved for one input.
+
+    `level` says which fields apply: transaction lines (transaction_date, amount or quantity
+    and unit_price, order_id) or one row per customer (recency or last_purchase_date,
+    first_purchase_date, frequency, monetary).
+    """
 
     customer_id: str
-    transaction_date: str
-    amount: Optional[str]
-    quantity: Optional[str]
-    unit_price: Optional[str]
-    order_id: Optional[str]
+    transaction_date: Optional[str] = None
+    amount: Optional[str] = None
+    quantity: Optional[str] = None
+    unit_price: Optional[str] = None
+    order_id: Optional[str] = None
+    recency: Optional[str] = None
+    last_purchase_date: Optional[str] = None
+    first_purchase_date: Optional[str] = None
+    frequency: Optional[str] = None
+    monetary: Optional[str] = None
+    level: str = "transactions"
 
     @property
     def mapping(self) -> dict[str, Optional[str]]:
         """Canonical field -> source column (None where not used)."""
-        return {
-            "customer_id": self.customer_id,
-            "transaction_date": self.transaction_date,
-            "amount": self.amount,
-            "quantity": self.quantity,
-            "unit_price": self.unit_price,
-            "order_id": self.order_id,
-        }
+        fields = TRANSACTION_FIELDS if self.level == "transactions" else CUSTOMER_FIELDS
+        return {"customer_id": self.customer_id} | {f: getattr(self, f) for f in fields}
+
+    @property
+    def date_fields(self) -> list[str]:
+        """Canonical fields read as dates."""
+        dates = ("transaction_date", "last_purchase_date", "first_purchase_date")
+        return [f for f in dates if self.mapping.get(f)]
+
+    @property
+    def number_fields(self) -> list[str]:
+        """Canonical fields read as numbers."""
+        numbers = ("amount", "quantity", "unit_price", "recency", "frequency", "monetary")
+        return [f for f in numbers if self.mapping.get(f)]
 
     @property
     def needed(self) -> list[str]:
@@ -174,6 +225,12 @@ class RFMSettings(dg.ConfigurableResource):
         default=None,
         description="Transactions: a .parquet file, a .csv file or a directory of Parquet "
         "files. Unset: the bundled UCI Online Retail data.",
+    )
+    input_level: Literal["transactions", "customers"] = Field(
+        default="transactions",
+        description="transactions: one row per transaction line. customers: one row per "
+        "customer with recency (or last_purchase_date), frequency and monetary, as CRMs and "
+        "warehouses export them; scored without transactions.",
     )
     columns: ColumnMapping = Field(
         default_factory=ColumnMapping, description="Source column of each canonical field."
@@ -321,6 +378,27 @@ class RFMSettings(dg.ConfigurableResource):
             raise ValueError(f"latest_valid_date: {latest} must be before 9999-12-31")
         return self
 
+    @model_validator(mode="after")
+    def _columns_of_the_input_level(self):
+        own, other = (
+            (TRANSACTION_FIELDS, CUSTOMER_FIELDS)
+            if self.input_level == "transactions"
+            else (CUSTOMER_FIELDS, TRANSACTION_FIELDS)
+        )
+        foreign = [f"columns.{f}" for f in other if getattr(self.columns, f)]
+        if foreign:
+            raise ValueError(
+                f"{', '.join(foreign)}: not used with input_level {self.input_level!r} "
+                f"(it maps {', '.join(own)})"
+            )
+        if self.input_level == "customers":
+            if self.exclude_recent_days is not None and not self.columns.first_purchase_date:
+                raise ValueError(
+                    "exclude_recent_days: customer-level input needs a first purchase date "
+                    "for it; map columns.first_purchase_date"
+                )
+        return self
+
     @property
     def effective_weights(self) -> Weights:
         """`weights`, with any flat alias (recency_weight, ...) taking the place of its field."""
@@ -392,6 +470,16 @@ class RFMSettings(dg.ConfigurableResource):
         table from another asset is not.
         """
         mapped = self.columns
+        if self.input_level == "customers":
+            return SourceColumns(
+                level="customers",
+                customer_id=mapped.customer_id or "customer_id",
+                recency=None if mapped.last_purchase_date else (mapped.recency or "recency"),
+                last_purchase_date=mapped.last_purchase_date,
+                first_purchase_date=mapped.first_purchase_date,
+                frequency=mapped.frequency or "frequency",
+                monetary=mapped.monetary or "monetary",
+            )
         if bundled is None:
             bundled = self.input_path is None
         defaults = BUNDLED_COLUMNS if bundled else {}

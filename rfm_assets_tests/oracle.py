@@ -180,3 +180,109 @@ def score(customers: dict, scale: int, weights, fixed, rules=None) -> None:
             c["segment"] = grid[r][c["FM_score"] - 1]
         else:
             c["segment"] = rule_segment(rules, r, f, m, c["FM_score"], c["RFM_score"])
+
+
+def customer_oracle(
+    rows: list[dict],
+    reference_date: dt.date | None = None,
+    analysis_period_days: int | None = None,
+    valid_dates: tuple[dt.date, dt.date] = (dt.date(1900, 1, 1), dt.date(2999, 12, 31)),
+    scale: int = 5,
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    rules: list[dict] | None = None,
+    min_frequency: int | None = None,
+    exclude_recent_days: int | None = None,
+) -> tuple[dict, dict]:
+    """Customer-level input, read from docs/contract.md: rows are dicts with customer_id,
+    frequency, monetary, and recency or last_purchase_date (optionally first_purchase_date);
+    None is a missing value. Dates are compared as day ordinals, so placeholder recencies
+    (99999 days) need no date arithmetic. Returns (customers, excluded) as `oracle` does."""
+    by_date = "last_purchase_date" in rows[0]
+    has_first = "first_purchase_date" in rows[0]
+    low, high = (d.toordinal() for d in valid_dates)
+
+    def missing(value) -> bool:
+        return value is None or (isinstance(value, float) and math.isnan(value))
+
+    if reference_date is None:  # the day after the latest valid last purchase date
+        days = [as_date(r["last_purchase_date"]).toordinal() for r in rows
+                if not missing(r["last_purchase_date"])]  # fmt: skip
+        reference_date = dt.date.fromordinal(max(d for d in days if low <= d <= high) + 1)
+    ref = reference_date.toordinal()
+    window_start = max(ref - analysis_period_days, low) if analysis_period_days else None
+    excluded = defaultdict(int)
+    customers = {}
+    for row in rows:
+        customer = row["customer_id"]
+        if isinstance(customer, str):
+            customer = customer.strip()
+        recency, frequency, monetary = row.get("recency"), row["frequency"], row["monetary"]
+        if by_date:
+            last = (
+                None
+                if missing(row["last_purchase_date"])
+                else as_date(row["last_purchase_date"]).toordinal()
+            )
+        else:
+            valid = (
+                not missing(recency)
+                and not math.isinf(recency)
+                and recency >= 0
+                and recency == int(recency)
+            )
+            last = ref - int(recency) if valid else None
+        first = None
+        if has_first and not missing(row["first_purchase_date"]):
+            first = as_date(row["first_purchase_date"]).toordinal()
+        if customer is None or customer == "":
+            excluded["missing_customer_id"] += 1
+        elif last is None:
+            excluded["invalid_recency"] += 1
+        elif (
+            missing(frequency)
+            or math.isinf(frequency)
+            or frequency < 1
+            or frequency != int(frequency)
+        ):
+            excluded["invalid_frequency"] += 1
+        elif missing(monetary) or math.isinf(monetary):
+            excluded["invalid_monetary"] += 1
+        elif not low <= last <= high:
+            excluded["date_out_of_range"] += 1
+        elif by_date and last >= ref:
+            excluded["on_or_after_reference_date"] += 1
+        elif window_start is not None and last < window_start:
+            excluded["before_analysis_window"] += 1
+        elif has_first and (first is None or not low <= first <= high or first > last):
+            excluded["invalid_first_purchase_date"] += 1
+        elif monetary <= 0:
+            excluded["customer_monetary_not_positive"] += 1
+        else:
+            c = {
+                "recency": ref - last,
+                "frequency": int(frequency),
+                "monetary": round(monetary * 1_000_000) / 1_000_000,
+                "last_purchase_date": dt.date.fromordinal(last),
+                "first_purchase_date": None,
+                "tenure_days": None,
+                "customer_lifetime_days": None,
+                "purchase_frequency_per_month": None,
+            }
+            if has_first:
+                c["first_purchase_date"] = dt.date.fromordinal(first)
+                c["tenure_days"] = ref - first
+                c["customer_lifetime_days"] = last - first + 1
+                c["purchase_frequency_per_month"] = (
+                    c["frequency"] * 30.44 / max(c["tenure_days"], 30.44)
+                )
+            customers[customer] = c
+    for customer in list(customers):
+        c = customers[customer]
+        if min_frequency is not None and c["frequency"] < min_frequency:
+            excluded["customers:below_min_frequency"] += 1
+            del customers[customer]
+        elif exclude_recent_days is not None and c["tenure_days"] <= exclude_recent_days:
+            excluded["customers:first_purchase_too_recent"] += 1
+            del customers[customer]
+    score(customers, scale, weights, None, rules)
+    return customers, dict(excluded)

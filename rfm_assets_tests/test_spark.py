@@ -18,13 +18,15 @@ import pandas as pd
 import pytest
 
 from rfm_assets.cli import main
-from rfm_assets.contract import EXCLUSION_REASONS
+from rfm_assets.contract import exclusion_reasons
 from rfm_assets.errors import RFMError
 from rfm_assets.pipeline import run_engine
 from rfm_assets.settings import RFMSettings
 from rfm_assets.synthetic import generate_transactions
 from rfm_assets_tests.conftest import CDNOW, rfm_resources, stored_frame
 from rfm_assets_tests.test_corpus import CASES, write_input
+from rfm_assets_tests.test_customer_level import CASES as CUSTOMER_CASES
+from rfm_assets_tests.test_customer_level import customer_settings, messy_customer_rows, write_csv
 
 pytestmark = pytest.mark.skipif(
     shutil.which("java") is None, reason="Java is not installed: Spark needs Java 17"
@@ -84,7 +86,10 @@ def assert_same_customers(spark_frame, pandas_frame: pd.DataFrame, folder: Path)
             left, right = left.astype("datetime64[ms]"), right.astype("datetime64[ms]")
         else:
             left, right = left.astype(right.dtype), right
-        mismatched = (left != right).sum()
+        both_null = left.isna().to_numpy() & right.isna().to_numpy()
+        one_null = left.isna().to_numpy() ^ right.isna().to_numpy()
+        differ = (left != right).fillna(True).to_numpy(dtype=bool)
+        mismatched = int((one_null | (differ & ~both_null)).sum())
         assert mismatched == 0, f"{column}: {mismatched} of {len(want)} differ"
 
 
@@ -174,6 +179,34 @@ def test_cdnow_without_orders_identical(spark, tmp_path):
     both_engines(settings, spark, tmp_path)
 
 
+@pytest.mark.parametrize("name", list(CUSTOMER_CASES))
+def test_customer_level_input_identical(spark, tmp_path, name):
+    case = CUSTOMER_CASES[name]
+    rows = messy_customer_rows(2_000, seed=len(name), by_date=case["by_date"],
+                               with_first=case["with_first"])  # fmt: skip
+    path = write_csv(rows, tmp_path / "customers.csv")
+    settings = customer_settings(path, case["by_date"], case["with_first"], case["settings"])
+    pandas_result, _ = both_engines(settings, spark, tmp_path)
+    assert sum(pandas_result.account.rows_excluded.values()) > 0
+
+
+def test_customer_table_from_parquet_identical(spark, tmp_path):
+    """Typed columns (dates, integers, doubles) rather than text, from the bundled run."""
+    segments = run_engine(RFMSettings()).customer_segments
+    path = tmp_path / "customers.parquet"
+    segments[["customer_id", "last_purchase_date", "first_purchase_date", "frequency",
+              "monetary"]].to_parquet(path)  # fmt: skip
+    settings = {
+        "input_path": str(path),
+        "input_level": "customers",
+        "columns": {"last_purchase_date": "last_purchase_date",
+                    "first_purchase_date": "first_purchase_date"},
+        "min_frequency": 2,
+        "exclude_recent_days": 30,
+    }  # fmt: skip
+    both_engines(settings, spark, tmp_path)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_corpus_case_same_outcome_on_spark(spark, case, tmp_path):
     settings = {"input_path": str(write_input(case, tmp_path)), **case.get("settings", {})}
@@ -188,7 +221,8 @@ def test_corpus_case_same_outcome_on_spark(spark, case, tmp_path):
         assert all(re.search(case["expect"]["error"], m) for m in messages), messages
         return
     pandas_result, spark_result = both_engines(settings, spark, tmp_path)
-    assert set(spark_result.account.rows_excluded) == set(EXCLUSION_REASONS)
+    reasons = exclusion_reasons(RFMSettings(**settings).input_level)
+    assert list(spark_result.account.rows_excluded) == list(reasons)
 
 
 def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path):

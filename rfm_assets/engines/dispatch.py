@@ -15,7 +15,7 @@ import pandas as pd
 from rfm_assets.engines import pandas_compute, pandas_read
 from rfm_assets.engines.pandas_compute import RowAccount
 from rfm_assets.engines.source import SourceListing
-from rfm_assets.errors import RFMInputError
+from rfm_assets.errors import RFMConfigError, RFMInputError
 from rfm_assets.io_manager import StoredTable
 from rfm_assets.segments import SegmentGrid
 from rfm_assets.settings import RFMSettings
@@ -23,6 +23,15 @@ from rfm_assets.settings import RFMSettings
 
 def _weights(settings: RFMSettings) -> tuple[float, float, float]:
     return settings.weight_tuple()
+
+
+def _source_path(settings: RFMSettings) -> str:
+    if settings.input_level == "customers" and settings.input_path is None:
+        raise RFMConfigError(
+            "input_path: required with input_level 'customers' (the bundled sample holds "
+            "transactions)"
+        )
+    return settings.source_path
 
 
 class PandasEngine:
@@ -36,7 +45,7 @@ class PandasEngine:
 
     def read(self, settings: RFMSettings) -> tuple[pd.DataFrame, SourceListing]:
         """The canonical frame and the listing of the files it came from."""
-        return pandas_read.read_transactions(settings.source_path, settings.source_columns())
+        return pandas_read.read_transactions(_source_path(settings), settings.source_columns())
 
     def read_table(self, table, settings: RFMSettings, name: str):
         """The canonical frame of a table another asset produced and Dagster loaded."""
@@ -55,21 +64,32 @@ class PandasEngine:
         reference_date: Optional[dt.date] = None,
     ) -> tuple[Any, RowAccount]:
         """The counted cleaning rules; `reference_date` (a week's end) overrides the setting."""
-        kept, account = self.compute.prepare_transactions(
-            raw,
-            reference_date=reference_date or settings.parsed_reference_date,
-            analysis_period_days=settings.analysis_period_days,
-            returns_policy=settings.returns_policy,
-            cancelled_order_prefix=settings.cancelled_order_prefix,
-            valid_dates=settings.valid_dates,
-        )
+        if settings.input_level == "customers":
+            kept, account = self.compute.prepare_customers(
+                raw,
+                reference_date=reference_date or settings.parsed_reference_date,
+                analysis_period_days=settings.analysis_period_days,
+                valid_dates=settings.valid_dates,
+            )
+        else:
+            kept, account = self.compute.prepare_transactions(
+                raw,
+                reference_date=reference_date or settings.parsed_reference_date,
+                analysis_period_days=settings.analysis_period_days,
+                returns_policy=settings.returns_policy,
+                cancelled_order_prefix=settings.cancelled_order_prefix,
+                valid_dates=settings.valid_dates,
+            )
         if listing is not None and listing.listed:
             account = dataclasses.replace(
                 account, files_read=listing.files_read, files_skipped=listing.files_skipped
             )
         return kept, account
 
-    def metrics(self, kept, reference_date: dt.date):
+    def metrics(self, kept, reference_date: dt.date, input_level: str = "transactions"):
+        """One row per customer, from kept transactions or kept customer-level rows."""
+        if input_level == "customers":
+            return self.compute.customer_metrics(kept, reference_date)
         return self.compute.compute_metrics(kept, reference_date)
 
     def filter_customers(self, metrics, settings: RFMSettings) -> tuple[Any, dict[str, int]]:
@@ -166,7 +186,7 @@ class SparkEngine(PandasEngine):
 
     def read(self, settings: RFMSettings):
         return self.compute.read_transactions(
-            self.session, settings.source_path, settings.source_columns()
+            self.session, _source_path(settings), settings.source_columns()
         )
 
     def read_table(self, table, settings: RFMSettings, name: str):

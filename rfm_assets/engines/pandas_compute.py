@@ -15,8 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rfm_assets.contract import EXCLUSION_REASONS, MICRO_UNITS
+from rfm_assets.contract import CUSTOMER_ROW_EXCLUSIONS, EXCLUSION_REASONS, MICRO_UNITS
 from rfm_assets.engines.shared import (
+    EXAMPLES_SHOWN,
     HIGHER_IS_BETTER,
     MAX_CUSTOMER_TOTAL,
     SCORE_OF,
@@ -24,7 +25,7 @@ from rfm_assets.engines.shared import (
     customer_total_error,
     cut_points_from_extremes,
 )
-from rfm_assets.errors import RFMInputError
+from rfm_assets.errors import RFMConfigError, RFMInputError
 from rfm_assets.formulas import combined_scores
 from rfm_assets.segments import SegmentGrid
 
@@ -187,6 +188,160 @@ def prepare_transactions(
     return clean, account
 
 
+def prepare_customers(
+    frame: pd.DataFrame,
+    reference_date: Optional[dt.date] = None,
+    analysis_period_days: Optional[int] = None,
+    valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
+) -> tuple[pd.DataFrame, RowAccount]:
+    """The counted rules of customer-level input (one row per customer; docs/contract.md).
+
+    Returns the kept rows (`customer_id, recency, last_purchase_date[, first_purchase_date],
+    frequency, monetary`) and the account of every row, by `CUSTOMER_ROW_EXCLUSIONS` in order.
+    """
+    rows_read = len(frame)
+    _refuse_repeated_ids(frame["customer_id"])
+    low_day, high_day = (day_number(d) for d in valid_dates)
+    if "last_purchase_date" in frame:
+        last_present = ~np.isnat(frame["last_purchase_date"].to_numpy())
+        last_day = np.where(last_present, to_day_numbers(frame["last_purchase_date"]), 0)
+        in_range = last_present & (last_day >= low_day) & (last_day <= high_day)
+        if not in_range.any():
+            raise no_valid_dates_error(valid_dates, rows_read)
+        ref_day, window_start_day = reference_and_window(
+            reference_date,
+            analysis_period_days,
+            int(last_day[in_range].min()),
+            int(last_day[in_range].max()),
+            low_day,
+        )
+        invalid_recency = ~last_present
+        last_day_value = last_day.astype(np.float64)
+        after_reference = last_day >= ref_day
+    else:
+        ref_day = reference_day_for_recency(reference_date)
+        window_start_day = (
+            max(ref_day - analysis_period_days, low_day) if analysis_period_days else None
+        )
+        recency = frame["recency"].to_numpy(dtype=np.float64)
+        invalid_recency = ~np.isfinite(recency) | (recency < 0) | (recency != np.floor(recency))
+        last_day_value = np.where(invalid_recency, ref_day, ref_day - recency)
+        after_reference = np.zeros(rows_read, dtype=bool)
+    frequency = frame["frequency"].to_numpy(dtype=np.float64)
+    monetary = frame["monetary"].to_numpy(dtype=np.float64)
+    _refuse_huge_monetary(frame["customer_id"], monetary)
+    if window_start_day is None:
+        before_window = np.zeros(rows_read, dtype=bool)
+    else:
+        before_window = last_day_value < window_start_day
+    last_in_range = (last_day_value >= low_day) & (last_day_value <= high_day)
+    rules = [
+        ("missing_customer_id", frame["customer_id"].isna().to_numpy()),
+        ("invalid_recency", invalid_recency),
+        ("invalid_frequency", ~_whole_count(frequency)),
+        ("invalid_monetary", ~np.isfinite(monetary)),
+        ("date_out_of_range", ~last_in_range),
+        ("on_or_after_reference_date", after_reference),
+        ("before_analysis_window", before_window),
+    ]
+    if "first_purchase_date" in frame:
+        first_present = ~np.isnat(frame["first_purchase_date"].to_numpy())
+        first_day = np.where(first_present, to_day_numbers(frame["first_purchase_date"]), 0)
+        rules.append(
+            (
+                "invalid_first_purchase_date",
+                ~first_present
+                | (first_day < low_day)
+                | (first_day > high_day)
+                | (first_day > last_day_value),
+            )
+        )
+    rules.append(("customer_monetary_not_positive", monetary <= 0))
+    excluded = np.zeros(rows_read, dtype=bool)
+    counts = {}
+    for reason, mask in rules:
+        newly = mask & ~excluded
+        counts[reason] = int(newly.sum())
+        excluded |= newly
+    kept = ~excluded
+    if not kept.any():
+        removed = ", ".join(f"{reason}: {n}" for reason, n in counts.items() if n)
+        raise RFMInputError(f"no customers left after filtering ({removed})")
+    last_kept = last_day_value[kept].astype(np.int64)
+    clean = pd.DataFrame(
+        {
+            "customer_id": frame["customer_id"].array[kept],
+            "recency": ref_day - last_kept,
+            "last_purchase_date": _dates_of_days(last_kept),
+        }
+    )
+    if "first_purchase_date" in frame:
+        clean["first_purchase_date"] = _dates_of_days(first_day[kept])
+    clean["frequency"] = frequency[kept].astype(np.int64)
+    clean["monetary"] = to_micro_units(monetary[kept]) / MICRO_UNITS
+    account = RowAccount(
+        rows_read=rows_read,
+        rows_kept=int(kept.sum()),
+        rows_excluded={reason: counts.get(reason, 0) for reason in CUSTOMER_ROW_EXCLUSIONS},
+        reference_date=from_day_number(ref_day),
+        window_start=from_day_number(window_start_day) if window_start_day is not None else None,
+        customers=int(kept.sum()),
+    )
+    return clean, account
+
+
+# Frequencies are counts of orders: whole numbers from 1 up to where doubles stop being exact.
+LARGEST_FREQUENCY = 2.0**53
+
+
+def _whole_count(values: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return (
+            np.isfinite(values)
+            & (values >= 1)
+            & (values < LARGEST_FREQUENCY)
+            & (values == np.floor(values))
+        )
+
+
+def reference_day_for_recency(reference_date: Optional[dt.date]) -> int:
+    if reference_date is None:
+        raise RFMConfigError(
+            "reference_date: customer-level input with recency in days needs the date the "
+            "recency was counted to; set reference_date (or map columns.last_purchase_date)"
+        )
+    return day_number(reference_date)
+
+
+def _refuse_repeated_ids(customer_ids: pd.Series) -> None:
+    """Customer-level input has one row per customer: a repeated id is ambiguous, not summed."""
+    repeated = customer_ids[customer_ids.duplicated(keep=False) & customer_ids.notna()]
+    if len(repeated):
+        distinct = sorted(pd.unique(repeated.astype("object")).tolist())
+        examples = sorted(distinct[:EXAMPLES_SHOWN], key=str)  # as the Spark engine picks
+        raise RFMInputError(
+            f"column customer_id: {len(distinct)} customer ids appear on more than one row, "
+            f"e.g. {examples}; customer-level input holds one row per customer"
+        )
+
+
+def _refuse_huge_monetary(customer_ids: pd.Series, monetary: np.ndarray) -> None:
+    with np.errstate(invalid="ignore"):
+        huge = np.isfinite(monetary) & (np.abs(monetary) >= MAX_CUSTOMER_TOTAL)
+    if huge.any():
+        worst = int(np.argmax(np.where(huge, np.abs(monetary), -1)))
+        raise RFMInputError(
+            f"column monetary: customer {customer_ids.iloc[worst]!r} has {monetary[worst]:.6g}, "
+            f"beyond the {MAX_CUSTOMER_TOTAL:g} that exact micro-unit sums allow"
+        )
+
+
+def _dates_of_days(days: np.ndarray) -> np.ndarray:
+    return (EPOCH + np.asarray(days, dtype=np.int64).astype("timedelta64[D]")).astype(
+        "datetime64[ms]"
+    )
+
+
 def reference_and_window(
     reference_date: Optional[dt.date],
     analysis_period_days: Optional[int],
@@ -277,6 +432,40 @@ def compute_metrics(transactions: pd.DataFrame, reference_date: dt.date) -> pd.D
             "purchase_frequency_per_month": frequency
             * DAYS_PER_MONTH
             / np.maximum(ref_day - first_day, DAYS_PER_MONTH),
+        }
+    )
+
+
+def customer_metrics(customers: pd.DataFrame, reference_date: dt.date) -> pd.DataFrame:
+    """The metrics of kept customer-level rows (see compute_metrics for the definitions).
+
+    Without a first purchase date, the columns that need one are null.
+    """
+    ref_day = day_number(reference_date)
+    last_day = ref_day - customers["recency"].to_numpy()
+    frequency = customers["frequency"].to_numpy()
+    monetary = customers["monetary"].to_numpy()
+    if "first_purchase_date" in customers:
+        first_day = to_day_numbers(customers["first_purchase_date"])
+        first_date = customers["first_purchase_date"].to_numpy()
+        tenure, lifetime = ref_day - first_day, last_day - first_day + 1
+        per_month = frequency * DAYS_PER_MONTH / np.maximum(ref_day - first_day, DAYS_PER_MONTH)
+    else:
+        first_date = np.full(len(customers), np.datetime64("NaT"), dtype="datetime64[ms]")
+        tenure = lifetime = pd.array([pd.NA] * len(customers), dtype="Int64")
+        per_month = np.full(len(customers), np.nan)
+    return pd.DataFrame(
+        {
+            "customer_id": customers["customer_id"].array,
+            "recency": customers["recency"].to_numpy(dtype=np.int64),
+            "frequency": frequency.astype(np.int64),
+            "monetary": monetary,
+            "first_purchase_date": first_date,
+            "last_purchase_date": customers["last_purchase_date"].to_numpy(),
+            "tenure_days": tenure,
+            "avg_order_value": monetary / frequency,
+            "customer_lifetime_days": lifetime,
+            "purchase_frequency_per_month": per_month,
         }
     )
 

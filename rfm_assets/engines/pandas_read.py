@@ -73,6 +73,8 @@ def _canonical(table: pa.Table, columns: SourceColumns, path: str) -> pd.DataFra
     """The canonical columns from the source's mapped columns, by the shared text rules."""
     if table.num_rows == 0:
         raise RFMInputError(f"input_path: {path} has no rows")
+    if columns.level == "customers":
+        return _customer_rows(table, columns)
     frame = {
         "customer_id": _customer_ids(table[columns.customer_id], columns.customer_id),
         "transaction_date": _timestamps(table[columns.transaction_date], columns.transaction_date),
@@ -85,6 +87,18 @@ def _canonical(table: pa.Table, columns: SourceColumns, path: str) -> pd.DataFra
         )
     if columns.order_id:
         frame["order_id"] = _order_ids(table[columns.order_id])
+    return pd.DataFrame(frame, copy=False)
+
+
+def _customer_rows(table: pa.Table, columns: SourceColumns) -> pd.DataFrame:
+    """Customer-level input: ids, dates (missing allowed: counted later) and numbers."""
+    frame = {"customer_id": _customer_ids(table[columns.customer_id], columns.customer_id)}
+    for field in ("last_purchase_date", "first_purchase_date"):
+        if name := getattr(columns, field):
+            frame[field] = _timestamps(table[name], name, missing_allowed=True)
+    for field in ("recency", "frequency", "monetary"):
+        if name := getattr(columns, field):
+            frame[field] = _numbers(table[name], name)
     return pd.DataFrame(frame, copy=False)
 
 
@@ -178,15 +192,22 @@ def _customer_ids(column: pa.ChunkedArray, name: str) -> pd.Series:
     return text.to_pandas()
 
 
-def _timestamps(column: pa.ChunkedArray, name: str) -> np.ndarray:
-    """Naive datetime64 values; the calendar date is the one on the source's own clock."""
+def _timestamps(column: pa.ChunkedArray, name: str, missing_allowed: bool = False) -> np.ndarray:
+    """Naive datetime64 values; the calendar date is the one on the source's own clock.
+
+    A missing value (null, or blank text) is an error unless `missing_allowed`, where it
+    stays NaT for the cleaning rules to count.
+    """
     kind = column.type
+    present = column
     if pa.types.is_timestamp(kind):
         parsed = pc.local_timestamp(column) if kind.tz is not None else column
     elif pa.types.is_date(kind):
         parsed = column.cast(pa.timestamp("s"))
     elif pa.types.is_string(kind):
         text = pc.utf8_trim(column, characters=WHITESPACE)
+        if missing_allowed:
+            text = present = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
         parsed = _parse_text_timestamps(text, name)
     else:
         raise RFMInputError(
@@ -194,6 +215,8 @@ def _timestamps(column: pa.ChunkedArray, name: str) -> np.ndarray:
         )
     values = parsed.to_numpy()
     bad = np.isnat(values)
+    if missing_allowed:
+        bad &= present.is_valid().to_numpy(zero_copy_only=False)
     if bad.any():
         raw = column.cast(pa.string()) if not pa.types.is_timestamp(kind) else column
         examples = sorted(pc.unique(raw.filter(pa.array(bad))).to_pylist(), key=str)[

@@ -1,4 +1,4 @@
-"""What a transaction source holds, decided once for both engines.
+"""What a source (transactions or customer rows) holds, decided once for both engines.
 
 `list_source` opens nothing but file footers and a CSV header: it finds the data files of a
 path, the Hive-style `key=value` directory columns, and one type per column that every file
@@ -127,6 +127,8 @@ def check_columns(path: str, columns: SourceColumns, available: list[str]) -> No
         hint = ""
         if columns.amount == "amount" and "amount" not in available:
             hint = " (map columns.amount, or columns.quantity and columns.unit_price)"
+        elif columns.recency == "recency" and "recency" not in available:
+            hint = " (map columns.recency, or columns.last_purchase_date for a date)"
         raise RFMInputError(
             f"{', '.join(missing)} not found in {path}{hint}; "
             f"its columns are: {', '.join(available)}"
@@ -272,14 +274,15 @@ ALLOWED_FAMILIES = {
         {"integer", "float", "decimal", "text"},
         "is not an id; expected integers or text",
     ),
-    "transaction_date": (
-        {"timestamp", "date", "text"},
-        "is not a date; expected a date, timestamp or text",
-    ),
-    "amount": ({"integer", "float", "decimal", "text"}, "is not a number"),
-    "quantity": ({"integer", "float", "decimal", "text"}, "is not a number"),
-    "unit_price": ({"integer", "float", "decimal", "text"}, "is not a number"),
 }
+_DATE = ({"timestamp", "date", "text"}, "is not a date; expected a date, timestamp or text")
+_NUMBER = ({"integer", "float", "decimal", "text"}, "is not a number")
+ALLOWED_FAMILIES |= dict.fromkeys(
+    ("transaction_date", "last_purchase_date", "first_purchase_date"), _DATE
+)
+ALLOWED_FAMILIES |= dict.fromkeys(
+    ("amount", "quantity", "unit_price", "recency", "frequency", "monetary"), _NUMBER
+)
 
 
 def check_types(types: dict[str, pa.DataType], columns: SourceColumns) -> None:

@@ -21,10 +21,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.storagelevel import StorageLevel
 
-from rfm_assets.contract import EXCLUSION_REASONS, MICRO_UNITS
+from rfm_assets.contract import CUSTOMER_ROW_EXCLUSIONS, EXCLUSION_REASONS, MICRO_UNITS
 from rfm_assets.engines.pandas_compute import (
     DAYS_PER_MONTH,
     EARLIEST_VALID_DATE,
+    LARGEST_FREQUENCY,
     LATEST_VALID_DATE,
     MAX_ABS_AMOUNT,
     RowAccount,
@@ -32,6 +33,7 @@ from rfm_assets.engines.pandas_compute import (
     from_day_number,
     no_valid_dates_error,
     reference_and_window,
+    reference_day_for_recency,
 )
 from rfm_assets.engines.shared import (
     EXAMPLES_SHOWN,
@@ -123,30 +125,20 @@ def _canonical(
     """Canonical columns from the mapped source columns, validated in one aggregation."""
     path = listing.path
     types = {f.name: f.dataType for f in source.schema.fields}
+    mapping = columns.mapping
+    # Transaction dates must all be dates; customer-level dates may be missing (counted).
+    missing_allowed = columns.level == "customers"
 
     canonical = {"customer_id": _customer_id(col(columns.customer_id),
                                              types[columns.customer_id])}  # fmt: skip
-    date_type = types[columns.transaction_date]
-    date_column = col(columns.transaction_date)
-    if isinstance(date_type, T.TimestampType):
-        # Spark holds zoned timestamps as instants; take the wall clock of the zone the file
-        # names (as pandas does), whatever the session's time zone is.
-        zone = None
-        if listing.listed:
-            zone = listing.types[columns.transaction_date].tz
-        zone = zone or "UTC"
-        session_zone = spark.conf.get("spark.sql.session.timeZone")
-        canonical["transaction_date"] = F.to_utc_timestamp(
-            F.from_utc_timestamp(date_column, zone), session_zone
-        ).cast("timestamp_ntz")
-    elif isinstance(date_type, (T.TimestampNTZType, T.DateType)):
-        canonical["transaction_date"] = date_column.cast("timestamp_ntz")
-    elif not isinstance(date_type, T.StringType):
-        raise RFMInputError(
-            f"column '{columns.transaction_date}': type {date_type.simpleString()} is not a "
-            "date; expected a date, timestamp or text"
-        )
-    if columns.amount:
+    for field in columns.date_fields:
+        name = mapping[field]
+        canonical[field] = _typed_date(spark, col(name), types[name], name, listing)
+    if columns.level == "customers":
+        for field in ("recency", "frequency", "monetary"):
+            if name := mapping[field]:
+                canonical[field] = _number(col(name), types[name])
+    elif columns.amount:
         canonical["amount"] = _number(col(columns.amount), types[columns.amount])
     else:
         canonical["amount"] = _number(col(columns.quantity), types[columns.quantity]) * _number(
@@ -163,14 +155,48 @@ def _canonical(
         raise RFMInputError(f"input_path: {path} has no rows")
     # Raised in the pandas reader's order: text, ids, dates, numbers.
     _raise_for_text_and_ids(stats, source, columns, path)
-    if isinstance(date_type, T.StringType):
-        _raise_for_mixed_zones(stats, columns.transaction_date)
-        canonical["transaction_date"] = _parse_text_dates(source, columns.transaction_date)
-    if stats.get("missing_dates", 1):  # typed dates: only nulls can be bad
-        parsed = source.select(canonical["transaction_date"].alias("d"), date_column.alias("raw"))
-        _raise_for_bad_dates(parsed.filter(F.col("d").isNull()), columns.transaction_date)
+    for field in columns.date_fields:
+        name = mapping[field]
+        raw = col(name)
+        if isinstance(types[name], T.StringType):
+            _raise_for_mixed_zones(stats, name)
+            canonical[field] = _parse_text_dates(source, name, missing_allowed)
+            if missing_allowed:
+                raw = _blank_as_null(trimmed(raw))
+        if stats.get(f"missing_dates:{name}", 1):  # typed dates: only nulls can be bad
+            parsed = source.select(canonical[field].alias("d"), raw.alias("raw"))
+            bad = F.col("d").isNull()
+            if missing_allowed:
+                bad = bad & F.col("raw").isNotNull()
+            _raise_for_bad_dates(parsed.filter(bad), name)
     _raise_for_numbers(stats, source)
     return source.select(*[column.alias(name) for name, column in canonical.items()])
+
+
+def _typed_date(
+    spark: SparkSession, column: Column, kind: T.DataType, name: str, listing: SourceListing
+) -> Optional[Column]:
+    """A typed date column as a wall-clock timestamp_ntz (text is parsed after validation)."""
+    if isinstance(kind, T.TimestampType):
+        # Spark holds zoned timestamps as instants; take the wall clock of the zone the file
+        # names (as pandas does), whatever the session's time zone is.
+        zone = listing.types[name].tz if listing.listed else None
+        session_zone = spark.conf.get("spark.sql.session.timeZone")
+        return F.to_utc_timestamp(F.from_utc_timestamp(column, zone or "UTC"), session_zone).cast(
+            "timestamp_ntz"
+        )
+    if isinstance(kind, (T.TimestampNTZType, T.DateType)):
+        return column.cast("timestamp_ntz")
+    if not isinstance(kind, T.StringType):
+        raise RFMInputError(
+            f"column '{name}': type {kind.simpleString()} is not a date; expected a date, "
+            "timestamp or text"
+        )
+    return None
+
+
+def _blank_as_null(text: Column) -> Column:
+    return F.when(text == "", F.lit(None)).otherwise(text)
 
 
 def _read_source(spark: SparkSession, listing: SourceListing, columns: SourceColumns) -> DataFrame:
@@ -309,14 +335,20 @@ def _validation_checks(columns: SourceColumns, types: dict, is_csv: bool) -> dic
         huge = (F.abs(cid) >= F.lit(LARGEST_FLOAT_ID)) | (F.abs(cid) == F.lit(float("inf")))
         checks["huge_ids"] = F.sum(F.when(huge, 1).otherwise(0))
         checks["fractional_ids"] = F.sum(F.when(~huge & (cid != F.floor(cid)), 1).otherwise(0))
-    for field in ("amount", "quantity", "unit_price"):
-        name = getattr(columns, field)
-        if name and not isinstance(types[name], T.NumericType):
+    for field in columns.number_fields:
+        name = columns.mapping[field]
+        if not isinstance(types[name], T.NumericType):
             not_number = _not_a_number(col(name))
             checks[f"not_numbers:{name}"] = F.sum(F.when(not_number, 1).otherwise(0))
-    date_name = columns.transaction_date
-    if isinstance(types[date_name], T.StringType):
+    for field in columns.date_fields:
+        date_name = columns.mapping[field]
+        if not isinstance(types[date_name], T.StringType):
+            missing = col(date_name).isNull()
+            checks[f"missing_dates:{date_name}"] = F.sum(F.when(missing, 1).otherwise(0))
+            continue
         text = trimmed(col(date_name))
+        if columns.level == "customers":
+            text = _blank_as_null(text)  # a blank date is a missing one, counted later
         pattern = java_regex(TIME_WITH_OFFSET)
         offset = F.regexp_extract(text, pattern, 2)
         minutes = F.regexp_extract(text, pattern, 4)
@@ -328,11 +360,9 @@ def _validation_checks(columns: SourceColumns, types: dict, is_csv: bool) -> dic
                 F.when(minutes == "", F.lit("00")).otherwise(minutes),
             )
         )
-        checks["zones"] = F.collect_set(F.when(offset != "", zone))
-        checks["with_offset"] = F.sum(F.when(offset != "", 1).otherwise(0))
-        checks["dates_present"] = F.count(text)
-    else:
-        checks["missing_dates"] = F.sum(F.when(col(date_name).isNull(), 1).otherwise(0))
+        checks[f"zones:{date_name}"] = F.collect_set(F.when(offset != "", zone))
+        checks[f"with_offset:{date_name}"] = F.sum(F.when(offset != "", 1).otherwise(0))
+        checks[f"dates_present:{date_name}"] = F.count(text)
     if is_csv:
         # Spark replaces bytes that are not UTF-8 with U+FFFD where pyarrow refuses them.
         text_columns = [c for c in columns.needed if isinstance(types[c], T.StringType)]
@@ -371,8 +401,8 @@ def _raise_for_text_and_ids(
 
 
 def _raise_for_mixed_zones(stats: dict, name: str) -> None:
-    zones = sorted(stats["zones"])
-    partial = stats["with_offset"] != stats["dates_present"]
+    zones = sorted(stats[f"zones:{name}"])
+    partial = stats[f"with_offset:{name}"] != stats[f"dates_present:{name}"]
     if len(zones) > 1 or (zones and partial):
         shown = zones + (["none"] if partial else [])
         raise RFMInputError(
@@ -399,10 +429,12 @@ def _examples(frame: DataFrame) -> list:
     return sorted((row[0] for row in rows.collect()), key=str)
 
 
-def _parse_text_dates(source: DataFrame, name: str) -> Column:
+def _parse_text_dates(source: DataFrame, name: str, missing_allowed: bool = False) -> Column:
     """ISO 8601 text to wall-clock timestamps (a single offset already checked), else one
     format inferred from the data for every row, as the pandas reader does."""
     raw = trimmed(col(name))
+    if missing_allowed:
+        raw = _blank_as_null(raw)
     pattern = java_regex(TIME_WITH_OFFSET)
     text = F.when(raw.rlike(pattern), F.regexp_extract(raw, pattern, 1)).otherwise(raw)
     truncated = F.regexp_replace(text, EXTRA_FRACTION_DIGITS, "$1")
@@ -546,6 +578,184 @@ def prepare_transactions(
         customers=kept.select("customer_id").distinct().count(),
     )
     return kept, account
+
+
+def prepare_customers(
+    frame: DataFrame,
+    reference_date: Optional[dt.date] = None,
+    analysis_period_days: Optional[int] = None,
+    valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
+) -> tuple[DataFrame, RowAccount]:
+    """The counted rules of customer-level input (see pandas_compute.prepare_customers)."""
+    low_day, high_day = (day_number(d) for d in valid_dates)
+    frequency, monetary = F.col("frequency"), F.col("monetary")
+    finite_monetary = _finite(monetary)
+    by_date = "last_purchase_date" in frame.columns
+    if by_date:
+        last_day = day_of(F.col("last_purchase_date"))
+        in_range = (last_day >= F.lit(low_day)) & (last_day <= F.lit(high_day))
+        extra = [
+            F.min(F.when(in_range, last_day)).alias("first_day"),
+            F.max(F.when(in_range, last_day)).alias("last_day"),
+        ]
+    else:
+        extra = []
+    stats = frame.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count("customer_id").alias("ids"),
+        F.count_distinct("customer_id").alias("distinct_ids"),
+        F.sum(
+            F.when(finite_monetary & (F.abs(monetary) >= F.lit(MAX_CUSTOMER_TOTAL)), 1).otherwise(0)
+        ).alias("huge"),
+        *extra,
+    ).first()
+    if stats["ids"] != stats["distinct_ids"]:
+        repeated = (
+            frame.filter(F.col("customer_id").isNotNull())
+            .groupBy("customer_id").count().filter(F.col("count") > 1)
+        )  # fmt: skip
+        raise RFMInputError(
+            f"column customer_id: {repeated.count()} customer ids appear on more than one row, "
+            f"e.g. {_examples(repeated.select('customer_id'))}; customer-level input holds one "
+            "row per customer"
+        )
+    if stats["huge"]:
+        worst = (
+            frame.filter(finite_monetary)
+            .orderBy(F.abs(monetary).desc(), F.col("customer_id").asc())
+            .first()
+        )
+        raise RFMInputError(
+            f"column monetary: customer {worst['customer_id']!r} has {worst['monetary']:.6g}, "
+            f"beyond the {MAX_CUSTOMER_TOTAL:g} that exact micro-unit sums allow"
+        )
+    if by_date:
+        if stats["first_day"] is None:
+            raise no_valid_dates_error(valid_dates, int(stats["rows"]))
+        ref_day, window_start_day = reference_and_window(
+            reference_date,
+            analysis_period_days,
+            int(stats["first_day"]),
+            int(stats["last_day"]),
+            low_day,
+        )
+        invalid_recency = F.col("last_purchase_date").isNull()
+        last_value = last_day.cast("double")
+        after_reference = last_day >= F.lit(ref_day)
+    else:
+        ref_day = reference_day_for_recency(reference_date)
+        window_start_day = (
+            max(ref_day - analysis_period_days, low_day) if analysis_period_days else None
+        )
+        recency = F.col("recency")
+        invalid_recency = ~_finite(recency) | (recency < 0) | (recency != F.floor(recency))
+        last_value = F.lit(float(ref_day)) - recency
+        after_reference = F.lit(False)
+    in_range = (last_value >= F.lit(float(low_day))) & (last_value <= F.lit(float(high_day)))
+    whole_count = (
+        _finite(frequency)
+        & (frequency >= 1)
+        & (frequency < F.lit(LARGEST_FREQUENCY))
+        & (frequency == F.floor(frequency))
+    )
+    rules = [
+        ("missing_customer_id", F.col("customer_id").isNull()),
+        ("invalid_recency", invalid_recency),
+        ("invalid_frequency", ~whole_count),
+        ("invalid_monetary", ~finite_monetary),
+        ("date_out_of_range", ~in_range),
+        ("on_or_after_reference_date", after_reference),
+        (
+            "before_analysis_window",
+            last_value < F.lit(float(window_start_day))
+            if window_start_day is not None
+            else F.lit(False),
+        ),
+    ]
+    has_first = "first_purchase_date" in frame.columns
+    if has_first:
+        first_day = day_of(F.col("first_purchase_date"))
+        rules.append(
+            (
+                "invalid_first_purchase_date",
+                F.col("first_purchase_date").isNull()
+                | (first_day < F.lit(low_day))
+                | (first_day > F.lit(high_day))
+                | (first_day.cast("double") > last_value),
+            )
+        )
+    rules.append(("customer_monetary_not_positive", monetary <= 0))
+    reason = F.lit(None).cast("string")
+    for name, condition in reversed(rules):  # the first rule that applies wins
+        reason = F.when(condition, F.lit(name)).otherwise(reason)
+    flagged = frame.select("*", reason.alias("reason"), last_value.alias("last_value"))
+    flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
+    counted = {row["reason"]: row["count"] for row in flagged.groupBy("reason").count().collect()}
+    rows_kept = counted.pop(None, 0)
+    if rows_kept == 0:
+        removed = ", ".join(f"{r}: {counted[r]}" for r in CUSTOMER_ROW_EXCLUSIONS if counted.get(r))
+        raise RFMInputError(f"no customers left after filtering ({removed})")
+    last_kept = F.col("last_value").cast("long")
+    kept_columns = [
+        F.col("customer_id"),
+        (F.lit(ref_day) - last_kept).alias("recency"),
+        F.date_from_unix_date(last_kept.cast("int")).cast("timestamp_ntz")
+        .alias("last_purchase_date"),
+    ]  # fmt: skip
+    if has_first:
+        kept_columns.append(
+            F.date_from_unix_date(day_of(F.col("first_purchase_date")).cast("int"))
+            .cast("timestamp_ntz").alias("first_purchase_date")
+        )  # fmt: skip
+    kept_columns += [
+        frequency.cast("long").alias("frequency"),
+        (micro_units(monetary).cast("double") / F.lit(float(MICRO_UNITS))).alias("monetary"),
+    ]
+    kept = flagged.filter(F.col("reason").isNull()).select(*kept_columns)
+    account = RowAccount(
+        rows_read=int(stats["rows"]),
+        rows_kept=int(rows_kept),
+        rows_excluded={r: int(counted.get(r, 0)) for r in CUSTOMER_ROW_EXCLUSIONS},
+        reference_date=from_day_number(ref_day),
+        window_start=from_day_number(window_start_day) if window_start_day is not None else None,
+        customers=int(rows_kept),
+    )
+    return kept, account
+
+
+def _finite(value: Column) -> Column:
+    return value.isNotNull() & ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
+
+
+def customer_metrics(customers: DataFrame, reference_date: dt.date) -> DataFrame:
+    """The metrics of kept customer-level rows (see pandas_compute.customer_metrics)."""
+    ref_day = day_number(reference_date)
+    last_day = F.lit(ref_day) - F.col("recency")
+    if "first_purchase_date" in customers.columns:
+        first_date = F.col("first_purchase_date")
+        first_day = day_of(first_date)
+        tenure = (F.lit(ref_day) - first_day).cast("long")
+        lifetime = (last_day - first_day + 1).cast("long")
+        per_month = (
+            F.col("frequency").cast("double") * F.lit(DAYS_PER_MONTH)
+            / F.greatest(tenure.cast("double"), F.lit(DAYS_PER_MONTH))
+        )  # fmt: skip
+    else:
+        first_date = F.lit(None).cast("timestamp_ntz")
+        tenure = lifetime = F.lit(None).cast("long")
+        per_month = F.lit(None).cast("double")
+    return customers.select(
+        "customer_id",
+        "recency",
+        "frequency",
+        "monetary",
+        first_date.alias("first_purchase_date"),
+        "last_purchase_date",
+        tenure.alias("tenure_days"),
+        (F.col("monetary") / F.col("frequency")).alias("avg_order_value"),
+        lifetime.alias("customer_lifetime_days"),
+        per_month.alias("purchase_frequency_per_month"),
+    )
 
 
 def _check_customer_totals(flagged: DataFrame) -> None:
