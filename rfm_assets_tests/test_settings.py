@@ -236,3 +236,18 @@ def test_flat_weight_keys_are_aliases_of_weights():
     run_config = {"resources": {"rfm_settings": {"config": {"monetary_weight": 3.0}}}}
     dg.validate_run_config(defs.resolve_job_def("rfm_job"), run_config)
     assert RFMSettings(monetary_weight=3.0).weight_tuple() == (1.0, 1.0, 3.0)
+
+
+def test_subscription_preset_holds_out_first_month_customers_and_counts_them():
+    from rfm_assets.pipeline import run_pandas
+
+    config = yaml.safe_load(preset_path("subscription").read_text())["resources"]
+    settings = config["rfm_settings"]["config"]
+    assert settings["exclude_recent_days"] == 30
+    with_filter = run_pandas(RFMSettings(**settings))
+    without = run_pandas(RFMSettings(**{**settings, "exclude_recent_days": None}))
+    newcomers = without.rfm_metrics["tenure_days"] <= 30
+    held_out = with_filter.customers_held_out["first_purchase_too_recent"]
+    assert held_out == int(newcomers.sum()) > 0
+    assert len(with_filter.customer_segments) == len(without.customer_segments) - held_out
+    assert with_filter.customer_segments["tenure_days"].min() > 30

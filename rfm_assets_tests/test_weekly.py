@@ -311,6 +311,7 @@ def test_two_component_instances_load_in_one_code_location(monkeypatch):
     settings = definitions.resources["rfm_settings_us"]
     assert settings.input_path == os.environ["RFM_US_TRANSACTIONS"]
     assert settings.scoring_method == "quartiles" and settings.weights.recency == 2
+    assert settings.exclude_recent_days == 30 and settings.high_value_share == 0.1
     schedule = definitions.resolve_schedule_def("rfm_us_weekly")
     monday = dt.datetime(1998, 3, 2, 7, 0, tzinfo=dt.UTC)
     (request,) = schedule.evaluate_tick(
