@@ -20,18 +20,22 @@ from typing import Any, Optional
 import dagster as dg
 import pandas as pd
 
+from rfm_assets import pictures
 from rfm_assets.contract import (
     ANALYTICS_COLUMNS,
     COLUMN_DESCRIPTIONS,
     COLUMN_TYPES,
     CUSTOMER_FILTERS,
     METRIC_COLUMNS,
+    MIGRATION_COLUMNS,
     SCORE_COLUMNS,
     SEGMENT_COLUMNS,
+    SLIPPING_COLUMNS,
     TRANSACTION_COLUMNS,
     exclusion_reasons,
 )
 from rfm_assets.engines.dispatch import PandasEngine, engine_for
+from rfm_assets.engines.shared import LAPSED_CUSTOMERS, NEW_CUSTOMERS
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.exports import markdown_cell
 from rfm_assets.io_manager import CONTEXT_METADATA, StoredTable, is_spark_dataframe
@@ -47,6 +51,8 @@ COLUMNS_OF = {
     "customer_segments": METRIC_COLUMNS + SCORE_COLUMNS + SEGMENT_COLUMNS,
     "segment_analytics": ANALYTICS_COLUMNS,
     "high_value_customers": METRIC_COLUMNS + SCORE_COLUMNS + SEGMENT_COLUMNS + ["high_value_rank"],
+    "segment_migration": MIGRATION_COLUMNS,
+    "slipping_customers": SLIPPING_COLUMNS,
 }
 
 RFM_TABLE = dg.DagsterType(
@@ -146,6 +152,28 @@ def segment_table_markdown(analytics: pd.DataFrame) -> str:
         lines.append(
             f"| {markdown_cell(row.segment)} | {row.customers:,} | {row.customer_share:.1%} "
             f"| {row.revenue_share:.1%} | `{bar}` |"
+        )
+    return "\n".join(lines)
+
+
+# Weeks shown in the share_trend picture.
+TREND_WEEKS = 12
+
+
+def picture(png: bytes, title: str) -> dg.MetadataValue:
+    """A PNG as Markdown metadata, which the Dagster UI shows as an image."""
+    return dg.MetadataValue.md(pictures.markdown_image(png, title))
+
+
+def migration_markdown(moved: pd.DataFrame, shown: int = 12) -> str:
+    """The largest moves between two segments, by customers, as a Markdown table."""
+    if moved.empty:
+        return "No customer moved between segments."
+    lines = ["| from | to | customers | revenue |", "|---|---|---:|---:|"]
+    for row in moved.sort_values("customers", ascending=False).head(shown).itertuples():
+        lines.append(
+            f"| {markdown_cell(row.from_segment)} | {markdown_cell(row.to_segment)} "
+            f"| {row.customers:,} | {row.revenue:,.2f} |"
         )
     return "\n".join(lines)
 
@@ -406,6 +434,10 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             {
                 "reference_date": reference_date.isoformat(),
                 "customers_held_out": dg.MetadataValue.json(held_out),
+                "distributions": picture(
+                    pictures.distributions(engine.histograms(metrics)),
+                    "Recency, frequency and monetary distributions",
+                ),
                 "customer_filters": dg.MetadataValue.md(
                     "\n".join(f"- `{reason}`: {rule}" for reason, rule in CUSTOMER_FILTERS.items())
                 ),
@@ -643,6 +675,12 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             upstream,
             {
                 "segment_distribution": dg.MetadataValue.md(segment_table_markdown(shown)),
+                "segment_sizes": picture(pictures.segment_sizes(shown), "Segment sizes"),
+                "score_heatmaps": picture(
+                    pictures.score_heatmaps(engine.score_grid(segmented), grid.scale),
+                    "Customers and average monetary by R x FM",
+                ),
+                **share_history(context, shown),
                 **segment_trends(shown),
             },
         )
@@ -676,6 +714,166 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             },
         )
 
+    def previous_segments(context) -> tuple[Optional[StoredTable], str]:
+        """The customer_segments to compare with: the previous week's on weekly partitions,
+        else the value the current one replaced; (None, why) when there is none."""
+        store = getattr(context.resources, graph.io_manager_key)
+        if not hasattr(store, "stored"):  # another IO manager (in memory): no history
+            return None, "no previous week: the IO manager keeps no history"
+        if not graph.partitions:
+            replaced = store.replaced(key("customer_segments"))
+            return replaced, "the customer_segments this run replaced" if replaced else (
+                "no previous customer_segments: this is the first one stored"
+            )
+        window = graph.partitions.get_prev_partition_window(context.partition_time_window.start)
+        if window is None:
+            return None, "no previous week: this is the first week of the partitions"
+        week = window.start.strftime("%Y-%m-%d")
+        stored = store.stored(key("customer_segments"), week)
+        if stored is None:
+            return None, f"no previous week: customer_segments of week {week} is not stored"
+        return stored, f"week {week}"
+
+    def compared_weeks(context, customer_segments):
+        """(engine, grid, this week's segments, last week's or an empty table, what it was)."""
+        settings = settings_of(context)
+        engine = engine_of(context)
+        grid = grid_of(context_of(customer_segments), settings, "customer_segments")
+        current = engine.load(customer_segments)
+        stored, previous_label = previous_segments(context)
+        previous = engine.load(stored) if stored is not None else engine.empty(current)
+        return engine, grid, current, previous, stored is not None, previous_label
+
+    @dg.asset(
+        key=key("segment_migration"),
+        ins=ins("customer_segments"),
+        metadata=meta("segment_migration"),
+        check_specs=checks(
+            "segment_migration",
+            (
+                "margins_match_both_weeks",
+                "The customers moving out of each segment add up to its size the week before, "
+                "those moving into it to its size this week, and the revenue moving into "
+                "this week's segments to this week's total monetary.",
+                True,
+            ),
+        ),
+        **common,
+    )
+    def segment_migration(context: dg.AssetExecutionContext, customer_segments):
+        """Who moved between segments since the previous week: customers and revenue from
+        each segment to each segment, with (new) for customers absent the week before and
+        (lapsed) for those absent now. The first week has no previous one and an empty table.
+        """
+        engine, grid, current, previous, found, previous_label = compared_weeks(
+            context, customer_segments
+        )
+        if not found:  # nothing to compare with: an empty table, not everyone as (new)
+            current = engine.empty(current)
+        migration = engine.migration(previous, current, grid)
+        table = _small_to_pandas(migration)  # at most (segments + 1) ** 2 rows
+        into = table[table["to_segment"] != LAPSED_CUSTOMERS]
+        out_of = table[table["from_segment"] != NEW_CUSTOMERS]
+        sizes_before = engine.segment_counts(previous)
+        sizes_now = engine.segment_counts(current)
+        into_sizes = {
+            str(k): int(v) for k, v in into.groupby("to_segment")["customers"].sum().items()
+        }
+        out_sizes = {
+            str(k): int(v) for k, v in out_of.groupby("from_segment")["customers"].sum().items()
+        }
+        revenue_now = engine.monetary_micro_sum(current, "monetary")
+        revenue_in = PandasEngine().monetary_micro_sum(into, "revenue")
+        passed = out_sizes == sizes_before and into_sizes == sizes_now and revenue_in == revenue_now
+        yield from _blocking(
+            [
+                _check(
+                    key("segment_migration"),
+                    "margins_match_both_weeks",
+                    passed,
+                    f"moves out of segments {out_sizes} vs sizes the week before "
+                    f"{sizes_before}; moves in {into_sizes} vs sizes now {sizes_now}; revenue "
+                    f"in {revenue_in / 1e6:,.2f} vs {revenue_now / 1e6:,.2f}",
+                    {"previous": previous_label},
+                )
+            ],
+            "segment_migration",
+        )
+        moved = table[
+            (table["from_segment"] != table["to_segment"])
+            & (table["from_segment"] != NEW_CUSTOMERS)
+            & (table["to_segment"] != LAPSED_CUSTOMERS)
+        ]
+        counts = {
+            "customers_new": int(
+                table.loc[table["from_segment"] == NEW_CUSTOMERS, "customers"].sum()
+            ),
+            "customers_lapsed": int(
+                table.loc[table["to_segment"] == LAPSED_CUSTOMERS, "customers"].sum()
+            ),
+            "customers_moved": int(moved["customers"].sum()),
+            "customers_stayed": int(
+                table.loc[table["from_segment"] == table["to_segment"], "customers"].sum()
+            ),
+        }
+        yield _output(
+            engine,
+            migration,
+            {**context_of(customer_segments), "previous": previous_label},
+            {
+                "previous": previous_label,
+                **counts,
+                "largest_moves": dg.MetadataValue.md(migration_markdown(moved)),
+                "movement": picture(
+                    pictures.migration_heatmap(table, [entry.name for entry in grid.segments]),
+                    "Segment movement",
+                ),
+            },
+        )
+
+    @dg.asset(
+        key=key("slipping_customers"),
+        ins=ins("customer_segments"),
+        metadata=meta("slipping_customers"),
+        **common,
+    )
+    def slipping_customers(context: dg.AssetExecutionContext, customer_segments):
+        """Customers who moved since the previous week from an engaged segment into a slipping
+        one (At Risk, Cannot Lose Them: the catalog's `standing`), most valuable first: the
+        win-back list of the week. Empty in the first week.
+        """
+        engine, grid, current, previous, _, previous_label = compared_weeks(
+            context, customer_segments
+        )
+        slipping = engine.keep(engine.slipping(previous, current, grid))
+        return _output(
+            engine,
+            slipping,
+            {**context_of(customer_segments), "previous": previous_label},
+            {
+                "previous": previous_label,
+                "slipping_into": dg.MetadataValue.json(grid.segment_ids_by_standing("slipping")),
+                "revenue_at_stake": engine.monetary_micro_sum(slipping, "monetary") / 1e6,
+            },
+        )
+
+    def share_history(context, analytics: pd.DataFrame) -> dict:
+        """The share_trend picture over the stored weeks up to this one (weekly only)."""
+        store = getattr(context.resources, graph.io_manager_key)
+        if not graph.partitions or not hasattr(store, "stored"):
+            return {}
+        week = context.partition_key
+        earlier = [w for w in store.stored_partitions(key("segment_analytics")) if w < week]
+        frames = [analytics.assign(week=week)]
+        for other in earlier[-(TREND_WEEKS - 1) :]:
+            frames.append(
+                store.stored(key("segment_analytics"), other)
+                .to_pandas(columns=["segment", "customer_share"])
+                .assign(week=other)
+            )
+        history = pd.concat(frames)[["week", "segment", "customer_share"]]
+        return {"share_trend": picture(pictures.share_trend(history), "Segment shares by week")}
+
     def _thresholds_of_week(context, week: str) -> dict[str, list[float]]:
         store = getattr(context.resources, graph.io_manager_key)
         stored = store.stored(key("rfm_scores"), week) if hasattr(store, "stored") else None
@@ -693,6 +891,8 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         customer_segments,
         segment_analytics,
         high_value_customers,
+        segment_migration,
+        slipping_customers,
     ]
 
 

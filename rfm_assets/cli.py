@@ -28,6 +28,8 @@ from rfm_assets.result_dir import ResultDirectory
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
 # Tables the graph computes that the CLI writes only when asked (--high-value).
 OPTIONAL_TABLES = ("high_value_customers",)
+# Written when the output directory holds an earlier result to compare with.
+MOVEMENT_TABLES = ("segment_migration", "slipping_customers")
 # The columns `report` needs of each table it reads.
 TABLE_COLUMNS = {"segment_analytics": ANALYTICS_COLUMNS[:12]}
 EXIT_USAGE = 2
@@ -255,6 +257,8 @@ def run_graph(settings, spark, work_dir: Path) -> dict[str, Any]:
         io_manager = dg.InMemoryIOManager()
     result = dg.materialize(
         RFM_ASSETS,
+        # Movement compares with the result this run replaces, which the CLI reads itself.
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(*MOVEMENT_TABLES),
         resources={"rfm_settings": settings, "spark": spark, "io_manager": io_manager},
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         raise_on_error=False,
@@ -412,6 +416,62 @@ def report_markdown(analytics: pd.DataFrame, summary: Optional[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_segments(directory: Path) -> Optional[pd.DataFrame]:
+    """customer_segments of a result directory (ids as text from CSV), or None."""
+    for suffix in (".parquet", ".csv"):
+        path = (directory / f"customer_segments{suffix}").resolve()
+        if not path.exists():
+            continue
+        try:
+            if suffix == ".parquet":
+                return pd.read_parquet(path)
+            return pd.read_csv(path, dtype={"customer_id": "str"}, keep_default_na=False)
+        except Exception as error:  # name the file, whatever the reader raised
+            raise RFMError(
+                f"--output: cannot read the earlier {path}: {first_line(error)}"
+            ) from None
+    return None
+
+
+def movement_since(previous_dir: Path, current_dir: Path, settings) -> Optional[dict]:
+    """segment_migration and slipping_customers against the result in `previous_dir`, or
+    None when it holds none. Both results are read back from their files, so the ids of
+    the two runs have one type whatever the format."""
+    from rfm_assets.engines.dispatch import PandasEngine
+
+    previous = read_segments(previous_dir)
+    if previous is None:
+        return None
+    current = read_segments(current_dir)
+    grid = settings.segment_grid()
+    engine = PandasEngine()
+    return {
+        "segment_migration": engine.migration(previous, current, grid),
+        "slipping_customers": engine.slipping(previous, current, grid),
+    }
+
+
+def movement_line(movement: Optional[dict], output: Path) -> str:
+    if movement is None:
+        return f"segment movement: no previous result in {output} to compare with"
+    table = movement["segment_migration"]
+    new = int(table.loc[table["from_segment"] == "(new)", "customers"].sum())
+    lapsed = int(table.loc[table["to_segment"] == "(lapsed)", "customers"].sum())
+    moved = int(
+        table.loc[
+            (table["from_segment"] != table["to_segment"])
+            & (table["from_segment"] != "(new)")
+            & (table["to_segment"] != "(lapsed)"),
+            "customers",
+        ].sum()
+    )
+    slipping = len(movement["slipping_customers"])
+    return (
+        f"since the previous result: {moved:,} customers changed segment, {new:,} new, "
+        f"{lapsed:,} gone; {slipping:,} slipped into a win-back segment (slipping_customers)"
+    )
+
+
 # --- commands -------------------------------------------------------------------------------
 
 
@@ -445,6 +505,9 @@ def command_analyze(args: argparse.Namespace) -> int:
                     write_spark_table(spark_row_order(frame, name, settings), target, args.format)
                 else:
                     write_table(frame, target, args.format)
+            movement = movement_since(Path(args.output), result.files, settings)
+            for name, frame in (movement or {}).items():
+                write_table(frame, result.files / f"{name}.{args.format}", args.format)
             summary = run_summary(settings, outcome["metadata"])
             (result.files / "run_summary.json").write_text(
                 json.dumps(summary, indent=2) + "\n", encoding="utf-8"
@@ -465,10 +528,9 @@ def command_analyze(args: argparse.Namespace) -> int:
         + (f"; {skipped:,} files skipped (names starting with _ or .)" if skipped else "")
     )
     print(segment_table_text(read_table(output, "segment_analytics")))
-    print(
-        f"wrote {', '.join(f'{n}.{args.format}' for n in OUTPUT_TABLES)}, run_summary.json "
-        f"to {output}"
-    )
+    print(movement_line(movement, output))
+    written = OUTPUT_TABLES + (MOVEMENT_TABLES if movement else ())
+    print(f"wrote {', '.join(f'{n}.{args.format}' for n in written)}, run_summary.json to {output}")
     return 0
 
 

@@ -88,6 +88,22 @@ ANALYTICS_COLUMNS = [
     "monetary_thresholds",
 ]
 
+MIGRATION_COLUMNS = ["from_segment", "to_segment", "customers", "revenue"]
+SLIPPING_COLUMNS = [
+    "customer_id",
+    "previous_segment",
+    "segment",
+    "segment_id",
+    "recommendation",
+    "R_score",
+    "F_score",
+    "M_score",
+    "RFM_score",
+    "recency",
+    "frequency",
+    "monetary",
+]
+
 # Declared types of the columns, shown in the Dagster catalog before the first run (the
 # stored schema then gives the engine's exact types).
 COLUMN_TYPES = {
@@ -126,6 +142,9 @@ COLUMN_TYPES = {
     "avg_recency": "float64",
     "avg_frequency": "float64",
     "avg_monetary": "float64",
+    "from_segment": "string",
+    "to_segment": "string",
+    "previous_segment": "string",
     "recency_thresholds": "list<float64>",
     "frequency_thresholds": "list<float64>",
     "monetary_thresholds": "list<float64>",
@@ -165,13 +184,17 @@ COLUMN_DESCRIPTIONS = {
     "segmented_at": "UTC time the segments were computed.",
     "high_value_rank": "1 + customers with a strictly greater value of the ranking measure.",
     "priority": "Marketing priority of the segment (1 = act first).",
-    "customers": "Customers in the segment.",
+    "customers": "Customers in the segment (segment_migration: who moved from -> to).",
     "customer_share": "customers / all customers.",
-    "revenue": "Sum of monetary of the segment's customers.",
+    "revenue": "Sum of monetary of the segment's customers (segment_migration: this week's "
+    "monetary of the movers, last week's for lapsed ones).",
     "revenue_share": "revenue / all revenue.",
     "avg_recency": "Mean recency of the segment's customers.",
     "avg_frequency": "Mean frequency of the segment's customers.",
     "avg_monetary": "Mean monetary of the segment's customers.",
+    "from_segment": "Segment the week before; (new) for customers absent then.",
+    "to_segment": "Segment this week; (lapsed) for customers absent now.",
+    "previous_segment": "The customer's segment the week before.",
     "recency_thresholds": "Recency cut points this run used (see fixed_thresholds).",
     "frequency_thresholds": "Frequency cut points this run used.",
     "monetary_thresholds": "Monetary cut points this run used.",

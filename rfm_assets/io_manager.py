@@ -190,11 +190,11 @@ class RFMStore(dg.UPathIOManager):
             return stored.to_spark(self._spark.spark_session)
         return stored.to_pandas()
 
-    def stored_at(self, path: UPath, what: str) -> StoredTable:
-        """The handle on the current version at `path`, with its context."""
+    def stored_at(self, path: UPath, what: str, version: Optional[str] = None) -> StoredTable:
+        """The handle on the current version at `path` (or the named one), with its context."""
         if not (path / POINTER).exists():
             raise dg.Failure(f"{what} is not stored at {path}: materialize it first")
-        current = self.current_version(path)
+        current = path / version if version else self.current_version(path)
         sidecar = path / f"{current.name}{CONTEXT_SUFFIX}"
         table_context = json.loads(sidecar.read_text()) if sidecar.exists() else {}
         return StoredTable(_plain(current), dict(current.storage_options), table_context)
@@ -207,6 +207,27 @@ class RFMStore(dg.UPathIOManager):
         if not (path / POINTER).exists():
             return None
         return self.stored_at(path, asset_key.to_user_string())
+
+    def replaced(self, asset_key: dg.AssetKey) -> Optional[StoredTable]:
+        """The version that the current one replaced, or None.
+
+        Each write keeps the version it replaces (see `_remove_older_than`), so an
+        unpartitioned asset can be compared with its previous value.
+        """
+        path = self._base_path.joinpath(*asset_key.path)
+        if not (path / POINTER).exists():
+            return None
+        current = self.current_version(path).name
+        older = sorted(
+            entry.name
+            for entry in path.iterdir()
+            if entry.name.startswith("v")
+            and not entry.name.endswith(CONTEXT_SUFFIX)
+            and entry.name < current
+        )
+        if not older:
+            return None
+        return self.stored_at(path, asset_key.to_user_string(), version=older[-1])
 
     def stored_partitions(self, asset_key: dg.AssetKey) -> list[str]:
         """Partition keys stored for an asset, in order."""

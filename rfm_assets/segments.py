@@ -23,6 +23,9 @@ from rfm_assets.formulas import combined_scores
 from rfm_assets.packaged import RULE_SETS_DIR, SEGMENTS_FILE
 
 SUPPORTED_SCALES = (4, 5)
+# A segment's standing: engaged customers buy lately; slipping ones were valuable and have
+# gone quiet; lapsed ones are gone.
+STANDINGS = ("engaged", "slipping", "lapsed")
 DEFAULT_RULE_SET = "rfm_grid"
 # How many uncovered combinations an error names before it counts the rest.
 COMBINATIONS_SHOWN = 40
@@ -38,6 +41,9 @@ class SegmentEntry:
     description: str
     recommendation: str
     example_actions: tuple[str, ...]
+    # engaged, slipping or lapsed: customers who move from an engaged segment into a
+    # slipping one are listed week by week (slipping_customers).
+    standing: str = "engaged"
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,10 @@ class SegmentGrid:
         for (r, f, m), name in self.by_code.items():
             table[r, f, m] = position[name]
         return table, segments
+
+    def segment_ids_by_standing(self, standing: str) -> list[str]:
+        """segment_id of every catalog segment with this standing."""
+        return sorted(e.segment_id for e in self.catalog.values() if e.standing == standing)
 
     def segment_of(self, r_score: int, f_score: int, m_score: int) -> str:
         return self.by_code[(r_score, f_score, m_score)]
@@ -132,6 +142,12 @@ def _catalog_from(raw, source: str) -> dict[str, SegmentEntry]:
             raise RFMConfigError(
                 f"{source}: catalog entry '{name}': example_actions must be a list of texts"
             )
+        standing = entry.get("standing", "engaged")
+        if standing not in STANDINGS:
+            raise RFMConfigError(
+                f"{source}: catalog entry '{name}': standing must be one of "
+                f"{', '.join(STANDINGS)}, got {standing!r}"
+            )
         catalog[name] = SegmentEntry(
             name=name,
             segment_id=slugify(name),
@@ -139,6 +155,7 @@ def _catalog_from(raw, source: str) -> dict[str, SegmentEntry]:
             description=str(entry["description"]),
             recommendation=str(entry["recommendation"]),
             example_actions=tuple(str(action) for action in actions),
+            standing=standing,
         )
     return catalog
 

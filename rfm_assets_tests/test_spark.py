@@ -19,6 +19,7 @@ import pytest
 
 from rfm_assets.cli import main
 from rfm_assets.contract import exclusion_reasons
+from rfm_assets.engines.dispatch import PandasEngine, SparkEngine
 from rfm_assets.errors import RFMError
 from rfm_assets.pipeline import run_engine
 from rfm_assets.settings import RFMSettings
@@ -145,6 +146,7 @@ def synthetic_file(tmp_path_factory):
             "weights": {"recency": 3, "frequency": 0.5, "monetary": 2},
         },
         {"segment_rules": "score_codes", "min_frequency": 2, "exclude_recent_days": 60},
+        {"segment_rules": "ranges", "weights": {"recency": 2, "frequency": 1, "monetary": 1}},
     ],
     ids=[
         "defaults",
@@ -153,6 +155,7 @@ def synthetic_file(tmp_path_factory):
         "fixed",
         "rules-over-f-and-m",
         "score-codes",
+        "ranges",
     ],
 )
 def test_synthetic_heavy_ties_identical(spark, synthetic_file, tmp_path, extra):
@@ -205,6 +208,45 @@ def test_customer_table_from_parquet_identical(spark, tmp_path):
         "exclude_recent_days": 30,
     }  # fmt: skip
     both_engines(settings, spark, tmp_path)
+
+
+def test_movement_between_weeks_identical(spark, tmp_path):
+    """segment_migration and slipping_customers on Spark equal pandas, with customers who
+    arrive and lapse between the weeks."""
+    path = tmp_path / "tx.parquet"
+    generate_transactions(20_000, customers=2_000, seed=4).to_parquet(path)
+    weeks = {}
+    for day in ("2024-11-04", "2024-11-11"):
+        settings = {"input_path": str(path), "columns": {"order_id": "order_id"},
+                    "reference_date": day, "analysis_period_days": 120}  # fmt: skip
+        weeks[day] = both_engines(settings, spark, tmp_path)
+    (before_pandas, before_spark), (after_pandas, after_spark) = weeks.values()
+    grid = RFMSettings().segment_grid()
+    pandas_engine, spark_engine = PandasEngine(), SparkEngine(spark)
+    args = (before_pandas.customer_segments, after_pandas.customer_segments, grid)
+    spark_args = (before_spark.customer_segments, after_spark.customer_segments, grid)
+    want = pandas_engine.migration(*args)
+    got = as_pandas(spark_engine.migration(*spark_args), tmp_path)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert (want["from_segment"] == "(new)").any() and (want["to_segment"] == "(lapsed)").any()
+    want = pandas_engine.slipping(*args)
+    got = as_pandas(spark_engine.slipping(*spark_args).coalesce(1), tmp_path)
+    assert len(want) > 0
+    assert list(got["customer_id"]) == list(want["customer_id"])
+    assert list(got["previous_segment"]) == list(want["previous_segment"])
+    assert list(got["monetary"]) == list(want["monetary"])
+    # The pictures' inputs: the same score grid and histogram counts.
+    key = ["R_score", "FM_score"]
+    grid_pandas = pandas_engine.score_grid(after_pandas.customer_segments).sort_values(key)
+    grid_spark = spark_engine.score_grid(after_spark.customer_segments).sort_values(key)
+    pd.testing.assert_frame_equal(
+        grid_spark.reset_index(drop=True), grid_pandas.reset_index(drop=True),
+        check_dtype=False, rtol=1e-12,
+    )  # fmt: skip
+    histograms_spark = spark_engine.histograms(after_spark.rfm_metrics)
+    for name, (counts, edges) in pandas_engine.histograms(after_pandas.rfm_metrics).items():
+        assert list(histograms_spark[name][0]) == list(counts), name
+        assert list(histograms_spark[name][1]) == list(edges), name
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

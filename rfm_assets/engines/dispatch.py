@@ -10,10 +10,12 @@ import dataclasses
 import datetime as dt
 from typing import Any, Optional
 
+import numpy as np
 import pandas as pd
 
 from rfm_assets.engines import pandas_compute, pandas_read
 from rfm_assets.engines.pandas_compute import RowAccount
+from rfm_assets.engines.shared import histogram_edges
 from rfm_assets.engines.source import SourceListing
 from rfm_assets.errors import RFMConfigError, RFMInputError
 from rfm_assets.io_manager import StoredTable
@@ -23,6 +25,9 @@ from rfm_assets.settings import RFMSettings
 
 def _weights(settings: RFMSettings) -> tuple[float, float, float]:
     return settings.weight_tuple()
+
+
+_GRID_COLUMNS = ["R_score", "FM_score", "customers", "revenue"]
 
 
 def _source_path(settings: RFMSettings) -> str:
@@ -117,6 +122,37 @@ class PandasEngine:
     def analytics(self, segmented, grid: SegmentGrid, thresholds):
         return self.compute.segment_analytics(segmented, grid, thresholds)
 
+    def migration(self, previous, current, grid: SegmentGrid):
+        """From x to table of customers and revenue between two weeks' segments."""
+        return self.compute.segment_migration(
+            previous, current, [entry.name for entry in grid.segments]
+        )
+
+    def slipping(self, previous, current, grid: SegmentGrid):
+        """Customers who moved from an engaged segment into a slipping one."""
+        return self.compute.slipping_customers(
+            previous,
+            current,
+            grid.segment_ids_by_standing("engaged"),
+            grid.segment_ids_by_standing("slipping"),
+        )
+
+    # --- small aggregates the pictures are drawn from (rfm_assets.pictures) -----------------
+
+    def score_grid(self, segmented) -> pd.DataFrame:
+        """Customers and revenue per (R_score, FM_score)."""
+        grouped = segmented.groupby(["R_score", "FM_score"], observed=True)
+        return grouped["monetary"].agg(customers="size", revenue="sum").reset_index()
+
+    def histograms(self, metrics) -> dict:
+        """(counts, edges) of recency, frequency and monetary over the customers."""
+        result = {}
+        for name in ("recency", "frequency", "monetary"):
+            values = metrics[name].to_numpy(dtype=float)
+            edges = histogram_edges(name, float(values.min()), float(values.max()))
+            result[name] = (np.histogram(values, bins=edges)[0], edges)
+        return result
+
     def high_value(self, segmented, settings: RFMSettings):
         return self.compute.high_value_customers(
             segmented, settings.high_value_share, settings.high_value_by
@@ -124,6 +160,10 @@ class PandasEngine:
 
     def keep(self, frame):
         return frame
+
+    def empty(self, frame):
+        """A table with the columns of `frame` and no rows."""
+        return frame.iloc[:0]
 
     def row_count(self, frame) -> int:
         return len(frame)
@@ -207,6 +247,9 @@ class SparkEngine(PandasEngine):
 
         return frame.persist(StorageLevel.MEMORY_AND_DISK)
 
+    def empty(self, frame):
+        return frame.limit(0)
+
     def row_count(self, frame) -> int:
         return frame.count()
 
@@ -251,6 +294,40 @@ class SparkEngine(PandasEngine):
 
         micro = self.compute.micro_units(F.col(column)).cast("decimal(38,0)")
         return int(frame.agg(F.sum(micro)).first()[0] or 0)
+
+    def score_grid(self, segmented) -> pd.DataFrame:
+        from pyspark.sql import functions as F
+
+        rows = (
+            segmented.groupBy("R_score", "FM_score")
+            .agg(F.count(F.lit(1)).alias("customers"), F.sum("monetary").alias("revenue"))
+            .collect()
+        )
+        return pd.DataFrame([row.asDict() for row in rows], columns=_GRID_COLUMNS)
+
+    def histograms(self, metrics) -> dict:
+        from pyspark.sql import functions as F
+
+        names = ("recency", "frequency", "monetary")
+        extremes = metrics.agg(
+            *[F.min(n).alias(f"low_{n}") for n in names],
+            *[F.max(n).alias(f"high_{n}") for n in names],
+        ).first()
+        result = {}
+        for name in names:
+            edges = histogram_edges(
+                name, float(extremes[f"low_{name}"]), float(extremes[f"high_{name}"])
+            )
+            # The bin of each value as numpy's histogram finds it: the last edge is inclusive.
+            conditions = F.lit(len(edges) - 2)
+            for i in range(len(edges) - 2, 0, -1):
+                conditions = F.when(F.col(name) < float(edges[i]), i - 1).otherwise(conditions)
+            rows = metrics.groupBy(conditions.alias("bin")).count().collect()
+            counts = np.zeros(len(edges) - 1, dtype=np.int64)
+            for row in rows:
+                counts[int(row["bin"])] = int(row["count"])
+            result[name] = (counts, edges)
+        return result
 
     def duplicates_and_unsegmented(self, segmented) -> tuple[int, int]:
         from pyspark.sql import functions as F

@@ -15,15 +15,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rfm_assets.contract import CUSTOMER_ROW_EXCLUSIONS, EXCLUSION_REASONS, MICRO_UNITS
+from rfm_assets.contract import (
+    CUSTOMER_ROW_EXCLUSIONS,
+    EXCLUSION_REASONS,
+    MICRO_UNITS,
+    SLIPPING_COLUMNS,
+)
 from rfm_assets.engines.shared import (
     EXAMPLES_SHOWN,
     HIGHER_IS_BETTER,
+    LAPSED_CUSTOMERS,
     MAX_CUSTOMER_TOTAL,
+    NEW_CUSTOMERS,
     SCORE_OF,
     analytics_from_aggregates,
     customer_total_error,
     cut_points_from_extremes,
+    migration_from_aggregates,
 )
 from rfm_assets.errors import RFMConfigError, RFMInputError
 from rfm_assets.formulas import combined_scores
@@ -659,13 +667,10 @@ def segment_analytics(
     table, segments = grid.lookup_table()
     code = table[tuple(segmented[c].to_numpy() for c in ("R_score", "F_score", "M_score"))]
     count = len(segments)
-    # Summed as high and low 32-bit halves so no int64 sum can overflow; joined in Python.
     micro = to_micro_units(segmented["monetary"].to_numpy())
-    high = _integer_sums(code, micro >> 32, count)
-    low = _integer_sums(code, micro & 0xFFFFFFFF, count)
     sums = {
         "customers": np.bincount(code, minlength=count),
-        "revenue_micro": [int(h) * 2**32 + int(lo) for h, lo in zip(high, low)],
+        "revenue_micro": exact_micro_sums(code, micro, count),
         "recency": _integer_sums(code, segmented["recency"].to_numpy(), count),
         "orders": _integer_sums(code, segmented["frequency"].to_numpy(), count),
     }
@@ -680,6 +685,82 @@ def _integer_sums(codes: np.ndarray, values: np.ndarray, count: int) -> np.ndarr
     totals = np.zeros(count, dtype=np.int64)
     np.add.at(totals, codes, values.astype(np.int64))
     return totals
+
+
+def exact_micro_sums(codes: np.ndarray, micro: np.ndarray, count: int) -> list[int]:
+    """Sums of int64 micro-units per code as Python ints: exact at any size (the high and
+    low 32-bit halves are summed apart, so no int64 sum can overflow)."""
+    high = _integer_sums(codes, micro >> 32, count)
+    low = _integer_sums(codes, micro & 0xFFFFFFFF, count)
+    return [int(h) * 2**32 + int(lo) for h, lo in zip(high, low)]
+
+
+def _joinable_ids(before: pd.Series, now: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Ids of two weeks in one type: as they are when they agree, else as text."""
+    if before.dtype == now.dtype:
+        return before, now
+    return before.astype("str"), now.astype("str")
+
+
+def segment_migration(
+    previous: pd.DataFrame, current: pd.DataFrame, order: list[str]
+) -> pd.DataFrame:
+    """From x to table of customers and revenue between two weeks' customer_segments.
+
+    A customer absent the week before comes from (new); one absent this week goes to
+    (lapsed). Revenue is this week's monetary, or the week before's for lapsed customers, so
+    the table's rows per from-segment add up to the earlier week's segment sizes and its rows
+    per to-segment to this week's.
+    """
+    before_ids, now_ids = _joinable_ids(previous["customer_id"], current["customer_id"])
+    before = pd.DataFrame(
+        {
+            "customer_id": before_ids.array,
+            "from_segment": previous["segment"].astype("str").array,
+            "before_micro": to_micro_units(previous["monetary"].to_numpy()),
+        }
+    )
+    now = pd.DataFrame(
+        {
+            "customer_id": now_ids.array,
+            "to_segment": current["segment"].astype("str").array,
+            "now_micro": to_micro_units(current["monetary"].to_numpy()),
+        }
+    )
+    joined = before.merge(now, on="customer_id", how="outer", sort=False)
+    from_segment = joined["from_segment"].fillna(NEW_CUSTOMERS).to_numpy(dtype=object)
+    to_segment = joined["to_segment"].fillna(LAPSED_CUSTOMERS).to_numpy(dtype=object)
+    has_now = joined["to_segment"].notna().to_numpy()
+    micro = np.where(
+        has_now,
+        joined["now_micro"].fillna(0).to_numpy(dtype=np.int64),
+        joined["before_micro"].fillna(0).to_numpy(dtype=np.int64),
+    )
+    pair_codes, pairs = pd.factorize(pd.MultiIndex.from_arrays([from_segment, to_segment]))
+    customers = np.bincount(pair_codes, minlength=len(pairs))
+    revenue = exact_micro_sums(pair_codes, micro, len(pairs))
+    aggregates = {pair: (int(customers[i]), revenue[i]) for i, pair in enumerate(pairs)}
+    return migration_from_aggregates(aggregates, order)
+
+
+def slipping_customers(
+    previous: pd.DataFrame, current: pd.DataFrame, engaged: list[str], slipping: list[str]
+) -> pd.DataFrame:
+    """Customers in a slipping segment (segment_id in `slipping`) this week who were in an
+    engaged one the week before, most valuable first (monetary, then customer id)."""
+    before_ids, now_ids = _joinable_ids(previous["customer_id"], current["customer_id"])
+    was_engaged = previous["segment_id"].astype("str").isin(engaged).to_numpy()
+    before = pd.DataFrame(
+        {
+            "key": before_ids.array[was_engaged],
+            "previous_segment": previous["segment"].astype("str").array[was_engaged],
+        }
+    )
+    is_slipping = current["segment_id"].astype("str").isin(slipping).to_numpy()
+    now = current[is_slipping].assign(key=now_ids.array[is_slipping])
+    moved = now.merge(before, on="key", how="inner").drop(columns="key")
+    moved = moved.sort_values(["monetary", "customer_id"], ascending=[False, True])
+    return moved[SLIPPING_COLUMNS].reset_index(drop=True)
 
 
 def high_value_customers(segmented: pd.DataFrame, top_percentage: float, by: str) -> pd.DataFrame:

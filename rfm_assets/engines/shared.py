@@ -155,3 +155,51 @@ def analytics_from_aggregates(
     for dimension in HIGHER_IS_BETTER:
         analytics[f"{dimension}_thresholds"] = [list(thresholds[dimension])] * len(segments)
     return analytics
+
+
+# --- segment movement -----------------------------------------------------------------------
+
+# The from-segment of customers absent the week before, and the to-segment of customers
+# absent this week.
+NEW_CUSTOMERS = "(new)"
+LAPSED_CUSTOMERS = "(lapsed)"
+
+
+def migration_from_aggregates(
+    aggregates: dict[tuple[str, str], tuple[int, int]], order: list[str]
+) -> pd.DataFrame:
+    """The segment_migration table from per-(from, to) sums (customers, revenue micro-units).
+
+    Rows are the pairs that hold customers, ordered by from-segment then to-segment in
+    `order` (segment names in priority order); names not in it follow alphabetically, then
+    (new) or (lapsed).
+    """
+    rank = {name: i for i, name in enumerate(order)}
+
+    def position(name: str) -> tuple:
+        special = name in (NEW_CUSTOMERS, LAPSED_CUSTOMERS)
+        return (special, rank.get(name, len(rank)), name)
+
+    pairs = sorted(aggregates, key=lambda pair: (position(pair[0]), position(pair[1])))
+    return pd.DataFrame(
+        {
+            "from_segment": pd.array([p[0] for p in pairs], dtype="str"),
+            "to_segment": pd.array([p[1] for p in pairs], dtype="str"),
+            "customers": np.array([aggregates[p][0] for p in pairs], dtype=np.int64),
+            "revenue": np.array([aggregates[p][1] / MICRO_UNITS for p in pairs], dtype=np.float64),
+        }
+    )
+
+
+# --- pictures' inputs -----------------------------------------------------------------------
+
+HISTOGRAM_BINS = 30
+
+
+def histogram_edges(name: str, low: float, high: float) -> np.ndarray:
+    """Bin edges for a metric's histogram: linear for recency, log-spaced for frequency and
+    monetary (long tails), from the least to the greatest value."""
+    if name == "recency":
+        return np.linspace(low, max(high, low + 1), HISTOGRAM_BINS + 1)
+    low = max(low, 1e-6)
+    return np.geomspace(low, max(high, low * 1.01), HISTOGRAM_BINS + 1)

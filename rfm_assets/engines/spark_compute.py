@@ -21,7 +21,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.storagelevel import StorageLevel
 
-from rfm_assets.contract import CUSTOMER_ROW_EXCLUSIONS, EXCLUSION_REASONS, MICRO_UNITS
+from rfm_assets.contract import (
+    CUSTOMER_ROW_EXCLUSIONS,
+    EXCLUSION_REASONS,
+    MICRO_UNITS,
+    SLIPPING_COLUMNS,
+)
 from rfm_assets.engines.pandas_compute import (
     DAYS_PER_MONTH,
     EARLIEST_VALID_DATE,
@@ -41,9 +46,11 @@ from rfm_assets.engines.shared import (
     HIGHER_IS_BETTER,
     INFINITY_TEXT,
     ISO_DATE_TEXT,
+    LAPSED_CUSTOMERS,
     LARGEST_FLOAT_ID,
     MAX_CUSTOMER_TOTAL,
     NAN_TEXT,
+    NEW_CUSTOMERS,
     NUMBER_TEXT,
     SCORE_OF,
     TIME_WITH_OFFSET,
@@ -53,6 +60,7 @@ from rfm_assets.engines.shared import (
     cut_points_from_extremes,
     infer_date_format,
     java_regex,
+    migration_from_aggregates,
 )
 from rfm_assets.engines.source import SourceListing, check_columns, first_line, list_source
 from rfm_assets.errors import RFMInputError
@@ -1020,6 +1028,64 @@ def _python_value(value):
     if hasattr(value, "item"):  # numpy scalars
         return value.item()
     return value
+
+
+def _joinable_ids(previous: DataFrame, current: DataFrame) -> Column:
+    """Customer ids of two weeks in one type: as they are when they agree, else as text."""
+    same = previous.schema["customer_id"].dataType == current.schema["customer_id"].dataType
+    return F.col("customer_id") if same else F.col("customer_id").cast("string")
+
+
+def segment_migration(previous: DataFrame, current: DataFrame, order: list[str]) -> DataFrame:
+    """From x to table between two weeks (see pandas_compute.segment_migration)."""
+    key = _joinable_ids(previous, current)
+    before = previous.select(
+        key.alias("key"),
+        F.col("segment").cast("string").alias("from_segment"),
+        micro_units(F.col("monetary")).alias("before_micro"),
+    )
+    now = current.select(
+        key.alias("key"),
+        F.col("segment").cast("string").alias("to_segment"),
+        micro_units(F.col("monetary")).alias("now_micro"),
+    )
+    joined = before.join(now, on="key", how="full_outer")
+    micro = F.when(F.col("to_segment").isNotNull(), F.col("now_micro")).otherwise(
+        F.col("before_micro")
+    )
+    rows = (
+        joined.groupBy(
+            F.coalesce("from_segment", F.lit(NEW_CUSTOMERS)).alias("from_segment"),
+            F.coalesce("to_segment", F.lit(LAPSED_CUSTOMERS)).alias("to_segment"),
+        )
+        .agg(
+            F.count(F.lit(1)).alias("customers"),
+            # Exact at any size: decimal sums, as Python ints on the driver.
+            F.sum(micro.cast("decimal(38,0)")).alias("revenue_micro"),
+        )
+        .collect()
+    )
+    aggregates = {
+        (row["from_segment"], row["to_segment"]): (int(row["customers"]), int(row["revenue_micro"]))
+        for row in rows
+    }
+    table = migration_from_aggregates(aggregates, order)
+    schema = "from_segment string, to_segment string, customers long, revenue double"
+    records = [tuple(_python_value(v) for v in r) for r in table.itertuples(index=False, name=None)]
+    return current.sparkSession.createDataFrame(records, schema).coalesce(1)
+
+
+def slipping_customers(
+    previous: DataFrame, current: DataFrame, engaged: list[str], slipping: list[str]
+) -> DataFrame:
+    """Customers who moved from an engaged segment into a slipping one (see pandas_compute)."""
+    key = _joinable_ids(previous, current)
+    before = previous.filter(F.col("segment_id").isin(engaged)).select(
+        key.alias("key"), F.col("segment").cast("string").alias("previous_segment")
+    )
+    now = current.filter(F.col("segment_id").isin(slipping)).withColumn("key", key)
+    moved = now.join(before, on="key", how="inner")
+    return moved.select(*SLIPPING_COLUMNS).orderBy(F.col("monetary").desc(), "customer_id")
 
 
 def high_value_customers(segmented: DataFrame, top_percentage: float, by: str) -> DataFrame:

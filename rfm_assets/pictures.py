@@ -1,0 +1,173 @@
+"""The pictures analysts look at, as small PNGs: one module for the Dagster UI and the report.
+
+Every function takes a small, already aggregated pandas table (a dozen segments, a 5 x 5
+score grid, histogram counts, a migration table), so the engines stay free of plotting and a
+picture never needs the customer table in memory. Figures are drawn with matplotlib's
+object API on the Agg canvas: headless, no display, no global pyplot state.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+# Every picture is WIDTH x HEIGHT pixels: small enough for asset metadata, sharp on screen.
+WIDTH, HEIGHT, DPI = 900, 500, 100
+BAR = "#2f6f9f"
+ACCENT = "#d9822b"
+HEAT = "Blues"
+
+
+def _figure() -> Figure:
+    return Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, layout="constrained")
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def markdown_image(png: bytes, title: str) -> str:
+    """Markdown that shows the PNG inline (the Dagster UI renders it in asset metadata)."""
+    return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def html_image(png: bytes, title: str) -> str:
+    """An <img> with the PNG embedded, for a self-contained HTML page."""
+    encoded = base64.b64encode(png).decode()
+    return f'<img alt="{title}" src="data:image/png;base64,{encoded}" width="{WIDTH}">'
+
+
+def segment_sizes(analytics: pd.DataFrame) -> bytes:
+    """Customers per segment (bars, in priority order) with each one's share of revenue."""
+    rows = analytics.sort_values("priority", ascending=False)
+    figure = _figure()
+    axes = figure.add_subplot()
+    names = [str(name) for name in rows["segment"]]
+    axes.barh(names, rows["customers"], color=BAR)
+    widest = max(int(rows["customers"].max()), 1)
+    for y, row in enumerate(rows.itertuples(index=False)):
+        revenue_share = 0.0 if pd.isna(row.revenue_share) else row.revenue_share
+        axes.text(
+            row.customers + widest * 0.01,
+            y,
+            f"{row.customers:,} customers · {revenue_share:.1%} of revenue",
+            va="center",
+            fontsize=9,
+        )
+    axes.set_xlim(0, widest * 1.45)
+    axes.set_xlabel("customers")
+    axes.set_title("Segment sizes and their share of revenue")
+    axes.spines[["top", "right"]].set_visible(False)
+    return _png(figure)
+
+
+def score_heatmaps(grid: pd.DataFrame, scale: int) -> bytes:
+    """R_score x FM_score: customers, and their average monetary, side by side.
+
+    `grid` has one row per (R_score, FM_score) with `customers` and `revenue`.
+    """
+    customers = np.zeros((scale, scale))
+    revenue = np.zeros((scale, scale))
+    for row in grid.itertuples(index=False):
+        customers[scale - row.R_score, row.FM_score - 1] = row.customers
+        revenue[scale - row.R_score, row.FM_score - 1] = row.revenue
+    with np.errstate(divide="ignore", invalid="ignore"):
+        average = np.where(customers > 0, revenue / customers, np.nan)
+    figure = _figure()
+    panels = figure.subplots(1, 2)
+    for axes, values, title, text in (
+        (panels[0], customers, "Customers", "{:,.0f}"),
+        (panels[1], average, "Average monetary", "{:,.0f}"),
+    ):
+        image = axes.imshow(values, cmap=HEAT, aspect="auto")
+        figure.colorbar(image, ax=axes, shrink=0.8)
+        axes.set_xticks(range(scale), [str(s) for s in range(1, scale + 1)])
+        axes.set_yticks(range(scale), [str(s) for s in range(scale, 0, -1)])
+        axes.set_xlabel("FM_score")
+        axes.set_ylabel("R_score")
+        axes.set_title(f"{title} by R x FM")
+        finite = values[np.isfinite(values)]
+        middle = (finite.max() + finite.min()) / 2 if finite.size else 0
+        for (i, j), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                colour = "white" if value > middle else "black"
+                axes.text(j, i, text.format(value), ha="center", va="center", fontsize=8,
+                          color=colour)  # fmt: skip
+    return _png(figure)
+
+
+def distributions(histograms: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """Recency, frequency and monetary histograms from (counts, bin edges); frequency and
+    monetary have long tails and are drawn on log-spaced bins."""
+    figure = _figure()
+    panels = figure.subplots(1, 3)
+    for axes, name in zip(panels, ("recency", "frequency", "monetary")):
+        counts, edges = histograms[name]
+        axes.stairs(counts, edges, fill=True, color=BAR)
+        if name != "recency":
+            axes.set_xscale("log")
+        axes.set_title(name)
+        axes.set_xlabel({"recency": "days", "frequency": "orders", "monetary": "spend"}[name])
+        axes.spines[["top", "right"]].set_visible(False)
+    panels[0].set_ylabel("customers")
+    figure.suptitle("Distributions of recency, frequency and monetary")
+    return _png(figure)
+
+
+def migration_heatmap(migration: pd.DataFrame, order: list[str]) -> bytes:
+    """Customers from each segment (rows, last week) to each segment (columns, this week)."""
+    sources = [n for n in order if n in set(migration["from_segment"])] + (
+        ["(new)"] if (migration["from_segment"] == "(new)").any() else []
+    )
+    targets = [n for n in order if n in set(migration["to_segment"])] + (
+        ["(lapsed)"] if (migration["to_segment"] == "(lapsed)").any() else []
+    )
+    values = np.zeros((len(sources), len(targets)))
+    for row in migration.itertuples(index=False):
+        if row.from_segment in sources and row.to_segment in targets:
+            values[sources.index(row.from_segment), targets.index(row.to_segment)] = row.customers
+    figure = _figure()
+    axes = figure.add_subplot()
+    if values.size == 0:
+        axes.text(0.5, 0.5, "no previous week to compare with", ha="center", va="center")
+        axes.set_axis_off()
+        return _png(figure)
+    image = axes.imshow(np.log1p(values), cmap=HEAT, aspect="auto")
+    figure.colorbar(image, ax=axes, shrink=0.8, label="log(1 + customers)")
+    axes.set_xticks(range(len(targets)), targets, rotation=35, ha="right", fontsize=8)
+    axes.set_yticks(range(len(sources)), sources, fontsize=8)
+    axes.set_xlabel("this week")
+    axes.set_ylabel("last week")
+    axes.set_title("Segment movement: customers from -> to")
+    top = np.log1p(values).max() / 2
+    for (i, j), value in np.ndenumerate(values):
+        if value:
+            colour = "white" if np.log1p(value) > top else "black"
+            axes.text(j, i, f"{value:,.0f}", ha="center", va="center", fontsize=7, color=colour)
+    return _png(figure)
+
+
+def share_trend(history: pd.DataFrame) -> bytes:
+    """Each segment's share of customers over the stored weeks (`week, segment,
+    customer_share`)."""
+    figure = _figure()
+    axes = figure.add_subplot()
+    # Twenty distinct colours: eleven segments never share one.
+    axes.set_prop_cycle(color=[matplotlib.colormaps["tab20"](i) for i in range(20)])
+    weeks = sorted(history["week"].unique())
+    for segment, rows in history.groupby("segment", sort=False):
+        shares = rows.set_index("week")["customer_share"].reindex(weeks)
+        axes.plot(weeks, shares.to_numpy() * 100, marker="o", label=str(segment))
+    axes.set_ylabel("% of customers")
+    axes.set_title("Segment shares over the last weeks")
+    axes.tick_params(axis="x", labelrotation=30, labelsize=8)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    axes.spines[["top", "right"]].set_visible(False)
+    return _png(figure)

@@ -1,0 +1,102 @@
+"""Pictures: valid PNGs of the documented size, drawn from numbers that equal the tables."""
+
+import base64
+import re
+import struct
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from rfm_assets import pictures
+from rfm_assets.component import build_rfm_definitions
+from rfm_assets.engines.dispatch import PandasEngine
+from rfm_assets.io_manager import RFMParquetIOManager
+from rfm_assets.pipeline import run_pandas
+from rfm_assets.settings import RFMSettings
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from the PNG's IHDR chunk (after checking the signature)."""
+    assert data[:8] == PNG_SIGNATURE, "not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def image_of(markdown: str) -> bytes:
+    match = re.fullmatch(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert match, markdown[:80]
+    return base64.b64decode(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return run_pandas(RFMSettings(reference_date="2011-12-05"))
+
+
+def test_every_picture_is_a_png_of_the_documented_size(bundled):
+    engine = PandasEngine()
+    grid = RFMSettings().segment_grid()
+    previous = run_pandas(RFMSettings(reference_date="2011-11-28"))
+    migration = engine.migration(previous.customer_segments, bundled.customer_segments, grid)
+    history = pd.concat(
+        [r.segment_analytics.assign(week=w) for w, r in (("a", previous), ("b", bundled))]
+    )
+    drawn = [
+        pictures.segment_sizes(bundled.segment_analytics),
+        pictures.score_heatmaps(engine.score_grid(bundled.customer_segments), 5),
+        pictures.distributions(engine.histograms(bundled.rfm_metrics)),
+        pictures.migration_heatmap(migration, [e.name for e in grid.segments]),
+        pictures.migration_heatmap(migration.iloc[:0], [e.name for e in grid.segments]),
+        pictures.share_trend(history[["week", "segment", "customer_share"]]),
+    ]
+    for png in drawn:
+        assert png_size(png) == (pictures.WIDTH, pictures.HEIGHT)
+        assert 5_000 < len(png) < 200_000  # small enough for asset metadata
+        assert image_of(pictures.markdown_image(png, "x")) == png
+
+
+def test_the_numbers_behind_the_pictures_equal_the_tables(bundled):
+    engine = PandasEngine()
+    segments = bundled.customer_segments
+    grid = engine.score_grid(segments)
+    assert grid["customers"].sum() == len(segments)
+    for row in grid.itertuples(index=False):
+        cell = segments[
+            (segments["R_score"] == row.R_score) & (segments["FM_score"] == row.FM_score)
+        ]
+        assert row.customers == len(cell)
+        assert row.revenue == pytest.approx(cell["monetary"].sum(), rel=1e-12)
+    for name, (counts, edges) in engine.histograms(bundled.rfm_metrics).items():
+        values = bundled.rfm_metrics[name].to_numpy(dtype=float)
+        assert counts.sum() == len(values)
+        assert edges[0] == values.min() or name != "recency"
+        assert np.all(np.diff(edges) > 0)
+
+
+def test_the_weekly_graph_shows_its_pictures_in_the_metadata(tmp_path):
+    definitions = build_rfm_definitions(
+        RFMSettings(), weeks_start="2011-11-14", weeks_end="2011-12-12"
+    )
+    resources = dict(definitions.resources)
+    resources["io_manager"] = RFMParquetIOManager(base_dir=str(tmp_path / "store"))
+    for week in ("2011-11-21", "2011-11-28"):
+        result = dg.materialize(
+            [*definitions.assets, *definitions.asset_checks],
+            partition_key=week,
+            resources=resources,
+            instance=dg.DagsterInstance.ephemeral(),
+        )
+    shown = {
+        "rfm_metrics": ["distributions"],
+        "segment_analytics": ["segment_sizes", "score_heatmaps", "share_trend"],
+        "segment_migration": ["movement"],
+    }
+    for asset, keys in shown.items():
+        metadata = result.asset_materializations_for_node(asset)[0].metadata
+        for key in keys:
+            png = image_of(metadata[key].value)
+            assert png_size(png) == (pictures.WIDTH, pictures.HEIGHT), (asset, key)
