@@ -39,6 +39,7 @@ from rfm_assets.engines.shared import LAPSED_CUSTOMERS, NEW_CUSTOMERS
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.exports import markdown_cell
 from rfm_assets.io_manager import CONTEXT_METADATA, StoredTable, is_spark_dataframe
+from rfm_assets.report import ReportInputs, report_html
 from rfm_assets.segments import SegmentGrid, load_rule_set
 from rfm_assets.settings import RFMSettings
 
@@ -156,6 +157,11 @@ def segment_table_markdown(analytics: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# What the report's summary takes from the stored tables' context.
+REPORT_FACTS = (
+    "input_level", "engine", "reference_date", "window_start", "scoring_method", "scale",
+    "weights", "rows_read", "rows_kept", "rows_excluded", "customers_held_out",
+)  # fmt: skip
 # Weeks shown in the share_trend picture.
 TREND_WEEKS = 12
 
@@ -363,6 +369,12 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             "engine": engine.name,
             "customers": account.customers,
             "input_level": settings.input_level,
+            # The row accounting travels on, for the report at the end of the graph.
+            "files_read": account.files_read,
+            "files_skipped": account.files_skipped,
+            "rows_read": account.rows_read,
+            "rows_kept": account.rows_kept,
+            "rows_excluded": dict(account.rows_excluded),
         }
         yield _output(
             engine,
@@ -857,6 +869,64 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             },
         )
 
+    @dg.asset(
+        key=key("rfm_report"),
+        ins={
+            **ins("customer_segments"),
+            **ins("segment_analytics"),
+            **ins("segment_migration"),
+            **ins("slipping_customers"),
+        },
+        group_name=graph.group,
+        kinds={"html"},
+        partitions_def=graph.partitions,
+        required_resource_keys={settings_key, "spark", graph.io_manager_key},
+    )
+    def rfm_report(
+        context: dg.AssetExecutionContext,
+        customer_segments,
+        segment_analytics,
+        segment_migration,
+        slipping_customers,
+    ):
+        """The shareable HTML report of the week: run summary and row accounting, segments
+        with recommendations and example actions, every picture, movement and thresholds, in
+        one self-contained file beside the stored tables (its path is in the metadata)."""
+        engine = engine_of(context)
+        upstream = context_of(customer_segments)
+        segments = engine.load(customer_segments)
+        migration_context = context_of(segment_migration)
+        summary = {
+            **{k: upstream.get(k) for k in REPORT_FACTS},
+            "input": upstream.get("source"),
+            "customers": engine.row_count(segments),
+        }
+        page = report_html(
+            ReportInputs(
+                analytics=_small_to_pandas(engine.load(segment_analytics)),
+                score_grid=engine.score_grid(segments),
+                histograms=engine.histograms(segments),
+                scale=int(_needed(upstream, "scale", "customer_segments")),
+                summary=summary,
+                migration=_small_to_pandas(engine.load(segment_migration)),
+                previous=migration_context.get("previous"),
+                slipping=engine.row_count(engine.load(slipping_customers)),
+            )
+        )
+        store = getattr(context.resources, graph.io_manager_key)
+        if not hasattr(store, "write_file"):  # e.g. an in-memory IO manager in a test
+            context.log.warning("rfm_report: the io_manager keeps no files; report not written")
+            return dg.MaterializeResult(metadata={"path": None, "bytes": len(page)})
+        partition = context.partition_key if graph.partitions else None
+        path = store.write_file(key("rfm_report"), partition, "report.html", page)
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(path),
+                "bytes": len(page.encode("utf-8")),
+                "reference_date": summary.get("reference_date"),
+            }
+        )
+
     def share_history(context, analytics: pd.DataFrame) -> dict:
         """The share_trend picture over the stored weeks up to this one (weekly only)."""
         store = getattr(context.resources, graph.io_manager_key)
@@ -893,6 +963,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         high_value_customers,
         segment_migration,
         slipping_customers,
+        rfm_report,
     ]
 
 
@@ -919,10 +990,11 @@ def _share_moves(context, analytics: pd.DataFrame, graph: RFMGraph, settings) ->
 
 
 def build_rfm_checks(assets: list[dg.AssetsDefinition]) -> list:
-    """Dagster's column-schema-change checks on every asset of the graph."""
+    """Dagster's column-schema-change checks on every table of the graph."""
     with warnings.catch_warnings():  # a beta API: its notice is Dagster's, not the user's
         warnings.simplefilter("ignore", dg.BetaWarning)
-        return list(dg.build_column_schema_change_checks(assets=assets))
+        tables = [a for a in assets if a.key.path[-1] in COLUMNS_OF]  # not the HTML report
+        return list(dg.build_column_schema_change_checks(assets=tables))
 
 
 RFM_ASSETS = build_rfm_assets()

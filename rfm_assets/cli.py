@@ -18,11 +18,13 @@ from typing import Any, Optional
 import pandas as pd
 import yaml
 
+from rfm_assets import pictures
 from rfm_assets.contract import ANALYTICS_COLUMNS
 from rfm_assets.engines.source import first_line
 from rfm_assets.errors import RFMConfigError, RFMError
 from rfm_assets.exports import markdown_cell, write_atomically, write_spark_table, write_table
 from rfm_assets.packaged import preset_names, preset_path
+from rfm_assets.report import ReportInputs, report_html
 from rfm_assets.result_dir import ResultDirectory
 
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
@@ -257,8 +259,10 @@ def run_graph(settings, spark, work_dir: Path) -> dict[str, Any]:
         io_manager = dg.InMemoryIOManager()
     result = dg.materialize(
         RFM_ASSETS,
-        # Movement compares with the result this run replaces, which the CLI reads itself.
-        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(*MOVEMENT_TABLES),
+        # Movement compares with the result this run replaces, which the CLI reads itself;
+        # `rfm-assets report` writes the report.
+        selection=dg.AssetSelection.all()
+        - dg.AssetSelection.assets(*MOVEMENT_TABLES, "rfm_report"),
         resources={"rfm_settings": settings, "spark": spark, "io_manager": io_manager},
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         raise_on_error=False,
@@ -433,27 +437,30 @@ def read_segments(directory: Path) -> Optional[pd.DataFrame]:
     return None
 
 
-def movement_since(previous_dir: Path, current_dir: Path, settings) -> Optional[dict]:
-    """segment_migration and slipping_customers against the result in `previous_dir`, or
-    None when it holds none. Both results are read back from their files, so the ids of
-    the two runs have one type whatever the format."""
+def movement_since(previous_dir: Path, current_dir: Path, settings) -> tuple[Optional[dict], str]:
+    """segment_migration and slipping_customers against the result in `previous_dir`, and
+    the line that says so; (None, why) when there is nothing readable to compare with. Both
+    results are read back from their files, so the ids of the two runs have one type
+    whatever the format."""
     from rfm_assets.engines.dispatch import PandasEngine
 
-    previous = read_segments(previous_dir)
+    try:
+        previous = read_segments(previous_dir)
+    except RFMError as error:  # an earlier layout or a damaged file: this run still stands
+        return None, f"segment movement: not compared, {error}".replace("--output: ", "")
     if previous is None:
-        return None
+        return None, f"segment movement: no previous result in {previous_dir} to compare with"
     current = read_segments(current_dir)
     grid = settings.segment_grid()
     engine = PandasEngine()
-    return {
+    movement = {
         "segment_migration": engine.migration(previous, current, grid),
         "slipping_customers": engine.slipping(previous, current, grid),
     }
+    return movement, movement_line(movement)
 
 
-def movement_line(movement: Optional[dict], output: Path) -> str:
-    if movement is None:
-        return f"segment movement: no previous result in {output} to compare with"
+def movement_line(movement: dict) -> str:
     table = movement["segment_migration"]
     new = int(table.loc[table["from_segment"] == "(new)", "customers"].sum())
     lapsed = int(table.loc[table["to_segment"] == "(lapsed)", "customers"].sum())
@@ -505,7 +512,7 @@ def command_analyze(args: argparse.Namespace) -> int:
                     write_spark_table(spark_row_order(frame, name, settings), target, args.format)
                 else:
                     write_table(frame, target, args.format)
-            movement = movement_since(Path(args.output), result.files, settings)
+            movement, movement_note = movement_since(Path(args.output), result.files, settings)
             for name, frame in (movement or {}).items():
                 write_table(frame, result.files / f"{name}.{args.format}", args.format)
             summary = run_summary(settings, outcome["metadata"])
@@ -528,55 +535,13 @@ def command_analyze(args: argparse.Namespace) -> int:
         + (f"; {skipped:,} files skipped (names starting with _ or .)" if skipped else "")
     )
     print(segment_table_text(read_table(output, "segment_analytics")))
-    print(movement_line(movement, output))
+    print(movement_note)
     written = OUTPUT_TABLES + (MOVEMENT_TABLES if movement else ())
     print(f"wrote {', '.join(f'{n}.{args.format}' for n in written)}, run_summary.json to {output}")
     return 0
 
 
 REPORT_FORMATS = (".md", ".csv", ".html")
-
-
-def report_html(analytics: pd.DataFrame, summary: Optional[dict], svg: str) -> str:
-    """One self-contained HTML page: the summary, the segment table and the chart inline."""
-    import html
-
-    def cell(value) -> str:
-        return html.escape(str(value))
-
-    rows = "".join(
-        "<tr>"
-        + f"<td>{cell(row.segment)}</td><td>{row.customers:,}</td>"
-        + f"<td>{row.customer_share:.1%}</td><td>{row.revenue:,.2f}</td>"
-        + f"<td>{row.revenue_share:.1%}</td><td>{_number(row.avg_recency, 1)}</td>"
-        + f"<td>{_number(row.avg_frequency, 2)}</td><td>{_number(row.avg_monetary, 2)}</td>"
-        + f"<td>{cell(row.recommendation)}</td></tr>"
-        for row in analytics.itertuples(index=False)
-    )
-    facts = ""
-    if summary:
-        facts = "".join(
-            f"<li>{cell(label)}: {cell(summary.get(key))}</li>"
-            for label, key in (
-                ("input", "input"),
-                ("reference date", "reference_date"),
-                ("rows read", "rows_read"),
-                ("rows kept", "rows_kept"),
-                ("customers", "customers"),
-                ("scoring", "scoring_method"),
-            )
-        )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>RFM segment report</title>
-<style>body{{font-family:Helvetica,Arial,sans-serif;margin:2em;color:#222}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-td:nth-child(n+2):not(:last-child){{text-align:right}}th{{background:#f3f3f3}}</style>
-</head><body><h1>RFM segment report</h1><ul>{facts}</ul>
-<table><tr><th>segment</th><th>customers</th><th>share</th><th>revenue</th>
-<th>revenue share</th><th>avg recency</th><th>avg orders</th><th>avg monetary</th>
-<th>recommendation</th></tr>{rows}</table>
-<p>{svg}</p></body></html>
-"""
 
 
 def command_report(args: argparse.Namespace) -> int:
@@ -590,26 +555,52 @@ def command_report(args: argparse.Namespace) -> int:
         )
     analytics = read_table(directory, "segment_analytics")
     summary = read_summary(directory)
-    from rfm_assets.chart import segment_chart_svg
-
-    svg = segment_chart_svg(analytics)
     suffix = target.suffix.lower()
     if suffix == ".csv":
         write_table(analytics, target, "csv")
         print(f"wrote {target}")
         return 0
     if suffix == ".html":
-        page = report_html(analytics, summary, svg)
+        page = report_html(report_inputs(directory, analytics, summary))
         write_atomically(target, lambda p: p.write_text(page, encoding="utf-8"))
         print(f"wrote {target}")
         return 0
-    chart = target.with_name("segment_distribution.svg")
-    write_atomically(chart, lambda p: p.write_text(svg, encoding="utf-8"))
-    text = report_markdown(analytics, summary) + f"\n![segment distribution]({chart.name})\n"
+    chart = target.with_name("segment_sizes.png")
+    png = pictures.segment_sizes(analytics)
+    write_atomically(chart, lambda p: p.write_bytes(png))
+    text = report_markdown(analytics, summary) + f"\n![segment sizes]({chart.name})\n"
     write_atomically(target, lambda p: p.write_text(text, encoding="utf-8"))
     print(text, end="")
     print(f"wrote {target} and {chart}")
     return 0
+
+
+def report_inputs(directory: Path, analytics: pd.DataFrame, summary: Optional[dict]):
+    """What the HTML report of a result directory shows, read from its files."""
+    from rfm_assets.engines.dispatch import PandasEngine
+
+    segments = read_segments(directory)
+    if segments is None:
+        raise RFMError(f"--input: {directory} has no customer_segments; run analyze first")
+    engine = PandasEngine()
+    summary = summary or {}
+    migration, slipping = None, None
+    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+        path = (directory / f"segment_migration{suffix}").resolve()
+        if path.exists():
+            migration = reader(path)
+            moved = (directory / f"slipping_customers{suffix}").resolve()
+            slipping = len(reader(moved)) if moved.exists() else None
+    return ReportInputs(
+        analytics=analytics,
+        score_grid=engine.score_grid(segments),
+        histograms=engine.histograms(segments),
+        scale=int(summary.get("scale") or segments["R_score"].max()),
+        summary=summary,
+        migration=migration,
+        previous="the result this one replaced",
+        slipping=slipping,
+    )
 
 
 def command_rules(args: argparse.Namespace) -> int:
@@ -746,7 +737,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--input", required=True, help="directory written by analyze")
     report.add_argument(
         "--output",
-        help="report file; its suffix picks the format: .md (with an SVG chart beside it), "
+        help="report file; its suffix picks the format: .md (with a PNG chart beside it), "
         ".csv or .html (default: INPUT/segment_report.md)",
     )
     report.set_defaults(handler=command_report)

@@ -108,11 +108,11 @@ def _plain(path: UPath) -> str:
 def _write_durably(target: UPath, text: str) -> None:
     """Replace a small file atomically: a rename on a local disk, a single PUT elsewhere."""
     if not _is_local(target):
-        target.write_text(text)
+        target.write_text(text, encoding="utf-8")
         return
     staging = Path(target.path).with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(staging, "w") as handle:
+        with open(staging, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -228,6 +228,17 @@ class RFMStore(dg.UPathIOManager):
         if not older:
             return None
         return self.stored_at(path, asset_key.to_user_string(), version=older[-1])
+
+    def write_file(
+        self, asset_key: dg.AssetKey, partition_key: Optional[str], name: str, text: str
+    ) -> str:
+        """Write a text file (a report) under the asset's location, replacing it whole."""
+        path = self._base_path.joinpath(*asset_key.path)
+        if partition_key is not None:
+            path = path / partition_key
+        path.mkdir(parents=True, exist_ok=True)
+        _write_durably(path / name, text)
+        return _plain(path / name)
 
     def stored_partitions(self, asset_key: dg.AssetKey) -> list[str]:
         """Partition keys stored for an asset, in order."""

@@ -149,6 +149,8 @@ def stored_snapshot(base) -> dict[str, bytes]:
     """asset -> its pointer and the bytes of its current version (pandas versions are files)."""
     snapshot = {}
     for location in Path(base).iterdir():
+        if not (location / "CURRENT").exists():  # the HTML report: a file, not a table
+            continue
         current = (location / "CURRENT").read_text().strip()
         snapshot[location.name] = current.encode() + (location / current).read_bytes()
     return snapshot

@@ -77,9 +77,9 @@ def test_csv_output_and_report(tmp_path, capsys):
     assert report == capsys.readouterr().out.rsplit("wrote ", 1)[0]
     for row in analytics.itertuples():
         assert f"| {row.segment} | {row.customers:,} |" in report
-    svg = (output / "segment_distribution.svg").read_text()
-    assert svg.startswith("<svg") and svg.count("<rect") == len(analytics) + 1  # + background
-    assert "![segment distribution](segment_distribution.svg)" in report
+    png = (output / "segment_sizes.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert "![segment sizes](segment_sizes.png)" in report
 
 
 def test_csv_input_with_text_ids_keeps_leading_zeros(tmp_path):
@@ -270,9 +270,9 @@ def test_usual_cli_shapes_quartiles_shorthand_debug_anywhere_and_report_by_suffi
     assert list(table["customers"]) == list(analytics["customers"])
     assert main(["report", "--input", str(output), "--output", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
-    assert page.startswith("<!doctype html>") and "<svg" in page
+    assert page.startswith("<!doctype html>") and 'src="data:image/png;base64,' in page
     for row in analytics.itertuples():
-        assert f"<td>{row.customers:,}</td>" in page
+        assert f'<td class="n">{row.customers:,}</td>' in page
     assert main(["report", "--input", str(output), "--output", str(tmp_path / "r.pdf")]) == 1
 
 

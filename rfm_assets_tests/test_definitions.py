@@ -75,6 +75,9 @@ def test_weekly_schedule_targets_the_rfm_job_on_monday_morning():
     assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == {
         *CHAIN,
         "high_value_customers",
+        "segment_migration",
+        "slipping_customers",
+        "rfm_report",
     }
 
 
@@ -108,6 +111,7 @@ def test_materialize_attaches_schema_row_counts_and_passing_checks(tmp_path):
         ("customer_segments", "dominant_segment"),
         ("segment_analytics", "revenue_matches_customers"),
         ("segment_analytics", "share_change_from_previous_week"),
+        ("segment_migration", "margins_match_both_weeks"),
     }
     assert all(c.passed for c in checks if c.severity == dg.AssetCheckSeverity.ERROR)
     segments = stored_frame(tmp_path / "store", "customer_segments")

@@ -161,7 +161,13 @@ def test_switching_format_hides_the_other_formats_files(tmp_path, inputs):
     assert main(["analyze", "--input", inputs[0], "--output", str(output)]) == 0
     assert main(["analyze", "--input", inputs[0], "--output", str(output), "--format", "csv"]) == 0
     visible = sorted(p.name for p in output.iterdir() if not p.name.startswith("."))
-    assert visible == ["customer_segments.csv", "run_summary.json", "segment_analytics.csv"]
+    assert visible == [
+        "customer_segments.csv",
+        "run_summary.json",
+        "segment_analytics.csv",
+        "segment_migration.csv",  # against the Parquet result it replaced
+        "slipping_customers.csv",
+    ]
 
 
 def test_leftovers_of_the_earlier_layout_are_removed(tmp_path, inputs):

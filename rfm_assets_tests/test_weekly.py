@@ -178,6 +178,8 @@ def test_columns_and_kinds_are_declared_before_the_first_run():
         "customer_segments",
         "segment_analytics",
         "high_value_customers",
+        "segment_migration",
+        "slipping_customers",
     }
 
 
@@ -256,6 +258,8 @@ def test_a_failing_blocking_check_keeps_the_bad_value_out_of_view(
 def _snapshot(store: Path, week: str) -> dict[str, bytes]:
     snapshot = {}
     for location in store.iterdir():
+        if location.name == "rfm_report":  # a file per week, not a versioned table
+            continue
         current = (location / week / "CURRENT").read_text().strip()
         snapshot[location.name] = current.encode() + (location / week / current).read_bytes()
     return snapshot
