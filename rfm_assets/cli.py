@@ -22,7 +22,14 @@ from rfm_assets import pictures
 from rfm_assets.contract import ANALYTICS_COLUMNS
 from rfm_assets.engines.source import first_line
 from rfm_assets.errors import RFMConfigError, RFMError
-from rfm_assets.exports import markdown_cell, write_atomically, write_spark_table, write_table
+from rfm_assets.exports import (
+    CAMPAIGN_COLUMNS,
+    campaign_lists,
+    markdown_cell,
+    write_atomically,
+    write_spark_table,
+    write_table,
+)
 from rfm_assets.packaged import preset_names, preset_path
 from rfm_assets.report import ReportInputs, report_html
 from rfm_assets.result_dir import ResultDirectory
@@ -420,6 +427,24 @@ def report_markdown(analytics: pd.DataFrame, summary: Optional[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def campaign_choice(args: argparse.Namespace, settings, segments: pd.DataFrame) -> dict:
+    """The campaign lists the flags ask for, of `segments` (checked on an empty table before
+    the run, so a typo costs no run)."""
+    catalog = {entry.segment_id: entry.name for entry in settings.segment_grid().segments}
+    chosen = tuple(s.strip() for s in (args.campaign_segments or "").split(",") if s.strip())
+    columns = tuple(c.strip() for c in (args.campaign_columns or "").split(",") if c.strip())
+    return campaign_lists(segments, catalog, chosen, columns or CAMPAIGN_COLUMNS)
+
+
+def write_campaigns(directory: Path, args: argparse.Namespace, settings) -> None:
+    """campaigns/<segment_id>.csv per segment, spreadsheet-safe, from the written result."""
+    lists = campaign_choice(args, settings, read_segments(directory))
+    folder = directory / "campaigns"
+    folder.mkdir()
+    for segment_id, frame in lists.items():
+        write_table(frame, folder / f"{segment_id}.csv", "csv")
+
+
 def read_segments(directory: Path) -> Optional[pd.DataFrame]:
     """customer_segments of a result directory (ids as text from CSV), or None."""
     for suffix in (".parquet", ".csv"):
@@ -489,6 +514,11 @@ def command_analyze(args: argparse.Namespace) -> int:
             "thresholds_from_week: reads the weekly history of a Dagster deployment, which "
             "the command line does not keep; pin the cut points with fixed_thresholds instead"
         )
+    args.split_by_segment |= bool(args.campaign_segments or args.campaign_columns)
+    if args.split_by_segment:
+        from rfm_assets.assets import COLUMNS_OF
+
+        campaign_choice(args, settings, pd.DataFrame(columns=COLUMNS_OF["customer_segments"]))
     spark = spark_resource(args)
     with ResultDirectory(Path(args.output)) as result:
         if settings.engine == "spark" and not args.debug:
@@ -512,6 +542,8 @@ def command_analyze(args: argparse.Namespace) -> int:
                     write_spark_table(spark_row_order(frame, name, settings), target, args.format)
                 else:
                     write_table(frame, target, args.format)
+            if args.split_by_segment:
+                write_campaigns(result.files, args, settings)
             movement, movement_note = movement_since(Path(args.output), result.files, settings)
             for name, frame in (movement or {}).items():
                 write_table(frame, result.files / f"{name}.{args.format}", args.format)
@@ -537,6 +569,9 @@ def command_analyze(args: argparse.Namespace) -> int:
     print(segment_table_text(read_table(output, "segment_analytics")))
     print(movement_note)
     written = OUTPUT_TABLES + (MOVEMENT_TABLES if movement else ())
+    if args.split_by_segment:
+        lists = sorted(p.name for p in (output / "campaigns").iterdir())
+        print(f"campaign lists: {len(lists)} files in {output / 'campaigns'}")
     print(f"wrote {', '.join(f'{n}.{args.format}' for n in written)}, run_summary.json to {output}")
     return 0
 
@@ -692,6 +727,23 @@ def parser() -> argparse.ArgumentParser:
     by_customer.add_argument("--first-purchase-date", metavar="COL", help="optional")
     by_customer.add_argument("--frequency", metavar="COL", help="number of orders")
     by_customer.add_argument("--monetary", metavar="COL", help="total spend")
+    campaigns = analyze.add_argument_group("campaign lists")
+    campaigns.add_argument(
+        "--split-by-segment",
+        action="store_true",
+        help="also write campaigns/<segment_id>.csv per segment (spreadsheet-safe CSV)",
+    )
+    campaigns.add_argument(
+        "--campaign-segments",
+        metavar="SEG,SEG",
+        help="only these segments (segment_id or name; implies --split-by-segment); default: all",
+    )
+    campaigns.add_argument(
+        "--campaign-columns",
+        metavar="COL,COL",
+        help=f"columns of each list (implies --split-by-segment); default: "
+        f"{','.join(CAMPAIGN_COLUMNS)}",
+    )
     rules = analyze.add_argument_group("rules")
     rules.add_argument("--reference-date", metavar="YYYY-MM-DD")
     rules.add_argument("--analysis-period-days", type=int, metavar="N")

@@ -128,3 +128,53 @@ def replace_path(staging: Path, path: Path) -> None:
         shutil.rmtree(previous, ignore_errors=True)
     elif previous.exists():
         previous.unlink()
+
+
+# --- campaign lists -------------------------------------------------------------------------
+
+# What an email or ads tool needs per customer, by default.
+CAMPAIGN_COLUMNS = (
+    "customer_id",
+    "segment",
+    "recommendation",
+    "R_score",
+    "F_score",
+    "M_score",
+    "recency",
+    "frequency",
+    "monetary",
+)
+
+
+def campaign_lists(
+    segments: pd.DataFrame,
+    catalog: dict[str, str],
+    chosen: tuple[str, ...] = (),
+    columns: tuple[str, ...] = CAMPAIGN_COLUMNS,
+) -> dict[str, pd.DataFrame]:
+    """segment_id -> that segment's customers (in customer_segments order) with `columns`.
+
+    `catalog` maps the rule set's segment_ids to names, in priority order; `chosen` names
+    segments by either (all when empty). A segment without customers still gets its list,
+    with the header only.
+    """
+    unknown = [c for c in columns if c not in segments.columns]
+    if unknown:
+        raise RFMError(
+            f"--campaign-columns: {', '.join(unknown)} not in customer_segments; its columns "
+            f"are: {', '.join(map(str, segments.columns))}"
+        )
+    by_name = {name: segment_id for segment_id, name in catalog.items()}
+    wanted = []
+    for item in chosen or tuple(catalog):
+        segment_id = item if item in catalog else by_name.get(item)
+        if segment_id is None:
+            raise RFMError(
+                f"--campaign-segments: no segment {item!r}; the segments are: {', '.join(catalog)}"
+            )
+        wanted.append(segment_id)
+    ids = segments["segment_id"].astype("str").to_numpy()
+    return {
+        segment_id: segments.loc[ids == segment_id, list(columns)]
+        for segment_id in dict.fromkeys(wanted)
+    }

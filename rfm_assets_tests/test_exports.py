@@ -58,3 +58,63 @@ def test_cli_csv_output_neutralises_hostile_customer_ids(tmp_path):
     assert ids == ["'-12", '\'=HYPERLINK("http://x","y")']
     raw = pd.read_parquet(tmp_path / "parquet" / "customer_segments.parquet")
     assert sorted(raw["customer_id"]) == ["-12", '=HYPERLINK("http://x","y")']
+
+
+def test_split_by_segment_writes_one_safe_csv_per_segment(tmp_path, capsys):
+    import csv
+
+    from rfm_assets.cli import main
+
+    output = tmp_path / "out"
+    assert main(["analyze", "--output", str(output), "--split-by-segment"]) == 0
+    segments = pd.read_parquet(output / "customer_segments.parquet")
+    files = sorted(p.stem for p in (output / "campaigns").iterdir())
+    assert files == sorted(segments["segment_id"].astype(str).unique())
+    total = 0
+    for segment_id in files:
+        listed = pd.read_csv(output / "campaigns" / f"{segment_id}.csv")
+        assert list(listed.columns) == [
+            "customer_id", "segment", "recommendation", "R_score", "F_score", "M_score",
+            "recency", "frequency", "monetary",
+        ]  # fmt: skip
+        mine = segments[segments["segment_id"] == segment_id]
+        assert list(listed["customer_id"]) == list(mine["customer_id"])  # same order
+        assert list(listed["monetary"]) == list(mine["monetary"])
+        total += len(listed)
+        with open(output / "campaigns" / f"{segment_id}.csv", newline="") as handle:
+            for row in csv.reader(handle):
+                assert not any(cell.startswith(("=", "+", "-", "@")) for cell in row)
+    assert total == len(segments)
+    # A chosen few, by id or name, with chosen columns; a typo fails before any run.
+    chosen = [
+        "--campaign-segments",
+        "At Risk,champions",
+        "--campaign-columns",
+        "customer_id,monetary",
+    ]
+    assert main(["analyze", "--output", str(output), *chosen]) == 0
+    assert sorted(p.name for p in (output / "campaigns").iterdir()) == [
+        "at_risk.csv",
+        "champions.csv",
+    ]
+    assert list(pd.read_csv(output / "campaigns" / "at_risk.csv").columns) == [
+        "customer_id",
+        "monetary",
+    ]
+    capsys.readouterr()
+    assert main(["analyze", "--output", str(output), "--campaign-segments", "vip"]) == 1
+    error = capsys.readouterr().err
+    assert "--campaign-segments: no segment 'vip'; the segments are: champions," in error
+
+
+def test_campaign_lists_keep_formula_text_inert(tmp_path):
+    from rfm_assets.exports import campaign_lists, write_table
+
+    segments = pd.DataFrame(
+        {"customer_id": ["=HYPERLINK(1)", "+2"], "segment_id": ["vip", "vip"],
+         "segment": ["VIP", "VIP"], "monetary": [1.0, 2.0]}
+    )  # fmt: skip
+    lists = campaign_lists(segments, {"vip": "VIP", "other": "Other"}, (), ("customer_id",))
+    assert list(lists) == ["vip", "other"] and lists["other"].empty
+    write_table(lists["vip"], tmp_path / "vip.csv", "csv")
+    assert (tmp_path / "vip.csv").read_text().splitlines()[1:] == ['"\'=HYPERLINK(1)"', '"\'+2"']
