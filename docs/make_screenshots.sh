@@ -55,4 +55,5 @@ shoot ui-partitions "/assets/customer_segments?view=partitions"
 shoot ui-checks "/assets/segment_analytics?view=checks"
 shoot ui-trends "/assets/segment_analytics?view=events"
 shoot ui-segment-analytics "/assets/segment_analytics"
+PORT=$PORT .venv/bin/python docs/shoot_picture.py
 echo "screenshots in docs/ (DAGSTER_HOME=$DAGSTER_HOME)"
