@@ -559,7 +559,14 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         grid = grid_of(upstream, settings, "rfm_scores")
         scores = engine.load(rfm_scores)
         segmented_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        segmented = engine.keep(engine.segments(scores, grid, segmented_at))
+        clustering = {}
+        if settings.segmentation_method == "kmeans":
+            thresholds = _needed(upstream, "thresholds", "rfm_scores")
+            segmented, summary = engine.clusters(scores, grid, thresholds, settings, segmented_at)
+            clustering = {"clustering": dg.MetadataValue.json(summary)}
+        else:
+            segmented = engine.segments(scores, grid, segmented_at)
+        segmented = engine.keep(segmented)
         rows, distinct = (
             engine.row_count(segmented),
             engine.distinct_count(segmented, "customer_id"),
@@ -609,7 +616,11 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             engine,
             segmented,
             table_context,
-            {"segment_counts": dg.MetadataValue.json(counts)},
+            {
+                "segmentation_method": settings.segmentation_method,
+                "segment_counts": dg.MetadataValue.json(counts),
+                **clustering,
+            },
         )
 
     @dg.asset(

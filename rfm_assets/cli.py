@@ -104,6 +104,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "returns_policy": args.returns,
         "segment_grid_file": args.segment_grid,
         "segment_rules": args.segment_rules,
+        "segmentation_method": args.segmentation,
+        "clusters": args.clusters,
         "engine": args.engine,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
@@ -334,6 +336,9 @@ def run_summary(settings, metadata: dict[str, Any]) -> dict:
         "weights": settings.effective_weights.model_dump(),
         "returns_policy": settings.returns_policy,
         "thresholds": metadata["rfm_scores"]["thresholds"],
+        "segmentation_method": settings.segmentation_method,
+        # k, silhouette, Davies-Bouldin, Calinski-Harabasz, per-k scores, clusters
+        "clustering": metadata["customer_segments"].get("clustering"),
     }
 
 
@@ -775,6 +780,14 @@ def parser() -> argparse.ArgumentParser:
         "--quartiles", dest="scoring", action="store_const", const="quartiles",
         help="same as --scoring quartiles",
     )  # fmt: skip
+    rules.add_argument(
+        "--segmentation",
+        choices=("grid", "kmeans"),
+        help="grid (default): the rule set's cells; kmeans: clusters named from the catalog",
+    )
+    rules.add_argument(
+        "--clusters", type=int, metavar="K", help="kmeans: K clusters (default: best of 3..8)"
+    )
     rules.add_argument("--weights", metavar="R,F,M")
     rules.add_argument("--returns", choices=("exclude", "net"))
     rules.add_argument(

@@ -22,6 +22,7 @@ class RFMResult:
     account: RowAccount
     thresholds: dict[str, list[float]]
     customers_held_out: dict[str, int]
+    clustering: Optional[dict] = None  # what k-means measured (segmentation_method kmeans)
 
 
 def run_engine(
@@ -38,15 +39,25 @@ def run_engine(
     metrics = engine.keep(metrics)
     scores = engine.keep(engine.scores(metrics, settings))
     grid = settings.segment_grid()
-    segmented = engine.keep(
-        engine.segments(
-            scores, grid, segmented_at or dt.datetime.now(dt.UTC).replace(microsecond=0)
-        )
-    )
     thresholds = engine.thresholds(scores, settings)
+    segmented_at = segmented_at or dt.datetime.now(dt.UTC).replace(microsecond=0)
+    clustering = None
+    if settings.segmentation_method == "kmeans":
+        segmented, clustering = engine.clusters(scores, grid, thresholds, settings, segmented_at)
+    else:
+        segmented = engine.segments(scores, grid, segmented_at)
+    segmented = engine.keep(segmented)
     analytics = engine.analytics(segmented, grid, thresholds)
     return RFMResult(
-        kept, metrics, scores, segmented, analytics, account, thresholds, customers_held_out
+        kept,
+        metrics,
+        scores,
+        segmented,
+        analytics,
+        account,
+        thresholds,
+        customers_held_out,
+        clustering,
     )
 
 

@@ -319,6 +319,30 @@ class RFMSettings(dg.ConfigurableResource):
         default=None,
         description="Former name of segment_rules for a file path; when set, it wins.",
     )
+    segmentation_method: Literal["grid", "kmeans"] = Field(
+        default="grid",
+        description="grid: segments from the rule set's (R, F, M) cells. kmeans: customers "
+        "clustered on log-scaled R, F and M, each cluster named by the cell of its centroid "
+        "(pandas engine).",
+    )
+    clusters: Optional[int] = Field(
+        default=None,
+        ge=2,
+        le=20,
+        description="kmeans: this many clusters. Unset: the k in cluster_range with the best "
+        "silhouette.",
+    )
+    cluster_range: list[int] = Field(
+        default_factory=lambda: [3, 8],
+        description="kmeans: [smallest, largest] k tried.",
+    )
+    cluster_sample_size: int = Field(
+        default=10_000,
+        ge=100,
+        description="kmeans: customers (a seeded sample) the silhouette is measured on, so "
+        "choosing k costs the same at any size.",
+    )
+    cluster_seed: int = Field(default=0, description="kmeans: the seed; results repeat.")
     high_value_share: float = Field(
         default=0.2,
         gt=0,
@@ -377,6 +401,26 @@ class RFMSettings(dg.ConfigurableResource):
             # The default reference date is the day after the latest date: it must exist.
             raise ValueError(f"latest_valid_date: {latest} must be before 9999-12-31")
         return self
+
+    @model_validator(mode="after")
+    def _clustering_is_possible(self):
+        bounds = list(self.cluster_range)
+        if len(bounds) != 2 or not 2 <= bounds[0] <= bounds[1] <= 20:
+            raise ValueError(
+                f"cluster_range: {bounds} must be [low, high], whole numbers with "
+                "2 <= low <= high <= 20"
+            )
+        if self.segmentation_method == "kmeans" and self.engine == "spark":
+            raise ValueError(
+                "segmentation_method: kmeans runs on the pandas engine so far; use engine "
+                "pandas, or the grid on Spark"
+            )
+        return self
+
+    @property
+    def k_range(self) -> tuple[int, int]:
+        """The k tried by kmeans: `clusters` alone when set, else `cluster_range`."""
+        return (self.clusters, self.clusters) if self.clusters else tuple(self.cluster_range)
 
     @model_validator(mode="after")
     def _columns_of_the_input_level(self):

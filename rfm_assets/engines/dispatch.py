@@ -119,6 +119,18 @@ class PandasEngine:
     def segments(self, scores, grid: SegmentGrid, segmented_at: dt.datetime):
         return self.compute.assign_segments(scores, grid, segmented_at)
 
+    def clusters(self, scores, grid: SegmentGrid, thresholds, settings, segmented_at):
+        """Segments by k-means (segmentation_method: kmeans) and what the clustering measured."""
+        return self.compute.cluster_segments(
+            scores,
+            grid,
+            thresholds,
+            settings.k_range,
+            settings.cluster_sample_size,
+            settings.cluster_seed,
+            segmented_at,
+        )
+
     def analytics(self, segmented, grid: SegmentGrid, thresholds):
         return self.compute.segment_analytics(segmented, grid, thresholds)
 

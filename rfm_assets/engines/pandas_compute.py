@@ -643,6 +643,14 @@ def assign_segments(
     """
     table, segments = grid.lookup_table()
     codes = table[tuple(scores[c].to_numpy() for c in ("R_score", "F_score", "M_score"))]
+    return _segmented(scores, grid, codes, segmented_at)
+
+
+def _segmented(
+    scores: pd.DataFrame, grid: SegmentGrid, codes: np.ndarray, segmented_at: dt.datetime
+) -> pd.DataFrame:
+    """Scores plus the segments `codes` name (positions in grid.segments), in list order."""
+    segments = grid.segments
     # segments are in priority order, so the code is the priority rank; lexsort is stable.
     order = np.lexsort((-scores["RFM_score"].to_numpy(), codes))
     scores = scores.iloc[order].reset_index(drop=True)
@@ -660,12 +668,74 @@ def assign_segments(
     return segmented
 
 
+def cluster_segments(
+    scores: pd.DataFrame,
+    grid: SegmentGrid,
+    thresholds: dict[str, list[float]],
+    k_range: tuple[int, int],
+    sample_size: int,
+    seed: int,
+    segmented_at: dt.datetime,
+) -> tuple[pd.DataFrame, dict]:
+    """Segments by k-means (engines.clustering) instead of the rule set's cells, and what
+    the clustering measured. Each cluster takes the segment of its centroid's (R, F, M)
+    cell, scored with the run's cut points; `cluster`, `cluster_name` and
+    `cluster_distance` are added."""
+    from rfm_assets.engines import clustering
+
+    values = clustering.feature_matrix(*(scores[n] for n in clustering.FEATURES))
+    model, _ = clustering.fit(values, k_range, sample_size, seed)
+    cluster, distance = model.assign(values)
+    centroids = model.centroids_in_units()
+    centroid_scores = [
+        fixed_scores(centroids[:, i], thresholds[name], HIGHER_IS_BETTER[name])
+        for i, name in enumerate(clustering.FEATURES)
+    ]
+    segment_of = [grid.segment_of(int(r), int(f), int(m)) for r, f, m in zip(*centroid_scores)]
+    sizes = np.bincount(cluster, minlength=model.k)
+    names = clustering.cluster_names(segment_of, sizes)
+    position = {entry.name: i for i, entry in enumerate(grid.segments)}
+    codes = np.array([position[name] for name in segment_of], dtype=np.int64)[cluster]
+    with_clusters = scores.assign(
+        cluster=cluster.astype(np.int64),
+        cluster_name=pd.array(np.array(names, dtype=object)[cluster], dtype="str"),
+        cluster_distance=distance,
+    )
+    segmented = _segmented(with_clusters, grid, codes, segmented_at)
+    # The cluster columns go last, after the published segment columns.
+    columns = [c for c in segmented.columns if not c.startswith("cluster")]
+    segmented = segmented[columns + ["cluster", "cluster_name", "cluster_distance"]]
+    summary = {
+        **clustering.quality(model, values, cluster, sample_size, seed),
+        "silhouette_by_k": {str(k): round(v, 6) for k, v in model.silhouette_by_k.items()},
+        "inertia_by_k": {str(k): round(v, 3) for k, v in model.inertia_by_k.items()},
+        "clusters": [
+            {
+                "cluster": c,
+                "name": names[c],
+                "segment": segment_of[c],
+                "customers": int(sizes[c]),
+                "recency": round(float(centroids[c, 0]), 3),
+                "frequency": round(float(centroids[c, 1]), 3),
+                "monetary": round(float(centroids[c, 2]), 2),
+            }
+            for c in range(model.k)
+        ],
+    }
+    return segmented, summary
+
+
 def segment_analytics(
     segmented: pd.DataFrame, grid: SegmentGrid, thresholds: dict[str, list[float]]
 ) -> pd.DataFrame:
-    """One row per segment of the grid (zero-customer segments included), in priority order."""
-    table, segments = grid.lookup_table()
-    code = table[tuple(segmented[c].to_numpy() for c in ("R_score", "F_score", "M_score"))]
+    """One row per segment of the grid (zero-customer segments included), in priority order.
+
+    Customers are counted by their `segment` column, whichever method named it."""
+    segments = grid.segments
+    position = {entry.name: i for i, entry in enumerate(segments)}
+    named = pd.Categorical(segmented["segment"].astype("str"))
+    to_position = np.array([position[str(c)] for c in named.categories], dtype=np.int64)
+    code = to_position[named.codes]
     count = len(segments)
     micro = to_micro_units(segmented["monetary"].to_numpy())
     sums = {
