@@ -3,9 +3,9 @@
 Pure numpy and scikit-learn, no Dagster. The rules (docs/contract.md, "Clustering"):
 - features are log1p(recency), log1p(frequency) and log1p(monetary), each scaled robustly:
   (x - median) / IQR (an IQR of 0 scales by 1);
-- for every k in the range, k-means (seeded, k-means++) is fitted on all customers; k is the
-  one with the best silhouette, measured on a fixed-size seeded sample so the cost does not
-  grow with the customers (ties: the smaller k);
+- for every k in the range, k-means (seeded, k-means++) is fitted on the customers (a seeded
+  sample of 100,000 when there are more); k is the one with the best silhouette, measured on
+  a fixed-size seeded sample (ties: the smaller k); the chosen k is then fitted on everyone;
 - each cluster is named by where its centroid, in original units, falls on the rule set:
   its recency, frequency and monetary are scored with the run's published cut points, and the
   (R, F, M) cell gives the segment. Clusters that land on one segment keep its catalog name
@@ -78,24 +78,34 @@ def fit(
             f"cluster_range: the customers have {distinct} distinct feature values, too few for "
             f"{low} clusters"
         )
+    # k is chosen on a seeded sample of at most SEARCH_SAMPLE customers; the chosen k is then
+    # fitted on everyone. Below that size the search sees every customer.
+    search = scaled
+    if len(scaled) > SEARCH_SAMPLE:
+        search = scaled[np.sort(rng.choice(len(scaled), size=SEARCH_SAMPLE, replace=False))]
+        sample = rng.choice(len(search), size=min(sample_size, len(search)), replace=False)
     best = None
     silhouettes, inertias = {}, {}
     for k in range(max(low, 2), high + 1):
-        fitted = _kmeans(k, seed, len(scaled)).fit(scaled)
+        fitted = _kmeans(k, seed, len(search)).fit(search)
         labels = fitted.labels_
         inertias[k] = float(fitted.inertia_)
         sampled = labels[sample]
         if len(np.unique(sampled)) < 2:
             silhouettes[k] = -1.0
         else:
-            silhouettes[k] = float(silhouette_score(scaled[sample], sampled))
+            silhouettes[k] = float(silhouette_score(search[sample], sampled))
         if best is None or silhouettes[k] > silhouettes[best[0]]:
             best = (k, fitted)
     k, fitted = best
+    if search is not scaled:
+        fitted = _kmeans(k, seed, len(scaled)).fit(scaled)
     model = ClusterModel(median, iqr, fitted.cluster_centers_, silhouettes, inertias)
     return model, fitted.labels_
 
 
+# The choice of k looks at this many customers at most (a seeded sample).
+SEARCH_SAMPLE = 100_000
 # Above this many customers k-means runs in mini-batches: the same seeded k-means++ start,
 # a fraction of the time, centroids within a few percent.
 MINI_BATCH_ABOVE = 100_000
