@@ -21,6 +21,8 @@ Variants:
            dg.materialize, asset checks, metadata, writing the two result tables as Parquet.
 - duckdb:  one SQL query over the same Parquet file with the same semantics (README "How the
            numbers are computed", default settings), fetched to pandas; threads = CPU count.
+- kmeans:  as pandas, with segmentation_method kmeans (k chosen by silhouette from 3..8);
+           its ratio against pandas is the cost of clustering (rows / 25 customers).
 - spark:   rfm_assets.pipeline.run_engine with engine spark on a local[2] session (started and
            warmed up before the timer), customer_segments written to Parquet and
            segment_analytics collected inside the timed region. Peak RSS is the Python driver's;
@@ -45,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("pandas", "dagster", "duckdb", "spark")
+VARIANTS = ("pandas", "dagster", "duckdb", "spark", "kmeans")
 SEED = 42
 WARMUP_ROWS = 10_000
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -215,11 +217,21 @@ def run_duckdb(path: str, final: str = ANALYTICS):
     return duckdb_connection().execute(duckdb_sql(path, final)).fetch_df()
 
 
+def run_kmeans(path: str):
+    """The pandas engine with segmentation_method kmeans (k chosen from 3..8)."""
+    from rfm_assets.pipeline import run_pandas as run
+
+    settings = settings_for(path).model_copy(update={"segmentation_method": "kmeans"})
+    result = run(settings)
+    return result.customer_segments, result.segment_analytics
+
+
 RUNNERS = {
     "pandas": run_pandas,
     "dagster": run_dagster,
     "duckdb": run_duckdb,
     "spark": run_spark,
+    "kmeans": run_kmeans,
 }
 
 
@@ -392,7 +404,7 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def benchmark(sizes: list[int], repeats: int) -> None:
+def benchmark(sizes: list[int], repeats: int, variants: tuple[str, ...] = VARIANTS) -> None:
     import gc
 
     from rfm_assets.synthetic import generate_transactions
@@ -419,9 +431,9 @@ def benchmark(sizes: list[int], repeats: int) -> None:
                     ),
                     flush=True,
                 )
-            runs = {v: [] for v in VARIANTS}
+            runs = {v: [] for v in variants}
             for repeat in range(repeats):
-                for variant in VARIANTS:  # interleaved, so machine noise hits all alike
+                for variant in variants:  # interleaved, so machine noise hits all alike
                     runs[variant].append(measure(variant, path, warmup))
                     print(
                         f"  repeat {repeat + 1}/{repeats} {variant:<7} "
@@ -429,7 +441,7 @@ def benchmark(sizes: list[int], repeats: int) -> None:
                         flush=True,
                     )
             duck = statistics.median(r["seconds"] for r in runs["duckdb"])
-            for variant in VARIANTS:
+            for variant in variants:
                 seconds = [r["seconds"] for r in runs[variant]]
                 results.append(
                     {
@@ -477,6 +489,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="100000,1000000", help="comma-separated sizes")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants"
+    )
     parser.add_argument("--single", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", help=argparse.SUPPRESS)
@@ -485,7 +500,13 @@ def main() -> None:
     if args.single:
         single(args.single, args.file, args.warmup, args.keep)
     else:
-        benchmark([int(n) for n in args.rows.split(",")], args.repeats)
+        chosen = [v for v in args.variants.split(",") if v]
+        unknown = sorted(set(chosen) - set(VARIANTS))
+        if unknown:
+            raise SystemExit(f"--variants: unknown {', '.join(unknown)}; known: {VARIANTS}")
+        # DuckDB is the peer every ratio is taken against: always measured.
+        variants = tuple(dict.fromkeys(["duckdb", *chosen]))
+        benchmark([int(n) for n in args.rows.split(",")], args.repeats, variants)
 
 
 if __name__ == "__main__":
