@@ -563,7 +563,15 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         if settings.segmentation_method == "kmeans":
             thresholds = _needed(upstream, "thresholds", "rfm_scores")
             segmented, summary = engine.clusters(scores, grid, thresholds, settings, segmented_at)
-            clustering = {"clustering": dg.MetadataValue.json(summary)}
+            shown = segmented.sample(
+                n=min(2_000, len(segmented)), random_state=settings.cluster_seed
+            )
+            clustering = {
+                "clustering": dg.MetadataValue.json(summary),
+                "clusters": picture(
+                    pictures.clusters(shown, summary["silhouette_by_k"]), "k-means clusters"
+                ),
+            }
         else:
             segmented = engine.segments(scores, grid, segmented_at)
         segmented = engine.keep(segmented)

@@ -171,3 +171,30 @@ def share_trend(history: pd.DataFrame) -> bytes:
     axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     axes.spines[["top", "right"]].set_visible(False)
     return _png(figure)
+
+
+def clusters(sample: pd.DataFrame, silhouette_by_k: dict[str, float]) -> bytes:
+    """k-means at a glance: a sample of customers in R x M and F x M, coloured by cluster,
+    and the silhouette of every k tried (`sample` has recency, frequency, monetary,
+    cluster_name)."""
+    figure = _figure()
+    panels = figure.subplots(1, 3)
+    colours = [matplotlib.colormaps["tab10"](i) for i in range(10)]
+    names = sorted(sample["cluster_name"].astype(str).unique())
+    for axes, x in ((panels[0], "recency"), (panels[1], "frequency")):
+        for i, name in enumerate(names):
+            rows = sample[sample["cluster_name"].astype(str) == name]
+            axes.scatter(rows[x], rows["monetary"], s=4, alpha=0.5, color=colours[i % 10],
+                         label=name)  # fmt: skip
+        axes.set_xscale("symlog" if x == "recency" else "log")
+        axes.set_yscale("log")
+        axes.set_xlabel(x)
+        axes.set_ylabel("monetary")
+        axes.set_title(f"{x} x monetary")
+    panels[0].legend(fontsize=7, markerscale=3)
+    ks = sorted(silhouette_by_k, key=int)
+    panels[2].plot([int(k) for k in ks], [silhouette_by_k[k] for k in ks], marker="o", color=BAR)
+    panels[2].set_xlabel("k")
+    panels[2].set_title("silhouette by k")
+    figure.suptitle("k-means clusters (a sample of customers)")
+    return _png(figure)

@@ -130,6 +130,14 @@ def test_kmeans_in_the_dagster_graph_and_on_the_command_line(groups_file, tmp_pa
     metadata = result.asset_materializations_for_node("customer_segments")[0].metadata
     assert metadata["segmentation_method"].value == "kmeans"
     assert metadata["clustering"].value["k"] == 4
+    from rfm_assets import pictures
+    from rfm_assets_tests.test_pictures import image_of, png_size
+
+    assert png_size(image_of(metadata["clusters"].value)) == (pictures.WIDTH, pictures.HEIGHT)
+    compared = metadata["clustering"].value["methods_compared"]
+    assert set(compared) == {"kmeans", "gaussian_mixture", "agglomerative_ward"}
+    # On well-separated groups every method finds them: all silhouettes are high.
+    assert all(scores["silhouette"] > 0.7 for scores in compared.values())
     checks = result.get_asset_check_evaluations()
     assert all(c.passed for c in checks if c.severity == dg.AssetCheckSeverity.ERROR)
     output = tmp_path / "out"

@@ -130,6 +130,36 @@ def quality(model: ClusterModel, values: np.ndarray, labels: np.ndarray, sample:
     }
 
 
+def compare_methods(
+    model: ClusterModel, values: np.ndarray, sample_size: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """k-means against a Gaussian mixture and agglomerative (Ward) clustering with the same k,
+    each fitted and scored on one seeded sample of the scaled features, so the scores stand
+    side by side."""
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.mixture import GaussianMixture
+
+    scaled = model.scaled(values)
+    rng = np.random.default_rng(seed)
+    sample = scaled[rng.choice(len(scaled), size=min(sample_size, len(scaled)), replace=False)]
+    methods = {
+        "kmeans": lambda: KMeans(n_clusters=model.k, n_init=4, random_state=seed),
+        "gaussian_mixture": lambda: GaussianMixture(model.k, random_state=seed),
+        "agglomerative_ward": lambda: AgglomerativeClustering(n_clusters=model.k),
+    }
+    scores = {}
+    for name, make in methods.items():
+        labels = make().fit_predict(sample)
+        if len(np.unique(labels)) < 2:
+            continue
+        scores[name] = {
+            "silhouette": round(float(silhouette_score(sample, labels)), 6),
+            "davies_bouldin": round(float(davies_bouldin_score(sample, labels)), 6),
+            "calinski_harabasz": round(float(calinski_harabasz_score(sample, labels)), 3),
+        }
+    return scores
+
+
 def cluster_names(segment_of_centroid: list[str], sizes: np.ndarray) -> list[str]:
     """Names of the clusters: the segment, with " 2", " 3"... for later clusters of one
     segment, the largest cluster first (then the lower id)."""

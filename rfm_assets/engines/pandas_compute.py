@@ -709,6 +709,7 @@ def cluster_segments(
         **clustering.quality(model, values, cluster, sample_size, seed),
         "silhouette_by_k": {str(k): round(v, 6) for k, v in model.silhouette_by_k.items()},
         "inertia_by_k": {str(k): round(v, 3) for k, v in model.inertia_by_k.items()},
+        "methods_compared": clustering.compare_methods(model, values, sample_size, seed),
         "clusters": [
             {
                 "cluster": c,
