@@ -35,7 +35,12 @@ from rfm_assets.contract import (
     exclusion_reasons,
 )
 from rfm_assets.engines.dispatch import PandasEngine, engine_for
-from rfm_assets.engines.shared import LAPSED_CUSTOMERS, NEW_CUSTOMERS
+from rfm_assets.engines.shared import (
+    LAPSED_CUSTOMERS,
+    NEW_CUSTOMERS,
+    movement_counts,
+    moves_between_segments,
+)
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.exports import markdown_cell
 from rfm_assets.io_manager import CONTEXT_METADATA, StoredTable, is_spark_dataframe
@@ -753,9 +758,9 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             return None, "no previous week: the IO manager keeps no history"
         if not graph.partitions:
             replaced = store.replaced(key("customer_segments"))
-            return replaced, "the customer_segments this run replaced" if replaced else (
-                "no previous customer_segments: this is the first one stored"
-            )
+            if replaced is None:
+                return None, "no previous customer_segments: this is the first one stored"
+            return replaced, "the customer_segments this run replaced"
         window = graph.partitions.get_prev_partition_window(context.partition_time_window.start)
         if window is None:
             return None, "no previous week: this is the first week of the partitions"
@@ -830,23 +835,8 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             ],
             "segment_migration",
         )
-        moved = table[
-            (table["from_segment"] != table["to_segment"])
-            & (table["from_segment"] != NEW_CUSTOMERS)
-            & (table["to_segment"] != LAPSED_CUSTOMERS)
-        ]
-        counts = {
-            "customers_new": int(
-                table.loc[table["from_segment"] == NEW_CUSTOMERS, "customers"].sum()
-            ),
-            "customers_lapsed": int(
-                table.loc[table["to_segment"] == LAPSED_CUSTOMERS, "customers"].sum()
-            ),
-            "customers_moved": int(moved["customers"].sum()),
-            "customers_stayed": int(
-                table.loc[table["from_segment"] == table["to_segment"], "customers"].sum()
-            ),
-        }
+        moved = moves_between_segments(table)
+        counts = movement_counts(table)
         yield _output(
             engine,
             migration,

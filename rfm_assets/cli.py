@@ -20,6 +20,7 @@ import yaml
 
 from rfm_assets import pictures
 from rfm_assets.contract import ANALYTICS_COLUMNS
+from rfm_assets.engines.shared import movement_counts
 from rfm_assets.engines.source import first_line
 from rfm_assets.errors import RFMConfigError, RFMError
 from rfm_assets.exports import (
@@ -345,9 +346,17 @@ def run_summary(settings, metadata: dict[str, Any]) -> dict:
 # --- writing results ------------------------------------------------------------------------
 
 
-def read_table(directory: Path, name: str) -> pd.DataFrame:
-    """A result table of `directory`; a damaged or foreign file is one line naming it."""
-    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+# Result CSVs: ids stay text ("007", "NA"); only an empty field or NaN is a missing value.
+RESULT_CSV = dict(dtype={"customer_id": "str"}, keep_default_na=False, na_values=["", "NaN", "nan"])
+
+
+def read_table(
+    directory: Path, name: str, required: bool = True, flag: str = "--input"
+) -> Optional[pd.DataFrame]:
+    """A result table of `directory` (None when absent and not `required`); a damaged or
+    foreign file is one line naming it and the flag that pointed at it."""
+    readers = ((".parquet", pd.read_parquet), (".csv", lambda p: pd.read_csv(p, **RESULT_CSV)))
+    for suffix, reader in readers:
         # Resolved once: a reader that opens the link twice could see two runs' files if
         # another run switches the result in between.
         path = (directory / f"{name}{suffix}").resolve()
@@ -355,12 +364,16 @@ def read_table(directory: Path, name: str) -> pd.DataFrame:
             try:
                 table = reader(path)
             except Exception as error:  # pyarrow, pandas and OS errors alike: name the file
-                raise RFMError(f"--input: cannot read {path}: {first_line(error)}") from None
+                raise RFMError(f"{flag}: cannot read {path}: {first_line(error)}") from None
             missing = [c for c in TABLE_COLUMNS.get(name, ()) if c not in table.columns]
             if missing:
-                raise RFMError(f"--input: {path} is not a {name} table (no {', '.join(missing)})")
+                raise RFMError(f"{flag}: {path} is not a {name} table (no {', '.join(missing)})")
             return table
-    raise RFMError(f"--input: {directory} has no {name}.parquet or {name}.csv; run analyze first")
+    if required:
+        raise RFMError(
+            f"{flag}: {directory} has no {name}.parquet or {name}.csv; run analyze first"
+        )
+    return None
 
 
 def read_summary(directory: Path) -> Optional[dict]:
@@ -443,28 +456,11 @@ def campaign_choice(args: argparse.Namespace, settings, segments: pd.DataFrame) 
 
 def write_campaigns(directory: Path, args: argparse.Namespace, settings) -> None:
     """campaigns/<segment_id>.csv per segment, spreadsheet-safe, from the written result."""
-    lists = campaign_choice(args, settings, read_segments(directory))
+    lists = campaign_choice(args, settings, read_table(directory, "customer_segments"))
     folder = directory / "campaigns"
     folder.mkdir()
     for segment_id, frame in lists.items():
         write_table(frame, folder / f"{segment_id}.csv", "csv")
-
-
-def read_segments(directory: Path) -> Optional[pd.DataFrame]:
-    """customer_segments of a result directory (ids as text from CSV), or None."""
-    for suffix in (".parquet", ".csv"):
-        path = (directory / f"customer_segments{suffix}").resolve()
-        if not path.exists():
-            continue
-        try:
-            if suffix == ".parquet":
-                return pd.read_parquet(path)
-            return pd.read_csv(path, dtype={"customer_id": "str"}, keep_default_na=False)
-        except Exception as error:  # name the file, whatever the reader raised
-            raise RFMError(
-                f"--output: cannot read the earlier {path}: {first_line(error)}"
-            ) from None
-    return None
 
 
 def movement_since(previous_dir: Path, current_dir: Path, settings) -> tuple[Optional[dict], str]:
@@ -475,12 +471,12 @@ def movement_since(previous_dir: Path, current_dir: Path, settings) -> tuple[Opt
     from rfm_assets.engines.dispatch import PandasEngine
 
     try:
-        previous = read_segments(previous_dir)
+        previous = read_table(previous_dir, "customer_segments", False, "--output")
     except RFMError as error:  # an earlier layout or a damaged file: this run still stands
         return None, f"segment movement: not compared, {error}".replace("--output: ", "")
     if previous is None:
         return None, f"segment movement: no previous result in {previous_dir} to compare with"
-    current = read_segments(current_dir)
+    current = read_table(current_dir, "customer_segments")
     grid = settings.segment_grid()
     engine = PandasEngine()
     movement = {
@@ -491,21 +487,12 @@ def movement_since(previous_dir: Path, current_dir: Path, settings) -> tuple[Opt
 
 
 def movement_line(movement: dict) -> str:
-    table = movement["segment_migration"]
-    new = int(table.loc[table["from_segment"] == "(new)", "customers"].sum())
-    lapsed = int(table.loc[table["to_segment"] == "(lapsed)", "customers"].sum())
-    moved = int(
-        table.loc[
-            (table["from_segment"] != table["to_segment"])
-            & (table["from_segment"] != "(new)")
-            & (table["to_segment"] != "(lapsed)"),
-            "customers",
-        ].sum()
-    )
+    counts = movement_counts(movement["segment_migration"])
     slipping = len(movement["slipping_customers"])
     return (
-        f"since the previous result: {moved:,} customers changed segment, {new:,} new, "
-        f"{lapsed:,} gone; {slipping:,} slipped into a win-back segment (slipping_customers)"
+        f"since the previous result: {counts['customers_moved']:,} customers changed segment, "
+        f"{counts['customers_new']:,} new, {counts['customers_lapsed']:,} gone; {slipping:,} "
+        "slipped into a win-back segment (slipping_customers)"
     )
 
 
@@ -619,18 +606,11 @@ def report_inputs(directory: Path, analytics: pd.DataFrame, summary: Optional[di
     """What the HTML report of a result directory shows, read from its files."""
     from rfm_assets.engines.dispatch import PandasEngine
 
-    segments = read_segments(directory)
-    if segments is None:
-        raise RFMError(f"--input: {directory} has no customer_segments; run analyze first")
+    segments = read_table(directory, "customer_segments")
     engine = PandasEngine()
     summary = summary or {}
-    migration, slipping = None, None
-    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
-        path = (directory / f"segment_migration{suffix}").resolve()
-        if path.exists():
-            migration = reader(path)
-            moved = (directory / f"slipping_customers{suffix}").resolve()
-            slipping = len(reader(moved)) if moved.exists() else None
+    migration = read_table(directory, "segment_migration", required=False)
+    moved = read_table(directory, "slipping_customers", required=False)
     return ReportInputs(
         analytics=analytics,
         score_grid=engine.score_grid(segments),
@@ -639,7 +619,7 @@ def report_inputs(directory: Path, analytics: pd.DataFrame, summary: Optional[di
         summary=summary,
         migration=migration,
         previous="the result this one replaced",
-        slipping=slipping,
+        slipping=None if moved is None else len(moved),
     )
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rfm_assets.engines.shared import LAPSED_CUSTOMERS, NEW_CUSTOMERS
+
 # Every picture is WIDTH x HEIGHT pixels: small enough for asset metadata, sharp on screen.
 WIDTH, HEIGHT, DPI = 900, 500, 100
 BAR = "#2f6f9f"
@@ -123,12 +125,8 @@ def distributions(histograms: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes
 
 def migration_heatmap(migration: pd.DataFrame, order: list[str]) -> bytes:
     """Customers from each segment (rows, last week) to each segment (columns, this week)."""
-    sources = [n for n in order if n in set(migration["from_segment"])] + (
-        ["(new)"] if (migration["from_segment"] == "(new)").any() else []
-    )
-    targets = [n for n in order if n in set(migration["to_segment"])] + (
-        ["(lapsed)"] if (migration["to_segment"] == "(lapsed)").any() else []
-    )
+    sources = [n for n in [*order, NEW_CUSTOMERS] if n in set(migration["from_segment"])]
+    targets = [n for n in [*order, LAPSED_CUSTOMERS] if n in set(migration["to_segment"])]
     values = np.zeros((len(sources), len(targets)))
     for row in migration.itertuples(index=False):
         if row.from_segment in sources and row.to_segment in targets:

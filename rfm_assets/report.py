@@ -16,7 +16,7 @@ from typing import Optional
 import pandas as pd
 
 from rfm_assets import pictures
-from rfm_assets.engines.shared import LAPSED_CUSTOMERS, NEW_CUSTOMERS
+from rfm_assets.engines.shared import movement_counts, moves_between_segments
 from rfm_assets.segments import default_catalog
 
 STYLE = """
@@ -123,17 +123,12 @@ def movement_section(inputs: ReportInputs) -> str:
     migration = inputs.migration
     if migration is None or migration.empty:
         return '<p class="muted">No previous week to compare with.</p>'
-    moved = migration[
-        (migration["from_segment"] != migration["to_segment"])
-        & (migration["from_segment"] != NEW_CUSTOMERS)
-        & (migration["to_segment"] != LAPSED_CUSTOMERS)
-    ]
-    new = int(migration.loc[migration["from_segment"] == NEW_CUSTOMERS, "customers"].sum())
-    lapsed = int(migration.loc[migration["to_segment"] == LAPSED_CUSTOMERS, "customers"].sum())
+    moved = moves_between_segments(migration)
+    counts = movement_counts(migration)
     facts = (
         f"<p>Compared with {_text(inputs.previous or 'the previous result')}: "
-        f"{int(moved['customers'].sum()):,} customers changed segment, {new:,} are new and "
-        f"{lapsed:,} are gone"
+        f"{counts['customers_moved']:,} customers changed segment, "
+        f"{counts['customers_new']:,} are new and {counts['customers_lapsed']:,} are gone"
         + (
             f"; {inputs.slipping:,} slipped from an engaged segment into a win-back one."
             if inputs.slipping is not None

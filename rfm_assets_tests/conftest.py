@@ -158,3 +158,26 @@ def stored_snapshot(base) -> dict[str, bytes]:
 
 def day(text: str) -> dt.date:
     return dt.date.fromisoformat(text)
+
+
+def materialize_bundled_week(store, week: str, raise_on_error: bool = True):
+    """One week of the bundled sample through the weekly graph (weeks 2011-10-31 to
+    2011-12-12), stored under `store`, as a deployment runs it."""
+    import dagster as dg
+
+    from rfm_assets.component import build_rfm_definitions
+    from rfm_assets.io_manager import RFMParquetIOManager
+    from rfm_assets.settings import RFMSettings
+
+    definitions = build_rfm_definitions(
+        RFMSettings(), weeks_start="2011-10-31", weeks_end="2011-12-12"
+    )
+    resources = dict(definitions.resources)
+    resources["io_manager"] = RFMParquetIOManager(base_dir=str(store))
+    return dg.materialize(
+        [*definitions.assets, *definitions.asset_checks],
+        partition_key=week,
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=raise_on_error,
+    )

@@ -114,7 +114,14 @@ def oracle(
         }
         c = customers[customer]
         c["purchase_frequency_per_month"] = c["frequency"] * 30.44 / max(c["tenure_days"], 30.44)
-    for customer in list(customers):  # held out before scoring, first reason first
+    hold_out(customers, excluded, min_frequency, exclude_recent_days)
+    score(customers, scale, weights, fixed, rules)
+    return customers, dict(excluded)
+
+
+def hold_out(customers: dict, excluded: dict, min_frequency, exclude_recent_days) -> None:
+    """Remove the customers the filters hold out before scoring, first reason first."""
+    for customer in list(customers):
         c = customers[customer]
         if min_frequency is not None and c["frequency"] < min_frequency:
             excluded["customers:below_min_frequency"] += 1
@@ -122,8 +129,6 @@ def oracle(
         elif exclude_recent_days is not None and c["tenure_days"] <= exclude_recent_days:
             excluded["customers:first_purchase_too_recent"] += 1
             del customers[customer]
-    score(customers, scale, weights, fixed, rules)
-    return customers, dict(excluded)
 
 
 def rule_segment(rules: list[dict], r: int, f: int, m: int, fm: int, rfm: float):
@@ -276,13 +281,6 @@ def customer_oracle(
                     c["frequency"] * 30.44 / max(c["tenure_days"], 30.44)
                 )
             customers[customer] = c
-    for customer in list(customers):
-        c = customers[customer]
-        if min_frequency is not None and c["frequency"] < min_frequency:
-            excluded["customers:below_min_frequency"] += 1
-            del customers[customer]
-        elif exclude_recent_days is not None and c["tenure_days"] <= exclude_recent_days:
-            excluded["customers:first_purchase_too_recent"] += 1
-            del customers[customer]
+    hold_out(customers, excluded, min_frequency, exclude_recent_days)
     score(customers, scale, weights, None, rules)
     return customers, dict(excluded)

@@ -9,12 +9,11 @@ import pandas as pd
 import pytest
 
 from rfm_assets.cli import main
-from rfm_assets.component import build_rfm_definitions
 from rfm_assets.engines.dispatch import PandasEngine
-from rfm_assets.io_manager import RFMParquetIOManager
 from rfm_assets.pipeline import run_pandas
 from rfm_assets.settings import RFMSettings
 from rfm_assets.synthetic import generate_transactions
+from rfm_assets_tests.conftest import materialize_bundled_week
 
 SLIPPING = {"At Risk", "Cannot Lose Them"}
 LAPSED = {"Hibernating", "Lost"}
@@ -114,19 +113,8 @@ def test_weeks_with_different_id_types_still_match_by_id(two_weeks):
     )
 
 
-WEEKS = ("2011-10-31", "2011-12-12")
-
-
-def materialize_week(store, week: str):
-    definitions = build_rfm_definitions(RFMSettings(), weeks_start=WEEKS[0], weeks_end=WEEKS[1])
-    resources = dict(definitions.resources)
-    resources["io_manager"] = RFMParquetIOManager(base_dir=str(store))
-    return dg.materialize(
-        [*definitions.assets, *definitions.asset_checks],
-        partition_key=week,
-        resources=resources,
-        instance=dg.DagsterInstance.ephemeral(),
-    )
+WEEKS = ("2011-10-31", "2011-12-12")  # the weeks of conftest.materialize_bundled_week
+materialize_week = materialize_bundled_week
 
 
 def stored(store, asset: str, week: str) -> pd.DataFrame:
@@ -177,16 +165,7 @@ def test_a_broken_margin_fails_the_blocking_check(tmp_path, monkeypatch):
         return original(self, previous, current, grid).iloc[1:]
 
     monkeypatch.setattr(PandasEngine, "migration", drop_a_row)
-    definitions = build_rfm_definitions(RFMSettings(), weeks_start=WEEKS[0], weeks_end=WEEKS[1])
-    resources = dict(definitions.resources)
-    resources["io_manager"] = RFMParquetIOManager(base_dir=str(store))
-    result = dg.materialize(
-        [*definitions.assets, *definitions.asset_checks],
-        partition_key="2011-11-28",
-        resources=resources,
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    result = materialize_bundled_week(store, "2011-11-28", raise_on_error=False)
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not checks["margins_match_both_weeks"].passed
     assert not (store / "segment_migration" / "2011-11-28" / "CURRENT").exists()

@@ -4,17 +4,15 @@ import base64
 import re
 import struct
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
 
 from rfm_assets import pictures
-from rfm_assets.component import build_rfm_definitions
 from rfm_assets.engines.dispatch import PandasEngine
-from rfm_assets.io_manager import RFMParquetIOManager
 from rfm_assets.pipeline import run_pandas
 from rfm_assets.settings import RFMSettings
+from rfm_assets_tests.conftest import materialize_bundled_week
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -78,18 +76,8 @@ def test_the_numbers_behind_the_pictures_equal_the_tables(bundled):
 
 
 def test_the_weekly_graph_shows_its_pictures_in_the_metadata(tmp_path):
-    definitions = build_rfm_definitions(
-        RFMSettings(), weeks_start="2011-11-14", weeks_end="2011-12-12"
-    )
-    resources = dict(definitions.resources)
-    resources["io_manager"] = RFMParquetIOManager(base_dir=str(tmp_path / "store"))
     for week in ("2011-11-21", "2011-11-28"):
-        result = dg.materialize(
-            [*definitions.assets, *definitions.asset_checks],
-            partition_key=week,
-            resources=resources,
-            instance=dg.DagsterInstance.ephemeral(),
-        )
+        result = materialize_bundled_week(tmp_path / "store", week)
     shown = {
         "rfm_metrics": ["distributions"],
         "segment_analytics": ["segment_sizes", "score_heatmaps", "share_trend"],

@@ -8,15 +8,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import dagster as dg
 import pandas as pd
 import pytest
 
 from rfm_assets import pictures
 from rfm_assets.cli import main
-from rfm_assets.component import build_rfm_definitions
-from rfm_assets.io_manager import RFMParquetIOManager
-from rfm_assets.settings import RFMSettings
+from rfm_assets_tests.conftest import materialize_bundled_week
 from rfm_assets_tests.test_pictures import png_size
 
 CHROMIUM = next(
@@ -102,18 +99,8 @@ def test_the_report_renders_in_headless_chromium(result, page, tmp_path):
 
 
 def test_the_weekly_graph_writes_the_report_as_an_asset(tmp_path):
-    definitions = build_rfm_definitions(
-        RFMSettings(), weeks_start="2011-11-14", weeks_end="2011-12-12"
-    )
-    resources = dict(definitions.resources)
-    resources["io_manager"] = RFMParquetIOManager(base_dir=str(tmp_path / "store"))
     for week in ("2011-11-21", "2011-11-28"):
-        run = dg.materialize(
-            [*definitions.assets, *definitions.asset_checks],
-            partition_key=week,
-            resources=resources,
-            instance=dg.DagsterInstance.ephemeral(),
-        )
+        run = materialize_bundled_week(tmp_path / "store", week)
     metadata = run.asset_materializations_for_node("rfm_report")[0].metadata
     path = Path(metadata["path"].value)
     assert path == tmp_path / "store" / "rfm_report" / "2011-11-28" / "report.html"

@@ -59,10 +59,8 @@ def feature_matrix(recency, frequency, monetary) -> np.ndarray:
     )
 
 
-def fit(
-    values: np.ndarray, k_range: tuple[int, int], sample_size: int, seed: int
-) -> tuple[ClusterModel, np.ndarray]:
-    """The model with the best silhouette over k in `k_range`, and the labels it gives."""
+def fit(values: np.ndarray, k_range: tuple[int, int], sample_size: int, seed: int) -> ClusterModel:
+    """The model with the best silhouette over k in `k_range` (`assign` labels customers)."""
     logged = np.log1p(np.maximum(values, 0.0))
     median = np.median(logged, axis=0)
     iqr = np.subtract(*np.percentile(logged, [75, 25], axis=0))
@@ -100,8 +98,7 @@ def fit(
     k, fitted = best
     if search is not scaled:
         fitted = _kmeans(k, seed, len(scaled)).fit(scaled)
-    model = ClusterModel(median, iqr, fitted.cluster_centers_, silhouettes, inertias)
-    return model, fitted.labels_
+    return ClusterModel(median, iqr, fitted.cluster_centers_, silhouettes, inertias)
 
 
 # The choice of k looks at this many customers at most (a seeded sample).

@@ -147,12 +147,7 @@ def prepare_transactions(
     ]
     if returns_policy == "exclude":
         rules += [("cancelled_order", cancelled), ("non_positive_amount", amount <= 0)]
-    excluded = np.zeros(rows_read, dtype=bool)
-    counts = {}
-    for reason, mask in rules:
-        newly = mask & ~excluded
-        counts[reason] = int(newly.sum())
-        excluded |= newly
+    excluded, counts = first_reasons(rules, rows_read)
 
     _check_customer_totals(frame["customer_id"], amount, ~excluded)
     is_return = (cancelled | (amount <= 0)) & ~excluded
@@ -265,12 +260,7 @@ def prepare_customers(
             )
         )
     rules.append(("customer_monetary_not_positive", monetary <= 0))
-    excluded = np.zeros(rows_read, dtype=bool)
-    counts = {}
-    for reason, mask in rules:
-        newly = mask & ~excluded
-        counts[reason] = int(newly.sum())
-        excluded |= newly
+    excluded, counts = first_reasons(rules, rows_read)
     kept = ~excluded
     if not kept.any():
         removed = ", ".join(f"{reason}: {n}" for reason, n in counts.items() if n)
@@ -348,6 +338,18 @@ def _dates_of_days(days: np.ndarray) -> np.ndarray:
     return (EPOCH + np.asarray(days, dtype=np.int64).astype("timedelta64[D]")).astype(
         "datetime64[ms]"
     )
+
+
+def first_reasons(rules: list[tuple[str, np.ndarray]], rows: int) -> tuple[np.ndarray, dict]:
+    """(rows some rule applies to, count per reason), each row counted under the first rule
+    in `rules` that applies to it."""
+    taken = np.zeros(rows, dtype=bool)
+    counts = {}
+    for reason, mask in rules:
+        newly = mask & ~taken
+        counts[reason] = int(newly.sum())
+        taken |= newly
+    return taken, counts
 
 
 def reference_and_window(
@@ -486,12 +488,8 @@ def filter_customers(
     """Customers held out before scoring, counted by reason (first reason that applies):
     fewer orders than min_frequency; a first purchase within exclude_recent_days of the
     reference date (tenure_days <= N)."""
-    held_out = np.zeros(len(metrics), dtype=bool)
-    counts = {}
-    for reason, mask in customer_filter_masks(metrics, min_frequency, exclude_recent_days):
-        newly = mask & ~held_out
-        counts[reason] = int(newly.sum())
-        held_out |= newly
+    masks = customer_filter_masks(metrics, min_frequency, exclude_recent_days)
+    held_out, counts = first_reasons(masks, len(metrics))
     return metrics[~held_out].reset_index(drop=True), counts
 
 
@@ -684,7 +682,7 @@ def cluster_segments(
     from rfm_assets.engines import clustering
 
     values = clustering.feature_matrix(*(scores[n] for n in clustering.FEATURES))
-    model, _ = clustering.fit(values, k_range, sample_size, seed)
+    model = clustering.fit(values, k_range, sample_size, seed)
     cluster, distance = model.assign(values)
     centroids = model.centroids_in_units()
     centroid_scores = [

@@ -203,3 +203,22 @@ def histogram_edges(name: str, low: float, high: float) -> np.ndarray:
         return np.linspace(low, max(high, low + 1), HISTOGRAM_BINS + 1)
     low = max(low, 1e-6)
     return np.geomspace(low, max(high, low * 1.01), HISTOGRAM_BINS + 1)
+
+
+def moves_between_segments(migration: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a segment_migration table where customers changed segment (neither new,
+    gone, nor staying)."""
+    source, target = migration["from_segment"], migration["to_segment"]
+    return migration[(source != target) & (source != NEW_CUSTOMERS) & (target != LAPSED_CUSTOMERS)]
+
+
+def movement_counts(migration: pd.DataFrame) -> dict[str, int]:
+    """Customers new, gone (lapsed), moved to another segment and staying, from the table."""
+    source, target = migration["from_segment"], migration["to_segment"]
+    customers = migration["customers"]
+    return {
+        "customers_new": int(customers[source == NEW_CUSTOMERS].sum()),
+        "customers_lapsed": int(customers[target == LAPSED_CUSTOMERS].sum()),
+        "customers_moved": int(moves_between_segments(migration)["customers"].sum()),
+        "customers_stayed": int(customers[source == target].sum()),
+    }

@@ -496,7 +496,7 @@ def prepare_transactions(
 ) -> tuple[DataFrame, RowAccount]:
     """The counted cleaning rules (see pandas_compute.prepare_transactions)."""
     amount = F.col("amount")
-    finite = amount.isNotNull() & ~F.isnan(amount) & (F.abs(amount) != F.lit(float("inf")))
+    finite = _finite(amount)
     day = day_of(F.col("transaction_date"))
     low_day, high_day = (day_number(d) for d in valid_dates)
     in_range = (day >= F.lit(low_day)) & (day <= F.lit(high_day))
@@ -540,9 +540,7 @@ def prepare_transactions(
         rules.append(("before_analysis_window", day < window_start_day))
     if returns_policy == "exclude":
         rules += [("cancelled_order", cancelled), ("non_positive_amount", amount <= 0)]
-    reason = F.lit(None).cast("string")
-    for name, condition in reversed(rules):  # the first rule that applies wins
-        reason = F.when(condition, F.lit(name)).otherwise(reason)
+    reason = first_reason(rules)
     is_return = (cancelled | (amount <= 0)) & reason.isNull()
     flagged = frame.select(
         "*",
@@ -693,9 +691,7 @@ def prepare_customers(
             )
         )
     rules.append(("customer_monetary_not_positive", monetary <= 0))
-    reason = F.lit(None).cast("string")
-    for name, condition in reversed(rules):  # the first rule that applies wins
-        reason = F.when(condition, F.lit(name)).otherwise(reason)
+    reason = first_reason(rules)
     flagged = frame.select("*", reason.alias("reason"), last_value.alias("last_value"))
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     counted = {row["reason"]: row["count"] for row in flagged.groupBy("reason").count().collect()}
@@ -729,6 +725,14 @@ def prepare_customers(
         customers=int(rows_kept),
     )
     return kept, account
+
+
+def first_reason(rules: list[tuple[str, Column]]) -> Column:
+    """The name of the first rule in `rules` whose condition holds, else null."""
+    reason = F.lit(None).cast("string")
+    for name, condition in reversed(rules):
+        reason = F.when(condition, F.lit(name)).otherwise(reason)
+    return reason
 
 
 def _finite(value: Column) -> Column:
@@ -829,9 +833,7 @@ def filter_customers(
     if exclude_recent_days is not None:
         recent = F.col("tenure_days") <= F.lit(exclude_recent_days)
     reasons.append(("first_purchase_too_recent", recent))
-    reason = F.lit(None).cast("string")
-    for name, condition in reversed(reasons):
-        reason = F.when(condition, F.lit(name)).otherwise(reason)
+    reason = first_reason(reasons)
     if min_frequency is None and exclude_recent_days is None:
         return metrics, {name: 0 for name, _ in reasons}
     row = metrics.agg(
