@@ -61,6 +61,14 @@ COLUMNS_OF = {
     "slipping_customers": SLIPPING_COLUMNS,
 }
 
+CLUSTER_MODEL_DESCRIPTION = (
+    "The k-means model of segmentation_method kmeans, as a small JSON document: the scaling "
+    "(log1p, median, IQR), the centroids, each cluster's name and segment, the silhouette and "
+    "inertia of every k tried (the elbow curve), and where it was fitted. Give it to "
+    "`cluster_model_path` or `rfm-assets predict --model` to assign new customers to these "
+    "clusters without refitting. Grid runs do not materialize it."
+)
+
 RFM_TABLE = dg.DagsterType(
     name="RFMTable",
     description="An RFM table: a pandas or Spark DataFrame, or a handle on its stored value.",
@@ -564,10 +572,14 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         grid = grid_of(upstream, settings, "rfm_scores")
         scores = engine.load(rfm_scores)
         segmented_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        clustering = {}
+        clustering, model_document = {}, None
         if settings.segmentation_method == "kmeans":
             thresholds = _needed(upstream, "thresholds", "rfm_scores")
-            segmented, summary = engine.clusters(scores, grid, thresholds, settings, segmented_at)
+            fitted = {"reference_date": upstream.get("reference_date")}
+            segmented, summary, model = engine.clusters(
+                scores, grid, thresholds, settings, segmented_at, fitted
+            )
+            model_document = model.document()
             shown = segmented.sample(
                 n=min(2_000, len(segmented)), random_state=settings.cluster_seed
             )
@@ -625,6 +637,8 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             "display_names": dict(settings.segment_display_names),
             "segmented_at": str(segmented_at),
         }
+        if model_document:  # the model that named the clusters, for cluster_model
+            table_context["cluster_model"] = model_document
         yield _output(
             engine,
             segmented,
@@ -633,6 +647,74 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                 "segmentation_method": settings.segmentation_method,
                 "segment_counts": dg.MetadataValue.json(counts),
                 **clustering,
+            },
+        )
+
+    # A multi-asset only so that its output and its check may be absent (can_subset): grid
+    # runs have no model to store or check.
+    @dg.multi_asset(
+        outs={
+            "cluster_model": dg.AssetOut(
+                key=key("cluster_model"),
+                group_name=graph.group,
+                kinds={"json"},
+                io_manager_key=graph.io_manager_key,
+                is_required=False,
+                description=CLUSTER_MODEL_DESCRIPTION,
+            )
+        },
+        ins=ins("customer_segments"),
+        partitions_def=graph.partitions,
+        required_resource_keys={settings_key, "spark", graph.io_manager_key},
+        can_subset=True,
+        check_specs=checks(
+            "cluster_model",
+            (
+                "model_reproduces_clusters",
+                "Applying the stored document to every customer of customer_segments gives "
+                "the cluster each one was given, so `rfm-assets predict` and later weeks "
+                "(cluster_model_path) assign as this run did.",
+                True,
+            ),
+        ),
+    )
+    def cluster_model(context: dg.AssetExecutionContext, customer_segments):
+        document = context_of(customer_segments).get("cluster_model")
+        if document is None:
+            context.log.info("cluster_model: segmentation_method is grid; no model to store")
+            return
+        from rfm_assets.engines.clustering import ClusterModel
+
+        engine = engine_of(context)
+        model = ClusterModel.from_document(document, "customer_segments")
+        segments = engine.load(customer_segments)
+        mismatched = engine.cluster_mismatches(segments, model)
+        yield from _blocking(
+            [
+                _check(
+                    key("cluster_model"),
+                    "model_reproduces_clusters",
+                    mismatched == 0,
+                    f"the stored model assigns {mismatched:,} customers to another cluster "
+                    "than customer_segments holds",
+                    {"mismatched_customers": mismatched},
+                )
+            ],
+            "cluster_model",
+        )
+        yield dg.Output(
+            document,
+            output_name="cluster_model",
+            metadata={
+                "k": model.k,
+                "clusters": dg.MetadataValue.json(
+                    [
+                        {"cluster": c, "name": n, "segment": s}
+                        for c, (n, s) in enumerate(zip(model.names, model.segments))
+                    ]
+                ),  # fmt: skip
+                "inertia_by_k": dg.MetadataValue.json(document["inertia_by_k"]),
+                "fitted": dg.MetadataValue.json(document["fitted"]),
             },
         )
 
@@ -968,6 +1050,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         rfm_metrics,
         rfm_scores,
         customer_segments,
+        cluster_model,
         segment_analytics,
         high_value_customers,
         segment_migration,

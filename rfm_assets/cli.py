@@ -107,6 +107,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "segment_rules": args.segment_rules,
         "segmentation_method": args.segmentation,
         "clusters": args.clusters,
+        "cluster_model_path": getattr(args, "model", None),
         "engine": args.engine,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
@@ -298,7 +299,10 @@ def run_graph(settings, spark, work_dir: Path) -> dict[str, Any]:
         }
     else:
         tables = {name: result.output_for_node(name) for name in OUTPUT_TABLES + OPTIONAL_TABLES}
-    return {"tables": tables, "metadata": metadata}
+    model = None
+    if settings.segmentation_method == "kmeans":
+        model = result.output_for_node("cluster_model", "cluster_model")
+    return {"tables": tables, "metadata": metadata, "cluster_model": model}
 
 
 def step_failure_message(result) -> str:
@@ -539,6 +543,12 @@ def command_analyze(args: argparse.Namespace) -> int:
             movement, movement_note = movement_since(Path(args.output), result.files, settings)
             for name, frame in (movement or {}).items():
                 write_table(frame, result.files / f"{name}.{args.format}", args.format)
+            if outcome["cluster_model"] is not None:
+                from rfm_assets.io_manager import MODEL_FILE
+
+                (result.files / MODEL_FILE).write_text(
+                    json.dumps(outcome["cluster_model"], indent=2) + "\n", encoding="utf-8"
+                )
             summary = run_summary(settings, outcome["metadata"])
             (result.files / "run_summary.json").write_text(
                 json.dumps(summary, indent=2) + "\n", encoding="utf-8"
@@ -560,12 +570,26 @@ def command_analyze(args: argparse.Namespace) -> int:
     )
     print(segment_table_text(read_table(output, "segment_analytics")))
     print(movement_note)
-    written = OUTPUT_TABLES + (MOVEMENT_TABLES if movement else ())
+    from rfm_assets.io_manager import MODEL_FILE
+
+    written = [f"{n}.{args.format}" for n in OUTPUT_TABLES + (MOVEMENT_TABLES if movement else ())]
+    if outcome["cluster_model"] is not None:
+        written.append(MODEL_FILE)
     if args.split_by_segment:
         lists = sorted(p.name for p in (output / "campaigns").iterdir())
         print(f"campaign lists: {len(lists)} files in {output / 'campaigns'}")
-    print(f"wrote {', '.join(f'{n}.{args.format}' for n in written)}, run_summary.json to {output}")
+    print(f"wrote {', '.join(written)}, run_summary.json to {output}")
     return 0
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    """`analyze` with the stored model applied: the clusters keep their ids and names."""
+    if args.segmentation == "grid":
+        raise RFMConfigError("--segmentation: predict assigns clusters; it cannot use the grid")
+    if args.clusters is not None:
+        raise RFMConfigError("--clusters: the stored model fixes k; leave --clusters out")
+    args.segmentation = "kmeans"
+    return command_analyze(args)
 
 
 REPORT_FORMATS = (".md", ".csv", ".html")
@@ -661,20 +685,8 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def parser() -> argparse.ArgumentParser:
-    root = _OneLineErrors(
-        prog="rfm-assets", description="RFM customer segmentation as a Dagster asset graph."
-    )
-    root.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    # --debug is accepted after the command too; SUPPRESS keeps the root's value otherwise.
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show tracebacks and Spark's own output on errors")  # fmt: skip
-    commands = root.add_subparsers(dest="command", required=True)
-
-    analyze = commands.add_parser(
-        "analyze", help="run the RFM graph and write the tables", parents=[debug]
-    )
+def add_analysis_arguments(analyze: argparse.ArgumentParser) -> None:
+    """The options of `analyze`, which `predict` shares."""
     analyze.add_argument(
         "--input",
         help="transactions (.parquet, .csv, Parquet directory); "
@@ -776,7 +788,39 @@ def parser() -> argparse.ArgumentParser:
         help="rule set: a shipped one (rfm_grid) or a YAML file of rules",
     )
     rules.add_argument("--segment-grid", metavar="FILE", help="former name of --segment-rules")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = _OneLineErrors(
+        prog="rfm-assets", description="RFM customer segmentation as a Dagster asset graph."
+    )
+    root.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # --debug is accepted after the command too; SUPPRESS keeps the root's value otherwise.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks and Spark's own output on errors")  # fmt: skip
+    commands = root.add_subparsers(dest="command", required=True)
+
+    analyze = commands.add_parser(
+        "analyze", help="run the RFM graph and write the tables", parents=[debug]
+    )
+    add_analysis_arguments(analyze)
     analyze.set_defaults(handler=command_analyze)
+
+    predict = commands.add_parser(
+        "predict",
+        help="assign customers to the clusters of a stored k-means model, without refitting",
+        parents=[debug],
+    )
+    predict.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="cluster_model.json, a folder holding one (an analyze --output), or a "
+        "cluster_model location of an asset store",
+    )
+    add_analysis_arguments(predict)
+    predict.set_defaults(handler=command_predict)
 
     report = commands.add_parser("report", help="summarise a finished result", parents=[debug])
     report.add_argument("--input", required=True, help="directory written by analyze")

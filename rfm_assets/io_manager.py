@@ -7,6 +7,7 @@ Layout of an asset's location `<base_dir>/<asset key path>/`:
     v<time>-<id>.parquet/        a version written by Spark (a directory of part files)
     v<time>-<id>.parquet.context.json   the run context the version was computed in
                                  (reference date, scale, rule set, thresholds, engine, ...)
+    v<time>-<id>.json            a version of a document asset (a dict: the cluster model)
 
 A weekly-partitioned asset has one such location per partition key below its own, and a
 `LATEST` file naming the latest week stored, which an unkeyed load (`defs.load_asset_value(
@@ -121,6 +122,51 @@ def _write_durably(target: UPath, text: str) -> None:
         staging.unlink(missing_ok=True)
 
 
+def path_exists_and_is_document(path: UPath) -> bool:
+    """Whether the current version at `path` is a JSON document (not a table)."""
+    pointer = path / POINTER
+    return pointer.exists() and pointer.read_text().strip().endswith(".json")
+
+
+MODEL_FILE = "cluster_model.json"
+
+
+def model_document_at(location: str) -> tuple[Any, str]:
+    """(the JSON document, where it was read) of a stored cluster model.
+
+    `location` is a model file, a folder holding `cluster_model.json` (an `analyze --output`),
+    or a `cluster_model` location of this store: its current version, or, when it is
+    weekly, the latest week's. Anything else is one line naming `location`.
+    """
+    from rfm_assets.errors import RFMConfigError
+
+    path = UPath(location)
+    try:
+        if path.is_dir():
+            if (path / MODEL_FILE).exists():
+                path = path / MODEL_FILE
+            else:
+                if not (path / POINTER).exists() and (path / LATEST_PARTITION).exists():
+                    path = path / (path / LATEST_PARTITION).read_text().strip()
+                if not (path / POINTER).exists():
+                    raise RFMConfigError(
+                        f"cluster_model_path: {location} holds no {MODEL_FILE} and no stored "
+                        "cluster_model"
+                    )
+                path = RFMStore.current_version(path)
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RFMConfigError(f"cluster_model_path: {location} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RFMConfigError(f"cluster_model_path: cannot read {location}: {error}") from None
+    try:
+        return json.loads(text), _plain(path)
+    except json.JSONDecodeError as error:
+        raise RFMConfigError(
+            f"cluster model {_plain(path)}: not JSON ({error.msg} at line {error.lineno})"
+        ) from None
+
+
 class RFMStore(dg.UPathIOManager):
     """Stores pandas or Spark DataFrames as versioned Parquet; loads by the consumer's type.
 
@@ -142,19 +188,22 @@ class RFMStore(dg.UPathIOManager):
         self._load_as = load_as
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
-        version = f"v{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        suffix = "json" if isinstance(obj, dict) else "parquet"
+        version = f"v{time.time_ns()}-{uuid.uuid4().hex[:8]}.{suffix}"
         target = path / version
-        if not (isinstance(obj, pd.DataFrame) or is_spark_dataframe(obj)):
+        if not (isinstance(obj, (pd.DataFrame, dict)) or is_spark_dataframe(obj)):
             raise TypeError(
-                f"{context.asset_key.to_user_string()}: expected a pandas or Spark DataFrame, "
-                f"got {type(obj).__name__}"
+                f"{context.asset_key.to_user_string()}: expected a pandas or Spark DataFrame "
+                f"or a JSON document (dict), got {type(obj).__name__}"
             )
         path.mkdir(parents=True, exist_ok=True)
         pointer = path / POINTER
         previous = pointer.read_text().strip() if pointer.exists() else None
         table_context = context.output_metadata.get(CONTEXT_METADATA)
         try:
-            if isinstance(obj, pd.DataFrame):
+            if isinstance(obj, dict):
+                _write_durably(target, json.dumps(obj, indent=2) + "\n")
+            elif isinstance(obj, pd.DataFrame):
                 self._write_pandas(obj, target)
             else:
                 obj.write.parquet(_plain(target), mode="error")
@@ -176,6 +225,8 @@ class RFMStore(dg.UPathIOManager):
         if not (path / POINTER).exists() and (path / LATEST_PARTITION).exists():
             # An unkeyed load of a partitioned asset: the latest week stored.
             path = path / (path / LATEST_PARTITION).read_text().strip()
+        if path_exists_and_is_document(path):
+            return json.loads(self.current_version(path).read_text(encoding="utf-8"))
         stored = self.stored_at(path, context.asset_key.to_user_string())
         wanted = _wanted_type(context)
         if wanted is StoredTable:

@@ -23,6 +23,7 @@ class RFMResult:
     thresholds: dict[str, list[float]]
     customers_held_out: dict[str, int]
     clustering: Optional[dict] = None  # what k-means measured (segmentation_method kmeans)
+    cluster_model: Optional[dict] = None  # the model's document (ClusterModel.document)
 
 
 def run_engine(
@@ -41,9 +42,12 @@ def run_engine(
     grid = settings.segment_grid()
     thresholds = engine.thresholds(scores, settings)
     segmented_at = segmented_at or dt.datetime.now(dt.UTC).replace(microsecond=0)
-    clustering = None
+    clustering = model = None
     if settings.segmentation_method == "kmeans":
-        segmented, clustering = engine.clusters(scores, grid, thresholds, settings, segmented_at)
+        fitted = {"reference_date": str(account.reference_date)}
+        segmented, clustering, model = engine.clusters(
+            scores, grid, thresholds, settings, segmented_at, fitted
+        )
     else:
         segmented = engine.segments(scores, grid, segmented_at)
     segmented = engine.keep(segmented)
@@ -58,6 +62,7 @@ def run_engine(
         thresholds,
         customers_held_out,
         clustering,
+        model.document() if model else None,
     )
 
 

@@ -322,8 +322,7 @@ class RFMSettings(dg.ConfigurableResource):
     segmentation_method: Literal["grid", "kmeans"] = Field(
         default="grid",
         description="grid: segments from the rule set's (R, F, M) cells. kmeans: customers "
-        "clustered on log-scaled R, F and M, each cluster named by the cell of its centroid "
-        "(pandas engine).",
+        "clustered on log-scaled R, F and M, each cluster named by the cell of its centroid.",
     )
     clusters: Optional[int] = Field(
         default=None,
@@ -345,6 +344,12 @@ class RFMSettings(dg.ConfigurableResource):
         "choosing k costs the same at any size.",
     )
     cluster_seed: int = Field(default=0, description="kmeans: the seed; results repeat.")
+    cluster_model_path: Optional[str] = Field(
+        default=None,
+        description="kmeans: apply this stored model instead of fitting one, so clusters keep "
+        "their ids and names week over week: a cluster_model.json file, a folder holding one "
+        "(an analyze --output), or the cluster_model location of an asset store.",
+    )
     high_value_share: float = Field(
         default=0.2,
         gt=0,
@@ -412,10 +417,11 @@ class RFMSettings(dg.ConfigurableResource):
                 f"cluster_range: {bounds} must be [low, high], whole numbers with "
                 "2 <= low <= high <= 20"
             )
-        if self.segmentation_method == "kmeans" and self.engine == "spark":
+        if self.cluster_model_path and self.segmentation_method != "kmeans":
+            raise ValueError("cluster_model_path: applies to segmentation_method kmeans")
+        if self.cluster_model_path and self.clusters:
             raise ValueError(
-                "segmentation_method: kmeans runs on the pandas engine so far; use engine "
-                "pandas, or the grid on Spark"
+                "clusters: the stored model in cluster_model_path fixes k; unset clusters"
             )
         return self
 

@@ -39,6 +39,19 @@ def _source_path(settings: RFMSettings) -> str:
     return settings.source_path
 
 
+def stored_model(settings: RFMSettings, grid: SegmentGrid):
+    """The model of cluster_model_path, checked against the rule set, or None."""
+    if not settings.cluster_model_path:
+        return None
+    from rfm_assets.engines.clustering import ClusterModel, check_segments
+    from rfm_assets.io_manager import model_document_at
+
+    document, source = model_document_at(settings.cluster_model_path)
+    model = ClusterModel.from_document(document, source)
+    check_segments(model, grid, source)
+    return model
+
+
 class PandasEngine:
     """Steps of the pandas engine; `compute` is the module that implements them."""
 
@@ -119,8 +132,11 @@ class PandasEngine:
     def segments(self, scores, grid: SegmentGrid, segmented_at: dt.datetime):
         return self.compute.assign_segments(scores, grid, segmented_at)
 
-    def clusters(self, scores, grid: SegmentGrid, thresholds, settings, segmented_at):
-        """Segments by k-means (segmentation_method: kmeans) and what the clustering measured."""
+    def clusters(self, scores, grid: SegmentGrid, thresholds, settings, segmented_at,
+                 fitted: Optional[dict] = None):  # fmt: skip
+        """Segments by k-means (segmentation_method: kmeans): the table, what the clustering
+        measured, and the model (the stored one of cluster_model_path, or one fitted now;
+        `fitted` records where, e.g. the reference date)."""
         return self.compute.cluster_segments(
             scores,
             grid,
@@ -129,6 +145,8 @@ class PandasEngine:
             settings.cluster_sample_size,
             settings.cluster_seed,
             segmented_at,
+            stored_model(settings, grid),
+            {**(fitted or {}), "seed": settings.cluster_seed, "rule_set": grid.name},
         )
 
     def analytics(self, segmented, grid: SegmentGrid, thresholds):
@@ -169,6 +187,13 @@ class PandasEngine:
         return self.compute.high_value_customers(
             segmented, settings.high_value_share, settings.high_value_by
         )
+
+    def cluster_mismatches(self, segmented, model) -> int:
+        """Customers whose `cluster` is not the one `model` assigns them."""
+        from rfm_assets.engines.clustering import FEATURES, feature_matrix
+
+        assigned, _ = model.assign(feature_matrix(*(segmented[n] for n in FEATURES)))
+        return int((assigned != segmented["cluster"].to_numpy()).sum())
 
     def keep(self, frame):
         return frame

@@ -674,54 +674,44 @@ def cluster_segments(
     sample_size: int,
     seed: int,
     segmented_at: dt.datetime,
-) -> tuple[pd.DataFrame, dict]:
-    """Segments by k-means (engines.clustering) instead of the rule set's cells, and what
-    the clustering measured. Each cluster takes the segment of its centroid's (R, F, M)
-    cell, scored with the run's cut points; `cluster`, `cluster_name` and
-    `cluster_distance` are added."""
+    stored=None,
+    fitted: Optional[dict] = None,
+):
+    """Segments by k-means (engines.clustering) instead of the rule set's cells: the
+    `stored` model applied, or a model fitted here and named from the run's cut points.
+    `cluster`, `cluster_name` and `cluster_distance` are added. Returns the table, what
+    the clustering measured and the model."""
     from rfm_assets.engines import clustering
 
     values = clustering.feature_matrix(*(scores[n] for n in clustering.FEATURES))
-    model = clustering.fit(values, k_range, sample_size, seed)
+    if stored is None:
+        model = clustering.fit(values, k_range, sample_size, seed)
+        sizes = np.bincount(model.assign(values)[0], minlength=model.k)
+        model = model.named(thresholds, grid, sizes)
+        model.fitted = {**(fitted or {}), "engine": "pandas", "customers": len(scores)}
+    else:
+        model = stored
     cluster, distance = model.assign(values)
-    centroids = model.centroids_in_units()
-    centroid_scores = [
-        fixed_scores(centroids[:, i], thresholds[name], HIGHER_IS_BETTER[name])
-        for i, name in enumerate(clustering.FEATURES)
-    ]
-    segment_of = [grid.segment_of(int(r), int(f), int(m)) for r, f, m in zip(*centroid_scores)]
-    sizes = np.bincount(cluster, minlength=model.k)
-    names = clustering.cluster_names(segment_of, sizes)
     position = {entry.name: i for i, entry in enumerate(grid.segments)}
-    codes = np.array([position[name] for name in segment_of], dtype=np.int64)[cluster]
+    codes = np.array([position[name] for name in model.segments], dtype=np.int64)[cluster]
     with_clusters = scores.assign(
         cluster=cluster.astype(np.int64),
-        cluster_name=pd.array(np.array(names, dtype=object)[cluster], dtype="str"),
+        cluster_name=pd.array(np.array(model.names, dtype=object)[cluster], dtype="str"),
         cluster_distance=distance,
     )
     segmented = _segmented(with_clusters, grid, codes, segmented_at)
     # The cluster columns go last, after the published segment columns.
     columns = [c for c in segmented.columns if not c.startswith("cluster")]
-    segmented = segmented[columns + ["cluster", "cluster_name", "cluster_distance"]]
-    summary = {
-        **clustering.quality(model, values, cluster, sample_size, seed),
-        "silhouette_by_k": {str(k): round(v, 6) for k, v in model.silhouette_by_k.items()},
-        "inertia_by_k": {str(k): round(v, 3) for k, v in model.inertia_by_k.items()},
-        "methods_compared": clustering.compare_methods(model, values, sample_size, seed),
-        "clusters": [
-            {
-                "cluster": c,
-                "name": names[c],
-                "segment": segment_of[c],
-                "customers": int(sizes[c]),
-                "recency": round(float(centroids[c, 0]), 3),
-                "frequency": round(float(centroids[c, 1]), 3),
-                "monetary": round(float(centroids[c, 2]), 2),
-            }
-            for c in range(model.k)
-        ],
-    }
-    return segmented, summary
+    segmented = segmented[columns + list(clustering.CLUSTER_COLUMNS)]
+    compared = {} if stored else clustering.compare_methods(model, values, sample_size, seed)
+    summary = clustering.summary(
+        model,
+        clustering.silhouette_of_sample(model, values, cluster, seed, sample_size),
+        clustering.cluster_sums(model.scaled(values), cluster, model.k),
+        applied=stored is not None,
+        methods_compared=compared,
+    )
+    return segmented, summary, model
 
 
 def segment_analytics(
