@@ -580,9 +580,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                 scores, grid, thresholds, settings, segmented_at, fitted
             )
             model_document = model.document()
-            shown = segmented.sample(
-                n=min(2_000, len(segmented)), random_state=settings.cluster_seed
-            )
+            shown = engine.cluster_sample(segmented, 2_000, settings.cluster_seed)
             clustering = {
                 "clustering": dg.MetadataValue.json(summary),
                 "clusters": picture(
@@ -653,6 +651,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
     # A multi-asset only so that its output and its check may be absent (can_subset): grid
     # runs have no model to store or check.
     @dg.multi_asset(
+        name=key("cluster_model").to_python_identifier(),  # one op per graph instance
         outs={
             "cluster_model": dg.AssetOut(
                 key=key("cluster_model"),

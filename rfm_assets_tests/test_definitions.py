@@ -78,6 +78,7 @@ def test_weekly_schedule_targets_the_rfm_job_on_monday_morning():
         "segment_migration",
         "slipping_customers",
         "rfm_report",
+        "cluster_model",
     }
 
 

@@ -395,3 +395,90 @@ def test_cli_on_spark_prints_one_line_and_no_jvm_output(tmp_path):
     assert done.stderr == (
         "rfm-assets: error: column 'transaction_date': 1 values are not dates, e.g. ['someday']\n"
     )
+
+
+# --- k-means on Spark (MLlib): the same rules, sizes within a stated tolerance ---------------
+
+# Segment sizes of k-means on Spark and on pandas agree within this share of the customers,
+# segment by segment: the scaling and the selection rule are the same, but MLlib's k-means||
+# start and scikit-learn's k-means++ reach slightly different centroids.
+KMEANS_SHARE_TOLERANCE = 0.02
+
+
+def segment_shares(frame: pd.DataFrame) -> pd.Series:
+    return frame["segment"].astype(str).value_counts(normalize=True)
+
+
+def test_kmeans_on_spark_recovers_known_groups_in_the_graph(spark, tmp_path):
+    from sklearn.metrics import adjusted_rand_score
+
+    from rfm_assets.assets import RFM_ASSETS
+    from rfm_assets_tests.test_clustering import grouped_customers
+
+    customers = grouped_customers(300, seed=1)
+    path = tmp_path / "customers.parquet"
+    customers.drop(columns="group").to_parquet(path)
+    settings = dict(input_path=str(path), input_level="customers", reference_date="2024-06-01",
+                    segmentation_method="kmeans", cluster_range=[2, 8])  # fmt: skip
+    base = tmp_path / "store"
+    result = dg.materialize(
+        RFM_ASSETS,
+        resources=rfm_resources(RFMSettings(**settings, engine="spark"), base),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["model_reproduces_clusters"].passed
+    metadata = result.asset_materializations_for_node("customer_segments")[0].metadata
+    summary = metadata["clustering"].value
+    assert summary["k"] == 4 and summary["fitted"]["engine"] == "spark"
+    assert "clusters" in metadata  # the picture, from a sample collected as rows
+    segments = stored_frame(base, "customer_segments").set_index("customer_id")
+    truth = customers.set_index("customer_id")["group"]
+    assert adjusted_rand_score(truth, segments.loc[truth.index, "cluster"]) > 0.95
+    assert segments.loc["g0-0", "segment"] == "Champions"
+    pandas_result = run_engine(RFMSettings(**settings))
+    assert summary["k"] == pandas_result.clustering["k"]
+    assert (
+        segment_shares(segments).to_dict()
+        == segment_shares(pandas_result.customer_segments).to_dict()
+    )
+
+
+def test_kmeans_on_spark_agrees_with_pandas_on_the_bundled_data(spark, tmp_path):
+    settings = dict(segmentation_method="kmeans")
+    pandas_result = run_engine(RFMSettings(**settings))
+    spark_result = run_engine(RFMSettings(**settings, engine="spark"), spark)
+    assert spark_result.clustering["k"] == pandas_result.clustering["k"]
+    spark_shares = segment_shares(as_pandas(spark_result.customer_segments, tmp_path))
+    pandas_shares = segment_shares(pandas_result.customer_segments)
+    assert set(spark_shares.index) == set(pandas_shares.index)
+    differences = (spark_shares - pandas_shares).abs()
+    assert differences.max() <= KMEANS_SHARE_TOLERANCE, differences.to_dict()
+    for name in ("silhouette", "davies_bouldin"):
+        assert spark_result.clustering[name] == pytest.approx(
+            pandas_result.clustering[name], abs=0.02
+        )
+
+
+def test_a_stored_model_assigns_identically_on_both_engines(spark, tmp_path):
+    model_file = tmp_path / "cluster_model.json"
+    fitted = run_engine(RFMSettings(segmentation_method="kmeans", clusters=4))
+    model_file.write_text(json.dumps(fitted.cluster_model))
+    settings = dict(segmentation_method="kmeans", cluster_model_path=str(model_file),
+                    reference_date="2011-09-01")  # fmt: skip
+    pandas_result = run_engine(RFMSettings(**settings), segmented_at=SEGMENTED_AT)
+    spark_result = run_engine(
+        RFMSettings(**settings, engine="spark"), spark, segmented_at=SEGMENTED_AT
+    )
+    got = as_pandas(spark_result.customer_segments, tmp_path).set_index("customer_id")
+    want = pandas_result.customer_segments.set_index("customer_id")
+    assert (got.loc[want.index, "cluster"].to_numpy() == want["cluster"].to_numpy()).all()
+    assert got.loc[want.index, "cluster_distance"].to_numpy() == pytest.approx(
+        want["cluster_distance"].to_numpy(), abs=1e-9
+    )
+    assert list(got.loc[want.index, "segment"].astype(str)) == list(want["segment"].astype(str))
+    assert spark_result.clustering["clusters"] == pandas_result.clustering["clusters"]
+    assert spark_result.clustering["davies_bouldin"] == pytest.approx(
+        pandas_result.clustering["davies_bouldin"], rel=1e-9
+    )

@@ -28,6 +28,7 @@ def _weights(settings: RFMSettings) -> tuple[float, float, float]:
 
 
 _GRID_COLUMNS = ["R_score", "FM_score", "customers", "revenue"]
+CLUSTER_PICTURE_COLUMNS = ("recency", "frequency", "monetary", "cluster", "cluster_name")
 
 
 def _source_path(settings: RFMSettings) -> str:
@@ -194,6 +195,11 @@ class PandasEngine:
 
         assigned, _ = model.assign(feature_matrix(*(segmented[n] for n in FEATURES)))
         return int((assigned != segmented["cluster"].to_numpy()).sum())
+
+    def cluster_sample(self, segmented, customers: int, seed: int) -> pd.DataFrame:
+        """A seeded sample of customers for the clusters picture."""
+        shown = segmented.sample(n=min(customers, len(segmented)), random_state=seed)
+        return shown[list(CLUSTER_PICTURE_COLUMNS)]
 
     def keep(self, frame):
         return frame
@@ -365,6 +371,19 @@ class SparkEngine(PandasEngine):
                 counts[int(row["bin"])] = int(row["count"])
             result[name] = (counts, edges)
         return result
+
+    def cluster_mismatches(self, segmented, model) -> int:
+        from pyspark.sql import functions as F
+
+        assigned, _ = self.compute.nearest_cluster(model)
+        return int(segmented.filter(assigned != F.col("cluster")).count())
+
+    def cluster_sample(self, segmented, customers: int, seed: int) -> pd.DataFrame:
+        from pyspark.sql import functions as F
+
+        shown = segmented.orderBy(F.rand(seed)).limit(customers)
+        rows = shown.select(*CLUSTER_PICTURE_COLUMNS).collect()
+        return pd.DataFrame([row.asDict() for row in rows], columns=CLUSTER_PICTURE_COLUMNS)
 
     def duplicates_and_unsegmented(self, segmented) -> tuple[int, int]:
         from pyspark.sql import functions as F

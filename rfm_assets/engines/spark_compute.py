@@ -954,37 +954,232 @@ def thresholds_from_scores(scores: DataFrame, scale: int) -> dict[str, list[floa
 def assign_segments(scores: DataFrame, grid: SegmentGrid, segmented_at: dt.datetime) -> DataFrame:
     """Scores plus the segment of each (R, F, M) combination and its catalog fields, from
     the same rule set and catalog as pandas, broadcast as a small table."""
-    spark = scores.sparkSession
+    cells = [((r, f, m), name) for (r, f, m), name in sorted(grid.by_code.items())]
+    return _with_catalog(
+        scores, cells, ["R_score", "F_score", "M_score"], "R_score long, F_score long, "
+        "M_score long", grid, segmented_at, [],
+    )  # fmt: skip
+
+
+def _with_catalog(
+    frame: DataFrame,
+    keyed: list[tuple[tuple, str]],
+    on: list[str],
+    key_schema: str,
+    grid: SegmentGrid,
+    segmented_at: dt.datetime,
+    last: list[str],
+) -> DataFrame:
+    """`frame` joined to the segment each key names (a small broadcast table of
+    (key..., segment)) with the segment's catalog fields, value tier, engagement level and
+    time; `last` columns go after them. Ordered as pandas orders it: segment priority, then
+    the weighted RFM_score, highest first."""
     catalog = grid.catalog
     rank = {entry.name: i for i, entry in enumerate(grid.segments)}
-    cells = [
-        (r, f, m, name, catalog[name].segment_id, catalog[name].recommendation, rank[name])
-        for (r, f, m), name in sorted(grid.by_code.items())
+    rows = [
+        (*key, name, catalog[name].segment_id, catalog[name].recommendation, rank[name])
+        for key, name in keyed
     ]
-    lookup = spark.createDataFrame(
-        cells, "R_score long, F_score long, M_score long, segment string, segment_id string, "
-        "recommendation string, segment_rank long",
-    )  # fmt: skip
+    lookup = frame.sparkSession.createDataFrame(
+        rows,
+        f"{key_schema}, segment string, segment_id string, recommendation string, "
+        "segment_rank long",
+    )
 
     def by_score(labels: tuple[str, ...], score: str) -> Column:
         table = F.create_map(*[F.lit(x) for i, v in enumerate(labels) for x in (i + 1, v)])
         return F.element_at(table, F.col(score))
 
     return (
-        scores.join(F.broadcast(lookup), on=["R_score", "F_score", "M_score"], how="left")
+        frame.join(F.broadcast(lookup), on=on, how="left")
         .select(
-            *scores.columns,
+            *[c for c in frame.columns if c not in last],
             "segment",
             "segment_id",
             "recommendation",
             by_score(grid.value_tiers, "FM_score").alias("value_tier"),
             by_score(grid.engagement_levels, "R_score").alias("engagement_level"),
             F.lit(segmented_at).cast("timestamp").alias("segmented_at"),
+            *last,
             "segment_rank",
         )
         .orderBy("segment_rank", F.col("RFM_score").desc(), "customer_id")
         .drop("segment_rank")
-    )  # as pandas: segment priority, then the weighted RFM_score, highest first
+    )
+
+
+# --- k-means (segmentation_method: kmeans) ----------------------------------------------
+
+
+def _logged(name: str) -> Column:
+    return F.log1p(F.greatest(F.col(name).cast("double"), F.lit(0.0)))
+
+
+def _scaled(model) -> list[Column]:
+    """The scaled features of ClusterModel.scaled, as columns."""
+    from rfm_assets.engines.clustering import FEATURES
+
+    return [
+        (_logged(name) - float(model.median[j])) / float(model.iqr[j])
+        for j, name in enumerate(FEATURES)
+    ]
+
+
+def nearest_cluster(model) -> tuple[Column, Column]:
+    """(cluster, distance) columns of ClusterModel.assign: the nearest centroid in scaled
+    space, the lower cluster id on a tie."""
+    scaled = _scaled(model)
+    distances = [
+        F.sqrt(sum((x - float(c)) ** 2 for x, c in zip(scaled, centroid)))
+        for centroid in model.centroids
+    ]
+    nearest = F.least(*distances)
+    cluster = F.coalesce(*[F.when(d == nearest, F.lit(i)) for i, d in enumerate(distances)])
+    return cluster.cast("long"), nearest
+
+
+def fit_clusters(scores: DataFrame, k_range: tuple[int, int], sample_size: int, seed: int):
+    """clustering.fit on Spark: the same scaling (exact medians and IQRs), the same search
+    rule (k-means for each k on at most SEARCH_SAMPLE customers, the silhouette on a seeded
+    sample of `sample_size`, computed by scikit-learn on the driver), then the chosen k
+    fitted on everyone, with MLlib's k-means."""
+    import numpy as np
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.feature import VectorAssembler
+    from sklearn.metrics import silhouette_score
+
+    from rfm_assets.engines.clustering import FEATURES, SEARCH_SAMPLE, ClusterModel
+
+    quartiles = scores.agg(
+        *[F.percentile(_logged(n), [0.25, 0.5, 0.75]).alias(n) for n in FEATURES],
+        F.count(F.lit(1)).alias("customers"),
+    ).first()
+    low, median, high = (np.array([quartiles[n][i] for n in FEATURES]) for i in range(3))
+    iqr = np.where(high - low > 0, high - low, 1.0)
+    model = ClusterModel(median, iqr, np.zeros((1, 3)))
+    customers = int(quartiles["customers"])
+    vectors = VectorAssembler(inputCols=["x0", "x1", "x2"], outputCol="features")
+    scaled = vectors.transform(
+        scores.select(*[x.alias(f"x{j}") for j, x in enumerate(_scaled(model))])
+    ).select("features", "x0", "x1", "x2")
+    distinct = scaled.select("x0", "x1", "x2").distinct().count()
+    lowest, highest = k_range
+    highest = min(highest, distinct)
+    if highest < max(lowest, 2):
+        raise ValueError(
+            f"cluster_range: the customers have {distinct} distinct feature values, too few for "
+            f"{lowest} clusters"
+        )
+    search = scaled
+    if customers > SEARCH_SAMPLE:
+        search = scaled.sample(fraction=SEARCH_SAMPLE / customers, seed=seed)
+    search = search.persist(StorageLevel.MEMORY_AND_DISK)
+    sample = np.array(
+        search.orderBy(F.rand(seed)).limit(sample_size).select("x0", "x1", "x2").collect(),
+        dtype=np.float64,
+    )
+    silhouettes, inertias, centers = {}, {}, {}
+    for k in range(max(lowest, 2), highest + 1):
+        fitted = KMeans(k=k, seed=seed, maxIter=50).fit(search)
+        centers[k] = np.array(fitted.clusterCenters())
+        inertias[k] = float(fitted.summary.trainingCost)
+        labels = ClusterModel(median, iqr, centers[k]).assign(np.expm1(sample * iqr + median))[0]
+        sampled = len(np.unique(labels)) >= 2
+        silhouettes[k] = float(silhouette_score(sample, labels)) if sampled else -1.0
+    k = max(silhouettes, key=lambda c: (silhouettes[c], -c))  # ties: the smaller k
+    if search is not scaled:
+        centers[k] = np.array(KMeans(k=k, seed=seed, maxIter=50).fit(scaled).clusterCenters())
+    search.unpersist()
+    return ClusterModel(median, iqr, centers[k], silhouettes, inertias)
+
+
+def cluster_segments(
+    scores: DataFrame,
+    grid: SegmentGrid,
+    thresholds: dict[str, list[float]],
+    k_range: tuple[int, int],
+    sample_size: int,
+    seed: int,
+    segmented_at: dt.datetime,
+    stored=None,
+    fitted: Optional[dict] = None,
+):
+    """pandas_compute.cluster_segments on Spark: MLlib fits; the assignment, names, sums and
+    summary follow the same rules (engines.clustering)."""
+    import numpy as np
+
+    from rfm_assets.engines import clustering
+
+    if stored is None:
+        model = fit_clusters(scores, k_range, sample_size, seed)
+    else:
+        model = stored
+    cluster, distance = nearest_cluster(model)
+    with_clusters = scores.select(
+        *scores.columns, cluster.alias("cluster"), distance.alias("cluster_distance")
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    sums = cluster_sums(with_clusters, model)
+    if stored is None:
+        model = model.named(thresholds, grid, sums.counts)
+        customers = int(sums.counts.sum())
+        model.fitted = {**(fitted or {}), "engine": "spark", "customers": customers}
+    named = [((c,), name) for c, name in enumerate(model.segments)]
+    lookup = F.create_map(*[F.lit(x) for c, name in enumerate(model.names) for x in (c, name)])
+    segmented = _with_catalog(
+        with_clusters.withColumn("cluster_name", F.element_at(lookup, F.col("cluster"))),
+        named, ["cluster"], "cluster long", grid, segmented_at, list(clustering.CLUSTER_COLUMNS),
+    )  # fmt: skip
+    # A seeded sample on the driver, collected as rows (no pandas conversion in Spark).
+    sample = np.array(
+        with_clusters.orderBy(F.rand(seed))
+        .limit(sample_size)
+        .select(*[F.col(n).cast("double") for n in clustering.FEATURES], "cluster")
+        .collect(),
+        dtype=np.float64,
+    ).reshape(-1, 4)
+    values, labels = sample[:, :3], sample[:, 3].astype(np.int64)
+    silhouette = clustering.silhouette_of_sample(model, values, labels, seed, sample_size)
+    compared = {} if stored else clustering.compare_methods(model, values, sample_size, seed)
+    summary = clustering.summary(
+        model, silhouette, sums, applied=stored is not None, methods_compared=compared
+    )
+    return segmented, summary, model
+
+
+def cluster_sums(with_clusters: DataFrame, model):
+    """clustering.cluster_sums in two passes: the clusters' means, then the distances."""
+    import numpy as np
+
+    from rfm_assets.engines.clustering import ClusterSums
+
+    scaled = _scaled(model)
+    k = model.k
+    rows = (
+        with_clusters.groupBy("cluster")
+        .agg(F.count(F.lit(1)).alias("n"), *[F.avg(x).alias(f"m{j}") for j, x in enumerate(scaled)])
+        .collect()
+    )  # fmt: skip
+    counts, means = np.zeros(k, dtype=np.int64), np.zeros((k, 3))
+    for row in rows:
+        counts[row["cluster"]] = row["n"]
+        means[row["cluster"]] = [row["m0"], row["m1"], row["m2"]]
+
+    def mean_of(j: int) -> Column:
+        return F.element_at(
+            F.array(*[F.lit(float(v)) for v in means[:, j]]), (F.col("cluster") + 1).cast("int")
+        )
+
+    distance = F.sqrt(sum((x - mean_of(j)) ** 2 for j, x in enumerate(scaled)))
+    spread = (
+        with_clusters.groupBy("cluster")
+        .agg(F.sum(distance).alias("distance"), F.sum(distance**2).alias("squares"))
+        .collect()
+    )
+    mean_distance, within = np.zeros(k), 0.0
+    for row in spread:
+        mean_distance[row["cluster"]] = row["distance"] / counts[row["cluster"]]
+        within += row["squares"]
+    return ClusterSums(counts, means, mean_distance, float(within))
 
 
 def segment_analytics(
