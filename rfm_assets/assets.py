@@ -34,7 +34,7 @@ from rfm_assets.contract import (
     TRANSACTION_COLUMNS,
     exclusion_reasons,
 )
-from rfm_assets.engines.dispatch import PandasEngine, engine_for
+from rfm_assets.engines.dispatch import CLUSTER_PICTURE_CUSTOMERS, PandasEngine, engine_for
 from rfm_assets.engines.shared import (
     LAPSED_CUSTOMERS,
     NEW_CUSTOMERS,
@@ -580,12 +580,12 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                 scores, grid, thresholds, settings, segmented_at, fitted
             )
             model_document = model.document()
-            shown = engine.cluster_sample(segmented, 2_000, settings.cluster_seed)
+            shown = engine.cluster_sample(
+                segmented, CLUSTER_PICTURE_CUSTOMERS, settings.cluster_seed
+            )
             clustering = {
                 "clustering": dg.MetadataValue.json(summary),
-                "clusters": picture(
-                    pictures.clusters(shown, summary["silhouette_by_k"]), "k-means clusters"
-                ),
+                "clusters": picture(pictures.clusters(shown, summary), "k-means clusters"),
             }
         else:
             segmented = engine.segments(scores, grid, segmented_at)
@@ -637,6 +637,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         }
         if model_document:  # the model that named the clusters, for cluster_model
             table_context["cluster_model"] = model_document
+            table_context["clustering"] = summary  # for the report
         yield _output(
             engine,
             segmented,
@@ -1001,6 +1002,14 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                 migration=_small_to_pandas(engine.load(segment_migration)),
                 previous=migration_context.get("previous"),
                 slipping=engine.row_count(engine.load(slipping_customers)),
+                clustering=upstream.get("clustering"),
+                cluster_sample=(
+                    engine.cluster_sample(
+                        segments, CLUSTER_PICTURE_CUSTOMERS, settings_of(context).cluster_seed
+                    )
+                    if upstream.get("clustering")
+                    else None
+                ),
             )
         )
         store = getattr(context.resources, graph.io_manager_key)

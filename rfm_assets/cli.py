@@ -628,7 +628,7 @@ def command_report(args: argparse.Namespace) -> int:
 
 def report_inputs(directory: Path, analytics: pd.DataFrame, summary: Optional[dict]):
     """What the HTML report of a result directory shows, read from its files."""
-    from rfm_assets.engines.dispatch import PandasEngine
+    from rfm_assets.engines.dispatch import CLUSTER_PICTURE_CUSTOMERS, PandasEngine
 
     segments = read_table(directory, "customer_segments")
     engine = PandasEngine()
@@ -644,6 +644,12 @@ def report_inputs(directory: Path, analytics: pd.DataFrame, summary: Optional[di
         migration=migration,
         previous="the result this one replaced",
         slipping=None if moved is None else len(moved),
+        clustering=summary.get("clustering"),
+        cluster_sample=(
+            engine.cluster_sample(segments, CLUSTER_PICTURE_CUSTOMERS, 0)
+            if summary.get("clustering") and "cluster" in segments
+            else None
+        ),
     )
 
 

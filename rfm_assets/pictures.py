@@ -171,28 +171,46 @@ def share_trend(history: pd.DataFrame) -> bytes:
     return _png(figure)
 
 
-def clusters(sample: pd.DataFrame, silhouette_by_k: dict[str, float]) -> bytes:
-    """k-means at a glance: a sample of customers in R x M and F x M, coloured by cluster,
-    and the silhouette of every k tried (`sample` has recency, frequency, monetary,
-    cluster_name)."""
+def clusters(sample: pd.DataFrame, summary: dict) -> bytes:
+    """k-means at a glance: a sample of customers in R x M and F x M coloured by cluster, the
+    size of every cluster, and the silhouette and inertia (the elbow) of every k tried.
+    `sample` has recency, frequency, monetary and cluster_name; `summary` is what the
+    clustering measured (clusters, silhouette_by_k, inertia_by_k)."""
     figure = _figure()
-    panels = figure.subplots(1, 3)
+    panels = figure.subplots(2, 2)
     colours = [matplotlib.colormaps["tab10"](i) for i in range(10)]
-    names = sorted(sample["cluster_name"].astype(str).unique())
-    for axes, x in ((panels[0], "recency"), (panels[1], "frequency")):
-        for i, name in enumerate(names):
+    entries = sorted(summary["clusters"], key=lambda c: c["cluster"])
+    colour_of = {c["name"]: colours[i % 10] for i, c in enumerate(entries)}
+    for axes, x in ((panels[0, 0], "recency"), (panels[0, 1], "frequency")):
+        for name, colour in colour_of.items():
             rows = sample[sample["cluster_name"].astype(str) == name]
-            axes.scatter(rows[x], rows["monetary"], s=4, alpha=0.5, color=colours[i % 10],
-                         label=name)  # fmt: skip
+            axes.scatter(rows[x], rows["monetary"], s=3, alpha=0.5, color=colour, label=name)
         axes.set_xscale("symlog" if x == "recency" else "log")
         axes.set_yscale("log")
-        axes.set_xlabel(x)
-        axes.set_ylabel("monetary")
-        axes.set_title(f"{x} x monetary")
-    panels[0].legend(fontsize=7, markerscale=3)
-    ks = sorted(silhouette_by_k, key=int)
-    panels[2].plot([int(k) for k in ks], [silhouette_by_k[k] for k in ks], marker="o", color=BAR)
-    panels[2].set_xlabel("k")
-    panels[2].set_title("silhouette by k")
-    figure.suptitle("k-means clusters (a sample of customers)")
+        axes.set_xlabel(x, fontsize=8)
+        axes.set_ylabel("monetary", fontsize=8)
+        axes.set_title(f"{x} x monetary (a sample)", fontsize=9)
+        axes.tick_params(labelsize=7)
+    sizes = panels[1, 0]
+    sizes.barh([c["name"] for c in entries], [c["customers"] for c in entries],
+               color=[colour_of[c["name"]] for c in entries])  # fmt: skip
+    sizes.invert_yaxis()
+    sizes.set_title("customers per cluster", fontsize=9)
+    sizes.tick_params(labelsize=7)
+    elbow = panels[1, 1]
+    ks = sorted(summary["silhouette_by_k"], key=int)
+    elbow.plot([int(k) for k in ks], [summary["silhouette_by_k"][k] for k in ks], marker="o",
+               color=BAR)  # fmt: skip
+    elbow.set_xlabel("k", fontsize=8)
+    elbow.set_ylabel("silhouette", fontsize=8, color=BAR)
+    elbow.axvline(summary["k"], color="#999", linestyle=":", linewidth=1)
+    elbow.set_title(f"choice of k (k = {summary['k']})", fontsize=9)
+    elbow.tick_params(labelsize=7)
+    inertia = summary.get("inertia_by_k") or {}
+    if inertia:
+        twin = elbow.twinx()
+        ks = sorted(inertia, key=int)
+        twin.plot([int(k) for k in ks], [inertia[k] for k in ks], marker="s", color=ACCENT)
+        twin.set_ylabel("inertia", fontsize=8, color=ACCENT)
+        twin.tick_params(labelsize=7)
     return _png(figure)

@@ -40,6 +40,8 @@ class ReportInputs:
     migration: Optional[pd.DataFrame] = None
     previous: Optional[str] = None  # what the migration compares with
     slipping: Optional[int] = None  # customers in slipping_customers
+    clustering: Optional[dict] = None  # what k-means measured (segmentation_method kmeans)
+    cluster_sample: Optional[pd.DataFrame] = None  # customers drawn in the clusters picture
 
 
 def _text(value) -> str:
@@ -157,6 +159,69 @@ def movement_section(inputs: ReportInputs) -> str:
     )
 
 
+def clustering_section(inputs: ReportInputs) -> str:
+    """k-means: the model's quality, its clusters, the methods compared and the picture."""
+    clustering = inputs.clustering
+    fitted = clustering.get("fitted") or {}
+    how = (
+        f"fitted now on {_number(fitted.get('customers'))} customers"
+        if clustering.get("model") == "fitted"
+        else f"a stored model applied (fitted on {_number(fitted.get('customers'))} customers, "
+        f"reference date {_text(fitted.get('reference_date'))}, {_text(fitted.get('engine'))})"
+    )
+    facts = (
+        f"<p>k = {clustering['k']}, {how}. Silhouette {_number(clustering['silhouette'], 3)} "
+        f"(higher is better, at most 1), Davies-Bouldin "
+        f"{_number(clustering['davies_bouldin'], 3)} (lower is better), Calinski-Harabasz "
+        f"{_number(clustering['calinski_harabasz'], 1)} (higher is better).</p>"
+    )
+    rows = "".join(
+        _row(
+            [
+                _text(c["name"]),
+                _text(c["segment"]),
+                _number(c["customers"]),
+                _number(c["recency"], 1),
+                _number(c["frequency"], 2),
+                _number(c["monetary"], 2),
+            ],
+            {2, 3, 4, 5},
+        )  # fmt: skip
+        for c in clustering["clusters"]
+    )
+    names = ["cluster", "segment", "customers", "centroid recency (days)", "centroid orders",
+             "centroid monetary"]  # fmt: skip
+    clusters = f"<table>{_head(names)}{rows}</table>"
+    compared = clustering.get("methods_compared") or {}
+    comparison = ""
+    if compared:
+        lines = "".join(
+            _row(
+                [
+                    _text(name.replace("_", " ")),
+                    _number(m["silhouette"], 3),
+                    _number(m["davies_bouldin"], 3),
+                    _number(m["calinski_harabasz"], 1),
+                ],
+                {1, 2, 3},
+            )  # fmt: skip
+            for name, m in compared.items()
+        )
+        comparison = (
+            "<h3>Methods compared on one seeded sample, same features and k</h3>"
+            f"<table>{_head(['method', 'silhouette', 'Davies-Bouldin', 'Calinski-Harabasz'])}"
+            f'{lines}</table><p class="muted">k-means is the default method: it assigns new '
+            "customers to stored centroids without refitting (rfm-assets predict), and it "
+            "scales to millions of customers, where Ward's memory grows with the square of "
+            "the customers. Compare the scores above on your data.</p>"
+        )
+    picture = ""
+    if inputs.cluster_sample is not None and len(inputs.cluster_sample):
+        png = pictures.clusters(inputs.cluster_sample, clustering)
+        picture = f"<p>{pictures.html_image(png, 'k-means clusters')}</p>"
+    return facts + clusters + comparison + picture
+
+
 def thresholds_section(analytics: pd.DataFrame) -> str:
     rows = []
     for dimension in ("recency", "frequency", "monetary"):
@@ -181,6 +246,9 @@ def report_html(inputs: ReportInputs, generated: Optional[dt.datetime] = None) -
     ]
     shown = "".join(f"<p>{pictures.html_image(png, title)}</p>" for png, title in images)
     reference = _text(inputs.summary.get("reference_date", ""))
+    clusters = ""
+    if inputs.clustering:
+        clusters = f"<h2>Clusters (segmentation_method kmeans)</h2>{clustering_section(inputs)}"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>RFM segment report {reference}</title>
 <style>{STYLE}</style></head><body>
@@ -189,7 +257,7 @@ def report_html(inputs: ReportInputs, generated: Optional[dt.datetime] = None) -
 <h2>Run</h2>{summary_section(inputs.summary)}
 <h2>Segments</h2>{segment_section(analytics)}
 <h2>Pictures</h2>{shown}
-<h2>Movement since the previous week</h2>{movement_section(inputs)}
+{clusters}<h2>Movement since the previous week</h2>{movement_section(inputs)}
 <h2>Score thresholds used</h2>{thresholds_section(analytics)}
 <p class="muted">Made by rfm_assets. Scores are 1 (worst) to {inputs.scale} (best); the rules
 are in the project's docs/contract.md.</p>

@@ -109,3 +109,22 @@ def test_the_weekly_graph_writes_the_report_as_an_asset(tmp_path):
     assert "Compared with week 2011-11-21" in text
     assert page.count('src="data:image/png;base64,') == 4
     assert "|rows read||" in text and "|excluded: missing_customer_id||" in text
+
+
+def test_a_kmeans_report_shows_the_clusters_and_the_methods_compared(page, tmp_path):
+    assert "Clusters (segmentation_method kmeans)" not in page  # a grid run has no such part
+    output = tmp_path / "kmeans"
+    assert main(["analyze", "--segmentation", "kmeans", "--output", str(output)]) == 0
+    target = tmp_path / "kmeans.html"
+    assert main(["report", "--input", str(output), "--output", str(target)]) == 0
+    shown = target.read_text(encoding="utf-8")
+    text = html.unescape(re.sub(r"<[^>]+>", "|", shown))
+    summary = json.loads((output / "run_summary.json").read_text())["clustering"]
+    assert f"k = {summary['k']}, fitted now on 4,338 customers" in text
+    for entry in summary["clusters"]:
+        assert f"|{entry['name']}||{entry['segment']}||{entry['customers']:,}|" in text
+    for method, scores in summary["methods_compared"].items():
+        assert f"|{method.replace('_', ' ')}||{scores['silhouette']:.3f}|" in text
+    # The four pictures of every report, and the clusters picture.
+    images = re.findall(r'alt="([^"]+)" src="data:image/png;base64,', shown)
+    assert "k-means clusters" in images and len(images) == 4

@@ -28,6 +28,8 @@ def _weights(settings: RFMSettings) -> tuple[float, float, float]:
 
 
 _GRID_COLUMNS = ["R_score", "FM_score", "customers", "revenue"]
+# The clusters picture draws this many customers (a seeded sample).
+CLUSTER_PICTURE_CUSTOMERS = 2_000
 CLUSTER_PICTURE_COLUMNS = ("recency", "frequency", "monetary", "cluster", "cluster_name")
 
 
