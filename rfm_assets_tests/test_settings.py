@@ -15,7 +15,14 @@ from rfm_assets.packaged import BUNDLED_DATASET, preset_names, preset_path
 from rfm_assets.settings import RFMSettings
 
 REPO_TESTS = Path(__file__).parent
-PRESETS = ["b2b", "balanced_ecommerce", "large_run_spark", "repeat_purchase", "subscription"]
+PRESETS = [
+    "b2b",
+    "balanced_ecommerce",
+    "clusters",
+    "large_run_spark",
+    "repeat_purchase",
+    "subscription",
+]
 
 
 @pytest.mark.parametrize(
