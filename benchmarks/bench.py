@@ -22,7 +22,10 @@ Variants:
 - duckdb:  one SQL query over the same Parquet file with the same semantics (README "How the
            numbers are computed", default settings), fetched to pandas; threads = CPU count.
 - kmeans:  as pandas, with segmentation_method kmeans (k chosen by silhouette from 3..8);
-           its ratio against pandas is the cost of clustering (rows / 25 customers).
+           its ratio against pandas is the cost of clustering (rows / 25 customers, or
+           --customers).
+- kmeans_spark: as spark, with segmentation_method kmeans (MLlib); its ratio against spark is
+           the cost of clustering on Spark.
 - spark:   rfm_assets.pipeline.run_engine with engine spark on a local[2] session (started and
            warmed up before the timer), customer_segments written to Parquet and
            segment_analytics collected inside the timed region. Peak RSS is the Python driver's;
@@ -47,7 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("pandas", "dagster", "duckdb", "spark", "kmeans")
+VARIANTS = ("pandas", "dagster", "duckdb", "spark", "kmeans", "kmeans_spark")
 SEED = 42
 WARMUP_ROWS = 10_000
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -96,14 +99,15 @@ def start_spark():
     )
 
 
-def run_spark(path: str, spark=None, keep: str | None = None) -> None:
+def run_spark(path: str, spark=None, keep: str | None = None, method: str = "grid") -> None:
     """run_engine with engine spark, forced: customer_segments written to Parquet (into `keep`
     if given, else a temporary directory) and segment_analytics collected."""
     from rfm_assets.pipeline import run_engine
 
     output = keep or tempfile.mkdtemp(prefix="rfm-bench-spark-")
+    settings = settings_for(path, "spark").model_copy(update={"segmentation_method": method})
     try:
-        result = run_engine(settings_for(path, "spark"), spark)
+        result = run_engine(settings, spark)
         result.customer_segments.write.mode("overwrite").parquet(
             os.path.join(output, "customer_segments")
         )
@@ -226,13 +230,20 @@ def run_kmeans(path: str):
     return result.customer_segments, result.segment_analytics
 
 
+def run_kmeans_spark(path: str, spark=None, keep: str | None = None) -> None:
+    """The Spark engine with segmentation_method kmeans (MLlib, k chosen from 3..8)."""
+    run_spark(path, spark, keep, method="kmeans")
+
+
 RUNNERS = {
     "pandas": run_pandas,
     "dagster": run_dagster,
     "duckdb": run_duckdb,
     "spark": run_spark,
     "kmeans": run_kmeans,
+    "kmeans_spark": run_kmeans_spark,
 }
+SPARK_VARIANTS = ("spark", "kmeans_spark")
 
 
 # --- one measured run in its own process -----------------------------------------------------
@@ -261,7 +272,7 @@ def single(variant: str, path: str, warmup: str, keep: str | None = None) -> Non
 
     if variant == "duckdb":
         import duckdb  # noqa: F401
-    elif variant == "spark":
+    elif variant in SPARK_VARIANTS:
         import pyspark.sql  # noqa: F401
 
         import rfm_assets.definitions  # noqa: F401
@@ -272,14 +283,14 @@ def single(variant: str, path: str, warmup: str, keep: str | None = None) -> Non
     baseline = peak_rss_mib()
     report = {}
     run = RUNNERS[variant]
-    if variant == "spark":
+    if variant in SPARK_VARIANTS:
         start = time.perf_counter()
         spark = start_spark()
         report["startup_s"] = time.perf_counter() - start
-        run_spark(warmup, spark)
+        run(warmup, spark)
         spark.catalog.clearCache()
         start = time.perf_counter()
-        run_spark(path, spark, keep)
+        run(path, spark, keep)
         seconds = time.perf_counter() - start
         jvm = getattr(spark.sparkContext._gateway, "proc", None)  # local mode: the driver JVM
         if jvm is not None:
@@ -333,23 +344,26 @@ def compare(ours, peer, peer_columns: list[str]) -> dict:
     }
 
 
-def verify(path: str, warmup: str, workdir: str) -> dict:
-    """Do the DuckDB peer and the Spark engine agree with the pandas engine on every customer?
-    (not timed; Spark runs in its own subprocess and hands its table over as Parquet)"""
+def verify(path: str, warmup: str, workdir: str, variants: tuple[str, ...]) -> dict:
+    """Do the DuckDB peer and the Spark engine (when it is measured) agree with the pandas
+    engine on every customer? (not timed; Spark runs in its own subprocess and hands its table
+    over as Parquet)"""
     import pandas as pd
 
     segmented, _ = run_pandas(path)
     duck = run_duckdb(path, PER_CUSTOMER)
-    keep = tempfile.mkdtemp(prefix="spark-check-", dir=workdir)
-    measure("spark", path, warmup, keep)
-    spark = pd.read_parquet(os.path.join(keep, "customer_segments"))
-    shutil.rmtree(keep)
-    return {
+    checks = {
         "duckdb": compare(
             segmented, duck, ["customer_id", "r_score", "f_score", "m_score", "fm_score", "segment"]
-        ),
-        "spark": compare(segmented, spark, SCORES),
+        )
     }
+    if "spark" in variants:
+        keep = tempfile.mkdtemp(prefix="spark-check-", dir=workdir)
+        measure("spark", path, warmup, keep)
+        spark = pd.read_parquet(os.path.join(keep, "customer_segments"))
+        shutil.rmtree(keep)
+        checks["spark"] = compare(segmented, spark, SCORES)
+    return checks
 
 
 def machine_info() -> dict:
@@ -389,22 +403,28 @@ def code_version() -> dict:
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| rows | variant | median s | min s | peak RSS MiB | ratio vs duckdb "
+        "| rows | customers | variant | median s | min s | peak RSS MiB | ratio vs duckdb "
         "| RSS after imports MiB | startup s | JVM peak RSS MiB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         startup = f"{r['startup_s']:.1f}" if "startup_s" in r else ""
         jvm = f"{r['jvm_peak_rss_mib']:,.0f}" if r.get("jvm_peak_rss_mib") else ""
         lines.append(
-            f"| {r['rows']:,} | {r['variant']} | {r['median_s']:.3f} | {r['min_s']:.3f} "
+            f"| {r['rows']:,} | {r.get('customers', 0):,} | {r['variant']} "
+            f"| {r['median_s']:.3f} | {r['min_s']:.3f} "
             f"| {r['peak_rss_mib']:,.0f} | {r['ratio_vs_duckdb']:.2f} "
             f"| {r['import_rss_mib']:,.0f} | {startup} | {jvm} |"
         )
     return "\n".join(lines)
 
 
-def benchmark(sizes: list[int], repeats: int, variants: tuple[str, ...] = VARIANTS) -> None:
+def benchmark(
+    sizes: list[int],
+    repeats: int,
+    variants: tuple[str, ...] = VARIANTS,
+    customers: int | None = None,
+) -> None:
     import gc
 
     from rfm_assets.synthetic import generate_transactions
@@ -416,9 +436,9 @@ def benchmark(sizes: list[int], repeats: int, variants: tuple[str, ...] = VARIAN
         generate_transactions(WARMUP_ROWS, seed=SEED).to_parquet(warmup, index=False)
         for rows in sizes:
             path = os.path.join(workdir, f"transactions_{rows}.parquet")
-            generate_transactions(rows, seed=SEED).to_parquet(path, index=False)
+            generate_transactions(rows, customers, seed=SEED).to_parquet(path, index=False)
             gc.collect()
-            checks[rows] = verify(path, warmup, workdir)
+            checks[rows] = verify(path, warmup, workdir, variants)
             for peer, check in checks[rows].items():
                 print(
                     f"{rows:,} rows: {peer} vs pandas: {check['customers_peer']:,} vs "
@@ -455,7 +475,8 @@ def benchmark(sizes: list[int], repeats: int, variants: tuple[str, ...] = VARIAN
                         "seconds": seconds,
                     }
                 )
-                if variant == "spark":
+                results[-1]["customers"] = checks[rows]["duckdb"]["customers_pandas"]
+                if variant in SPARK_VARIANTS:
                     results[-1]["startup_s"] = statistics.median(
                         r["startup_s"] for r in runs[variant]
                     )
@@ -490,6 +511,9 @@ def main() -> None:
     parser.add_argument("--rows", default="100000,1000000", help="comma-separated sizes")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
+        "--customers", type=int, help="customers in the generated data (default: rows / 25)"
+    )
+    parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants"
     )
     parser.add_argument("--single", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -506,7 +530,7 @@ def main() -> None:
             raise SystemExit(f"--variants: unknown {', '.join(unknown)}; known: {VARIANTS}")
         # DuckDB is the peer every ratio is taken against: always measured.
         variants = tuple(dict.fromkeys(["duckdb", *chosen]))
-        benchmark([int(n) for n in args.rows.split(",")], args.repeats, variants)
+        benchmark([int(n) for n in args.rows.split(",")], args.repeats, variants, args.customers)
 
 
 if __name__ == "__main__":
