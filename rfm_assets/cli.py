@@ -306,10 +306,20 @@ def run_graph(settings, spark, work_dir: Path) -> dict[str, Any]:
 
 
 def step_failure_message(result) -> str:
-    """The user-facing message of the first failed step (our own errors say it all)."""
+    """The user-facing message of the first failed step (our own errors say it all; a Spark
+    failure for lack of memory names the setting to raise)."""
+    from rfm_assets.spark_resource import memory_failure
+
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
+            chain, link = [], error
+            while link is not None:
+                chain += [link.message, *link.stack]
+                link = link.cause
+            memory = memory_failure("\n".join(chain))
+            if memory is not None:
+                return f"step {event.step_key} failed: {memory}"
             while error.cause is not None and error.cls_name not in _OWN_ERRORS:
                 error = error.cause
             if error.cls_name in _OWN_ERRORS:

@@ -280,3 +280,41 @@ def test_scoring_and_its_shorthands_exclude_each_other(capsys):
     with pytest.raises(SystemExit):
         main(["analyze", "--output", "o", "--quartiles", "--scoring", "quintiles"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+# Spark's own words when memory runs out (the first from a 10M-row local[2] run with default
+# memory, as issue 12 recorded it; the others as the JVM and Py4J print them).
+HEAP_SPACE = (
+    "An error occurred while calling o278.count.\n: java.lang.OutOfMemoryError: Java heap "
+    "space\n\tat java.base/java.util.Arrays.copyOf(Arrays.java:3537)\n"
+)
+GC_OVERHEAD = "Job aborted.\nCaused by: java.lang.OutOfMemoryError: GC overhead limit exceeded\n"
+SMALL_HEAP = (
+    "java.lang.IllegalArgumentException: System memory 259522560 must be at least 471859200. "
+    "Please increase heap size using the --driver-memory option"
+)
+JVM_GONE = "py4j.protocol.Py4JError: Answer from Java side is empty"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (HEAP_SPACE, "Spark ran out of memory (java.lang.OutOfMemoryError: Java heap space)"),
+        (GC_OVERHEAD, "(java.lang.OutOfMemoryError: GC overhead limit exceeded)"),
+        (SMALL_HEAP, "its JVM has 247 MiB of heap and needs at least 450 MiB"),
+        (JVM_GONE, "Spark's JVM stopped in the middle of the step, usually out of memory"),
+    ],
+)
+def test_spark_memory_failures_name_the_setting_to_raise(text, expected):
+    from rfm_assets.spark_resource import memory_failure
+
+    message = memory_failure(text)
+    assert expected in message and "spark.driver.memory" in message
+    assert "spark.executor.memory" in message and "\n" not in message
+
+
+def test_other_spark_failures_are_not_called_memory():
+    from rfm_assets.spark_resource import memory_failure
+
+    unrelated = "AnalysisException: [UNRESOLVED_COLUMN] `amount` cannot be resolved"
+    assert memory_failure(unrelated) is None
