@@ -165,23 +165,37 @@ def fit(values: np.ndarray, k_range: tuple[int, int], sample_size: int, seed: in
     scaled = (logged - median) / iqr
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(scaled), size=min(sample_size, len(scaled)), replace=False)
-    distinct = len(np.unique(scaled, axis=0))
-    low, high = k_range
-    high = min(high, distinct)  # k-means cannot make more clusters than distinct points
-    if high < max(low, 2):
-        raise ValueError(
-            f"cluster_range: the customers have {distinct} distinct feature values, too few for "
-            f"{low} clusters"
-        )
+    highest = largest_k(k_range, len(np.unique(scaled, axis=0)))
     # k is chosen on a seeded sample of at most SEARCH_SAMPLE customers; the chosen k is then
     # fitted on everyone. Below that size the search sees every customer.
     search = scaled
     if len(scaled) > SEARCH_SAMPLE:
         search = scaled[np.sort(rng.choice(len(scaled), size=SEARCH_SAMPLE, replace=False))]
         sample = rng.choice(len(search), size=min(sample_size, len(search)), replace=False)
+    k, silhouettes, inertias, fitted = search_k(search, sample, k_range[0], highest, seed)
+    if search is not scaled:
+        fitted = _kmeans(k, seed, len(scaled)).fit(scaled)
+    return ClusterModel(median, iqr, fitted.cluster_centers_, silhouettes, inertias)
+
+
+def largest_k(k_range: tuple[int, int], distinct: int) -> int:
+    """The largest k to try: k-means cannot make more clusters than distinct points."""
+    low, high = k_range
+    if min(high, distinct) < max(low, 2):
+        raise ValueError(
+            f"cluster_range: the customers have {distinct} distinct feature values, too few for "
+            f"{low} clusters"
+        )
+    return min(high, distinct)
+
+
+def search_k(search: np.ndarray, sample: np.ndarray, lowest: int, highest: int, seed: int):
+    """The selection rule, on scaled features of at most SEARCH_SAMPLE customers: k-means for
+    each k, the silhouette of its labels on the rows `sample`; the best silhouette wins (ties:
+    the smaller k). Returns (k, silhouette by k, inertia by k, the chosen k's fit)."""
     best = None
     silhouettes, inertias = {}, {}
-    for k in range(max(low, 2), high + 1):
+    for k in range(max(lowest, 2), highest + 1):
         fitted = _kmeans(k, seed, len(search)).fit(search)
         labels = fitted.labels_
         inertias[k] = float(fitted.inertia_)
@@ -192,10 +206,7 @@ def fit(values: np.ndarray, k_range: tuple[int, int], sample_size: int, seed: in
             silhouettes[k] = float(silhouette_score(search[sample], sampled))
         if best is None or silhouettes[k] > silhouettes[best[0]]:
             best = (k, fitted)
-    k, fitted = best
-    if search is not scaled:
-        fitted = _kmeans(k, seed, len(scaled)).fit(scaled)
-    return ClusterModel(median, iqr, fitted.cluster_centers_, silhouettes, inertias)
+    return best[0], silhouettes, inertias, best[1]
 
 
 # The choice of k looks at this many customers at most (a seeded sample).

@@ -1039,16 +1039,21 @@ def nearest_cluster(model) -> tuple[Column, Column]:
 
 
 def fit_clusters(scores: DataFrame, k_range: tuple[int, int], sample_size: int, seed: int):
-    """clustering.fit on Spark: the same scaling (exact medians and IQRs), the same search
-    rule (k-means for each k on at most SEARCH_SAMPLE customers, the silhouette on a seeded
-    sample of `sample_size`, computed by scikit-learn on the driver), then the chosen k
-    fitted on everyone, with MLlib's k-means."""
+    """clustering.fit on Spark: the same scaling (exact medians and IQRs, Spark's
+    `percentile`) and the same choice of k (clustering.search_k on a seeded Spark sample of at
+    most SEARCH_SAMPLE customers, collected to the driver: a few MB), then MLlib's k-means
+    fits the chosen k on every customer."""
     import numpy as np
     from pyspark.ml.clustering import KMeans
     from pyspark.ml.feature import VectorAssembler
-    from sklearn.metrics import silhouette_score
 
-    from rfm_assets.engines.clustering import FEATURES, SEARCH_SAMPLE, ClusterModel
+    from rfm_assets.engines.clustering import (
+        FEATURES,
+        SEARCH_SAMPLE,
+        ClusterModel,
+        largest_k,
+        search_k,
+    )
 
     quartiles = scores.agg(
         *[F.percentile(_logged(n), [0.25, 0.5, 0.75]).alias(n) for n in FEATURES],
@@ -1056,41 +1061,23 @@ def fit_clusters(scores: DataFrame, k_range: tuple[int, int], sample_size: int, 
     ).first()
     low, median, high = (np.array([quartiles[n][i] for n in FEATURES]) for i in range(3))
     iqr = np.where(high - low > 0, high - low, 1.0)
-    model = ClusterModel(median, iqr, np.zeros((1, 3)))
     customers = int(quartiles["customers"])
-    vectors = VectorAssembler(inputCols=["x0", "x1", "x2"], outputCol="features")
-    scaled = vectors.transform(
-        scores.select(*[x.alias(f"x{j}") for j, x in enumerate(_scaled(model))])
-    ).select("features", "x0", "x1", "x2")
-    distinct = scaled.select("x0", "x1", "x2").distinct().count()
-    lowest, highest = k_range
-    highest = min(highest, distinct)
-    if highest < max(lowest, 2):
-        raise ValueError(
-            f"cluster_range: the customers have {distinct} distinct feature values, too few for "
-            f"{lowest} clusters"
-        )
+    scaled = scores.select(
+        *[x.alias(f"x{j}") for j, x in enumerate(_scaled(ClusterModel(median, iqr, None)))]
+    )
+    highest = largest_k(k_range, scaled.distinct().count())
     search = scaled
     if customers > SEARCH_SAMPLE:
         search = scaled.sample(fraction=SEARCH_SAMPLE / customers, seed=seed)
-    search = search.persist(StorageLevel.MEMORY_AND_DISK)
-    sample = np.array(
-        search.orderBy(F.rand(seed)).limit(sample_size).select("x0", "x1", "x2").collect(),
-        dtype=np.float64,
-    )
-    silhouettes, inertias, centers = {}, {}, {}
-    for k in range(max(lowest, 2), highest + 1):
-        fitted = KMeans(k=k, seed=seed, maxIter=50).fit(search)
-        centers[k] = np.array(fitted.clusterCenters())
-        inertias[k] = float(fitted.summary.trainingCost)
-        labels = ClusterModel(median, iqr, centers[k]).assign(np.expm1(sample * iqr + median))[0]
-        sampled = len(np.unique(labels)) >= 2
-        silhouettes[k] = float(silhouette_score(sample, labels)) if sampled else -1.0
-    k = max(silhouettes, key=lambda c: (silhouettes[c], -c))  # ties: the smaller k
-    if search is not scaled:
-        centers[k] = np.array(KMeans(k=k, seed=seed, maxIter=50).fit(scaled).clusterCenters())
-    search.unpersist()
-    return ClusterModel(median, iqr, centers[k], silhouettes, inertias)
+    search = np.array(search.collect(), dtype=np.float64).reshape(-1, 3)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(search), size=min(sample_size, len(search)), replace=False)
+    k, silhouettes, inertias, _ = search_k(search, sample, k_range[0], highest, seed)
+    vectors = VectorAssembler(inputCols=["x0", "x1", "x2"], outputCol="features")
+    # Up to 50 rounds (MLlib stops at 20 by default): on the bundled data 20 leave a centroid
+    # on the other side of a cut point from the converged one, which renames its cluster.
+    fitted = KMeans(k=k, seed=seed, maxIter=50).fit(vectors.transform(scaled))
+    return ClusterModel(median, iqr, np.array(fitted.clusterCenters()), silhouettes, inertias)
 
 
 def cluster_segments(
