@@ -4,6 +4,9 @@ Orders are drawn first (a skewed customer, a date inside the customer's active s
 expanded into 1..n lines, so most customers buy once and a few buy often, as in real logs.
 A share of orders are cancellations (order id prefixed `C`, negative amounts) and a share of
 lines have no customer id, so the cleaning rules have work to do.
+
+`one_time_share` gives the shape of large retail logs instead: every customer buys, that share
+of them exactly once, and the other orders go to the rest by a heavy-tailed weight.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ def generate_transactions(
     cancelled_share: float = 0.02,
     missing_customer_share: float = 0.01,
     string_ids: bool = False,
+    one_time_share: float | None = None,
 ) -> pd.DataFrame:
     """`rows` transaction lines: customer_id, transaction_date, amount, order_id."""
     rng = np.random.default_rng(seed)
@@ -35,7 +39,12 @@ def generate_transactions(
     weight = rng.pareto(1.5, size=customers) + 0.05
     first_day = rng.integers(0, SPAN_DAYS, size=customers)
     active_days = (rng.random(customers) * (SPAN_DAYS - first_day)).astype(np.int64) + 1
-    order_customer = rng.choice(customers, size=order_count, p=weight / weight.sum())
+    if one_time_share is None:
+        order_customer = rng.choice(customers, size=order_count, p=weight / weight.sum())
+    else:
+        order_customer = _orders_with_one_time_buyers(
+            rng, customers, order_count, one_time_share, weight
+        )
     order_day = first_day[order_customer] + (
         rng.random(order_count) * active_days[order_customer]
     ).astype(np.int64)
@@ -65,3 +74,19 @@ def generate_transactions(
             "order_id": pd.array(order_id, dtype="str"),
         }
     )
+
+
+def _orders_with_one_time_buyers(
+    rng: np.random.Generator, customers: int, orders: int, one_time_share: float, weight
+) -> np.ndarray:
+    """The customer of each order: one order for everyone, a second for each repeat buyer,
+    the rest to repeat buyers by `weight`; shuffled, so the file is not sorted by customer."""
+    repeat = np.arange(round(customers * one_time_share), customers)
+    extra = orders - customers - len(repeat)
+    if extra < 0:
+        raise ValueError(
+            f"{orders} orders cannot give {customers} customers one order each and "
+            f"{len(repeat)} of them a second; use more rows or a larger one_time_share"
+        )
+    chosen = rng.choice(repeat, size=extra, p=weight[repeat] / weight[repeat].sum())
+    return rng.permutation(np.concatenate([np.arange(customers), repeat, chosen]))

@@ -1,0 +1,301 @@
+"""Whole-process benchmark on the large data shape: `rfm-assets analyze` against its peers.
+
+Run from the repository root (duckdb, polars, pyspark and Java 17 installed):
+
+    python benchmarks/large.py --rows 1000000,10000000 --customers 100000,1000000 --repeats 3
+
+Data: `rfm_assets.synthetic.generate_transactions(rows, customers, seed=42, string_ids=True,
+cancelled_share=0.01, one_time_share=0.59)`: every customer buys, 59% of them once, the rest
+by a heavy-tailed weight; string customer ids (`C0012345`) and order ids, 1% refunded orders
+(`C` prefix, negative amounts), 1% of lines without a customer id; written to Parquet once and
+kept in --data-dir for the next invocation (not timed).
+
+Each repeat runs every variant once, interleaved, as a fresh process timed from outside
+(imports, JVM start-up and writing the result included). Peak memory is the largest sum of the
+resident set sizes of the process and all its descendants (the JVM included for Spark),
+sampled every 50 ms. The first repeat's output of every peer is compared with
+`rfm-assets analyze`'s customer_segments (every customer, R/F/M values, scores and segment);
+a peer that disagrees stops the benchmark, so no time is quoted for a different answer.
+
+Variants:
+- rfm:        rfm-assets analyze --input F --output O --order-id order_id --amount amount
+- rfm_spark:  the same with --engine spark --spark-master local[2] (Spark's default memory)
+- duckdb, polars, tutorial, io_floor, spark: benchmarks/peers.py (see its docstring)
+
+Writes benchmarks/results/large.json (table, per-run figures, agreement, machine, commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "large.json"
+SEED = 42
+VARIANTS = ("rfm", "duckdb", "polars", "tutorial", "io_floor", "rfm_spark", "spark")
+PEERS = ("duckdb", "polars", "tutorial", "io_floor", "spark")
+KEY = ["customer_id"]
+COMPARED = [
+    "recency",
+    "frequency",
+    "monetary",
+    "R_score",
+    "F_score",
+    "M_score",
+    "FM_score",
+    "segment",
+]
+
+
+def data_file(rows: int, customers: int, data_dir: Path) -> Path:
+    path = data_dir / f"large_{rows}_{customers}_seed{SEED}.parquet"
+    if not path.exists():
+        from rfm_assets.synthetic import generate_transactions
+
+        frame = generate_transactions(
+            rows, customers, seed=SEED, string_ids=True, cancelled_share=0.01, one_time_share=0.59
+        )
+        frame.to_parquet(path.with_suffix(".tmp"), index=False)
+        del frame
+        os.replace(path.with_suffix(".tmp"), path)
+    return path
+
+
+def command(variant: str, source: Path, output: Path) -> list[str]:
+    if variant.startswith("rfm"):
+        rfm = str(Path(sys.executable).with_name("rfm-assets"))
+        line = [
+            rfm,
+            "analyze",
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--order-id",
+            "order_id",
+            "--amount",
+            "amount",
+        ]
+        if variant == "rfm_spark":
+            line += ["--engine", "spark", "--spark-master", "local[2]"]
+        return line
+    return [sys.executable, str(HERE / "peers.py"), variant, str(source), str(output)]
+
+
+def run_once(line: list[str]) -> dict:
+    """Wall time and peak resident memory of a process tree, sampled every 50 ms."""
+    start = time.perf_counter()
+    process = psutil.Popen(line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while process.poll() is None:
+        try:
+            tree = [process, *process.children(recursive=True)]
+            total = 0
+            for member in tree:
+                try:
+                    total += member.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak = max(peak, total)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    out, err = process.communicate()
+    return {
+        "seconds": seconds,
+        "peak_mib": peak / 2**20,
+        "exit": process.returncode,
+        "error": (err or out).strip().splitlines()[-1:] if process.returncode else [],
+    }
+
+
+def read_result(variant: str, output: Path):
+    import pandas as pd
+
+    if variant.startswith("rfm"):
+        frame = pd.read_parquet(output / "customer_segments.parquet")
+    else:
+        frame = pd.read_parquet(output / "customers.parquet")
+    frame = frame[KEY + COMPARED].copy()
+    frame["customer_id"] = frame["customer_id"].astype(str)
+    frame["segment"] = frame["segment"].astype(str)
+    for name in ("recency", "frequency", "R_score", "F_score", "M_score", "FM_score"):
+        frame[name] = frame[name].astype("int64")
+    frame["monetary"] = (frame["monetary"].astype("float64") * 1e6).round().astype("int64")
+    return frame.sort_values("customer_id", ignore_index=True)
+
+
+def agreement(ours, theirs) -> dict:
+    both = ours.merge(theirs, on=KEY, how="outer", suffixes=("", "_peer"), indicator=True)
+    matched = both[both["_merge"] == "both"]
+    mismatches = {c: int((matched[c] != matched[c + "_peer"]).sum()) for c in COMPARED}
+    return {
+        "customers": len(ours),
+        "customers_peer": len(theirs),
+        "unmatched": int((both["_merge"] != "both").sum()),
+        "mismatches": mismatches,
+        "agree": len(ours) == len(theirs) == len(matched) and not any(mismatches.values()),
+    }
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "| rows | customers | variant | median s | min s | max s | peak MiB | time vs duckdb "
+        "| time vs peer | memory vs tutorial |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.get("failed"):
+            lines.append(
+                f"| {r['rows']:,} | {r['customers']:,} | {r['variant']} | failed: "
+                f"{r['failed']} | | | | | | |"
+            )
+            continue
+        vs_peer = f"{r['vs_peer']:.2f} ({r['peer']})" if r.get("vs_peer") else ""
+        lines.append(
+            f"| {r['rows']:,} | {r['customers']:,} | {r['variant']} | {r['median_s']:.2f} "
+            f"| {r['min_s']:.2f} | {r['max_s']:.2f} | {r['peak_mib']:,.0f} "
+            f"| {r['vs_duckdb']:.2f} | {vs_peer} | {r['memory_vs_tutorial']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def benchmark(sizes, customers, repeats, variants, data_dir: Path) -> None:
+    sys.path.insert(0, str(HERE))
+    from bench import code_version, machine_info
+
+    results, checks = [], {}
+    started = code_version()
+    for rows, buyers in zip(sizes, customers):
+        source = data_file(rows, buyers, data_dir)
+        runs = {v: [] for v in variants}
+        failed = {}
+        for repeat in range(repeats):
+            for variant in variants:
+                if variant in failed:
+                    continue
+                output = Path(tempfile.mkdtemp(prefix=f"rfm-large-{variant}-"))
+                try:
+                    run = run_once(command(variant, source, output))
+                    if run["exit"] != 0:
+                        failed[variant] = " ".join(run["error"])[:300] or f"exit {run['exit']}"
+                        print(f"  {variant} failed: {failed[variant]}", flush=True)
+                        continue
+                    if repeat == 0 and variant != "io_floor":
+                        checks.setdefault(rows, {})[variant] = read_result(variant, output)
+                finally:
+                    shutil.rmtree(output, ignore_errors=True)
+                runs[variant].append(run)
+                print(
+                    f"  {rows:,} rows, repeat {repeat + 1}/{repeats}: {variant:<9} "
+                    f"{run['seconds']:8.2f} s {run['peak_mib']:8,.0f} MiB",
+                    flush=True,
+                )
+            if repeat == 0:
+                tables = checks.get(rows, {})
+                reference = tables.get("rfm")
+                if reference is None:
+                    raise SystemExit("rfm-assets analyze failed: nothing to compare with")
+                checks[rows] = {
+                    name: agreement(reference, table)
+                    for name, table in tables.items()
+                    if name != "rfm"
+                }
+                print(f"  agreement with rfm: {json.dumps(checks[rows])}", flush=True)
+                if not all(check["agree"] for check in checks[rows].values()):
+                    raise SystemExit("a variant disagrees with rfm-assets analyze; no times")
+        medians = {v: statistics.median(r["seconds"] for r in runs[v]) for v in variants if runs[v]}
+        tutorial_peak = max((r["peak_mib"] for r in runs.get("tutorial", [])), default=None)
+        for variant in variants:
+            if variant in failed and not runs[variant]:
+                results.append(
+                    {
+                        "rows": rows,
+                        "customers": buyers,
+                        "variant": variant,
+                        "failed": failed[variant],
+                    }
+                )
+                continue
+            seconds = [r["seconds"] for r in runs[variant]]
+            peak = max(r["peak_mib"] for r in runs[variant])
+            peer = {"rfm": "duckdb", "rfm_spark": "spark"}.get(variant)
+            results.append(
+                {
+                    "rows": rows,
+                    "customers": buyers,
+                    "variant": variant,
+                    "seconds": seconds,
+                    "median_s": medians[variant],
+                    "min_s": min(seconds),
+                    "max_s": max(seconds),
+                    "peak_mib": peak,
+                    "peak_mib_each": [r["peak_mib"] for r in runs[variant]],
+                    "vs_duckdb": medians[variant] / medians["duckdb"],
+                    "peer": peer,
+                    "vs_peer": medians[variant] / medians[peer] if peer in medians else None,
+                    "memory_vs_tutorial": peak / tutorial_peak if tutorial_peak else float("nan"),
+                }
+            )
+    table = markdown(results)
+    print("\n" + table)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "machine": machine_info(),
+                "code_at_start": started,
+                "code_at_end": code_version(),
+                "seed": SEED,
+                "repeats": repeats,
+                "agreement": checks,
+                "results": results,
+                "markdown": table,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"\nwrote {RESULTS}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="1000000,10000000")
+    parser.add_argument(
+        "--customers", default="100000,1000000", help="customers for each size, comma-separated"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "rfm-large"))
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.rows.split(",")]
+    customers = [int(n) for n in args.customers.split(",")]
+    if len(customers) != len(sizes):
+        raise SystemExit("--customers: give one number for each of --rows")
+    variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or "rfm" not in variants or "duckdb" not in variants:
+        raise SystemExit(f"--variants: rfm and duckdb are required; known: {VARIANTS}")
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    benchmark(sizes, customers, args.repeats, variants, data_dir)
+
+
+if __name__ == "__main__":
+    main()
