@@ -4,7 +4,16 @@
 materialized customer table as a pandas DataFrame.
 """
 
-from rfm_assets.definitions import defs
 from rfm_assets.lists import identify_high_value_customers
 
 __all__ = ["defs", "identify_high_value_customers"]
+
+
+def __getattr__(name: str):
+    # The code location is built on first use, so that the engines, the CLI's other commands
+    # and `rfm_assets.pipeline` import without building (or importing) the Dagster graph.
+    if name == "defs":
+        from rfm_assets.definitions import defs
+
+        return defs
+    raise AttributeError(f"module 'rfm_assets' has no attribute {name!r}")

@@ -26,7 +26,6 @@ import os
 import time
 import typing
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -35,6 +34,8 @@ import pandas as pd
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 from upath import UPath
+
+from rfm_assets.engines.stored import StoredTable
 
 LOCAL_PROTOCOLS = ("", "file", "local")
 POINTER = "CURRENT"
@@ -57,26 +58,6 @@ def default_base_dir() -> str:
     if os.environ.get("DAGSTER_HOME"):
         return str(Path(os.environ["DAGSTER_HOME"]) / "storage" / "rfm_assets")
     return str(Path.home() / ".rfm_assets" / "storage")
-
-
-@dataclass(frozen=True)
-class StoredTable:
-    """A handle on a stored asset value, for consumers that load it with their own engine."""
-
-    path: str
-    storage_options: dict = field(default_factory=dict)
-    # The run context the table was computed in (see rfm_assets.table_context).
-    context: dict = field(default_factory=dict)
-
-    def to_pandas(self, columns: Optional[list[str]] = None) -> pd.DataFrame:
-        frame = pd.read_parquet(
-            self.path, columns=columns, storage_options=self.storage_options or None
-        )
-        frame.attrs["rfm_context"] = dict(self.context)
-        return frame
-
-    def to_spark(self, spark):
-        return spark.read.parquet(self.path)
 
 
 def is_spark_dataframe(value: Any) -> bool:

@@ -64,6 +64,16 @@ def spark():
     yield session
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache(request):
+    """Each test starts with an empty cache, as each run of the graph does: the session is
+    shared by the whole suite, and frames cached by earlier tests would otherwise pile up in
+    its 1 GiB heap (a late test once failed with AGGREGATE_OUT_OF_MEMORY)."""
+    yield
+    if "spark" in request.fixturenames:
+        request.getfixturevalue("spark").catalog.clearCache()
+
+
 def as_pandas(frame, folder: Path) -> pd.DataFrame:
     """A Spark DataFrame through Parquet, as the IO manager hands it to pandas consumers."""
     path = folder / f"t{uuid.uuid4().hex}"

@@ -17,8 +17,8 @@ from rfm_assets.engines import pandas_compute, pandas_read
 from rfm_assets.engines.pandas_compute import RowAccount
 from rfm_assets.engines.shared import histogram_edges
 from rfm_assets.engines.source import SourceListing
+from rfm_assets.engines.stored import StoredTable
 from rfm_assets.errors import RFMConfigError, RFMInputError
-from rfm_assets.io_manager import StoredTable
 from rfm_assets.segments import SegmentGrid
 from rfm_assets.settings import RFMSettings
 
@@ -206,6 +206,9 @@ class PandasEngine:
     def keep(self, frame):
         return frame
 
+    def release(self, frame) -> None:
+        """Free what `keep` holds, once the frame's value is stored."""
+
     def empty(self, frame):
         """A table with the columns of `frame` and no rows."""
         return frame.iloc[:0]
@@ -291,6 +294,9 @@ class SparkEngine(PandasEngine):
         from pyspark.storagelevel import StorageLevel
 
         return frame.persist(StorageLevel.MEMORY_AND_DISK)
+
+    def release(self, frame) -> None:
+        frame.unpersist()
 
     def empty(self, frame):
         return frame.limit(0)

@@ -186,9 +186,18 @@ def prepare_transactions(
         rows_excluded={reason: counts.get(reason, 0) for reason in EXCLUSION_REASONS},
         reference_date=from_day_number(ref_day),
         window_start=from_day_number(window_start_day) if window_start_day is not None else None,
-        customers=int(clean["customer_id"].nunique()),
+        customers=_distinct_count(clean["customer_id"]),
     )
     return clean, account
+
+
+def _distinct_count(values: pd.Series) -> int:
+    """Distinct non-missing values; Arrow-backed text is counted by Arrow's hash kernel,
+    about twice as fast as materialising the unique values."""
+    if isinstance(values.array, pd.arrays.ArrowStringArray):
+        arrow = values.array.__arrow_array__()
+        return int(pc.count_distinct(arrow, mode="only_valid").as_py())
+    return int(values.nunique())
 
 
 def prepare_customers(
@@ -562,12 +571,22 @@ def quantile_scores(values: np.ndarray, scale: int, higher_is_better: bool) -> n
     Ties share a score and the result does not depend on row order.
     """
     n = len(values)
-    ordered = np.sort(values)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    # One stable sort, then each run of equal values shares the count of values below it
+    # (or above it, for recency); a binary search per customer costs several times more.
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    run_starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    run_of = np.repeat(np.arange(len(run_starts)), np.diff(np.append(run_starts, n)))
     if higher_is_better:
-        worse = np.searchsorted(ordered, values, side="left")
+        worse_sorted = run_starts[run_of]  # values strictly below
     else:
-        worse = n - np.searchsorted(ordered, values, side="right")
-    return 1 + (scale * worse.astype(np.int64)) // n
+        run_ends = np.append(run_starts[1:], n)
+        worse_sorted = n - run_ends[run_of]  # values strictly above
+    worse = np.empty(n, dtype=np.int64)
+    worse[order] = worse_sorted
+    return 1 + (scale * worse) // n
 
 
 def fixed_scores(values: np.ndarray, cut_points: list[float], higher_is_better: bool) -> np.ndarray:

@@ -548,12 +548,12 @@ def prepare_transactions(
         is_return.alias("is_return"),
         F.when(is_return, -F.abs(amount)).otherwise(amount).alias("signed_amount"),
     )
-    _check_customer_totals(flagged)
     if returns_policy == "net":
-        net = (
-            flagged.filter(F.col("reason").isNull())
-            .groupBy("customer_id")
-            .agg(F.sum(micro_units(F.col("signed_amount"))).alias("net_micro"))
+        # The guard comes first: the net sums below are exactly what could overflow.
+        kept_before_net = flagged.filter(F.col("reason").isNull())
+        _check_customer_totals(flagged, kept_before_net.agg(F.sum(F.abs("amount"))).first()[0])
+        net = kept_before_net.groupBy("customer_id").agg(
+            F.sum(micro_units(F.col("signed_amount"))).alias("net_micro")
         )
         flagged = flagged.join(net, "customer_id", "left").withColumn(
             "reason",
@@ -562,9 +562,15 @@ def prepare_transactions(
                 F.lit("customer_monetary_not_positive"),
             ).otherwise(F.col("reason")),
         )
-    flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
-    counted = {row["reason"]: row["count"] for row in flagged.groupBy("reason").count().collect()}
+    # All of the accounting in one pass over the rows, and nothing row-level cached: the
+    # kept rows are computed again by whoever reads them (a Parquet scan is cheaper than
+    # holding every row in the JVM's memory, which is what ran out at 10M rows).
+    counted = _reason_counts(flagged, EXCLUSION_REASONS, extra=_customer_aggregates())
     rows_kept = counted.pop(None, 0)
+    if returns_policy != "net":
+        _check_customer_totals(flagged, counted["kept_abs_total"])
+    counted.pop("kept_abs_total")
+    customers = counted.pop("kept_customers")
     if rows_kept == 0:
         removed = ", ".join(f"{r}: {counted[r]}" for r in EXCLUSION_REASONS if counted.get(r))
         raise RFMInputError(f"no transactions left after filtering ({removed})")
@@ -581,7 +587,7 @@ def prepare_transactions(
         rows_excluded={reason: int(counted.get(reason, 0)) for reason in EXCLUSION_REASONS},
         reference_date=from_day_number(ref_day),
         window_start=from_day_number(window_start_day) if window_start_day is not None else None,
-        customers=kept.select("customer_id").distinct().count(),
+        customers=int(customers),
     )
     return kept, account
 
@@ -693,8 +699,7 @@ def prepare_customers(
     rules.append(("customer_monetary_not_positive", monetary <= 0))
     reason = first_reason(rules)
     flagged = frame.select("*", reason.alias("reason"), last_value.alias("last_value"))
-    flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
-    counted = {row["reason"]: row["count"] for row in flagged.groupBy("reason").count().collect()}
+    counted = _reason_counts(flagged, CUSTOMER_ROW_EXCLUSIONS)
     rows_kept = counted.pop(None, 0)
     if rows_kept == 0:
         removed = ", ".join(f"{r}: {counted[r]}" for r in CUSTOMER_ROW_EXCLUSIONS if counted.get(r))
@@ -770,14 +775,40 @@ def customer_metrics(customers: DataFrame, reference_date: dt.date) -> DataFrame
     )
 
 
-def _check_customer_totals(flagged: DataFrame) -> None:
-    """Refuse inputs whose exact long micro-unit sums could overflow (see shared)."""
-    candidates = flagged.filter(F.col("reason").isNull())
-    total = candidates.agg(F.sum(F.abs("amount"))).first()[0] or 0.0
-    if total < MAX_CUSTOMER_TOTAL:  # no customer can exceed what all add up to
+def _reason_counts(
+    flagged: DataFrame, reasons: tuple[str, ...], extra: Optional[dict[str, Column]] = None
+) -> dict:
+    """Rows per exclusion reason (None: kept rows), and any `extra` aggregates, in one
+    aggregation: conditional sums need no shuffle, where a group-by on the reason needs one."""
+    reason = F.col("reason")
+    sums = {None: F.sum(F.when(reason.isNull(), 1).otherwise(0))}
+    sums.update({name: F.sum(F.when(reason == name, 1).otherwise(0)) for name in reasons})
+    columns = [value.alias(f"c{i}") for i, value in enumerate(sums.values())]
+    columns += [value.alias(name) for name, value in (extra or {}).items()]
+    row = flagged.agg(*columns).first()
+    counted = {name: int(row[f"c{i}"] or 0) for i, name in enumerate(sums)}
+    counted.update({name: row[name] for name in extra or {}})
+    return counted
+
+
+def _customer_aggregates() -> dict[str, Column]:
+    """Of the kept rows: the distinct customers, and the sum of |amount| for the overflow
+    guard (a single distinct aggregate: Spark plans it as one shuffle on customer_id)."""
+    kept = F.col("reason").isNull()
+    return {
+        "kept_customers": F.count_distinct(F.when(kept, F.col("customer_id"))),
+        "kept_abs_total": F.sum(F.when(kept, F.abs("amount"))),
+    }
+
+
+def _check_customer_totals(flagged: DataFrame, total: Optional[float]) -> None:
+    """Refuse inputs whose exact long micro-unit sums could overflow (see shared); `total`
+    is the sum of |amount| over the kept rows."""
+    if (total or 0.0) < MAX_CUSTOMER_TOTAL:  # no customer can exceed what all add up to
         return
     worst = (
-        candidates.groupBy("customer_id")
+        flagged.filter(F.col("reason").isNull())
+        .groupBy("customer_id")
         .agg(F.sum(F.abs("amount")).alias("total"))
         .orderBy(F.col("total").desc())
         .first()

@@ -1,0 +1,29 @@
+"""A handle on a stored asset value. It lives with the engines, which load it, so that the
+engines import without Dagster; the IO manager hands it out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class StoredTable:
+    """A handle on a stored asset value, for consumers that load it with their own engine."""
+
+    path: str
+    storage_options: dict = field(default_factory=dict)
+    # The run context the table was computed in (see rfm_assets.table_context).
+    context: dict = field(default_factory=dict)
+
+    def to_pandas(self, columns: Optional[list[str]] = None) -> pd.DataFrame:
+        frame = pd.read_parquet(
+            self.path, columns=columns, storage_options=self.storage_options or None
+        )
+        frame.attrs["rfm_context"] = dict(self.context)
+        return frame
+
+    def to_spark(self, spark):
+        return spark.read.parquet(self.path)
