@@ -173,7 +173,7 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def benchmark(sizes, customers, repeats, variants, data_dir: Path) -> None:
+def benchmark(sizes, customers, repeats, variants, data_dir: Path, results_file: Path) -> None:
     sys.path.insert(0, str(HERE))
     from bench import code_version, machine_info
 
@@ -252,8 +252,8 @@ def benchmark(sizes, customers, repeats, variants, data_dir: Path) -> None:
             )
     table = markdown(results)
     print("\n" + table)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(
         json.dumps(
             {
                 "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -271,7 +271,7 @@ def benchmark(sizes, customers, repeats, variants, data_dir: Path) -> None:
         )
         + "\n"
     )
-    print(f"\nwrote {RESULTS}")
+    print(f"\nwrote {results_file}")
 
 
 def main() -> None:
@@ -283,6 +283,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "rfm-large"))
+    parser.add_argument("--results", default=str(RESULTS), help="the JSON file to write")
     args = parser.parse_args()
     sizes = [int(n) for n in args.rows.split(",")]
     customers = [int(n) for n in args.customers.split(",")]
@@ -294,7 +295,7 @@ def main() -> None:
         raise SystemExit(f"--variants: rfm and duckdb are required; known: {VARIANTS}")
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    benchmark(sizes, customers, args.repeats, variants, data_dir)
+    benchmark(sizes, customers, args.repeats, variants, data_dir, Path(args.results))
 
 
 if __name__ == "__main__":

@@ -41,9 +41,10 @@ from rfm_assets.engines.shared import (
     movement_counts,
     moves_between_segments,
 )
+from rfm_assets.engines.stored import HeldTable, StoredTable
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.exports import markdown_cell
-from rfm_assets.io_manager import CONTEXT_METADATA, StoredTable, is_spark_dataframe
+from rfm_assets.io_manager import CONTEXT_METADATA, is_spark_dataframe
 from rfm_assets.report import ReportInputs, report_html
 from rfm_assets.segments import SegmentGrid, load_rule_set
 from rfm_assets.settings import RFMSettings
@@ -73,7 +74,7 @@ RFM_TABLE = dg.DagsterType(
     name="RFMTable",
     description="An RFM table: a pandas or Spark DataFrame, or a handle on its stored value.",
     type_check_fn=lambda _, value: (
-        isinstance(value, (pd.DataFrame, StoredTable)) or is_spark_dataframe(value)
+        isinstance(value, (pd.DataFrame, StoredTable, HeldTable)) or is_spark_dataframe(value)
     ),
     typing_type=StoredTable,
 )
@@ -101,7 +102,7 @@ class RFMGraph:
 
 def context_of(value: Any) -> dict:
     """The run context of a loaded table: a stored handle's, or a pandas frame's attrs."""
-    if isinstance(value, StoredTable):
+    if isinstance(value, (StoredTable, HeldTable)):
         return dict(value.context)
     if isinstance(value, pd.DataFrame):
         return dict(value.attrs.get("rfm_context", {}))
@@ -117,23 +118,26 @@ def _needed(table_context: dict, key: str, upstream: str) -> Any:
     return table_context[key]
 
 
-def _output(engine: PandasEngine, frame, table_context: dict, metadata: dict) -> dg.Output:
+def _output(
+    engine: PandasEngine, frame, table_context: dict, metadata: dict, rows: Optional[int] = None
+) -> dg.Output:
+    """The step's value with its metadata; `rows` when the step has counted them already."""
     if isinstance(frame, pd.DataFrame):
         frame.attrs["rfm_context"] = table_context  # travels in memory too (the CLI)
     return dg.Output(
         frame,
         metadata={
-            **table_metadata(engine, frame),
+            **table_metadata(engine, frame, rows),
             **metadata,
             CONTEXT_METADATA: dg.MetadataValue.json(table_context),
         },
     )
 
 
-def table_metadata(engine: PandasEngine, frame) -> dict:
+def table_metadata(engine: PandasEngine, frame, rows: Optional[int] = None) -> dict:
     """Row count and column schema (with each column's meaning) for the Dagster UI."""
     return {
-        "dagster/row_count": engine.row_count(frame),
+        "dagster/row_count": engine.row_count(frame) if rows is None else rows,
         "dagster/column_schema": dg.TableSchema(
             columns=[
                 dg.TableColumn(name=name, type=kind, description=COLUMN_DESCRIPTIONS.get(name))
@@ -141,6 +145,7 @@ def table_metadata(engine: PandasEngine, frame) -> dict:
             ]
         ),
         "engine": engine.name,
+        **engine.run_details(),
     }
 
 
@@ -346,11 +351,10 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         else:
             source = f"asset {'/'.join(graph.source_asset)}"
             raw, listing = engine.read_table(source_table, settings, source)
+        # Nothing row-level is cached: on Spark the kept rows are a plan over the source,
+        # computed again by whoever reads them (holding 10M rows in the JVM is what ran out).
         kept, account = engine.prepare(raw, settings, listing, reference_date=week_end)
-        kept = engine.keep(kept)
-        # Rows read as the accounting's own aggregation counted them (counting the source
-        # again is a whole extra pass on Spark); rows kept counted on the value itself.
-        rows_read, rows_kept = account.rows_read, engine.row_count(kept)
+        rows_read, rows_kept = account.rows_read, engine.kept_rows(kept, account)
         excluded_total = sum(account.rows_excluded.values())
         context.log.info(
             f"{account.rows_read:,} rows read from {account.files_read:,} files "
@@ -407,10 +411,8 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                 ),
                 "source": source,
             },
+            rows=rows_kept,
         )
-        # The IO manager has stored the rows by now: free the row-level cache, which would
-        # otherwise hold every kept row in the JVM for the rest of the run.
-        engine.release(kept)
 
     @dg.asset(
         key=key("rfm_metrics"),

@@ -253,28 +253,24 @@ def spark_row_order(frame, name: str, settings):
     )
 
 
-def run_graph(settings, spark, work_dir: Path) -> dict[str, Any]:
+def run_graph(settings, spark) -> dict[str, Any]:
     """Materialize the five assets in-process; return their values and metadata.
 
-    pandas keeps the intermediate values in memory. Spark stores each step as Parquet in
-    `work_dir`, so no step's plan is recomputed by the next.
+    Every step's value stays in memory (a Spark DataFrame as the same cached DataFrame), so
+    nothing is written but the result the CLI writes itself.
     """
     import dagster as dg
 
     from rfm_assets.assets import RFM_ASSETS
-    from rfm_assets.io_manager import RFMParquetIOManager
+    from rfm_assets.io_manager import HeldIOManager
 
-    if settings.engine == "spark":
-        io_manager = RFMParquetIOManager(base_dir=str(work_dir), spark=spark)
-    else:
-        io_manager = dg.InMemoryIOManager()
     result = dg.materialize(
         RFM_ASSETS,
         # Movement compares with the result this run replaces, which the CLI reads itself;
         # `rfm-assets report` writes the report.
         selection=dg.AssetSelection.all()
         - dg.AssetSelection.assets(*MOVEMENT_TABLES, "rfm_report"),
-        resources={"rfm_settings": settings, "spark": spark, "io_manager": io_manager},
+        resources={"rfm_settings": settings, "spark": spark, "io_manager": HeldIOManager()},
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         raise_on_error=False,
     )
@@ -286,19 +282,7 @@ def run_graph(settings, spark, work_dir: Path) -> dict[str, Any]:
         metadata[materialization.asset_key.to_user_string()] = {
             key: value.value for key, value in materialization.metadata.items()
         }
-    if settings.engine == "spark":
-        from upath import UPath
-
-        from rfm_assets.io_manager import RFMStore
-
-        tables = {
-            name: spark.spark_session.read.parquet(
-                RFMStore.current_version(UPath(str(work_dir)) / name).path
-            )
-            for name in OUTPUT_TABLES + OPTIONAL_TABLES
-        }
-    else:
-        tables = {name: result.output_for_node(name) for name in OUTPUT_TABLES + OPTIONAL_TABLES}
+    tables = {name: result.output_for_node(name) for name in OUTPUT_TABLES + OPTIONAL_TABLES}
     model = None
     if settings.segmentation_method == "kmeans":
         model = result.output_for_node("cluster_model", "cluster_model")
@@ -531,7 +515,7 @@ def command_analyze(args: argparse.Namespace) -> int:
             result.work.mkdir()
             with jvm_stderr_to(result.work / "spark.log"):
                 _ = spark.spark_session  # starts the JVM now, with its stderr in the log
-        outcome = run_graph(settings, spark, result.work)
+        outcome = run_graph(settings, spark)
         try:
             for name in OUTPUT_TABLES:
                 target = result.files / f"{name}.{args.format}"

@@ -35,7 +35,7 @@ from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 from upath import UPath
 
-from rfm_assets.engines.stored import StoredTable
+from rfm_assets.engines.stored import HeldTable, StoredTable
 
 LOCAL_PROTOCOLS = ("", "file", "local")
 POINTER = "CURRENT"
@@ -336,6 +336,19 @@ class RFMStore(dg.UPathIOManager):
                 entry.unlink()
         except OSError:
             pass
+
+
+class HeldIOManager(dg.InMemoryIOManager):
+    """Keeps every step's value in the process, for runs whose steps share one process and
+    write nothing (the command line's). A Spark DataFrame is handed on as the same cached
+    DataFrame, with its run context beside it (`HeldTable`): storing it as Parquet and reading
+    it back would drop its cache and compute it again."""
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if is_spark_dataframe(obj):
+            table_context = context.output_metadata.get(CONTEXT_METADATA)
+            obj = HeldTable(obj, dict(table_context.value) if table_context else {})
+        super().handle_output(context, obj)
 
 
 class RFMParquetIOManager(dg.ConfigurableIOManagerFactory):

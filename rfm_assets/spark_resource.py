@@ -29,8 +29,9 @@ DEFAULT_SPARK_CONFIG = {
     # reads them (Spark would otherwise refuse or shift dates before 1582/1900).
     "spark.sql.parquet.datetimeRebaseModeInRead": "CORRECTED",
     "spark.sql.parquet.int96RebaseModeInRead": "CORRECTED",
-    # Few partitions suit one machine; on a cluster set it in run config (large_run_spark).
-    "spark.sql.shuffle.partitions": "8",
+    # spark.sql.shuffle.partitions is left out on purpose: the engine sets it from the
+    # session's cores and the source's size (spark_compute.scale_shuffle_partitions) unless
+    # it is set here or in run config.
 }
 spark = LazyPySparkResource(spark_config=DEFAULT_SPARK_CONFIG)
 

@@ -143,7 +143,7 @@ def test_spark_preset_selects_spark_and_the_cli_uses_its_spark_config():
         ["analyze", "--output", "o", "--config", "large_run_spark", "--spark-conf", "a.b=c"]
     )
     spark_config = spark_resource(args).spark_config
-    assert spark_config["spark.sql.shuffle.partitions"] == "200"  # from the preset
+    assert spark_config["spark.driver.memory"] == "4g"  # from the preset
     assert spark_config["a.b"] == "c"  # the flag on top
     # In Dagster the preset's spark_config replaces the defaults whole: it must carry every
     # default that the numbers depend on (zones, calendars, timestamp type).

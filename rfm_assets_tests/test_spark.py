@@ -492,3 +492,102 @@ def test_a_stored_model_assigns_identically_on_both_engines(spark, tmp_path):
     assert spark_result.clustering["davies_bouldin"] == pytest.approx(
         pandas_result.clustering["davies_bouldin"], rel=1e-9
     )
+
+
+def test_spark_trims_exactly_the_whitespace_pandas_trims(spark):
+    """The fast path (printable ASCII at both ends) and btrim together equal Python's strip
+    of the same set: every whitespace character at either end, inner ones kept, non-ASCII
+    letters at the ends kept, blank text empty."""
+    from pyspark.sql import functions as F
+
+    from rfm_assets.engines.shared import WHITESPACE
+    from rfm_assets.engines.spark_compute import trimmed
+
+    cores = ["A", "007", "é", "Ω1", "a b", "x\u3000y", "\x7f", "!", "~z~", ""]
+    texts = [
+        w1 + core + w2
+        for core in cores
+        for w1 in ("", *WHITESPACE)
+        for w2 in ("", " ", "\u3000", "\t\u2003")
+    ]
+    texts += ["".join(WHITESPACE), None]
+    rows = spark.createDataFrame([(t,) for t in texts], "t string")
+    got = [row[0] for row in rows.select(trimmed(F.col("t"))).collect()]
+    expected = [None if t is None else t.strip("".join(WHITESPACE)) for t in texts]
+    assert got == expected
+
+
+def spark_engine_job():
+    """The job of a code location built with engine: spark (reconstructable, so Dagster runs
+    it with the job's own executor; the test gives the input and storage)."""
+    import os
+
+    from rfm_assets.component import build_rfm_definitions
+
+    settings = RFMSettings(engine="spark", input_path=os.environ["RFM_TEST_INPUT"],
+                           columns={"order_id": "order_id"})  # fmt: skip
+    definitions = build_rfm_definitions(
+        settings, storage=os.environ["RFM_TEST_STORAGE"], schedule_hour=None
+    )
+    return definitions.resolve_job_def("rfm_job")
+
+
+def test_a_spark_run_is_one_spark_application_in_one_process(spark, tmp_path, monkeypatch):
+    """Every step of a Spark run shares the run's process and so its Spark application (a
+    process per step would start a JVM per step); the materializations name it."""
+    import os
+
+    source = tmp_path / "orders.parquet"
+    generate_transactions(5_000, customers=500, seed=8).to_parquet(source)
+    monkeypatch.setenv("RFM_TEST_INPUT", str(source))
+    monkeypatch.setenv("RFM_TEST_STORAGE", str(tmp_path / "store"))
+    with dg.instance_for_test() as instance:
+        result = dg.execute_job(dg.reconstructable(spark_engine_job), instance=instance)
+        assert result.success
+        steps = [e for e in result.all_events if e.is_step_start]
+        materialized = [
+            e.event_specific_data.materialization for e in result.all_events
+            if e.is_step_materialization
+        ]  # fmt: skip
+    assert len(steps) >= 6 and {e.pid for e in steps} == {os.getpid()}
+    tables = [m for m in materialized if "engine" in m.metadata]  # the report is a file
+    assert len(tables) >= 6
+    applications = {m.metadata["spark_application"].value for m in tables}
+    assert applications == {spark.sparkContext.applicationId}
+
+
+def test_shuffle_partitions_scale_with_the_cores_and_the_source(spark, tmp_path):
+    """Four per core (local[2]: 8), one per 128 MiB of source when that is more; a value set
+    when the session was launched is left alone."""
+    from rfm_assets.engines.source import SourceListing
+    from rfm_assets.engines.spark_compute import SHUFFLE_PARTITIONS, scale_shuffle_partitions
+
+    assert not spark.sparkContext.getConf().contains(SHUFFLE_PARTITIONS)
+    big = tmp_path / "big.parquet"
+    with open(big, "wb") as handle:  # sparse: its size without writing it
+        handle.truncate(3 * 2**30 + 1)
+    try:
+        scale_shuffle_partitions(spark, SourceListing(path="t", is_csv=False, listed=False))
+        assert spark.conf.get(SHUFFLE_PARTITIONS) == "8"
+        listing = SourceListing(path=str(big), is_csv=False, files=(str(big),))
+        scale_shuffle_partitions(spark, listing)
+        assert spark.conf.get(SHUFFLE_PARTITIONS) == "25"  # ceil(3 GiB + 1 / 128 MiB)
+    finally:
+        spark.conf.set(SHUFFLE_PARTITIONS, "8")
+
+
+def test_a_shuffle_partition_count_set_at_launch_is_kept(tmp_path):
+    source = tmp_path / "orders.parquet"
+    generate_transactions(500, customers=50, seed=2).to_parquet(source)
+    script = (
+        "from pyspark.sql import SparkSession\n"
+        "from rfm_assets.engines.dispatch import SparkEngine\n"
+        "from rfm_assets.settings import RFMSettings\n"
+        "spark = SparkSession.builder.master('local[1]')"
+        ".config('spark.sql.shuffle.partitions', '3').getOrCreate()\n"
+        f"SparkEngine(spark).read(RFMSettings(engine='spark', input_path={str(source)!r}))\n"
+        "print(spark.conf.get('spark.sql.shuffle.partitions'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "3"

@@ -17,7 +17,7 @@ from rfm_assets.engines import pandas_compute, pandas_read
 from rfm_assets.engines.pandas_compute import RowAccount
 from rfm_assets.engines.shared import histogram_edges
 from rfm_assets.engines.source import SourceListing
-from rfm_assets.engines.stored import StoredTable
+from rfm_assets.engines.stored import HeldTable, StoredTable
 from rfm_assets.errors import RFMConfigError, RFMInputError
 from rfm_assets.segments import SegmentGrid
 from rfm_assets.settings import RFMSettings
@@ -206,15 +206,20 @@ class PandasEngine:
     def keep(self, frame):
         return frame
 
-    def release(self, frame) -> None:
-        """Free what `keep` holds, once the frame's value is stored."""
-
     def empty(self, frame):
         """A table with the columns of `frame` and no rows."""
         return frame.iloc[:0]
 
     def row_count(self, frame) -> int:
         return len(frame)
+
+    def kept_rows(self, kept, account: RowAccount) -> int:
+        """Rows of the kept transactions, counted on the value itself."""
+        return len(kept)
+
+    def run_details(self) -> dict[str, str]:
+        """What identifies the computation beyond the engine's name (none for pandas)."""
+        return {}
 
     def schema(self, frame) -> list[tuple[str, str]]:
         return [(str(name), str(dtype)) for name, dtype in frame.dtypes.items()]
@@ -270,7 +275,9 @@ class SparkEngine(PandasEngine):
         self.compute = spark_compute
 
     def load(self, value: Any):
-        return value.to_spark(self.session) if isinstance(value, StoredTable) else value
+        if isinstance(value, (StoredTable, HeldTable)):
+            return value.to_spark(self.session)
+        return value
 
     def read(self, settings: RFMSettings):
         return self.compute.read_transactions(
@@ -295,14 +302,25 @@ class SparkEngine(PandasEngine):
 
         return frame.persist(StorageLevel.MEMORY_AND_DISK)
 
-    def release(self, frame) -> None:
-        frame.unpersist()
-
     def empty(self, frame):
         return frame.limit(0)
 
     def row_count(self, frame) -> int:
         return frame.count()
+
+    def run_details(self) -> dict[str, str]:
+        """The Spark application that computed the step (its id finds its logs and UI)."""
+        context = self.session.sparkContext
+        return {
+            "spark_application": context.applicationId,
+            "spark_master": context.master,
+            "spark_shuffle_partitions": self.session.conf.get("spark.sql.shuffle.partitions"),
+        }
+
+    def kept_rows(self, kept, account: RowAccount) -> int:
+        """Rows of the kept transactions as the accounting's one aggregation counted them
+        (rows without a reason): counting the value again is one more pass over the source."""
+        return account.rows_kept
 
     def schema(self, frame) -> list[tuple[str, str]]:
         return [(field.name, field.dataType.simpleString()) for field in frame.schema.fields]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import re
 from typing import Optional
 
@@ -77,12 +78,20 @@ _PATTERN = {"%Y": "yyyy", "%y": "yy", "%m": "M", "%d": "d", "%H": "H", "%I": "h"
             "%M": "m", "%S": "s", "%f": "SSSSSS", "%b": "MMM", "%B": "MMMM", "%p": "a",
             "%j": "D", "%a": "EEE", "%A": "EEEE", "%%": "%"}  # fmt: skip
 _FIXED_WIDTH = {"%m": "MM", "%d": "dd", "%H": "HH", "%I": "hh", "%M": "mm", "%S": "ss"}
-_SPACE = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]"
 
 
 def trimmed(text: Column) -> Column:
-    """Text without WHITESPACE at either end, the same set the pandas engine trims."""
-    return F.regexp_replace(text, f"^{_SPACE}+|{_SPACE}+$", "")
+    """Text without WHITESPACE at either end, the same set the pandas engine trims.
+
+    Every character of that set is an ASCII control or space, or not ASCII: text that
+    starts and ends with a printable ASCII character is left as it is without looking at
+    the set, which is most ids (10M ids: 0.8 s a pass where btrim took 1.4 s and a regular
+    expression 6 s).
+    """
+    printable_ends = F.ascii(text).between(33, 126) & F.ascii(F.substring(text, -1, 1)).between(
+        33, 126
+    )
+    return F.when(printable_ends, text).otherwise(F.btrim(text, F.lit("".join(WHITESPACE))))
 
 
 def day_of(timestamp: Column) -> Column:
@@ -103,6 +112,28 @@ def col(name: str) -> Column:
     return F.col("`" + name.replace("`", "``") + "`")
 
 
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+PARTITIONS_PER_CORE = 4
+SOURCE_BYTES_PER_PARTITION = 128 * 2**20
+
+
+def scale_shuffle_partitions(spark: SparkSession, listing: SourceListing) -> None:
+    """Shuffle partitions for the session's run, unless its launch configuration sets them:
+    four per core the session has, so every core stays busy whatever the cluster (adaptive
+    execution merges the ones that come out small), and more for a large source, one per
+    128 MiB of the files read, so that no partition grows past what a task holds without
+    spilling. local[2] gets 8 for any source under 1 GiB, a 64-core cluster 256. (Spark's
+    fixed 200 made a 10M-row run on local[2] three times slower: every small step ran 200
+    tasks.)"""
+    if spark.sparkContext.getConf().contains(SHUFFLE_PARTITIONS):
+        return
+    source_bytes = sum(os.path.getsize(f) for f in listing.files) if listing.listed else 0
+    by_cores = PARTITIONS_PER_CORE * spark.sparkContext.defaultParallelism
+    spark.conf.set(
+        SHUFFLE_PARTITIONS, str(max(by_cores, -(-source_bytes // SOURCE_BYTES_PER_PARTITION)))
+    )
+
+
 def read_transactions(
     spark: SparkSession, path: str, columns: SourceColumns
 ) -> tuple[DataFrame, SourceListing]:
@@ -113,6 +144,7 @@ def read_transactions(
     mapped columns; examples for an error message are fetched only when there is an error.
     """
     listing = list_source(path, columns)
+    scale_shuffle_partitions(spark, listing)
     source = _read_source(spark, listing, columns)
     return _canonical(spark, source, columns, listing), listing
 
@@ -123,6 +155,7 @@ def read_frame(
     """The canonical frame of a Spark table another asset produced (`name` says which)."""
     check_columns(name, columns, frame.columns)
     listing = SourceListing(path=name, is_csv=False, listed=False)
+    scale_shuffle_partitions(frame.sparkSession, listing)
     source = frame.select(*[col(n).alias(n) for n in columns.needed])
     return _canonical(frame.sparkSession, source, columns, listing), listing
 
@@ -820,18 +853,31 @@ def _check_customer_totals(flagged: DataFrame, total: Optional[float]) -> None:
 def compute_metrics(transactions: DataFrame, reference_date: dt.date) -> DataFrame:
     """One row per customer (see pandas_compute.compute_metrics for the definitions)."""
     purchase = ~F.col("is_return")
-    day = day_of(F.col("transaction_date"))
-    if "order_id" in transactions.columns:
-        order = F.coalesce(F.col("order_id").cast("string"), F.lit(MISSING_ORDER))
-        frequency = F.count_distinct(F.when(purchase, order))
-    else:
-        frequency = F.sum(F.when(purchase, 1).otherwise(0))
+    purchase_day = F.when(purchase, day_of(F.col("transaction_date")))
+    lines = transactions.select(
+        "customer_id",
+        micro_units(F.col("amount")).alias("micro"),
+        purchase_day.alias("last_day"),
+        purchase_day.alias("first_day"),
+        purchase.cast("long").alias("purchases"),
+        *([F.coalesce(F.col("order_id").cast("string"), F.lit(MISSING_ORDER)).alias("order")]
+          if "order_id" in transactions.columns else []),
+    )  # fmt: skip
+    if "order" in lines.columns:
+        # Frequency counts orders with a purchase: one group-by per order, then one per
+        # customer, which shuffles far less than count(DISTINCT order) inside the second.
+        lines = lines.groupBy("customer_id", "order").agg(
+            F.sum("micro").alias("micro"),
+            F.max("last_day").alias("last_day"),
+            F.min("first_day").alias("first_day"),
+            F.max("purchases").alias("purchases"),
+        )
     ref_day = day_number(reference_date)
-    per_customer = transactions.groupBy("customer_id").agg(
-        F.sum(micro_units(F.col("amount"))).alias("monetary_micro"),
-        F.max(F.when(purchase, day)).alias("last_day"),
-        F.min(F.when(purchase, day)).alias("first_day"),
-        frequency.cast("long").alias("frequency"),
+    per_customer = lines.groupBy("customer_id").agg(
+        F.sum("micro").alias("monetary_micro"),
+        F.max("last_day").alias("last_day"),
+        F.min("first_day").alias("first_day"),
+        F.sum("purchases").cast("long").alias("frequency"),
     )
     monetary = F.col("monetary_micro").cast("double") / F.lit(float(MICRO_UNITS))
     return per_customer.select(

@@ -27,3 +27,15 @@ class StoredTable:
 
     def to_spark(self, spark):
         return spark.read.parquet(self.path)
+
+
+@dataclass(frozen=True)
+class HeldTable:
+    """A Spark DataFrame handed from step to step in one process (the command line's runs),
+    with the run context a stored table would carry beside it."""
+
+    frame: object
+    context: dict = field(default_factory=dict)
+
+    def to_spark(self, spark):
+        return self.frame
