@@ -78,6 +78,7 @@ _PATTERN = {"%Y": "yyyy", "%y": "yy", "%m": "M", "%d": "d", "%H": "H", "%I": "h"
             "%M": "m", "%S": "s", "%f": "SSSSSS", "%b": "MMM", "%B": "MMMM", "%p": "a",
             "%j": "D", "%a": "EEE", "%A": "EEEE", "%%": "%"}  # fmt: skip
 _FIXED_WIDTH = {"%m": "MM", "%d": "dd", "%H": "HH", "%I": "hh", "%M": "mm", "%S": "ss"}
+_WHITESPACE_SET = "".join(WHITESPACE)
 
 
 def trimmed(text: Column) -> Column:
@@ -85,13 +86,15 @@ def trimmed(text: Column) -> Column:
 
     Every character of that set is an ASCII control or space, or not ASCII: text that
     starts and ends with a printable ASCII character is left as it is without looking at
-    the set, which is most ids (10M ids: 0.8 s a pass where btrim took 1.4 s and a regular
-    expression 6 s).
+    the set, which is most ids, and btrim (slow: it compares character by character) trims
+    the rest (timed by benchmarks/pieces.py).
     """
-    printable_ends = F.ascii(text).between(33, 126) & F.ascii(F.substring(text, -1, 1)).between(
-        33, 126
-    )
-    return F.when(printable_ends, text).otherwise(F.btrim(text, F.lit("".join(WHITESPACE))))
+
+    def printable(character: Column) -> Column:
+        return F.ascii(character).between(33, 126)
+
+    printable_ends = printable(text) & printable(F.substring(text, -1, 1))
+    return F.when(printable_ends, text).otherwise(F.btrim(text, F.lit(_WHITESPACE_SET)))
 
 
 def day_of(timestamp: Column) -> Column:
@@ -123,8 +126,8 @@ def scale_shuffle_partitions(spark: SparkSession, listing: SourceListing) -> Non
     execution merges the ones that come out small), and more for a large source, one per
     128 MiB of the files read, so that no partition grows past what a task holds without
     spilling. local[2] gets 8 for any source under 1 GiB, a 64-core cluster 256. (Spark's
-    fixed 200 made a 10M-row run on local[2] three times slower: every small step ran 200
-    tasks.)"""
+    fixed 200 runs 200 tasks for every small step: see the rfm_spark_200 variant of
+    benchmarks/large.py.)"""
     if spark.sparkContext.getConf().contains(SHUFFLE_PARTITIONS):
         return
     source_bytes = sum(os.path.getsize(f) for f in listing.files) if listing.listed else 0

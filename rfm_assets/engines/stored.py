@@ -1,5 +1,6 @@
-"""A handle on a stored asset value. It lives with the engines, which load it, so that the
-engines import without Dagster; the IO manager hands it out."""
+"""Handles on an asset value that the engines load: a stored one (`StoredTable`) or one held
+in the process (`HeldTable`). They live with the engines so that the engines import without
+Dagster; the IO managers hand them out."""
 
 from __future__ import annotations
 
