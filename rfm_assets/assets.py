@@ -14,6 +14,7 @@ can run on its own.
 
 import datetime as dt
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -187,6 +188,12 @@ TREND_WEEKS = 12
 def picture(png: bytes, title: str) -> dg.MetadataValue:
     """A PNG as Markdown metadata, which the Dagster UI shows as an image."""
     return dg.MetadataValue.md(pictures.markdown_image(png, title))
+
+
+def drawn(settings: RFMSettings, name: str, title: str, draw: Callable[[], bytes]) -> dict:
+    """{name: the picture `draw` makes}, or nothing when the settings draw no pictures (then
+    neither the picture nor the aggregates behind it are computed)."""
+    return {name: picture(draw(), title)} if settings.pictures else {}
 
 
 def migration_markdown(moved: pd.DataFrame, shown: int = 12) -> str:
@@ -435,13 +442,13 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
 
         Also first and last purchase dates, tenure in days and average order value.
         """
-        engine = engine_of(context)
+        engine, settings = engine_of(context), settings_of(context)
         upstream = context_of(transactions)
         reference_date = dt.date.fromisoformat(_needed(upstream, "reference_date", "transactions"))
         loaded = engine.load(transactions)
         input_level = upstream.get("input_level", "transactions")
         metrics = engine.keep(engine.metrics(loaded, reference_date, input_level))
-        metrics, held_out = engine.filter_customers(metrics, settings_of(context))
+        metrics, held_out = engine.filter_customers(metrics, settings)
         metrics = engine.keep(metrics)
         # Customers of the kept transactions as the transactions step counted them (a second
         # pass over every row to count them again costs more than all the scoring), less
@@ -469,9 +476,11 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             {
                 "reference_date": reference_date.isoformat(),
                 "customers_held_out": dg.MetadataValue.json(held_out),
-                "distributions": picture(
-                    pictures.distributions(engine.histograms(metrics)),
+                **drawn(
+                    settings,
+                    "distributions",
                     "Recency, frequency and monetary distributions",
+                    lambda: pictures.distributions(engine.histograms(metrics)),
                 ),
                 "customer_filters": dg.MetadataValue.md(
                     "\n".join(f"- `{reason}`: {rule}" for reason, rule in CUSTOMER_FILTERS.items())
@@ -590,12 +599,19 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                 scores, grid, thresholds, settings, segmented_at, fitted
             )
             model_document = model.document()
-            shown = engine.cluster_sample(
-                segmented, CLUSTER_PICTURE_CUSTOMERS, settings.cluster_seed
-            )
             clustering = {
                 "clustering": dg.MetadataValue.json(summary),
-                "clusters": picture(pictures.clusters(shown, summary), "k-means clusters"),
+                **drawn(
+                    settings,
+                    "clusters",
+                    "k-means clusters",
+                    lambda: pictures.clusters(
+                        engine.cluster_sample(
+                            segmented, CLUSTER_PICTURE_CUSTOMERS, settings.cluster_seed
+                        ),
+                        summary,
+                    ),
+                ),
             }
         else:
             segmented = engine.segments(scores, grid, segmented_at)
@@ -803,10 +819,17 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             upstream,
             {
                 "segment_distribution": dg.MetadataValue.md(segment_table_markdown(shown)),
-                "segment_sizes": picture(pictures.segment_sizes(shown), "Segment sizes"),
-                "score_heatmaps": picture(
-                    pictures.score_heatmaps(engine.score_grid(segmented), grid.scale),
+                **drawn(
+                    settings,
+                    "segment_sizes",
+                    "Segment sizes",
+                    lambda: pictures.segment_sizes(shown),
+                ),
+                **drawn(
+                    settings,
+                    "score_heatmaps",
                     "Customers and average monetary by R x FM",
+                    lambda: pictures.score_heatmaps(engine.score_grid(segmented), grid.scale),
                 ),
                 **share_history(context, shown),
                 **segment_trends(shown),
@@ -937,9 +960,13 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                 "previous": previous_label,
                 **counts,
                 "largest_moves": dg.MetadataValue.md(migration_markdown(moved)),
-                "movement": picture(
-                    pictures.migration_heatmap(table, [entry.name for entry in grid.segments]),
+                **drawn(
+                    settings_of(context),
+                    "movement",
                     "Segment movement",
+                    lambda: pictures.migration_heatmap(
+                        table, [entry.name for entry in grid.segments]
+                    ),
                 ),
             },
         )
@@ -1039,7 +1066,11 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
     def share_history(context, analytics: pd.DataFrame) -> dict:
         """The share_trend picture over the stored weeks up to this one (weekly only)."""
         store = getattr(context.resources, graph.io_manager_key)
-        if not graph.partitions or not hasattr(store, "stored"):
+        if (
+            not graph.partitions
+            or not hasattr(store, "stored")
+            or not settings_of(context).pictures
+        ):
             return {}
         week = context.partition_key
         earlier = [w for w in store.stored_partitions(key("segment_analytics")) if w < week]

@@ -197,25 +197,40 @@ def describe_validation_error(error) -> str:
 # --- running the graph ----------------------------------------------------------------------
 
 
+def spark_resource_for(args: argparse.Namespace, settings):
+    """The `spark` resource of the run; none for the pandas engine, which then never imports
+    PySpark (the Spark options are checked all the same)."""
+    import dagster as dg
+
+    if settings.engine == "spark":
+        return spark_resource(args)
+    spark_options(args)
+    return dg.ResourceDefinition.none_resource()
+
+
 def spark_resource(args: argparse.Namespace):
-    """The lazy Spark resource: the code location's defaults, then --spark-master/--spark-conf."""
-    from dagster_pyspark import LazyPySparkResource
+    """The lazy Spark resource: the code location's defaults, then the options on top."""
+    from rfm_assets.spark_resource import DEFAULT_SPARK_CONFIG, LazyPySparkResource
 
-    from rfm_assets.definitions import DEFAULT_SPARK_CONFIG
+    return LazyPySparkResource(spark_config={**DEFAULT_SPARK_CONFIG, **spark_options(args)})
 
-    config = dict(DEFAULT_SPARK_CONFIG)
-    if args.config:  # a run-config file's spark resource, as Dagster would use it
+
+def spark_options(args: argparse.Namespace) -> dict[str, str]:
+    """The Spark settings the run asks for: the config file's spark resource (as Dagster would
+    use it), then --spark-master, then each --spark-conf."""
+    options = {}
+    if args.config:
         resources = read_config_file(args.config).get("resources") or {}
         from_file = ((resources.get("spark") or {}).get("config") or {}).get("spark_config")
-        config.update({str(k): str(v) for k, v in (from_file or {}).items()})
+        options.update({str(k): str(v) for k, v in (from_file or {}).items()})
     if args.spark_master:
-        config["spark.master"] = args.spark_master
+        options["spark.master"] = args.spark_master
     for item in args.spark_conf or []:
         key, separator, value = item.partition("=")
         if not separator or not key.strip():
             raise RFMConfigError(f"--spark-conf: expected KEY=VALUE, got {item!r}")
-        config[key.strip()] = value
-    return LazyPySparkResource(spark_config=config)
+        options[key.strip()] = value
+    return options
 
 
 @contextlib.contextmanager
@@ -498,7 +513,8 @@ def movement_line(movement: dict) -> str:
 
 
 def command_analyze(args: argparse.Namespace) -> int:
-    settings = build_settings(settings_from_args(args))
+    # The pictures live in Dagster's asset metadata, which the command line does not keep.
+    settings = build_settings({**settings_from_args(args), "pictures": False})
     if settings.thresholds_from_week:
         raise RFMConfigError(
             "thresholds_from_week: reads the weekly history of a Dagster deployment, which "
@@ -509,7 +525,7 @@ def command_analyze(args: argparse.Namespace) -> int:
         from rfm_assets.assets import COLUMNS_OF
 
         campaign_choice(args, settings, pd.DataFrame(columns=COLUMNS_OF["customer_segments"]))
-    spark = spark_resource(args)
+    spark = spark_resource_for(args, settings)
     with ResultDirectory(Path(args.output)) as result:
         if settings.engine == "spark" and not args.debug:
             result.work.mkdir()

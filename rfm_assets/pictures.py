@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from rfm_assets.engines.shared import LAPSED_CUSTOMERS, NEW_CUSTOMERS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Every picture is WIDTH x HEIGHT pixels: small enough for asset metadata, sharp on screen.
 WIDTH, HEIGHT, DPI = 900, 500, 100
@@ -26,7 +28,17 @@ HEAT = "Blues"
 
 
 def _figure() -> Figure:
+    # Imported here: matplotlib takes most of a second to import, and a run that draws no
+    # pictures (the command line keeps only tables) should not pay for it.
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, layout="constrained")
+
+
+def _colormap(name: str):
+    import matplotlib
+
+    return matplotlib.colormaps[name]
 
 
 def _png(figure: Figure) -> bytes:
@@ -158,7 +170,7 @@ def share_trend(history: pd.DataFrame) -> bytes:
     figure = _figure()
     axes = figure.add_subplot()
     # Twenty distinct colours: eleven segments never share one.
-    axes.set_prop_cycle(color=[matplotlib.colormaps["tab20"](i) for i in range(20)])
+    axes.set_prop_cycle(color=[_colormap("tab20")(i) for i in range(20)])
     weeks = sorted(history["week"].unique())
     for segment, rows in history.groupby("segment", sort=False):
         shares = rows.set_index("week")["customer_share"].reindex(weeks)
@@ -178,7 +190,7 @@ def clusters(sample: pd.DataFrame, summary: dict) -> bytes:
     clustering measured (clusters, silhouette_by_k, inertia_by_k)."""
     figure = _figure()
     panels = figure.subplots(2, 2)
-    colours = [matplotlib.colormaps["tab10"](i) for i in range(10)]
+    colours = [_colormap("tab10")(i) for i in range(10)]
     entries = sorted(summary["clusters"], key=lambda c: c["cluster"])
     colour_of = {c["name"]: colours[i % 10] for i, c in enumerate(entries)}
     for axes, x in ((panels[0, 0], "recency"), (panels[0, 1], "frequency")):

@@ -381,6 +381,12 @@ class RFMSettings(dg.ConfigurableResource):
         description="pandas (in-process, no services) or spark (the `spark` resource's "
         "session: local mode or any spark.master).",
     )
+    pictures: bool = Field(
+        default=True,
+        description="Draw the PNG pictures into the asset metadata for the Dagster UI (a few "
+        "seconds a run at millions of customers; `rfm-assets analyze`, which keeps only the "
+        "tables, leaves them out).",
+    )
 
     @field_validator(
         "reference_date", "earliest_valid_date", "latest_valid_date", "thresholds_from_week"

@@ -160,9 +160,10 @@ def day(text: str) -> dt.date:
     return dt.date.fromisoformat(text)
 
 
-def materialize_bundled_week(store, week: str, raise_on_error: bool = True):
+def materialize_bundled_week(store, week: str, raise_on_error: bool = True, settings=None):
     """One week of the bundled sample through the weekly graph (weeks 2011-10-31 to
-    2011-12-12), stored under `store`, as a deployment runs it."""
+    2011-12-12), stored under `store`, as a deployment runs it (default settings unless
+    `settings` is given)."""
     import dagster as dg
 
     from rfm_assets.component import build_rfm_definitions
@@ -170,7 +171,7 @@ def materialize_bundled_week(store, week: str, raise_on_error: bool = True):
     from rfm_assets.settings import RFMSettings
 
     definitions = build_rfm_definitions(
-        RFMSettings(), weeks_start="2011-10-31", weeks_end="2011-12-12"
+        settings or RFMSettings(), weeks_start="2011-10-31", weeks_end="2011-12-12"
     )
     resources = dict(definitions.resources)
     resources["io_manager"] = RFMParquetIOManager(base_dir=str(store))

@@ -88,3 +88,32 @@ def test_the_weekly_graph_shows_its_pictures_in_the_metadata(tmp_path):
         for key in keys:
             png = image_of(metadata[key].value)
             assert png_size(png) == (pictures.WIDTH, pictures.HEIGHT), (asset, key)
+
+
+def test_pictures_off_draws_none_and_changes_nothing_else(tmp_path):
+    """`pictures: false` (what the command line runs) leaves out exactly the pictures: every
+    other metadata entry and every stored table stay as they are."""
+    plain_settings = RFMSettings(pictures=False)
+    for week in ("2011-11-21", "2011-11-28"):
+        drawn = materialize_bundled_week(tmp_path / "drawn", week)
+        plain = materialize_bundled_week(tmp_path / "plain", week, settings=plain_settings)
+    for asset in ("rfm_metrics", "rfm_scores", "customer_segments", "segment_analytics",
+                  "segment_migration", "slipping_customers"):  # fmt: skip
+        with_pictures = drawn.asset_materializations_for_node(asset)[0].metadata
+        without = plain.asset_materializations_for_node(asset)[0].metadata
+        picture_keys = {k for k, v in with_pictures.items() if "data:image/png" in str(v.value)}
+        assert set(without) == set(with_pictures) - picture_keys, asset
+        assert not any("data:image/png" in str(v.value) for v in without.values()), asset
+        if asset in ("rfm_metrics", "segment_analytics", "segment_migration"):
+            assert picture_keys, asset
+    for table in ("customer_segments", "segment_analytics", "segment_migration"):
+        for week in ("2011-11-21", "2011-11-28"):
+            # The version a week's CURRENT names (file names differ from store to store).
+            drawn_table, plain_table = (
+                pd.read_parquet(folder / (folder / "CURRENT").read_text().strip())
+                for folder in (tmp_path / s / table / week for s in ("drawn", "plain"))
+            )
+            pd.testing.assert_frame_equal(
+                drawn_table.drop(columns="segmented_at", errors="ignore"),
+                plain_table.drop(columns="segmented_at", errors="ignore"),
+            )
