@@ -361,6 +361,8 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         # Nothing row-level is cached: on Spark the kept rows are a plan over the source,
         # computed again by whoever reads them (holding 10M rows in the JVM is what ran out).
         kept, account = engine.prepare(raw, settings, listing, reference_date=week_end)
+        # This generator lives until the run moves on: let the source rows go now, not then.
+        del raw
         rows_read, rows_kept = account.rows_read, engine.kept_rows(kept, account)
         excluded_total = sum(account.rows_excluded.values())
         context.log.info(
