@@ -268,8 +268,9 @@ def spark_row_order(frame, name: str, settings):
     )
 
 
-def run_graph(settings, spark) -> dict[str, Any]:
-    """Materialize the five assets in-process; return their values and metadata.
+def run_graph(settings, spark, optional: tuple[str, ...] = OPTIONAL_TABLES) -> dict[str, Any]:
+    """Materialize the assets in-process (of OPTIONAL_TABLES, only those in `optional`);
+    return their values and metadata.
 
     Every step's value stays in memory (a Spark DataFrame as the same cached DataFrame), so
     nothing is written but the result the CLI writes itself.
@@ -284,7 +285,9 @@ def run_graph(settings, spark) -> dict[str, Any]:
         # Movement compares with the result this run replaces, which the CLI reads itself;
         # `rfm-assets report` writes the report.
         selection=dg.AssetSelection.all()
-        - dg.AssetSelection.assets(*MOVEMENT_TABLES, "rfm_report"),
+        - dg.AssetSelection.assets(
+            *MOVEMENT_TABLES, "rfm_report", *(set(OPTIONAL_TABLES) - set(optional))
+        ),
         resources={"rfm_settings": settings, "spark": spark, "io_manager": HeldIOManager()},
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         raise_on_error=False,
@@ -297,7 +300,7 @@ def run_graph(settings, spark) -> dict[str, Any]:
         metadata[materialization.asset_key.to_user_string()] = {
             key: value.value for key, value in materialization.metadata.items()
         }
-    tables = {name: result.output_for_node(name) for name in OUTPUT_TABLES + OPTIONAL_TABLES}
+    tables = {name: result.output_for_node(name) for name in OUTPUT_TABLES + optional}
     model = None
     if settings.segmentation_method == "kmeans":
         model = result.output_for_node("cluster_model", "cluster_model")
@@ -531,7 +534,7 @@ def command_analyze(args: argparse.Namespace) -> int:
             result.work.mkdir()
             with jvm_stderr_to(result.work / "spark.log"):
                 _ = spark.spark_session  # starts the JVM now, with its stderr in the log
-        outcome = run_graph(settings, spark)
+        outcome = run_graph(settings, spark, OPTIONAL_TABLES if args.high_value is not None else ())
         try:
             for name in OUTPUT_TABLES:
                 target = result.files / f"{name}.{args.format}"
@@ -583,6 +586,8 @@ def command_analyze(args: argparse.Namespace) -> int:
     from rfm_assets.io_manager import MODEL_FILE
 
     written = [f"{n}.{args.format}" for n in OUTPUT_TABLES + (MOVEMENT_TABLES if movement else ())]
+    if args.high_value is not None:
+        written.append(f"high_value_customers.{args.format}")
     if outcome["cluster_model"] is not None:
         written.append(MODEL_FILE)
     if args.split_by_segment:

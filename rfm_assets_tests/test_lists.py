@@ -55,13 +55,16 @@ def test_bad_arguments_name_the_setting():
         identify_high_value_customers(df, by="frequency")
 
 
-def test_cli_writes_the_list_only_when_asked(tmp_path):
+def test_cli_writes_the_list_only_when_asked(tmp_path, capsys):
     plain = tmp_path / "plain"
     assert main(["analyze", "--output", str(plain)]) == 0
     assert not (plain / "high_value_customers.parquet").exists()
+    assert "high_value_customers" not in capsys.readouterr().out
     output = tmp_path / "out"
     assert main(["analyze", "--output", str(output), "--high-value", "0.1",
                  "--high-value-by", "RFM_score"]) == 0  # fmt: skip
+    wrote = capsys.readouterr().out.strip().splitlines()[-1]
+    assert wrote.startswith("wrote ") and "high_value_customers.parquet" in wrote
     written = pd.read_parquet(output / "high_value_customers.parquet")
     segments = pd.read_parquet(output / "customer_segments.parquet")
     expected = plain_top(dict(zip(segments["customer_id"], segments["RFM_score"])), 0.1)
