@@ -187,8 +187,10 @@ def _customer_ids(column: pa.ChunkedArray, name: str) -> pd.Series:
             )
         return pd.Series(pd.array(values, dtype="Float64")).astype("Int64")
     text = pc.utf8_trim(column.cast(pa.string()), characters=WHITESPACE)
-    # A blank id is no id.
-    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    # A blank id is no id (looked for only where the shortest id is empty: the lengths are
+    # read from the offsets, the comparison reads every id).
+    if pc.min(pc.binary_length(text)).as_py() == 0:
+        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
     return text.to_pandas()
 
 
