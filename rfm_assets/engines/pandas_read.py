@@ -186,11 +186,11 @@ def _customer_ids(column: pa.ChunkedArray, name: str) -> pd.Series:
                 "text id column"
             )
         return pd.Series(pd.array(values, dtype="Float64")).astype("Int64")
-    text = pc.utf8_trim(column.cast(pa.string()), characters=WHITESPACE)
+    text = pc.utf8_trim(_text(column), characters=WHITESPACE)
     # A blank id is no id (looked for only where the shortest id is empty: the lengths are
     # read from the offsets, the comparison reads every id).
     if pc.min(pc.binary_length(text)).as_py() == 0:
-        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
     return text.to_pandas()
 
 
@@ -312,4 +312,10 @@ def _numbers(column: pa.ChunkedArray, name: str) -> np.ndarray:
 def _order_ids(column: pa.ChunkedArray) -> pd.Series:
     if pa.types.is_integer(column.type):
         return column.to_pandas(types_mapper={column.type: pd.Int64Dtype()}.get)
-    return column.cast(pa.string()).to_pandas()
+    return _text(column).to_pandas()
+
+
+def _text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The column as large_string, the type pandas keeps text in: a large_string column is
+    handed over without a copy, where a string one would be copied twice (cast, convert)."""
+    return column if pa.types.is_large_string(column.type) else column.cast(pa.large_string())
