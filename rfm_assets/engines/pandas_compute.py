@@ -672,7 +672,7 @@ def _segmented(
     segment_code = codes[order]
     r = scores["R_score"].to_numpy()
     fm = scores["FM_score"].to_numpy()
-    segmented = scores.copy()
+    segmented = scores  # a new frame already (the reordering took the rows)
     for column in ("segment", "segment_id", "recommendation"):
         attribute = "name" if column == "segment" else column
         labels = [getattr(entry, attribute) for entry in segments]
