@@ -146,6 +146,30 @@ def test_net_policy_subtracts_returns_and_excludes_non_positive_customers():
     assert_matches_oracle(result, expected)
 
 
+@pytest.mark.parametrize("returns_policy", ["exclude", "net"])
+def test_orders_missing_shared_and_mixed_count_as_the_oracle_does(returns_policy):
+    """Frequency counts distinct (customer, order) pairs with a purchase: lines without an
+    order id are one order of their customer, an order id two customers share counts for
+    each, and an order holding a return and a purchase counts once, from its purchase."""
+    when = [dt.datetime(2024, 1, d) for d in range(1, 8)]
+    rows = [
+        {"customer_id": "a", "date": when[0], "amount": 10.0, "order_id": None},
+        {"customer_id": "a", "date": when[2], "amount": 5.0, "order_id": None},
+        {"customer_id": "a", "date": when[3], "amount": 7.0, "order_id": "1"},
+        {"customer_id": "b", "date": when[1], "amount": 3.0, "order_id": "1"},  # shared with a
+        {"customer_id": "b", "date": when[4], "amount": 8.0, "order_id": "2"},
+        {"customer_id": "b", "date": when[5], "amount": -2.0, "order_id": "2"},  # a return
+        {"customer_id": "c", "date": when[6], "amount": 4.0, "order_id": "3"},
+        {"customer_id": "c", "date": when[6], "amount": 4.0, "order_id": "3"},  # same order
+    ]
+    result, _ = run_pipeline(frame_of(rows), returns_policy=returns_policy)
+    expected, _ = oracle(rows, returns_policy=returns_policy)
+    assert_matches_oracle(result, expected)
+    frequency = dict(zip(result["customer_id"], result["frequency"]))
+    assert frequency == {"a": 2, "b": 2, "c": 1}
+    assert list(result.sort_values("customer_id")["customer_id"]) == ["a", "b", "c"]
+
+
 def test_exclude_policy_counts_cancellations_and_non_positive_rows():
     rows = [
         {"customer_id": 1, "date": dt.datetime(2024, 1, 1), "amount": 100.0, "order_id": "1"},
