@@ -488,6 +488,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                     "\n".join(f"- `{reason}`: {rule}" for reason, rule in CUSTOMER_FILTERS.items())
                 ),
             },
+            rows=rows,  # counted for the check above (a Spark job saved)
         )
 
     @dg.asset(
@@ -675,6 +676,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                 "segment_counts": dg.MetadataValue.json(counts),
                 **clustering,
             },
+            rows=rows,
         )
 
     # A multi-asset only so that its output and its check may be absent (can_subset): grid
