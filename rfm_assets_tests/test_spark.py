@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -591,3 +592,99 @@ def test_a_shuffle_partition_count_set_at_launch_is_kept(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "3"
+
+
+def tied_metrics(customers: int, seed: int) -> pd.DataFrame:
+    """Customers whose recency, frequency and monetary take a few values each: long runs of
+    ties on both sides of every quantile boundary."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "customer_id": np.arange(customers, dtype=np.int64),
+            "recency": rng.choice([1, 2, 30, 31, 400], customers).astype(np.int64),
+            "frequency": rng.geometric(0.6, customers).astype(np.int64),
+            "monetary": rng.choice([5.0, 9.99, 10.0, 250.5], customers),
+        }
+    )
+
+
+@pytest.mark.parametrize("approximation", ["usual", "missing"])
+def test_quantile_scores_and_thresholds_equal_pandas_under_heavy_ties(
+    spark, monkeypatch, approximation
+):
+    """The scores by the boundaries that quantile_boundaries finds, and the thresholds it
+    derives without a pass over the scores, equal the pandas engine's at every scale and
+    size; also when the approximate quantiles miss (crude, brackets of no width) and the
+    gaps that hold a boundary are counted again."""
+    from rfm_assets.engines import pandas_compute, spark_compute
+
+    passes = []
+    value_runs = spark_compute._value_runs
+    monkeypatch.setattr(
+        spark_compute, "_value_runs", lambda *args: passes.append(1) or value_runs(*args)
+    )
+    if approximation == "missing":
+        monkeypatch.setattr(spark_compute, "QUANTILE_ACCURACY", 10)
+        monkeypatch.setattr(spark_compute, "BRACKET", 0.0)
+    scores = ["R_score", "F_score", "M_score"]
+    found = 0
+    for customers in (1, 2, 7, 500, 5_000):
+        metrics = tied_metrics(customers, seed=customers)
+        rows = list(zip(*(metrics[name].tolist() for name in metrics.columns)))
+        schema = "customer_id long, recency long, frequency long, monetary double"
+        frame = spark.createDataFrame(rows, schema).cache()
+        for scale in (2, 4, 5, 9):
+            quantiles = spark_compute.quantile_boundaries(frame, scale)
+            found += 1
+            got = spark_compute.compute_scores(frame, scale, quantiles=quantiles)
+            got = [tuple(r) for r in got.orderBy("customer_id").select(*scores).collect()]
+            want = pandas_compute.compute_scores(metrics, scale)
+            assert got == list(want[scores].itertuples(index=False, name=None))
+            assert quantiles.thresholds == pandas_compute.thresholds_from_scores(want, scale)
+        frame.unpersist()
+    if approximation == "missing":
+        assert len(passes) > found  # some gaps were counted again
+
+
+def test_the_read_takes_the_date_statistics_along(spark, synthetic_file):
+    """With typed dates, read_transactions' validation pass takes the date statistics along,
+    and prepare_transactions on the frame it returned gives the account it gives on any
+    other frame of the same rows (which takes them itself); other valid dates are not
+    answered from the read's."""
+    from rfm_assets.engines import spark_compute
+    from rfm_assets.engines.pandas_compute import EARLIEST_VALID_DATE
+
+    settings = RFMSettings(input_path=str(synthetic_file), columns={"order_id": "order_id"})
+    read, _ = spark_compute.read_transactions(
+        spark, str(synthetic_file), settings.source_columns(), settings.valid_dates
+    )
+    other = read.select("*")
+    assert read in spark_compute._SOURCE_STATISTICS
+    assert other not in spark_compute._SOURCE_STATISTICS
+    _, account = spark_compute.prepare_transactions(read, valid_dates=settings.valid_dates)
+    _, again = spark_compute.prepare_transactions(other, valid_dates=settings.valid_dates)
+    assert account == again
+    narrow = (EARLIEST_VALID_DATE, account.reference_date - dt.timedelta(days=90))
+    _, account = spark_compute.prepare_transactions(read, valid_dates=narrow)
+    _, again = spark_compute.prepare_transactions(other, valid_dates=narrow)
+    assert account == again
+    assert account.rows_excluded["date_out_of_range"] > 0
+
+
+def test_a_local_frame_equals_create_data_frame(spark):
+    """The small tables built from literals have createDataFrame's schema (nullability
+    included), rows and order, empty too."""
+    from rfm_assets.engines.spark_compute import local_frame
+
+    schema = "segment string, customers long, share double, thresholds array<double>"
+    records = [
+        ("b", 3, 0.1, [1.0, 2.5, float("inf")]),
+        (None, None, float("nan"), []),
+        ("it's \\ 'quoted' é\n", 2**40, 1e300, None),
+        ("", -(2**62), -0.0, [float("-inf"), 1 / 3]),
+    ]
+    got, want = local_frame(spark, records, schema), spark.createDataFrame(records, schema)
+    assert got.schema == want.schema
+    assert [repr(row) for row in got.collect()] == [repr(row) for row in want.collect()]
+    empty = local_frame(spark, [], schema)
+    assert empty.schema == want.schema and empty.count() == 0

@@ -273,6 +273,8 @@ class SparkEngine(PandasEngine):
 
         self.session = session
         self.compute = spark_compute
+        # The last quantile scores and the thresholds found with them (see `thresholds`).
+        self._drawn: Optional[tuple[Any, dict[str, list[float]]]] = None
 
     def load(self, value: Any):
         if isinstance(value, (StoredTable, HeldTable)):
@@ -281,7 +283,7 @@ class SparkEngine(PandasEngine):
 
     def read(self, settings: RFMSettings):
         return self.compute.read_transactions(
-            self.session, _source_path(settings), settings.source_columns()
+            self.session, _source_path(settings), settings.source_columns(), settings.valid_dates
         )
 
     def read_table(self, table, settings: RFMSettings, name: str):
@@ -294,7 +296,29 @@ class SparkEngine(PandasEngine):
                 f"source asset {name}: the Spark engine reads a Spark DataFrame, got "
                 f"{type(table).__name__}; store the source as Parquet and give its path"
             )
-        return self.compute.read_frame(table, settings.source_columns(bundled=False), name)
+        return self.compute.read_frame(
+            table, settings.source_columns(bundled=False), name, settings.valid_dates
+        )
+
+    def scores(self, metrics, settings: RFMSettings, cut_points: Optional[dict] = None):
+        """As pandas; quantile scores keep the thresholds their boundaries gave, so that
+        `thresholds` needs no second pass over the scores."""
+        if cut_points or settings.fixed_cut_points():
+            return super().scores(metrics, settings, cut_points)
+        quantiles = self.compute.quantile_boundaries(metrics, settings.scale)
+        scores = self.compute.compute_scores(
+            metrics, settings.scale, _weights(settings), quantiles=quantiles
+        )
+        self._drawn = (scores, quantiles.thresholds) if quantiles.thresholds else None
+        return scores
+
+    def thresholds(
+        self, scores, settings: RFMSettings, cut_points: Optional[dict] = None
+    ) -> dict[str, list[float]]:
+        fixed = cut_points or settings.fixed_cut_points()
+        if not fixed and self._drawn is not None and self._drawn[0] is scores:
+            return self._drawn[1]  # `keep` caches the same DataFrame object
+        return super().thresholds(scores, settings, cut_points)
 
     def keep(self, frame):
         """Cache a step's result: its metadata and its write then compute it once."""

@@ -10,10 +10,14 @@ tables cross between the engines only as Parquet files.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import datetime as dt
 import functools
+import itertools
 import os
 import re
+import weakref
 from typing import Optional
 
 import pyarrow as pa
@@ -70,8 +74,6 @@ from rfm_assets.settings import SourceColumns
 
 # A missing order id counts as one order per customer, as in pandas.
 MISSING_ORDER = "\u0000missing order"
-# Buckets for the distributed rank: enough that no bucket holds a large share of values.
-RANK_BUCKETS = 64
 # strftime directives -> Spark datetime pattern letters, for inferred text date formats.
 # Single letters for numbers, which accept one or two digits as pandas does (12/1/2010 8:26).
 _PATTERN = {"%Y": "yyyy", "%y": "yy", "%m": "M", "%d": "d", "%H": "H", "%I": "h",
@@ -138,33 +140,53 @@ def scale_shuffle_partitions(spark: SparkSession, listing: SourceListing) -> Non
 
 
 def read_transactions(
-    spark: SparkSession, path: str, columns: SourceColumns
+    spark: SparkSession,
+    path: str,
+    columns: SourceColumns,
+    valid_dates: Optional[tuple[dt.date, dt.date]] = None,
 ) -> tuple[DataFrame, SourceListing]:
     """Read `path` (.parquet, .csv or a directory of Parquet) into the canonical frame.
 
     Local sources are read file by file as `list_source` found them, with the types it chose,
     so Spark reads the same table as pandas. Validation runs as one aggregation over the
     mapped columns; examples for an error message are fetched only when there is an error.
+    With `valid_dates`, that aggregation also takes the date statistics prepare_transactions
+    starts from (see _SOURCE_STATISTICS).
     """
     listing = list_source(path, columns)
     scale_shuffle_partitions(spark, listing)
     source = _read_source(spark, listing, columns)
-    return _canonical(spark, source, columns, listing), listing
+    return _canonical(spark, source, columns, listing, valid_dates), listing
+
+
+# The date statistics (see _date_statistics) that read_transactions' validation pass took
+# along, by the frame it returned and the valid dates they were taken with: prepare_transactions
+# on that very frame then makes no pass of its own over the source. Weak keys: an entry goes
+# with its frame.
+_SOURCE_STATISTICS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def read_frame(
-    frame: DataFrame, columns: SourceColumns, name: str
+    frame: DataFrame,
+    columns: SourceColumns,
+    name: str,
+    valid_dates: Optional[tuple[dt.date, dt.date]] = None,
 ) -> tuple[DataFrame, SourceListing]:
-    """The canonical frame of a Spark table another asset produced (`name` says which)."""
+    """The canonical frame of a Spark table another asset produced (`name` says which);
+    `valid_dates` as in read_transactions."""
     check_columns(name, columns, frame.columns)
     listing = SourceListing(path=name, is_csv=False, listed=False)
     scale_shuffle_partitions(frame.sparkSession, listing)
     source = frame.select(*[col(n).alias(n) for n in columns.needed])
-    return _canonical(frame.sparkSession, source, columns, listing), listing
+    return _canonical(frame.sparkSession, source, columns, listing, valid_dates), listing
 
 
 def _canonical(
-    spark: SparkSession, source: DataFrame, columns: SourceColumns, listing: SourceListing
+    spark: SparkSession,
+    source: DataFrame,
+    columns: SourceColumns,
+    listing: SourceListing,
+    valid_dates: Optional[tuple[dt.date, dt.date]] = None,
 ) -> DataFrame:
     """Canonical columns from the mapped source columns, validated in one aggregation."""
     path = listing.path
@@ -193,8 +215,17 @@ def _canonical(
         is_integer = isinstance(types[columns.order_id], T.IntegralType)
         canonical["order_id"] = order.cast("long") if is_integer else order.cast("string")
 
-    checks = _validation_checks(columns, types, listing.is_csv)
-    stats = source.agg(F.count(F.lit(1)).alias("rows"), *checks.values()).first().asDict()
+    checks = list(_validation_checks(columns, types, listing.is_csv).values())
+    # Typed transaction dates need no parsing: their statistics can ride along (text dates
+    # are parsed only once validated, so prepare_transactions takes theirs itself).
+    along = (
+        valid_dates is not None
+        and columns.level == "transactions"
+        and canonical.get("transaction_date") is not None
+    )
+    if along:
+        checks += _date_statistics(canonical["transaction_date"], canonical["amount"], valid_dates)
+    stats = source.agg(F.count(F.lit(1)).alias("rows"), *checks).first().asDict()
     if stats["rows"] == 0:
         raise RFMInputError(f"input_path: {path} has no rows")
     # Raised in the pandas reader's order: text, ids, dates, numbers.
@@ -214,7 +245,10 @@ def _canonical(
                 bad = bad & F.col("raw").isNotNull()
             _raise_for_bad_dates(parsed.filter(bad), name)
     _raise_for_numbers(stats, source)
-    return source.select(*[column.alias(name) for name, column in canonical.items()])
+    frame = source.select(*[column.alias(name) for name, column in canonical.items()])
+    if along:
+        _SOURCE_STATISTICS[frame] = (tuple(valid_dates), {k: stats[k] for k in _DATE_STATISTICS})
+    return frame
 
 
 def _typed_date(
@@ -536,12 +570,12 @@ def prepare_transactions(
     day = day_of(F.col("transaction_date"))
     low_day, high_day = (day_number(d) for d in valid_dates)
     in_range = (day >= F.lit(low_day)) & (day <= F.lit(high_day))
-    stats = frame.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.min(F.when(in_range, day)).alias("first_day"),
-        F.max(F.when(in_range, day)).alias("last_day"),
-        F.sum(F.when(finite & (F.abs(amount) > MAX_ABS_AMOUNT), 1).otherwise(0)).alias("large"),
-    ).first()
+    taken, stats = _SOURCE_STATISTICS.get(frame, (None, None))
+    if taken != tuple(valid_dates):
+        stats = frame.agg(
+            F.count(F.lit(1)).alias("rows"),
+            *_date_statistics(F.col("transaction_date"), amount, valid_dates),
+        ).first()
     if stats["first_day"] is None:
         raise no_valid_dates_error(valid_dates, int(stats["rows"]))
     ref_day, window_start_day = reference_and_window(
@@ -768,6 +802,25 @@ def prepare_customers(
     return kept, account
 
 
+_DATE_STATISTICS = ("rows", "first_day", "last_day", "large")
+
+
+def _date_statistics(
+    date: Column, amount: Column, valid_dates: tuple[dt.date, dt.date]
+) -> list[Column]:
+    """What prepare_transactions starts from, besides the rows: the first and last day in
+    the valid range (they fix the reference date) and the count of amounts too large."""
+    day = day_of(date)
+    low_day, high_day = (day_number(d) for d in valid_dates)
+    in_range = (day >= F.lit(low_day)) & (day <= F.lit(high_day))
+    large = _finite(amount) & (F.abs(amount) > MAX_ABS_AMOUNT)
+    return [
+        F.min(F.when(in_range, day)).alias("first_day"),
+        F.max(F.when(in_range, day)).alias("last_day"),
+        F.sum(F.when(large, 1).otherwise(0)).alias("large"),
+    ]
+
+
 def first_reason(rules: list[tuple[str, Column]]) -> Column:
     """The name of the first rule in `rules` whose condition holds, else null."""
     reason = F.lit(None).cast("string")
@@ -925,45 +978,170 @@ def filter_customers(
 
 # --- scores ---------------------------------------------------------------------------------
 
+# Accuracy of the first pass's approximate quantiles (Spark's default): a value it returns
+# lies within about n / QUANTILE_ACCURACY ranks of the one asked for.
+QUANTILE_ACCURACY = 10_000
+# How far either side of a boundary the exact pass looks, as a share of the customers: twice
+# that error, so that one exact pass nearly always finds every boundary.
+BRACKET = 2 / QUANTILE_ACCURACY
 
-def _quantile_score_table(
-    metrics: DataFrame, dimension: str, scale: int, customers: int
-) -> DataFrame:
-    """(value, score) per distinct value, score = 1 + floor(k * b / n), computed exactly.
 
-    b (customers with a strictly worse value) is a prefix sum of counts over the sorted
-    distinct values. No window spans all values: the values are cut into buckets at
-    approximate quantiles, each bucket's prefix sums run in its own partition, and the
-    bucket totals (a few dozen numbers) give each bucket's offset.
+@dataclasses.dataclass(frozen=True)
+class QuantileBoundaries:
+    """Where the quantile scores step up, and the thresholds that publish them.
+
+    score = 1 + floor(k * b / n) is at least j + 1 exactly when b >= m_j = ceil(j * n / k).
+    Larger-is-better, b counts the values strictly below: the score passes j where the value
+    passes the m_j-th smallest value. Recency, b counts the values strictly above: the score
+    passes j where the value falls below the m_j-th largest. `boundaries[dimension][j - 1]`
+    is that value; ties share a side of every boundary, hence a score.
     """
-    counts = metrics.groupBy(dimension).agg(F.count(F.lit(1)).alias("customers_at_value"))
-    splits = sorted(
-        set(counts.approxQuantile(dimension, [i / RANK_BUCKETS for i in range(1, RANK_BUCKETS)],
-                                  0.001))
-    )  # fmt: skip
-    bucket = F.lit(0)
-    for position, split in enumerate(splits, start=1):  # value >= split -> later bucket
-        bucket = F.when(F.col(dimension) >= F.lit(split), F.lit(position)).otherwise(bucket)
-    counts = counts.withColumn("bucket", bucket)
-    totals = dict(counts.groupBy("bucket").agg(F.sum("customers_at_value")).collect())
-    offsets, running = {}, 0
-    for b in sorted(totals):
-        offsets[b], running = running, running + totals[b]
-    offset = F.element_at(
-        F.create_map(*[F.lit(x) for pair in offsets.items() for x in pair]), F.col("bucket")
+
+    boundaries: dict[str, list[float]]
+    thresholds: Optional[dict[str, list[float]]]  # None when there are no customers
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """Customers of a range of values, in value order: one exact value, or a gap between the
+    ranges counted value by value."""
+
+    customers: int
+    low: float
+    high: float
+    exact: bool
+
+
+def quantile_score(value, boundaries: list[float], higher_is_better: bool):
+    """1 + the boundaries `value` is past (above, or for recency below): its quantile score,
+    as a long Column for a Column, as an int for a float."""
+    past = [(value > b) if higher_is_better else (value < b) for b in boundaries]
+    if isinstance(value, Column):
+        return sum((p.cast("long") for p in past), F.lit(1).cast("long"))
+    return 1 + sum(past)
+
+
+def quantile_boundaries(metrics: DataFrame, scale: int) -> QuantileBoundaries:
+    """The boundaries of the three quantile scores and their thresholds, exactly, in two
+    aggregations whatever the number of customers.
+
+    The first counts the customers and brackets each boundary between two approximate
+    quantiles; the second counts each value inside a bracket and only the customers of each
+    gap between brackets (with its least and greatest value), a few thousand rows. Ranks are
+    then walked on the driver. Should a gap hold a boundary after all (the approximation
+    missed), that gap is counted value by value in one more aggregation.
+    """
+    values = {d: F.col(d).cast("double") for d in HIGHER_IS_BETTER}
+    fractions = [j / scale for j in range(1, scale)]
+    percentages = [min(1.0, max(0.0, f + side)) for f in fractions for side in (-BRACKET, BRACKET)]
+    first = metrics.agg(
+        F.count(F.lit(1)).alias("customers"),
+        *[F.percentile_approx(values[d], percentages, QUANTILE_ACCURACY).alias(d)
+          for d in HIGHER_IS_BETTER],
+    ).first()  # fmt: skip
+    n = int(first["customers"])
+    if n == 0:
+        return QuantileBoundaries({d: [] for d in HIGHER_IS_BETTER}, None)
+    exact = {d: _merged(list(zip(first[d][0::2], first[d][1::2]))) for d in HIGHER_IS_BETTER}
+    while True:
+        runs = _value_runs(metrics, values, exact)
+        walked = {d: _walk(runs[d], _boundary_ranks(n, scale, d)) for d in HIGHER_IS_BETTER}
+        missed = {d: gaps for d, (_, _, gaps) in walked.items() if gaps}
+        if not missed:
+            break
+        for d, gaps in missed.items():
+            exact[d] = _merged(exact[d] + gaps)
+    boundaries, extremes, maxima = {}, {}, {}
+    for d, (found, known, _) in walked.items():
+        boundaries[d] = found
+        # Every score's least and greatest value is the least or greatest value overall or
+        # next to a boundary, and all of those are known: score them by the same rule.
+        extremes[d] = {}
+        for value in known:
+            score = quantile_score(value, found, HIGHER_IS_BETTER[d])
+            low, high = extremes[d].get(score, (value, value))
+            extremes[d][score] = (min(low, value), max(high, value))
+        maxima[d] = runs[d][-1].high
+    return QuantileBoundaries(boundaries, cut_points_from_extremes(extremes, maxima, scale))
+
+
+def _boundary_ranks(n: int, scale: int, dimension: str) -> list[int]:
+    """1-based ranks, smallest value first, of the boundaries j = 1..k-1 (see
+    QuantileBoundaries)."""
+    smallest = [-(-j * n // scale) for j in range(1, scale)]  # ceil(j * n / k), exact
+    return smallest if HIGHER_IS_BETTER[dimension] else [n + 1 - m for m in smallest]
+
+
+def _merged(ranges: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Overlapping (low, high) ranges joined, in order."""
+    merged: list[tuple[float, float]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
+
+
+def _value_runs(
+    metrics: DataFrame, values: dict[str, Column], exact: dict[str, list[tuple[float, float]]]
+) -> dict[str, list[_Run]]:
+    """Per dimension, its customers as runs in value order: each value inside an `exact`
+    range on its own, the values between two ranges together. One aggregation."""
+    parts = []
+    for d, ranges in exact.items():
+        value = values[d]
+        inside = functools.reduce(
+            lambda a, b: a | b, [value.between(low, high) for low, high in ranges]
+        )
+        gap = sum((F.when(value > F.lit(high), 1).otherwise(0) for _, high in ranges), F.lit(0))
+        parts.append(
+            metrics.select(
+                F.lit(d).alias("dimension"),
+                gap.alias("gap"),  # ranges below the value: the gap, or the range it is in
+                F.when(inside, value).alias("exact"),
+                value.alias("value"),
+            )
+        )
+    rows = (
+        functools.reduce(DataFrame.unionByName, parts)
+        .groupBy("dimension", "gap", "exact")
+        .agg(
+            F.count(F.lit(1)).alias("customers"),
+            F.min("value").alias("low"),
+            F.max("value").alias("high"),
+        )
+        .collect()
     )
-    before = (
-        Window.partitionBy("bucket").orderBy(dimension).rowsBetween(Window.unboundedPreceding, -1)
-    )
-    smaller = offset + F.coalesce(F.sum("customers_at_value").over(before), F.lit(0))
-    if HIGHER_IS_BETTER[dimension]:
-        worse = smaller
-    else:
-        worse = F.lit(customers) - smaller - F.col("customers_at_value")
-    score = F.expr(f"1 + ({scale} * worse) div {customers}")  # exact integer division
-    return counts.withColumn("worse", worse.cast("long")).select(
-        dimension, score.cast("long").alias(SCORE_OF[dimension])
-    )
+    runs: dict[str, list[_Run]] = {d: [] for d in exact}
+    # A gap comes before the range that ends it, whose values come in order.
+    for row in sorted(rows, key=lambda r: (r["gap"], r["exact"] is not None, r["exact"] or 0.0)):
+        runs[row["dimension"]].append(
+            _Run(int(row["customers"]), row["low"], row["high"], row["exact"] is not None)
+        )
+    return runs
+
+
+def _walk(
+    runs: list[_Run], ranks: list[int]
+) -> tuple[list[float], set[float], list[tuple[float, float]]]:
+    """The value at each rank, the values known exactly around them (the least and greatest,
+    each rank's value and the values next to it), and the gaps that hold a rank (its value
+    is not known yet)."""
+    ends = list(itertools.accumulate(run.customers for run in runs))
+    found, known, missed = [], {runs[0].low, runs[-1].high}, []
+    for rank in ranks:
+        i = bisect.bisect_left(ends, rank)  # runs[i] holds the rank
+        if not runs[i].exact:
+            missed.append((runs[i].low, runs[i].high))
+            continue
+        found.append(runs[i].low)
+        known.add(runs[i].low)
+        if i > 0:
+            known.add(runs[i - 1].high)
+        if i + 1 < len(runs):
+            known.add(runs[i + 1].low)
+    return found, known, missed
 
 
 def _fixed_score(value: Column, cut_points: list[float], higher_is_better: bool) -> Column:
@@ -980,22 +1158,24 @@ def compute_scores(
     scale: int,
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     fixed_cut_points: Optional[dict[str, list[float]]] = None,
+    quantiles: Optional[QuantileBoundaries] = None,
 ) -> DataFrame:
-    """Metrics plus R/F/M scores (quantile, or fixed), FM, RFM and the cell."""
+    """Metrics plus R/F/M scores (quantile, or fixed), FM, RFM and the cell.
+
+    Quantile scores compare each value with the boundaries (`quantiles`, or found now): no
+    join, no shuffle."""
     if fixed_cut_points is None:
-        customers = metrics.count()
-        scores = metrics
-        for dimension in HIGHER_IS_BETTER:
-            table = _quantile_score_table(metrics, dimension, scale, customers)
-            scores = scores.join(table, on=dimension, how="inner")
+        quantiles = quantiles or quantile_boundaries(metrics, scale)
+        score = {
+            d: quantile_score(F.col(d), quantiles.boundaries[d], HIGHER_IS_BETTER[d])
+            for d in HIGHER_IS_BETTER
+        }
     else:
-        scores = metrics.select(
-            "*",
-            *[
-                _fixed_score(F.col(d), fixed_cut_points[d], HIGHER_IS_BETTER[d]).alias(SCORE_OF[d])
-                for d in HIGHER_IS_BETTER
-            ],
-        )
+        score = {
+            d: _fixed_score(F.col(d), fixed_cut_points[d], HIGHER_IS_BETTER[d])
+            for d in HIGHER_IS_BETTER
+        }
+    scores = metrics.select("*", *[score[d].alias(SCORE_OF[d]) for d in HIGHER_IS_BETTER])
     w_r, w_f, w_m = (float(w) for w in weights)
     r, f, m = F.col("R_score"), F.col("F_score"), F.col("M_score")
     # The same double operations in the same order as numpy, so FM lands on the same side.
@@ -1060,7 +1240,8 @@ def _with_catalog(
         (*key, name, catalog[name].segment_id, catalog[name].recommendation, rank[name])
         for key, name in keyed
     ]
-    lookup = frame.sparkSession.createDataFrame(
+    lookup = local_frame(
+        frame.sparkSession,
         rows,
         f"{key_schema}, segment string, segment_id string, recommendation string, "
         "segment_rank long",
@@ -1275,7 +1456,43 @@ def segment_analytics(
         for record in table.itertuples(index=False, name=None)
     ]
     # A dozen rows: one partition keeps their priority order through every write.
-    return segmented.sparkSession.createDataFrame(records, schema).coalesce(1)
+    return local_frame(segmented.sparkSession, records, schema).coalesce(1)
+
+
+def local_frame(spark: SparkSession, records: list[tuple], schema) -> DataFrame:
+    """A small table of Python values (`schema`: a StructType or DDL text), in the order
+    given, built in the JVM from one SQL expression of literals. createDataFrame would hand
+    the rows to Python worker processes, which a run otherwise never starts (about a second
+    and a half to start them); a Column call per value would cost a Py4J round trip each."""
+    if isinstance(schema, str):
+        schema = T.DataType.fromDDL(schema)
+    if not records:
+        return spark.range(0).select(*[F.lit(None).cast(f.dataType).alias(f.name) for f in schema])
+    rows = ", ".join(
+        "named_struct("
+        + ", ".join(f"{_sql_text(f.name)}, {_sql_literal(v, f.dataType)}"
+                    for v, f in zip(record, schema))
+        + ")"
+        for record in records
+    )  # fmt: skip
+    # The cast gives every column the nullability createDataFrame would give it.
+    return spark.range(1).select(F.inline(F.expr(f"array({rows})").cast(T.ArrayType(schema))))
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _sql_literal(value, kind: T.DataType) -> str:
+    """`value` as SQL of type `kind`: text cast to it (repr of a float reads back exactly;
+    nan and inf are read as such)."""
+    if value is None:
+        return f"CAST(NULL AS {kind.simpleString()})"
+    if isinstance(kind, T.ArrayType):
+        items = ", ".join(_sql_literal(v, kind.elementType) for v in value)
+        return f"CAST(array({items}) AS {kind.simpleString()})"
+    text = repr(value) if isinstance(value, float) else str(value)
+    return f"CAST({_sql_text(text)} AS {kind.simpleString()})"
 
 
 def _spark_type(name: str, dtype) -> T.DataType:
@@ -1336,7 +1553,7 @@ def segment_migration(previous: DataFrame, current: DataFrame, order: list[str])
     table = migration_from_aggregates(aggregates, order)
     schema = "from_segment string, to_segment string, customers long, revenue double"
     records = [tuple(_python_value(v) for v in r) for r in table.itertuples(index=False, name=None)]
-    return current.sparkSession.createDataFrame(records, schema).coalesce(1)
+    return local_frame(current.sparkSession, records, schema).coalesce(1)
 
 
 def slipping_customers(
