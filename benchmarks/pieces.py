@@ -15,7 +15,11 @@ every column is computed and nothing is stored; median of --repeats after one wa
 - canonical: the engine's validated, typed columns (`read_transactions`);
 - kept: the kept rows (`prepare_transactions`, its accounting not timed);
 - metrics: `compute_metrics` over the kept rows; bare metrics: the bare PySpark job's two
-  group-bys (benchmarks/peers.py) over the raw scan.
+  group-bys (benchmarks/peers.py) over the raw scan;
+- distinct kept customers: the exact count of the kept rows' customers alone, which the
+  accounting takes along (the transactions step reports it, rfm_metrics checks against it);
+- accounting (prepare): `prepare_transactions`' one aggregation of reasons, customers and
+  the overflow guard's total.
 
 `pandas` times each step of the pandas engine in the process (the data read once beforehand;
 each step on the previous step's output): the I/O floor (pyarrow reading the four columns),
@@ -105,12 +109,16 @@ def spark_pieces(path: str, repeats: int) -> None:
         "metrics": compute_metrics(kept, account.reference_date),
         "bare metrics": bare,
     }
+    plans["distinct kept customers"] = kept.agg(F.count_distinct("customer_id"))
     print(f"{account.rows_read:,} rows, {account.customers:,} customers; median s of {repeats}")
     for name, frame in plans.items():
         print(
             f"  {name:<28} {median_seconds(lambda frame=frame: noop(frame), repeats):7.2f}",
             flush=True,
         )
+    # The accounting is an action of its own: prepare_transactions runs it.
+    seconds = median_seconds(lambda: engine.prepare(raw, settings, listing), repeats)
+    print(f"  {'accounting (prepare)':<28} {seconds:7.2f}", flush=True)
     spark.stop()
 
 
