@@ -876,8 +876,8 @@ def return_freed_memory() -> None:
     the user chose a pool (ARROW_DEFAULT_MEMORY_POOL).
 
     Arrow's default (mimalloc) keeps the source rows' pages after they are freed, so they
-    add to the peak of the aggregation that follows: 2.1 GB against 1.6-1.9 GB at 10M rows
-    (benchmarks/README.md). Builds without jemalloc keep their default.
+    add to the peak of the aggregation that follows. Builds without jemalloc keep their
+    default.
     """
     import pyarrow as pa
 
