@@ -133,8 +133,7 @@ def pandas_pieces(path: str, repeats: int) -> None:
     raw, listing = engine.read(settings)
     kept, account = engine.prepare(raw, settings, listing)
     metrics = engine.metrics(kept, account.reference_date)
-    scores = engine.scores(metrics, settings)
-    thresholds = engine.thresholds(scores, settings)
+    scores, thresholds = engine.scores(metrics, settings)
     segmented = engine.segments(scores, grid, dt.datetime(2026, 1, 1))
     print(f"{len(kept):,} kept rows, {len(metrics):,} customers; median s of {repeats}")
     pieces = {
@@ -142,9 +141,7 @@ def pandas_pieces(path: str, repeats: int) -> None:
         "read (read_transactions)": lambda: engine.read(settings),
         "prepare (cleaning, accounting)": lambda: engine.prepare(raw, settings, listing),
         "metrics (DuckDB group-bys)": lambda: engine.metrics(kept, account.reference_date),
-        "scores and thresholds": lambda: engine.thresholds(
-            engine.scores(metrics, settings), settings
-        ),
+        "scores and thresholds": lambda: engine.scores(metrics, settings),
         "segments": lambda: engine.segments(scores, grid, dt.datetime(2026, 1, 1)),
         "analytics": lambda: engine.analytics(segmented, grid, thresholds),
     }

@@ -520,8 +520,8 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         if settings.thresholds_from_week:
             cut_points = _thresholds_of_week(context, settings.thresholds_from_week)
             source_of_cuts = f"thresholds of week {settings.thresholds_from_week}"
-        scores = engine.keep(engine.scores(engine.load(rfm_metrics), settings, cut_points))
-        thresholds = engine.thresholds(scores, settings, cut_points)
+        scores, thresholds = engine.scores(engine.load(rfm_metrics), settings, cut_points)
+        scores = engine.keep(scores)
         scale = len(thresholds["recency"]) + 1
         off_scale = engine.scores_off_scale(scores, scale)
         yield from _blocking(

@@ -38,9 +38,9 @@ def run_engine(
     metrics = engine.keep(engine.metrics(kept, account.reference_date, settings.input_level))
     metrics, customers_held_out = engine.filter_customers(metrics, settings)
     metrics = engine.keep(metrics)
-    scores = engine.keep(engine.scores(metrics, settings))
+    scores, thresholds = engine.scores(metrics, settings)
+    scores = engine.keep(scores)
     grid = settings.segment_grid()
-    thresholds = engine.thresholds(scores, settings)
     segmented_at = segmented_at or dt.datetime.now(dt.UTC).replace(microsecond=0)
     clustering = model = None
     if settings.segmentation_method == "kmeans":

@@ -206,10 +206,11 @@ def _lose_a_row(result):
     return kept.iloc[1:].reset_index(drop=True), account
 
 
-def _score_off_scale(scores):
+def _score_off_scale(result):
+    scores, thresholds = result
     scores = scores.copy()
     scores.loc[0, "F_score"] = 9
-    return scores
+    return scores, thresholds
 
 
 def _unknown_segment(segmented):

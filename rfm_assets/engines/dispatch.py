@@ -119,18 +119,15 @@ class PandasEngine:
             metrics, settings.min_frequency, settings.exclude_recent_days
         )
 
-    def scores(self, metrics, settings: RFMSettings, cut_points: Optional[dict] = None):
-        """Scores by the settings, or by `cut_points` (e.g. an earlier week's) when given."""
+    def scores(
+        self, metrics, settings: RFMSettings, cut_points: Optional[dict] = None
+    ) -> tuple[Any, dict[str, list[float]]]:
+        """(scores, the cut points behind them): by `cut_points` (e.g. an earlier week's)
+        when given, else by the settings (fixed ones, or those the quantiles drew)."""
         cut_points = cut_points or settings.fixed_cut_points()
         scale = len(cut_points["recency"]) + 1 if cut_points else settings.scale
-        return self.compute.compute_scores(metrics, scale, _weights(settings), cut_points)
-
-    def thresholds(
-        self, scores, settings: RFMSettings, cut_points: Optional[dict] = None
-    ) -> dict[str, list[float]]:
-        """The cut points behind the scores: the given ones, or those the quantiles drew."""
-        cut_points = cut_points or settings.fixed_cut_points()
-        return cut_points or self.compute.thresholds_from_scores(scores, settings.scale)
+        scores = self.compute.compute_scores(metrics, scale, _weights(settings), cut_points)
+        return scores, cut_points or self.compute.thresholds_from_scores(scores, settings.scale)
 
     def segments(self, scores, grid: SegmentGrid, segmented_at: dt.datetime):
         return self.compute.assign_segments(scores, grid, segmented_at)
@@ -273,8 +270,6 @@ class SparkEngine(PandasEngine):
 
         self.session = session
         self.compute = spark_compute
-        # The last quantile scores and the thresholds found with them (see `thresholds`).
-        self._drawn: Optional[tuple[Any, dict[str, list[float]]]] = None
 
     def load(self, value: Any):
         if isinstance(value, (StoredTable, HeldTable)):
@@ -301,24 +296,16 @@ class SparkEngine(PandasEngine):
         )
 
     def scores(self, metrics, settings: RFMSettings, cut_points: Optional[dict] = None):
-        """As pandas; quantile scores keep the thresholds their boundaries gave, so that
-        `thresholds` needs no second pass over the scores."""
+        """As pandas; quantile thresholds come with the boundaries the scores were found by,
+        without a pass over the scores (which a table without customers still takes)."""
         if cut_points or settings.fixed_cut_points():
             return super().scores(metrics, settings, cut_points)
         quantiles = self.compute.quantile_boundaries(metrics, settings.scale)
         scores = self.compute.compute_scores(
             metrics, settings.scale, _weights(settings), quantiles=quantiles
         )
-        self._drawn = (scores, quantiles.thresholds) if quantiles.thresholds else None
-        return scores
-
-    def thresholds(
-        self, scores, settings: RFMSettings, cut_points: Optional[dict] = None
-    ) -> dict[str, list[float]]:
-        fixed = cut_points or settings.fixed_cut_points()
-        if not fixed and self._drawn is not None and self._drawn[0] is scores:
-            return self._drawn[1]  # `keep` caches the same DataFrame object
-        return super().thresholds(scores, settings, cut_points)
+        thresholds = quantiles.thresholds
+        return scores, thresholds or self.compute.thresholds_from_scores(scores, settings.scale)
 
     def keep(self, frame):
         """Cache a step's result: its metadata and its write then compute it once."""
