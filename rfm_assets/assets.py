@@ -43,7 +43,7 @@ from rfm_assets.engines.shared import (
     moves_between_segments,
 )
 from rfm_assets.engines.stored import HeldTable, StoredTable
-from rfm_assets.errors import RFMConfigError
+from rfm_assets.errors import RFMConfigError, naming_memory_failures
 from rfm_assets.exports import markdown_cell
 from rfm_assets.io_manager import CONTEXT_METADATA, is_spark_dataframe
 from rfm_assets.report import ReportInputs, report_html
@@ -339,12 +339,14 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         source_key = dg.AssetKey(list(graph.source_asset))
 
         @dg.asset(ins={"source_table": dg.AssetIn(key=source_key)}, **transactions_spec)
+        @naming_memory_failures
         def transactions(context: dg.AssetExecutionContext, source_table):
             yield from transactions_step(context, source_table)
 
     else:
 
         @dg.asset(**transactions_spec)
+        @naming_memory_failures
         def transactions(context: dg.AssetExecutionContext):
             yield from transactions_step(context, None)
 
@@ -360,8 +362,11 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             raw, listing = engine.read_table(source_table, settings, source)
         # Nothing row-level is cached: on Spark the kept rows are a plan over the source,
         # computed again by whoever reads them (holding 10M rows in the JVM is what ran out).
-        kept, account = engine.prepare(raw, settings, listing, reference_date=week_end)
-        # This generator lives until the run moves on: let the source rows go now, not then.
+        # The step is done with the source rows as they are kept: let them go as it goes
+        # (this generator lives until the run moves on).
+        kept, account = engine.prepare(
+            raw, settings, listing, reference_date=week_end, consume=True
+        )
         del raw
         rows_read, rows_kept = account.rows_read, engine.kept_rows(kept, account)
         excluded_total = sum(account.rows_excluded.values())
@@ -439,6 +444,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         ),
         **common,
     )
+    @naming_memory_failures
     def rfm_metrics(context: dg.AssetExecutionContext, transactions):
         """One row per customer: recency (days to the reference date), frequency, monetary.
 
@@ -506,6 +512,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         ),
         **common,
     )
+    @naming_memory_failures
     def rfm_scores(context: dg.AssetExecutionContext, rfm_metrics):
         """Customer metrics with R, F and M scores (1 worst .. k best), FM_score, RFM_score,
         rfm_cell.
@@ -583,6 +590,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         ),
         **common,
     )
+    @naming_memory_failures
     def customer_segments(context: dg.AssetExecutionContext, rfm_scores):
         """Every customer with scores, one of the named segments, its recommendation, value tier
         and engagement level. Filter on the published columns, e.g.
@@ -708,6 +716,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             ),
         ),
     )
+    @naming_memory_failures
     def cluster_model(context: dg.AssetExecutionContext, customer_segments):
         document = context_of(customer_segments).get("cluster_model")
         if document is None:
@@ -770,6 +779,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         ),
         **common,
     )
+    @naming_memory_failures
     def segment_analytics(context: dg.AssetExecutionContext, customer_segments):
         """Per segment: customers, revenue, their shares, average R/F/M, average order value and
         the recommendation, in priority order, with the score thresholds the run used.
@@ -846,6 +856,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         metadata=meta("high_value_customers"),
         **common,
     )
+    @naming_memory_failures
     def high_value_customers(context: dg.AssetExecutionContext, customer_segments):
         """The top share of customers (high_value_share, default 20%) by monetary or by the
         weighted RFM_score (high_value_by), highest first, for a campaign list. Tie-safe:
@@ -915,6 +926,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         ),
         **common,
     )
+    @naming_memory_failures
     def segment_migration(context: dg.AssetExecutionContext, customer_segments):
         """Who moved between segments since the previous week: customers and revenue from
         each segment to each segment, with (new) for customers absent the week before and
@@ -981,6 +993,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         metadata=meta("slipping_customers"),
         **common,
     )
+    @naming_memory_failures
     def slipping_customers(context: dg.AssetExecutionContext, customer_segments):
         """Customers who moved since the previous week from an engaged segment into a slipping
         one (At Risk, Cannot Lose Them: the catalog's `standing`), most valuable first: the
@@ -1014,6 +1027,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         partitions_def=graph.partitions,
         required_resource_keys={settings_key, "spark", graph.io_manager_key},
     )
+    @naming_memory_failures
     def rfm_report(
         context: dg.AssetExecutionContext,
         customer_segments,

@@ -310,7 +310,7 @@ def run_graph(settings, spark, optional: tuple[str, ...] = OPTIONAL_TABLES) -> d
 def step_failure_message(result) -> str:
     """The user-facing message of the first failed step (our own errors say it all; a Spark
     failure for lack of memory names the setting to raise)."""
-    from rfm_assets.spark_resource import memory_failure
+    from rfm_assets.errors import memory_failure
 
     for event in result.all_events:
         if event.is_step_failure:

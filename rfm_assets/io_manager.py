@@ -36,6 +36,7 @@ from pydantic import Field
 from upath import UPath
 
 from rfm_assets.engines.stored import HeldTable, StoredTable
+from rfm_assets.errors import memory_failures_named
 
 LOCAL_PROTOCOLS = ("", "file", "local")
 POINTER = "CURRENT"
@@ -187,7 +188,9 @@ class RFMStore(dg.UPathIOManager):
             elif isinstance(obj, pd.DataFrame):
                 self._write_pandas(obj, target)
             else:
-                obj.write.parquet(_plain(target), mode="error")
+                # The write is where a Spark table's plan runs: a lack of memory says so.
+                with memory_failures_named():
+                    obj.write.parquet(_plain(target), mode="error")
             if table_context is not None:
                 _write_durably(
                     path / f"{version}{CONTEXT_SUFFIX}", json.dumps(table_context.value) + "\n"

@@ -1,8 +1,6 @@
 """The code location's Spark session: dagster-pyspark's lazy resource with our defaults."""
 
-import re
 import warnings
-from typing import Optional
 
 from dagster_pyspark import LazyPySparkResource
 
@@ -34,39 +32,3 @@ DEFAULT_SPARK_CONFIG = {
     # it is set here or in run config.
 }
 spark = LazyPySparkResource(spark_config=DEFAULT_SPARK_CONFIG)
-
-
-_OUT_OF_MEMORY = re.compile(r"java\.lang\.OutOfMemoryError: ([^\r\n]+)")
-_HEAP_TOO_SMALL = re.compile(r"System memory (\d+) must be at least (\d+)")
-# What Py4J says when the JVM it talks to has died (the usual end of an out-of-memory kill).
-_JVM_GONE = ("Answer from Java side is empty", "Error while sending or receiving",
-             "Java gateway process exited")  # fmt: skip
-_MEMORY_SETTINGS = (
-    "raise spark.driver.memory (in local mode the driver computes everything; e.g. "
-    "--spark-conf spark.driver.memory=8g, or spark_config of the spark resource) or, on a "
-    "cluster, spark.executor.memory"
-)
-
-
-def memory_failure(text: str) -> Optional[str]:
-    """The one-line message for a Spark failure whose cause is memory, found in the text of
-    the error chain (Java stack traces included), or None when memory is not the cause."""
-    found = _OUT_OF_MEMORY.search(text)
-    if found:
-        return (
-            f"Spark ran out of memory (java.lang.OutOfMemoryError: {found.group(1).strip()}): "
-            + _MEMORY_SETTINGS
-        )
-    found = _HEAP_TOO_SMALL.search(text)
-    if found:
-        have, need = (int(n) // 2**20 for n in found.groups())
-        return (
-            f"Spark cannot start: its JVM has {have} MiB of heap and needs at least {need} MiB: "
-            + _MEMORY_SETTINGS
-        )
-    if any(marker in text for marker in _JVM_GONE):
-        return (
-            "Spark's JVM stopped in the middle of the step, usually out of memory: "
-            + _MEMORY_SETTINGS
-        )
-    return None

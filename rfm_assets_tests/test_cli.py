@@ -306,7 +306,7 @@ JVM_GONE = "py4j.protocol.Py4JError: Answer from Java side is empty"
     ],
 )
 def test_spark_memory_failures_name_the_setting_to_raise(text, expected):
-    from rfm_assets.spark_resource import memory_failure
+    from rfm_assets.errors import memory_failure
 
     message = memory_failure(text)
     assert expected in message and "spark.driver.memory" in message
@@ -314,7 +314,7 @@ def test_spark_memory_failures_name_the_setting_to_raise(text, expected):
 
 
 def test_other_spark_failures_are_not_called_memory():
-    from rfm_assets.spark_resource import memory_failure
+    from rfm_assets.errors import memory_failure
 
     unrelated = "AnalysisException: [UNRESOLVED_COLUMN] `amount` cannot be resolved"
     assert memory_failure(unrelated) is None

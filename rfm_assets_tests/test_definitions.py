@@ -216,3 +216,70 @@ def test_old_versions_are_removed_and_the_previous_one_kept(tmp_path):
     names = sorted(p.name for p in (tmp_path / "store" / "fragile").iterdir())
     current = (tmp_path / "store" / "fragile" / "CURRENT").read_text().strip()
     assert len(names) == 3 and names[0] == "CURRENT" and current == names[2]  # newest
+
+
+class _JavaSideError(Exception):
+    """Stands in for py4j's Py4JJavaError, whose message carries the Java stack trace."""
+
+
+JAVA_HEAP = (
+    "An error occurred while calling o278.count.\n: java.lang.OutOfMemoryError: Java heap "
+    "space\n\tat java.base/java.util.Arrays.copyOf(Arrays.java:3537)\n"
+)
+
+
+def _failed_step_errors(result) -> list:
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert len(failures) == 1
+    chain, error = [], failures[0].step_failure_data.error
+    while error is not None:
+        chain.append(error)
+        error = error.cause or error.context
+    return chain
+
+
+@pytest.mark.parametrize("step", ["read", "metrics"])
+def test_a_step_out_of_memory_fails_in_one_line_naming_the_setting(tmp_path, monkeypatch, step):
+    """What the Dagster UI shows for a step whose Spark job ran out of memory: our one-line
+    error naming the setting, not Py4J's Java stack trace (a generator step and a plain one)."""
+    from rfm_assets.engines.dispatch import PandasEngine
+
+    def out_of_memory(*args, **kwargs):
+        raise _JavaSideError(JAVA_HEAP)
+
+    monkeypatch.setattr(PandasEngine, step, out_of_memory)
+    source = tmp_path / "tx.parquet"
+    generate_transactions(500, customers=50, seed=3).to_parquet(source)
+    result = dg.materialize(
+        RFM_ASSETS,
+        resources=rfm_resources(RFMSettings(input_path=str(source)), tmp_path / "store"),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    chain = _failed_step_errors(result)
+    user_error = chain[-1]
+    assert user_error.cls_name == "RFMError"
+    assert user_error.message.startswith("rfm_assets.errors.RFMError: Spark ran out of memory")
+    assert "spark.driver.memory" in user_error.message
+    assert user_error.message.strip().count("\n") == 0
+    assert not any("Arrays.copyOf" in e.message for e in chain)  # the Java trace is gone
+
+
+def test_other_step_failures_keep_their_own_error(tmp_path, monkeypatch):
+    from rfm_assets.engines.dispatch import PandasEngine
+
+    def broken(*args, **kwargs):
+        raise _JavaSideError("An error occurred while calling o12.count.\n: AnalysisException")
+
+    monkeypatch.setattr(PandasEngine, "metrics", broken)
+    source = tmp_path / "tx.parquet"
+    generate_transactions(500, customers=50, seed=3).to_parquet(source)
+    result = dg.materialize(
+        RFM_ASSETS,
+        resources=rfm_resources(RFMSettings(input_path=str(source)), tmp_path / "store"),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert _failed_step_errors(result)[-1].cls_name == "_JavaSideError"
