@@ -34,7 +34,8 @@ def run_engine(
     """Run every step with the settings' engine (Spark needs `spark_session`)."""
     engine = SparkEngine(spark_session) if settings.engine == "spark" else PandasEngine()
     raw, listing = engine.read(settings)
-    kept, account = engine.prepare(raw, settings, listing)
+    kept, account = engine.prepare(raw, settings, listing, consume=True)
+    del raw
     metrics = engine.keep(engine.metrics(kept, account.reference_date, settings.input_level))
     metrics, customers_held_out = engine.filter_customers(metrics, settings)
     metrics = engine.keep(metrics)

@@ -331,3 +331,25 @@ def test_customers_come_in_segment_priority_then_weighted_score_order():
     plain, _ = run_pipeline(frame)
     recency_first, _ = run_pipeline(frame, weights=(3.0, 1.0, 1.0))
     assert list(plain["customer_id"]) != list(recency_first["customer_id"])
+
+
+@pytest.mark.parametrize("returns_policy", ["exclude", "net"])
+def test_consuming_the_source_keeps_the_same_rows_and_account(returns_policy):
+    """`consume` (the transactions step, done with its source) empties the source frame as
+    the rules go; what is kept and counted is what the non-consuming call gives."""
+    from rfm_assets.engines.pandas_compute import prepare_transactions
+    from rfm_assets.engines.pandas_read import read_frame
+    from rfm_assets.settings import RFMSettings
+
+    source = generate_transactions(3000, customers=300, seed=11, string_ids=True)
+    source.loc[::97, "customer_id"] = None  # some rows to exclude, by several reasons
+    source.loc[::89, "amount"] = np.nan
+    columns = RFMSettings(columns={"order_id": "order_id"}).source_columns(bundled=False)
+    raw, _ = read_frame(source, columns, "test")
+    expected, expected_account = prepare_transactions(raw.copy(), returns_policy=returns_policy)
+    kept, account = prepare_transactions(raw, returns_policy=returns_policy, consume=True)
+    pd.testing.assert_frame_equal(kept, expected)
+    assert account == expected_account
+    assert account.rows_excluded["missing_customer_id"] > 0
+    assert account.rows_excluded["invalid_amount"] > 0
+    assert list(raw.columns) == []  # nothing of the source is left held

@@ -83,8 +83,10 @@ class PandasEngine:
         settings: RFMSettings,
         listing: Optional[SourceListing] = None,
         reference_date: Optional[dt.date] = None,
+        consume: bool = False,
     ) -> tuple[Any, RowAccount]:
-        """The counted cleaning rules; `reference_date` (a week's end) overrides the setting."""
+        """The counted cleaning rules; `reference_date` (a week's end) overrides the setting.
+        With `consume` the caller is done with `raw`: the rules may empty it as they go."""
         if settings.input_level == "customers":
             kept, account = self.compute.prepare_customers(
                 raw,
@@ -100,6 +102,7 @@ class PandasEngine:
                 returns_policy=settings.returns_policy,
                 cancelled_order_prefix=settings.cancelled_order_prefix,
                 valid_dates=settings.valid_dates,
+                consume=consume,
             )
         if listing is not None and listing.listed:
             account = dataclasses.replace(

@@ -7,6 +7,7 @@ codes from one factorisation, never by object keys; all per-row work is vectoris
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -109,12 +110,15 @@ def prepare_transactions(
     returns_policy: str = "exclude",
     cancelled_order_prefix: str = "C",
     valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
+    consume: bool = False,
 ) -> tuple[pd.DataFrame, RowAccount]:
     """Apply the counted cleaning rules (docs/contract.md) to the frame.
 
     Returns the kept rows (columns `customer_id, transaction_date, amount, is_return
     [, order_id]`, where a kept return's amount is negative) and the account of every row.
     Rules apply in the order of `EXCLUSION_REASONS`; a row counts under its first reason.
+    With `consume`, each source column leaves `frame` once its kept rows are taken, so the
+    source and the kept rows are never held whole at once (for a caller done with `frame`).
     """
     rows_read = len(frame)
     days = to_day_numbers(frame["transaction_date"])
@@ -126,8 +130,9 @@ def prepare_transactions(
     ref_day, window_start_day = reference_and_window(
         reference_date,
         analysis_period_days,
-        int(days[in_range].min()),
-        int(days[in_range].max()),
+        # Masked reductions: no copy of the in-range days.
+        int(days.min(where=in_range, initial=high_day)),
+        int(days.max(where=in_range, initial=low_day)),
         low_day,
     )
     finite = np.isfinite(amount)
@@ -159,38 +164,48 @@ def prepare_transactions(
         rules += [("cancelled_order", cancelled), ("non_positive_amount", amount <= 0)]
     excluded, counts = first_reasons(rules, rows_read)
 
+    del rules, days, in_range, finite
     _check_customer_totals(frame["customer_id"], amount, ~excluded)
-    is_return = (cancelled | (amount <= 0)) & ~excluded
+    kept = ~excluded
+    is_return = cancelled[kept] | (amount[kept] <= 0)
+    del cancelled
     # Under `net` a return or cancellation is subtracted, whatever the sign it was recorded with.
-    signed_amount = np.where(is_return, -np.abs(amount), amount)
+    signed_amount = amount[kept]
+    signed_amount[is_return] = -np.abs(signed_amount[is_return])
+    del amount
     if returns_policy == "net":
-        kept = ~excluded
         codes, uniques = pd.factorize(frame["customer_id"].array[kept])
         net_micro = np.zeros(len(uniques), dtype=np.int64)
-        np.add.at(net_micro, codes, to_micro_units(signed_amount[kept]))
-        not_positive = np.zeros(rows_read, dtype=bool)
-        not_positive[kept] = net_micro[codes] <= 0
-        counts["customer_monetary_not_positive"] = int(not_positive.sum())
-        excluded |= not_positive
+        np.add.at(net_micro, codes, to_micro_units(signed_amount))
+        positive = net_micro[codes] > 0
+        counts["customer_monetary_not_positive"] = int((~positive).sum())
+        kept[kept] = positive
+        signed_amount, is_return = signed_amount[positive], is_return[positive]
 
-    kept = ~excluded
     rows_kept = int(kept.sum())
     if rows_kept == 0:
         removed = ", ".join(f"{reason}: {n}" for reason, n in counts.items() if n)
         raise RFMInputError(f"no transactions left after filtering ({removed})")
-    # Boolean takes on the columns themselves keep Arrow-backed text in Arrow: no Python
-    # objects per row.
+
+    if consume:
+        del frame["amount"]
+
+    def kept_rows_of(name: str):
+        # A boolean take on the column's own array keeps Arrow-backed text in Arrow: no
+        # Python objects per row.
+        return (frame.pop(name) if consume else frame[name]).array[kept]
+
     clean = pd.DataFrame(
         {
-            "customer_id": frame["customer_id"].array[kept],
-            "transaction_date": frame["transaction_date"].to_numpy()[kept],
-            "amount": signed_amount[kept],
-            "is_return": is_return[kept],
+            "customer_id": kept_rows_of("customer_id"),
+            "transaction_date": kept_rows_of("transaction_date"),
+            "amount": signed_amount,
+            "is_return": is_return,
         },
         copy=False,  # the columns are new already
     )
     if "order_id" in frame:
-        clean["order_id"] = frame["order_id"].array[kept]
+        clean["order_id"] = kept_rows_of("order_id")
     account = RowAccount(
         rows_read=rows_read,
         rows_kept=rows_kept,
@@ -438,6 +453,9 @@ _PER_CUSTOMER = """
 """
 
 
+DUCKDB_LEAST_MEMORY = 256 * 2**20
+
+
 def _per_customer(transactions: pd.DataFrame) -> pa.Table:
     """(customer_id, micro, last_day, first_day, frequency), by customer id.
 
@@ -446,12 +464,18 @@ def _per_customer(transactions: pd.DataFrame) -> pa.Table:
     customers (benchmarks/README.md, "Large data shape"). The sums stay exact: int64
     micro-units, added in 128 bits, and _check_customer_totals has refused any total beyond
     int64.
+
+    DuckDB's working memory is held to half the size of the columns it aggregates (at least
+    256 MiB; beyond it DuckDB partitions its hash tables and may spill to a temporary
+    directory): unbounded, its hash tables add more than the rows they group, and this step
+    sets the pandas engine's peak (benchmarks/README.md, "Large data shape").
     """
     import duckdb
 
     columns = {
         "customer_id": pa.array(transactions["customer_id"]),
-        "day": to_day_numbers(transactions["transaction_date"]),
+        # Day numbers of kept rows (valid dates, no NaT) fit 32 bits: half the memory.
+        "day": to_day_numbers(transactions["transaction_date"]).astype(np.int32),
         "micro": to_micro_units(transactions["amount"].to_numpy()),
         "purchase": ~transactions["is_return"].to_numpy(dtype=bool),
     }
@@ -459,9 +483,13 @@ def _per_customer(transactions: pd.DataFrame) -> pa.Table:
     if "order_id" in transactions:
         columns["order_id"] = pa.array(transactions["order_id"])
         orders = _ORDERS
-    with duckdb.connect() as connection:
-        connection.register("lines", pa.table(columns))
-        return connection.sql(_PER_CUSTOMER.format(orders=orders)).to_arrow_table()
+    lines = pa.table(columns)
+    limit = max(DUCKDB_LEAST_MEMORY, lines.nbytes // 2)
+    with tempfile.TemporaryDirectory(prefix="rfm-duckdb-") as spill:
+        config = {"memory_limit": f"{limit // 2**20}MiB", "temp_directory": spill}
+        with duckdb.connect(config=config) as connection:
+            connection.register("lines", lines)
+            return connection.sql(_PER_CUSTOMER.format(orders=orders)).to_arrow_table()
 
 
 def compute_metrics(transactions: pd.DataFrame, reference_date: dt.date) -> pd.DataFrame:
@@ -474,8 +502,8 @@ def compute_metrics(transactions: pd.DataFrame, reference_date: dt.date) -> pd.D
     avg_order_value = monetary / frequency. Returns are never purchases.
     """
     totals = _per_customer(transactions)
-    last_day = totals["last_day"].to_numpy()
-    first_day = totals["first_day"].to_numpy()
+    last_day = totals["last_day"].to_numpy().astype(np.int64)
+    first_day = totals["first_day"].to_numpy().astype(np.int64)
     frequency = totals["frequency"].to_numpy().astype(np.int64)
     ref_day = day_number(reference_date)
     monetary = totals["micro"].to_numpy() / MICRO_UNITS

@@ -563,8 +563,10 @@ def prepare_transactions(
     returns_policy: str = "exclude",
     cancelled_order_prefix: str = "C",
     valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
+    consume: bool = False,
 ) -> tuple[DataFrame, RowAccount]:
-    """The counted cleaning rules (see pandas_compute.prepare_transactions)."""
+    """The counted cleaning rules (see pandas_compute.prepare_transactions). `consume` has
+    nothing to release here: `frame` is a plan, not rows."""
     amount = F.col("amount")
     finite = _finite(amount)
     day = day_of(F.col("transaction_date"))
