@@ -885,6 +885,9 @@ def return_freed_memory() -> None:
         return
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
+        # At once, not after jemalloc's default decay of seconds: the source rows freed by
+        # one step would otherwise still be resident when the next one allocates.
+        pa.jemalloc_set_decay_ms(0)
     except NotImplementedError:
         pass
 

@@ -14,7 +14,6 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rfm_assets.contract import (
     CUSTOMER_ROW_EXCLUSIONS,
@@ -100,7 +99,8 @@ def from_day_number(day: int) -> dt.date:
 
 def to_micro_units(amounts: np.ndarray) -> np.ndarray:
     """amount * 10**6 rounded half to even, as int64 (the exact unit of every sum)."""
-    return np.round(np.asarray(amounts, dtype=np.float64) * MICRO_UNITS).astype(np.int64)
+    scaled = np.asarray(amounts, dtype=np.float64) * MICRO_UNITS
+    return np.rint(scaled, out=scaled).astype(np.int64)  # rounded in place: one copy less
 
 
 def prepare_transactions(
@@ -218,12 +218,13 @@ def prepare_transactions(
 
 
 def _distinct_count(values: pd.Series) -> int:
-    """Distinct non-missing values; Arrow-backed text is counted by Arrow's hash kernel,
-    about twice as fast as materialising the unique values."""
-    if isinstance(values.array, pd.arrays.ArrowStringArray):
-        arrow = values.array.__arrow_array__()
-        return int(pc.count_distinct(arrow, mode="only_valid").as_py())
-    return int(values.nunique())
+    """Distinct non-missing values, counted by DuckDB over the Arrow column on every core
+    (Arrow's count_distinct hashes on one)."""
+    import duckdb
+
+    with duckdb.connect() as connection:
+        connection.register("ids", pa.table({"id": pa.array(values)}))
+        return int(connection.sql("SELECT count(DISTINCT id) FROM ids").fetchall()[0][0])
 
 
 def prepare_customers(
