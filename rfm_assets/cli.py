@@ -280,15 +280,25 @@ def run_graph(settings, spark, optional: tuple[str, ...] = OPTIONAL_TABLES) -> d
     from rfm_assets.assets import RFM_ASSETS
     from rfm_assets.io_manager import HeldIOManager
 
+    # Movement compares with the result this run replaces, which the CLI reads itself;
+    # `rfm-assets report` writes the report.
+    selection = dg.AssetSelection.all() - dg.AssetSelection.assets(
+        *MOVEMENT_TABLES, "rfm_report", *(set(OPTIONAL_TABLES) - set(optional))
+    )
+    kept_to_the_end = {dg.AssetKey(name) for name in OUTPUT_TABLES + optional}
+    readers = {
+        upstream: reads
+        for upstream, reads in readers_within(RFM_ASSETS, selection).items()
+        if upstream not in kept_to_the_end
+    }
     result = dg.materialize(
         RFM_ASSETS,
-        # Movement compares with the result this run replaces, which the CLI reads itself;
-        # `rfm-assets report` writes the report.
-        selection=dg.AssetSelection.all()
-        - dg.AssetSelection.assets(
-            *MOVEMENT_TABLES, "rfm_report", *(set(OPTIONAL_TABLES) - set(optional))
-        ),
-        resources={"rfm_settings": settings, "spark": spark, "io_manager": HeldIOManager()},
+        selection=selection,
+        resources={
+            "rfm_settings": settings,
+            "spark": spark,
+            "io_manager": HeldIOManager(readers),
+        },
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         raise_on_error=False,
     )
@@ -305,6 +315,20 @@ def run_graph(settings, spark, optional: tuple[str, ...] = OPTIONAL_TABLES) -> d
     if settings.segmentation_method == "kmeans":
         model = result.output_for_node("cluster_model", "cluster_model")
     return {"tables": tables, "metadata": metadata, "cluster_model": model}
+
+
+def readers_within(assets, selection) -> dict:
+    """{asset key: how many of the selected assets read it}, over the selected assets."""
+    import dagster as dg
+
+    selected = selection.resolve(assets)
+    reads: dict = {}
+    for definition in assets:
+        for key in set(definition.keys) & selected:
+            for upstream in definition.asset_deps.get(key, ()):
+                if upstream in selected:
+                    reads[upstream] = reads.get(upstream, 0) + 1
+    return {key: count for key, count in reads.items() if isinstance(key, dg.AssetKey)}
 
 
 def step_failure_message(result) -> str:

@@ -345,13 +345,45 @@ class HeldIOManager(dg.InMemoryIOManager):
     """Keeps every step's value in the process, for runs whose steps share one process and
     write nothing (the command line's). A Spark DataFrame is handed on as the same cached
     DataFrame, with its run context beside it (`HeldTable`): storing it as Parquet and reading
-    it back would drop its cache and compute it again."""
+    it back would drop its cache and compute it again.
+
+    `readers` names the values nobody needs once the run's steps have read them, with how
+    many steps read each (the command line keeps only its output tables). Once the last of
+    them has finished (at the next step's first load or output; the steps run one after
+    another), such a value, if a pandas frame, is emptied in place: Dagster's in-process
+    run keeps a reference to every step's output until the run ends, and the row-level
+    transactions held to the end would set the run's peak memory.
+    """
+
+    def __init__(self, readers: Optional[dict[dg.AssetKey, int]] = None):
+        super().__init__()
+        self._reads_left = dict(readers or {})
+        self._read_last: list[tuple[str, tuple]] = []  # (reading op, the value's identifier)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        self._release_read(context.op_def.name)
         if is_spark_dataframe(obj):
             table_context = context.output_metadata.get(CONTEXT_METADATA)
             obj = HeldTable(obj, dict(table_context.value) if table_context else {})
         super().handle_output(context, obj)
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        self._release_read(context.op_def.name)
+        value = super().load_input(context)
+        key = context.asset_key
+        if key in self._reads_left:
+            self._reads_left[key] -= 1
+            if self._reads_left[key] == 0:
+                self._read_last.append((context.op_def.name, tuple(context.get_identifier())))
+        return value
+
+    def _release_read(self, op_name: str) -> None:
+        """Empty the values whose last reader was a step before this op's."""
+        for reader, identifier in [r for r in self._read_last if r[0] != op_name]:
+            self._read_last.remove((reader, identifier))
+            value = self.values.pop(identifier, None)
+            if isinstance(value, pd.DataFrame):
+                value.drop(columns=list(value.columns), inplace=True)
 
 
 class RFMParquetIOManager(dg.ConfigurableIOManagerFactory):

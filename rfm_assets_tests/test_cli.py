@@ -318,3 +318,39 @@ def test_other_spark_failures_are_not_called_memory():
 
     unrelated = "AnalysisException: [UNRESOLVED_COLUMN] `amount` cannot be resolved"
     assert memory_failure(unrelated) is None
+
+
+def test_held_values_are_let_go_once_their_last_reader_has_finished():
+    """The command line's in-process run keeps every step's output to the end (Dagster
+    holds them too): a frame no later step and not the command line reads is emptied once
+    its last reader has finished, after that reader got it whole."""
+    import dagster as dg
+
+    from rfm_assets.io_manager import HeldIOManager
+
+    @dg.asset
+    def rows() -> pd.DataFrame:
+        return pd.DataFrame({"customer_id": ["a", "b", "a"], "amount": [1.0, 2.0, 3.0]})
+
+    @dg.asset
+    def totals(rows: pd.DataFrame) -> pd.DataFrame:
+        return rows.groupby("customer_id", as_index=False)["amount"].sum()
+
+    @dg.asset
+    def largest(totals: pd.DataFrame) -> pd.DataFrame:
+        return totals.nlargest(1, "amount")
+
+    @dg.asset
+    def named(largest: pd.DataFrame) -> pd.DataFrame:
+        return largest.assign(label="top")
+
+    held = HeldIOManager({dg.AssetKey("rows"): 1, dg.AssetKey("totals"): 1})
+    result = dg.materialize([rows, totals, largest, named], resources={"io_manager": held})
+    assert result.success
+    assert result.output_for_node("named").to_dict("records") == [
+        {"customer_id": "a", "amount": 4.0, "label": "top"}
+    ]
+    assert result.output_for_node("rows").shape == (3, 0)  # let go once `totals` finished
+    assert result.output_for_node("totals").shape == (2, 0)  # once `largest` finished
+    assert result.output_for_node("largest").shape == (1, 2)  # not named: kept
+    assert len(held.values) == 2  # largest and named

@@ -334,18 +334,22 @@ def test_customers_come_in_segment_priority_then_weighted_score_order():
 
 
 @pytest.mark.parametrize("returns_policy", ["exclude", "net"])
-def test_consuming_the_source_keeps_the_same_rows_and_account(returns_policy):
+def test_consuming_the_source_keeps_the_same_rows_and_account(tmp_path, returns_policy):
     """`consume` (the transactions step, done with its source) empties the source frame as
-    the rules go; what is kept and counted is what the non-consuming call gives."""
+    the rules go, text columns row group by row group; what is kept and counted is what
+    the non-consuming call gives."""
     from rfm_assets.engines.pandas_compute import prepare_transactions
-    from rfm_assets.engines.pandas_read import read_frame
+    from rfm_assets.engines.pandas_read import read_transactions
     from rfm_assets.settings import RFMSettings
 
     source = generate_transactions(3000, customers=300, seed=11, string_ids=True)
     source.loc[::97, "customer_id"] = None  # some rows to exclude, by several reasons
     source.loc[::89, "amount"] = np.nan
+    path = tmp_path / "tx.parquet"
+    source.to_parquet(path, row_group_size=700)  # text columns of 5 chunks
     columns = RFMSettings(columns={"order_id": "order_id"}).source_columns(bundled=False)
-    raw, _ = read_frame(source, columns, "test")
+    raw, _ = read_transactions(str(path), columns)
+    assert raw["customer_id"].array.__arrow_array__().num_chunks == 5
     expected, expected_account = prepare_transactions(raw.copy(), returns_policy=returns_policy)
     kept, account = prepare_transactions(raw, returns_policy=returns_policy, consume=True)
     pd.testing.assert_frame_equal(kept, expected)

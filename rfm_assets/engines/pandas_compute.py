@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rfm_assets.contract import (
     CUSTOMER_ROW_EXCLUSIONS,
@@ -143,9 +144,12 @@ def prepare_transactions(
             f"e.g. {amount[too_large][:3].tolist()}"
         )
     if "order_id" in frame and cancelled_order_prefix:
-        order_text = frame["order_id"].astype("str")
-        cancelled = order_text.str.startswith(cancelled_order_prefix).to_numpy(
-            dtype=bool, na_value=False
+        # No name for the text: it may be the column itself, which `consume` lets go.
+        cancelled = (
+            frame["order_id"]
+            .astype("str")
+            .str.startswith(cancelled_order_prefix)
+            .to_numpy(dtype=bool, na_value=False)
         )
     else:
         cancelled = np.zeros(rows_read, dtype=bool)
@@ -193,7 +197,14 @@ def prepare_transactions(
     def kept_rows_of(name: str):
         # A boolean take on the column's own array keeps Arrow-backed text in Arrow: no
         # Python objects per row.
-        return (frame.pop(name) if consume else frame[name]).array[kept]
+        if not consume:
+            return frame[name].array[kept]
+        column = frame.pop(name)
+        if not isinstance(column.array, pd.arrays.ArrowStringArray):
+            return column.array[kept]
+        chunks, dtype = column.array.__arrow_array__().chunks, column.dtype
+        del column
+        return _kept_text(chunks, kept, dtype)
 
     clean = pd.DataFrame(
         {
@@ -217,14 +228,27 @@ def prepare_transactions(
     return clean, account
 
 
-def _distinct_count(values: pd.Series) -> int:
-    """Distinct non-missing values, counted by DuckDB over the Arrow column on every core
-    (Arrow's count_distinct hashes on one)."""
-    import duckdb
+def _kept_text(chunks: list[pa.Array], kept: np.ndarray, dtype) -> pd.api.extensions.ExtensionArray:
+    """The kept rows of a text column given as its only references to its chunks, each
+    chunk let go once filtered: the column and its kept rows are never held whole at once
+    (a Parquet file's row groups are its chunks)."""
+    taken, start = [], 0
+    for index in range(len(chunks)):
+        chunk, chunks[index] = chunks[index], None
+        taken.append(chunk.filter(pa.array(kept[start : start + len(chunk)])))
+        start += len(chunk)
+        del chunk
+    return pd.array(pa.chunked_array(taken, type=taken[0].type).to_pandas(), dtype=dtype)
 
-    with duckdb.connect() as connection:
-        connection.register("ids", pa.table({"id": pa.array(values)}))
-        return int(connection.sql("SELECT count(DISTINCT id) FROM ids").fetchall()[0][0])
+
+def _distinct_count(values: pd.Series) -> int:
+    """Distinct non-missing values; Arrow-backed text is counted by Arrow's hash kernel,
+    about twice as fast as materialising the unique values (and, on one thread, with a
+    fraction of the memory DuckDB's count(DISTINCT) takes, at the step's peak)."""
+    if isinstance(values.array, pd.arrays.ArrowStringArray):
+        arrow = values.array.__arrow_array__()
+        return int(pc.count_distinct(arrow, mode="only_valid").as_py())
+    return int(values.nunique())
 
 
 def prepare_customers(
