@@ -238,16 +238,14 @@ def _failed_step_errors(result) -> list:
     return chain
 
 
-@pytest.mark.parametrize("step", ["read", "metrics"])
-def test_a_step_out_of_memory_fails_in_one_line_naming_the_setting(tmp_path, monkeypatch, step):
-    """What the Dagster UI shows for a step whose Spark job ran out of memory: our one-line
-    error naming the setting, not Py4J's Java stack trace (a generator step and a plain one)."""
+def _failing_run_errors(tmp_path, monkeypatch, step: str, message: str) -> list:
+    """The error chain of a run whose engine `step` fails with `message`."""
     from rfm_assets.engines.dispatch import PandasEngine
 
-    def out_of_memory(*args, **kwargs):
-        raise _JavaSideError(JAVA_HEAP)
+    def failing(*args, **kwargs):
+        raise _JavaSideError(message)
 
-    monkeypatch.setattr(PandasEngine, step, out_of_memory)
+    monkeypatch.setattr(PandasEngine, step, failing)
     source = tmp_path / "tx.parquet"
     generate_transactions(500, customers=50, seed=3).to_parquet(source)
     result = dg.materialize(
@@ -257,7 +255,14 @@ def test_a_step_out_of_memory_fails_in_one_line_naming_the_setting(tmp_path, mon
         raise_on_error=False,
     )
     assert not result.success
-    chain = _failed_step_errors(result)
+    return _failed_step_errors(result)
+
+
+@pytest.mark.parametrize("step", ["read", "metrics"])
+def test_a_step_out_of_memory_fails_in_one_line_naming_the_setting(tmp_path, monkeypatch, step):
+    """What the Dagster UI shows for a step whose Spark job ran out of memory: our one-line
+    error naming the setting, not Py4J's Java stack trace (a generator step and a plain one)."""
+    chain = _failing_run_errors(tmp_path, monkeypatch, step, JAVA_HEAP)
     user_error = chain[-1]
     assert user_error.cls_name == "RFMError"
     assert user_error.message.startswith("rfm_assets.errors.RFMError: Spark ran out of memory")
@@ -267,19 +272,6 @@ def test_a_step_out_of_memory_fails_in_one_line_naming_the_setting(tmp_path, mon
 
 
 def test_other_step_failures_keep_their_own_error(tmp_path, monkeypatch):
-    from rfm_assets.engines.dispatch import PandasEngine
-
-    def broken(*args, **kwargs):
-        raise _JavaSideError("An error occurred while calling o12.count.\n: AnalysisException")
-
-    monkeypatch.setattr(PandasEngine, "metrics", broken)
-    source = tmp_path / "tx.parquet"
-    generate_transactions(500, customers=50, seed=3).to_parquet(source)
-    result = dg.materialize(
-        RFM_ASSETS,
-        resources=rfm_resources(RFMSettings(input_path=str(source)), tmp_path / "store"),
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
-    assert not result.success
-    assert _failed_step_errors(result)[-1].cls_name == "_JavaSideError"
+    message = "An error occurred while calling o12.count.\n: AnalysisException"
+    chain = _failing_run_errors(tmp_path, monkeypatch, "metrics", message)
+    assert chain[-1].cls_name == "_JavaSideError"
