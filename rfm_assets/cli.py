@@ -319,8 +319,6 @@ def run_graph(settings, spark, optional: tuple[str, ...] = OPTIONAL_TABLES) -> d
 
 def readers_within(assets, selection) -> dict:
     """{asset key: how many of the selected assets read it}, over the selected assets."""
-    import dagster as dg
-
     selected = selection.resolve(assets)
     reads: dict = {}
     for definition in assets:
@@ -328,7 +326,7 @@ def readers_within(assets, selection) -> dict:
             for upstream in definition.asset_deps.get(key, ()):
                 if upstream in selected:
                     reads[upstream] = reads.get(upstream, 0) + 1
-    return {key: count for key, count in reads.items() if isinstance(key, dg.AssetKey)}
+    return reads
 
 
 def step_failure_message(result) -> str:

@@ -358,7 +358,7 @@ class HeldIOManager(dg.InMemoryIOManager):
     def __init__(self, readers: Optional[dict[dg.AssetKey, int]] = None):
         super().__init__()
         self._reads_left = dict(readers or {})
-        self._read_last: list[tuple[str, tuple]] = []  # (reading op, the value's identifier)
+        self._last_reader: dict[tuple, str] = {}  # value's identifier -> op that read it last
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         self._release_read(context.op_def.name)
@@ -374,13 +374,15 @@ class HeldIOManager(dg.InMemoryIOManager):
         if key in self._reads_left:
             self._reads_left[key] -= 1
             if self._reads_left[key] == 0:
-                self._read_last.append((context.op_def.name, tuple(context.get_identifier())))
+                self._last_reader[tuple(context.get_identifier())] = context.op_def.name
         return value
 
     def _release_read(self, op_name: str) -> None:
         """Empty the values whose last reader was a step before this op's."""
-        for reader, identifier in [r for r in self._read_last if r[0] != op_name]:
-            self._read_last.remove((reader, identifier))
+        for identifier, reader in list(self._last_reader.items()):
+            if reader == op_name:
+                continue
+            del self._last_reader[identifier]
             value = self.values.pop(identifier, None)
             if isinstance(value, pd.DataFrame):
                 value.drop(columns=list(value.columns), inplace=True)
