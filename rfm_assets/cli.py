@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
-import yaml
 
 from rfm_assets import pictures
 from rfm_assets.contract import ANALYTICS_COLUMNS
@@ -34,6 +33,8 @@ from rfm_assets.exports import (
 from rfm_assets.packaged import preset_names, preset_path
 from rfm_assets.report import ReportInputs, report_html
 from rfm_assets.result_dir import ResultDirectory
+from rfm_assets.settings import build_settings
+from rfm_assets.yaml_files import read_yaml
 
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
 # Tables the graph computes that the CLI writes only when asked (--high-value).
@@ -55,18 +56,12 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not source.exists() and preset_path(path).exists():
         source = preset_path(path)
     try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    except OSError as error:
+        raw = read_yaml(source, "--config") or {}
+    except FileNotFoundError:
         raise RFMConfigError(
-            f"--config: cannot read {path}: {error.strerror}; presets: {', '.join(preset_names())}"
+            f"--config: cannot read {path}: No such file or directory; presets: "
+            f"{', '.join(preset_names())}"
         ) from None
-    except UnicodeDecodeError:
-        raise RFMConfigError(f"--config: {path} is not UTF-8 text") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise RFMConfigError(f"--config: {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise RFMConfigError(f"--config: {path} must hold a mapping")
     return raw
@@ -141,57 +136,6 @@ def parse_weights(text: str) -> dict[str, float]:
     if len(values) != 3:
         raise RFMConfigError(f"--weights: expected three numbers R,F,M such as 2,1,1; got {text!r}")
     return dict(zip(("recency", "frequency", "monetary"), values))
-
-
-def _config_model(annotation):
-    """The Config class behind a field's annotation (unwrapping Optional), or None."""
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
-        if hasattr(candidate, "model_fields"):
-            return candidate
-    return None
-
-
-def unknown_keys(model, mapping: dict, prefix: str = "") -> list[str]:
-    """Keys of `mapping`, recursively, that `model` has no field for (typos, old names)."""
-    unknown = []
-    for key, value in mapping.items():
-        field = model.model_fields.get(key)
-        if field is None:
-            unknown.append(f"{prefix}{key}")
-            continue
-        nested = _config_model(field.annotation)
-        if nested is not None and isinstance(value, dict):
-            unknown += unknown_keys(nested, value, f"{prefix}{key}.")
-    return unknown
-
-
-def build_settings(settings: dict[str, Any]):
-    """RFMSettings from a mapping; a validation error becomes one line naming the field."""
-    from pydantic import ValidationError
-
-    from rfm_assets.settings import RFMSettings
-
-    unknown = unknown_keys(RFMSettings, settings)
-    if unknown:
-        known = ", ".join(RFMSettings.model_fields)
-        raise RFMConfigError(f"unknown settings: {', '.join(unknown)}; known settings: {known}")
-    try:
-        return RFMSettings(**settings)
-    except ValidationError as error:
-        raise RFMConfigError(describe_validation_error(error)) from None
-
-
-def describe_validation_error(error) -> str:
-    problems = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "literal_error":
-            message = f"{message}; got {item['input']!r}"
-        problems.append(
-            f"{field}: {message}" if field and not message.startswith(field) else message
-        )
-    return "invalid settings: " + "; ".join(problems)
 
 
 # --- running the graph ----------------------------------------------------------------------
@@ -702,7 +646,8 @@ def command_rules(args: argparse.Namespace) -> int:
     for line in overlaps:
         print(f"overlap (order decides): {line}")
     if problems:
-        raise RFMConfigError(f"{args.rule_set}: {len(problems)} problems, listed above")
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        raise RFMConfigError(f"{args.rule_set}: {count}, listed above")
     print(f"{args.rule_set}: valid on the {args.scale}-point scale, {len(overlaps)} overlaps")
     return 0
 

@@ -17,12 +17,14 @@ Each instance gets its own asset keys (under `key_prefix`), checks, settings res
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import re
+from typing import Annotated, Literal, Optional
 
 import dagster as dg
 from pydantic import Field
 
 from rfm_assets.assets import GROUP, RFMGraph, build_rfm_assets, build_rfm_checks
+from rfm_assets.errors import RFMConfigError
 
 
 def _io_manager(spark, base_dir: Optional[str]):
@@ -49,13 +51,28 @@ def build_rfm_definitions(
     schedule_running: bool = True,
     storage: Optional[str] = None,
     source_asset: Optional[str] = None,
+    bundled_sample: bool = False,
 ) -> dg.Definitions:
     """Assets, checks, job, schedule and resources of one RFM graph instance.
 
     `source_asset` ("raw/orders") starts the graph from the table another asset produces,
-    loaded by that asset's IO manager, instead of `settings.input_path`.
+    loaded by that asset's IO manager, instead of `settings.input_path`. One of the two is
+    required: only the package's own demo (`bundled_sample=True`) and the command line's
+    default read the bundled sample, so a deployment whose source went missing fails when it
+    loads instead of segmenting the sample.
     """
     from rfm_assets.spark_resource import spark
+
+    if settings.input_path and source_asset:
+        raise RFMConfigError(
+            f"source_asset: {source_asset!r} and input_path {settings.input_path!r} both give "
+            "the transactions; keep one"
+        )
+    if not (settings.input_path or source_asset or bundled_sample):
+        raise RFMConfigError(
+            "input_path: unset, and no source_asset; set the transactions to segment (the "
+            "bundled sample is read only by rfm_assets' own demo and the command line)"
+        )
 
     name = "_".join(key_prefix)
     partitions = None
@@ -139,12 +156,17 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
         description="Asset key prefix of this instance, e.g. [eu]; also names its group, job, "
         "schedule and settings resource. Empty: the unprefixed keys.",
     )
-    source: Optional[str] = Field(
-        default=None,
-        description="Transactions: a .parquet or .csv file, a folder of Parquet files, or a "
-        "URI Spark reads. Use {{ env.NAME }} to take it from the environment. Unset (and no "
-        "source_asset): the bundled UCI Online Retail sample.",
-    )
+    source: Annotated[
+        Optional[str],
+        dg.Resolver(
+            lambda context, raw: _resolve_source(context, raw),
+            model_field_type=Optional[str],
+            inject_before_resolve=False,
+            description="Transactions: a .parquet or .csv file, a folder of Parquet files, or "
+            "a URI Spark reads. Use {{ env.NAME }} to take it from the environment (an unset "
+            "variable fails the load, naming it). Give this or source_asset.",
+        ),
+    ] = None
     source_asset: Optional[str] = Field(
         default=None,
         description="Instead of source: the key (e.g. raw/orders) of an asset of this code "
@@ -179,11 +201,33 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
     )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        from rfm_assets.cli import build_settings
+        from rfm_assets.settings import build_settings
 
-        if self.source and self.source_asset:
-            raise ValueError("RFMSegmentation: give either source or source_asset, not both")
-        settings = build_settings({**self.settings, "input_path": self.source})
+        where = f"RFMSegmentation in {context.path / 'defs.yaml'}"
+        given = [
+            name
+            for name, value in (
+                ("source", self.source),
+                ("source_asset", self.source_asset),
+                ("settings.input_path", self.settings.get("input_path")),
+            )
+            if value
+        ]
+        if len(given) > 1:
+            raise RFMConfigError(
+                f"{where}: {' and '.join(given)} both give the transactions; keep one"
+            )
+        if not given:
+            raise RFMConfigError(
+                f"{where}: no source; set source (a path or URI, e.g. "
+                '"{{ env.MY_TRANSACTIONS }}") or source_asset'
+            )
+        try:
+            settings = build_settings(
+                {**self.settings, "input_path": self.source or self.settings.get("input_path")}
+            )
+        except RFMConfigError as error:
+            raise RFMConfigError(f"{where}: settings: {error}") from None
         return build_rfm_definitions(
             settings,
             key_prefix=tuple(self.key_prefix),
@@ -194,3 +238,32 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
             storage=self.storage,
             source_asset=self.source_asset,
         )
+
+
+# `{{ env.NAME }}`, `{{ env('NAME') }}`, `{{ env("NAME", ...) }}`
+_ENV_REFERENCE = re.compile(r"""env(?:\.(\w+)|\(\s*['"](\w+)['"])""")
+
+
+def _resolve_source(context: dg.ResolutionContext, raw: Optional[str]) -> Optional[str]:
+    """The source with its template filled in; a template that comes out empty (an unset
+    environment variable) fails the load naming the variable and the file, where Dagster
+    would hand on None and the graph would have nothing to read."""
+    from dagster.components.resolved.context import ResolutionException
+
+    if raw is None:
+        return None
+    value = context.resolve_value(raw)
+    if value not in (None, ""):
+        return str(value)
+    names = [a or b for a, b in _ENV_REFERENCE.findall(raw)]
+    why = f"the environment variable {', '.join(names)} is not set" if names else "it is empty"
+    raise ResolutionException(f"{_position(context)}source {raw!r} gives no path: {why}")
+
+
+def _position(context: dg.ResolutionContext) -> str:
+    """`file:line: ` of the value being resolved, where Dagster knows it."""
+    try:
+        position, _ = context.source_position_tree.lookup_closest_and_path(context.path, trace=None)
+        return f"{position.filename}:{position.start.line}: "
+    except Exception:  # no source positions (built in code): the message stands without
+        return ""

@@ -23,6 +23,8 @@ defs: dg.Definitions = build_rfm_definitions(
     # The sample's weeks are long past: nothing for a schedule to run until you point the
     # graph at your own data (RFMSegmentation), so it is deployed stopped.
     schedule_running=False,
+    # The demo, and with the command line the only reader of the bundled sample.
+    bundled_sample=True,
 )
 rfm_job = defs.resolve_job_def("rfm_job")
 rfm_weekly_schedule = defs.resolve_schedule_def("rfm_weekly")

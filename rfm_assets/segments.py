@@ -16,11 +16,11 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.formulas import combined_scores
 from rfm_assets.packaged import RULE_SETS_DIR, SEGMENTS_FILE
+from rfm_assets.yaml_files import read_yaml
 
 SUPPORTED_SCALES = (4, 5)
 # A segment's standing: engaged customers buy lately; slipping ones were valuable and have
@@ -111,8 +111,7 @@ def slugify(name: str) -> str:
 
 @cache
 def _packaged_config() -> dict:
-    with open(SEGMENTS_FILE, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+    return read_yaml(SEGMENTS_FILE, "segment catalog")
 
 
 def _catalog_from(raw, source: str) -> dict[str, SegmentEntry]:
@@ -402,20 +401,12 @@ def rule_set_path(name_or_path: str | Path) -> Path:
 
 def _read_yaml(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle) or {}
+        return read_yaml(path, "segment_rules") or {}
     except FileNotFoundError:
         raise RFMConfigError(
             f"segment_rules: {path} is neither a shipped rule set "
             f"({', '.join(shipped_rule_sets())}) nor a file"
         ) from None
-    except OSError as error:
-        raise RFMConfigError(f"segment_rules: cannot read {path}: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise RFMConfigError(f"segment_rules: {path} is not UTF-8 text") from None
-    except yaml.YAMLError as error:
-        first = " ".join(str(error).split())
-        raise RFMConfigError(f"segment_rules: {path} is not valid YAML: {first}") from None
 
 
 def load_rule_set(
@@ -475,6 +466,7 @@ def load_rule_set(
         problems.append(f"dead segments (no combination reaches them): {', '.join(unreached)}")
     display = {**_display_names(raw.get("display_names"), catalog, source),
                **_display_names(display_names, catalog, "segment_display_names")}  # fmt: skip
+    _check_distinct_names(catalog, display, source, display_names or {})
     alias_of = {shown: canonical for canonical, shown in display.items()}
     # Rules may name a segment by its display name too.
     by_code = {code: alias_of.get(segment, segment) for code, segment in by_code.items()}
@@ -496,6 +488,41 @@ def _display_names(raw, catalog: dict, source: str) -> dict[str, str]:
             f"{source}: display_names: no catalog segment named {', '.join(unknown)}"
         )
     return dict(raw)
+
+
+def _check_distinct_names(
+    catalog: dict, display: dict[str, str], source: str, settings_names: dict
+) -> None:
+    """Segment names, the names shown and segment ids are each unique after normalisation
+    (slugify: case, spaces and punctuation aside): two segments under one segment_id would
+    share a campaign file and a row of segment_analytics, and a display name equal to
+    another segment's name would merge the two."""
+    by_id: dict[str, str] = {}
+    for name in catalog:
+        other = by_id.setdefault(slugify(name), name)
+        if other != name:
+            raise RFMConfigError(
+                f"{source}: segments {other!r} and {name!r} are one segment_id "
+                f"({slugify(name)}), so one of them needs another name"
+            )
+    shown_by_id: dict[str, str] = {}
+    for name in catalog:
+        shown = display.get(name, name)
+        other = shown_by_id.setdefault(slugify(shown), name)
+        if other != name:
+            renamed, kept = (name, other) if name in display else (other, name)
+            taken = (
+                f"the name of the segment {kept!r}"
+                if kept not in display
+                else f"the name also shown for {kept!r} ({display[kept]!r})"
+            )
+            where = (
+                "segment_display_names" if renamed in settings_names else f"{source}: display_names"
+            )
+            raise RFMConfigError(
+                f"{where}: {renamed!r} shown as {display[renamed]!r} takes {taken} "
+                "(each segment needs a name of its own)"
+            )
 
 
 def _with_display_names(grid: SegmentGrid, display: dict[str, str]) -> SegmentGrid:

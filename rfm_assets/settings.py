@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import dagster as dg
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -585,3 +585,53 @@ class RFMSettings(dg.ConfigurableResource):
             "frequency": list(self.fixed_thresholds.frequency),
             "monetary": list(self.fixed_thresholds.monetary),
         }
+
+
+# --- settings from a mapping (a config file, flags, a component's attributes) ----------------
+
+
+def _config_model(annotation):
+    """The Config class behind a field's annotation (unwrapping Optional), or None."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if hasattr(candidate, "model_fields"):
+            return candidate
+    return None
+
+
+def unknown_keys(model, mapping: dict, prefix: str = "") -> list[str]:
+    """Keys of `mapping`, recursively, that `model` has no field for (typos, old names)."""
+    unknown = []
+    for key, value in mapping.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            unknown.append(f"{prefix}{key}")
+            continue
+        nested = _config_model(field.annotation)
+        if nested is not None and isinstance(value, dict):
+            unknown += unknown_keys(nested, value, f"{prefix}{key}.")
+    return unknown
+
+
+def build_settings(settings: dict[str, Any]) -> RFMSettings:
+    """RFMSettings from a mapping; a validation error becomes one line naming the field."""
+    unknown = unknown_keys(RFMSettings, settings)
+    if unknown:
+        known = ", ".join(RFMSettings.model_fields)
+        raise RFMConfigError(f"unknown settings: {', '.join(unknown)}; known settings: {known}")
+    try:
+        return RFMSettings(**settings)
+    except ValidationError as error:
+        raise RFMConfigError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error) -> str:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "literal_error":
+            message = f"{message}; got {item['input']!r}"
+        problems.append(
+            f"{field}: {message}" if field and not message.startswith(field) else message
+        )
+    return "invalid settings: " + "; ".join(problems)

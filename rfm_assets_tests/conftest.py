@@ -171,7 +171,10 @@ def materialize_bundled_week(store, week: str, raise_on_error: bool = True, sett
     from rfm_assets.settings import RFMSettings
 
     definitions = build_rfm_definitions(
-        settings or RFMSettings(), weeks_start="2011-10-31", weeks_end="2011-12-12"
+        settings or RFMSettings(),
+        weeks_start="2011-10-31",
+        weeks_end="2011-12-12",
+        bundled_sample=True,
     )
     resources = dict(definitions.resources)
     resources["io_manager"] = RFMParquetIOManager(base_dir=str(store))

@@ -354,3 +354,57 @@ def test_held_values_are_let_go_once_their_last_reader_has_finished():
     assert result.output_for_node("totals").shape == (2, 0)  # once `largest` finished
     assert result.output_for_node("largest").shape == (1, 2)  # not named: kept
     assert len(held.values) == 2  # largest and named
+
+
+# Nine values, nine times nine, ...: 9**9 (387 million) values from a few hundred bytes.
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+)
+
+
+@pytest.mark.parametrize(
+    "where, content, message",
+    [
+        ("rules", ALIAS_BOMB + "rules: [{segment: Lost, default: true, note: *i}]\n",
+         "expands to more than 100,000 values"),
+        ("config", ALIAS_BOMB, "expands to more than 100,000 values"),
+        ("rules", "rules: &r [{segment: Lost, default: true, note: *r}]\n", "contains itself"),
+        ("config", "reference_date: '" + "9" * (1 << 20) + "'\n", "larger than 1 MiB"),
+    ],
+)  # fmt: skip
+def test_every_yaml_file_is_read_bounded(tmp_path, capsys, where, content, message):
+    import time
+
+    path = tmp_path / "file.yaml"
+    path.write_text(content)
+    started = time.monotonic()
+    if where == "rules":
+        code = main(["rules", str(path)])
+        problem = capsys.readouterr().out
+    else:
+        code = main(["analyze", "--config", str(path), "--output", str(tmp_path / "out")])
+        problem = capsys.readouterr().err
+    assert code == 1 and message in problem
+    assert time.monotonic() - started < 5  # refused at once, not after building the values
+    # The same file as the setting segment_rules, as Dagster's resource would get it.
+    if where == "rules":
+        from rfm_assets.errors import RFMConfigError
+        from rfm_assets.settings import build_settings
+
+        with pytest.raises(RFMConfigError, match=message):
+            build_settings({"segment_rules": str(path)})
+
+
+def test_a_yaml_path_that_is_not_a_regular_file_is_refused_without_reading(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    for argv in (
+        ["analyze", "--config", str(fifo), "--output", str(tmp_path / "out")],
+        ["analyze", "--config", "/dev/zero", "--output", str(tmp_path / "out")],
+        ["rules", str(fifo)],
+    ):
+        assert main(argv) == 1
+        said = capsys.readouterr()
+        assert "is not a regular file (a pipe or device?)" in said.out + said.err

@@ -380,3 +380,45 @@ def test_rules_check_lists_one_line_per_problem_and_per_overlap(tmp_path, capsys
     assert capsys.readouterr().out.splitlines()[-1] == (
         "ranges: valid on the 5-point scale, 5 overlaps"
     )
+
+
+@pytest.mark.parametrize(
+    "display, message",
+    [
+        # The real Champions would merge into At Risk's row under one name.
+        ({"At Risk": "Champions"}, "'At Risk' shown as 'Champions' takes the name of the segment"),
+        ({"At Risk": "champions!"}, "'At Risk' shown as 'champions!' takes the name of the"),
+        ({"At Risk": "Sleepy", "Lost": "sleepy"}, "takes the name also shown for"),
+    ],
+)
+def test_display_names_that_would_merge_two_segments_are_refused(display, message):
+    from rfm_assets.segments import load_rule_set
+
+    with pytest.raises(RFMConfigError, match="segment_display_names: ") as raised:
+        load_rule_set("rfm_grid", 5, (1.0, 1.0, 1.0), display)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+    # A new name that is only a new spelling of the segment's own stays allowed.
+    grid = load_rule_set("rfm_grid", 5, (1.0, 1.0, 1.0), {"Cannot Lose Them": "Can't Lose Them"})
+    assert len({e.segment_id for e in grid.segments}) == len(grid.segments) == 11
+
+
+def test_segments_that_normalise_to_one_segment_id_are_refused(tmp_path, capsys):
+    from rfm_assets.cli import main
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        textwrap.dedent(
+            """
+            catalog:
+              "champions!": {priority: 1, description: d, recommendation: r}
+            rules:
+              - {segment: "champions!", R: [5, 5]}
+              - {segment: Champions, default: true}
+            """
+        )
+    )
+    assert main(["rules", str(rules)]) == 1
+    out = capsys.readouterr().out
+    assert "segments 'Champions' and 'champions!' are one segment_id (champions)" in out
+    with pytest.raises(RFMConfigError, match="are one segment_id"):
+        load_grid_file(rules, 5)

@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from rfm_assets import defs
-from rfm_assets.cli import build_settings
+from rfm_assets.settings import build_settings
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.packaged import BUNDLED_DATASET, preset_names, preset_path
 from rfm_assets.settings import RFMSettings

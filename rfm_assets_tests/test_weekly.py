@@ -73,7 +73,9 @@ def test_each_week_is_segmented_as_of_its_end_and_stays_readable(source, tmp_pat
     transactions = stored(store, "transactions", WEEK)
     assert transactions["transaction_date"].max() < pd.Timestamp("2024-12-02")
     # Unkeyed loads return the latest week; any week by its key.
-    definitions = build_rfm_definitions(RFMSettings(), weeks_start=WEEKS[0], weeks_end=WEEKS[1])
+    definitions = build_rfm_definitions(
+        RFMSettings(), weeks_start=WEEKS[0], weeks_end=WEEKS[1], bundled_sample=True
+    )
     definitions = dg.Definitions.merge(
         dg.Definitions(assets=list(definitions.assets)),
         dg.Definitions(resources={
@@ -158,7 +160,9 @@ def test_segment_trends_are_numeric_metadata_with_stable_keys(source, tmp_path):
 
 
 def test_columns_and_kinds_are_declared_before_the_first_run():
-    definitions = build_rfm_definitions(RFMSettings(engine="spark"), weeks_start=WEEKS[0])
+    definitions = build_rfm_definitions(
+        RFMSettings(engine="spark"), weeks_start=WEEKS[0], bundled_sample=True
+    )
     graph = definitions.resolve_asset_graph()
     node = graph.get(dg.AssetKey("customer_segments"))
     schema = node.metadata["dagster/column_schema"]
