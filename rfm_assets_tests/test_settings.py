@@ -9,10 +9,9 @@ import yaml
 from pydantic import ValidationError
 
 from rfm_assets import defs
-from rfm_assets.settings import build_settings
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.packaged import BUNDLED_DATASET, preset_names, preset_path
-from rfm_assets.settings import RFMSettings
+from rfm_assets.settings import RFMSettings, build_settings
 
 REPO_TESTS = Path(__file__).parent
 PRESETS = [
