@@ -79,10 +79,10 @@ def oracle(
             excluded["before_analysis_window"] += 1
         elif returns_policy == "exclude" and cancelled:
             excluded["cancelled_order"] += 1
-        elif returns_policy == "exclude" and amount <= 0:
-            excluded["non_positive_amount"] += 1
+        elif returns_policy == "exclude" and round(amount * 1_000_000) <= 0:
+            excluded["non_positive_amount"] += 1  # money in micro-units: 4e-7 is 0
         else:
-            is_return = cancelled or amount <= 0
+            is_return = cancelled or round(amount * 1_000_000) <= 0
             kept.append((customer, day, -abs(amount) if is_return else amount, is_return, order))
 
     per_customer = defaultdict(
@@ -260,7 +260,7 @@ def customer_oracle(
             excluded["before_analysis_window"] += 1
         elif has_first and (first is None or not low <= first <= high or first > last):
             excluded["invalid_first_purchase_date"] += 1
-        elif monetary <= 0:
+        elif round(monetary * 1_000_000) <= 0:
             excluded["customer_monetary_not_positive"] += 1
         else:
             c = {

@@ -26,6 +26,7 @@ from rfm_assets.engines.shared import (
     EXAMPLES_SHOWN,
     HIGHER_IS_BETTER,
     LAPSED_CUSTOMERS,
+    LARGEST_ZERO_AMOUNT,
     MAX_CUSTOMER_TOTAL,
     NEW_CUSTOMERS,
     SCORE_OF,
@@ -165,13 +166,16 @@ def prepare_transactions(
         ),
     ]
     if returns_policy == "exclude":
-        rules += [("cancelled_order", cancelled), ("non_positive_amount", amount <= 0)]
+        rules += [
+            ("cancelled_order", cancelled),
+            ("non_positive_amount", amount <= LARGEST_ZERO_AMOUNT),
+        ]
     excluded, counts = first_reasons(rules, rows_read)
 
     del rules, days, in_range, finite
     _check_customer_totals(frame["customer_id"], amount, ~excluded)
     kept = ~excluded
-    is_return = cancelled[kept] | (amount[kept] <= 0)
+    is_return = cancelled[kept] | (amount[kept] <= LARGEST_ZERO_AMOUNT)
     del cancelled
     # Under `net` a return or cancellation is subtracted, whatever the sign it was recorded with.
     signed_amount = amount[kept]
@@ -319,7 +323,7 @@ def prepare_customers(
                 | (first_day > last_day_value),
             )
         )
-    rules.append(("customer_monetary_not_positive", monetary <= 0))
+    rules.append(("customer_monetary_not_positive", monetary <= LARGEST_ZERO_AMOUNT))
     excluded, counts = first_reasons(rules, rows_read)
     kept = ~excluded
     if not kept.any():

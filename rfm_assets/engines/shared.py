@@ -86,6 +86,25 @@ def customer_total_error(customer, total: float) -> RFMInputError:
     )
 
 
+def _largest_zero_amount() -> float:
+    """The largest double whose micro-units (x * 10**6 rounded half to even) are 0."""
+    import math
+
+    amount = 0.5 / MICRO_UNITS
+    while round(amount * MICRO_UNITS) > 0:
+        amount = math.nextafter(amount, -math.inf)
+    while round(math.nextafter(amount, math.inf) * MICRO_UNITS) <= 0:
+        amount = math.nextafter(amount, math.inf)
+    return amount
+
+
+# Money is counted in micro-units, so an amount or a customer's total is positive only when
+# its micro-units are: `x <= LARGEST_ZERO_AMOUNT` is exactly `round_half_even(x * 10**6) <= 0`
+# (multiplying by 10**6 is monotonic in doubles), one comparison and no rounded copy. So
+# 0.0000004 is not positive, as 0 is not.
+LARGEST_ZERO_AMOUNT = _largest_zero_amount()
+
+
 # Integer ids held as floats are exact only below 2**53.
 LARGEST_FLOAT_ID = 2.0**53
 

@@ -53,6 +53,7 @@ from rfm_assets.engines.shared import (
     ISO_DATE_TEXT,
     LAPSED_CUSTOMERS,
     LARGEST_FLOAT_ID,
+    LARGEST_ZERO_AMOUNT,
     MAX_CUSTOMER_TOTAL,
     NAN_TEXT,
     NEW_CUSTOMERS,
@@ -611,9 +612,12 @@ def prepare_transactions(
     if window_start_day is not None:
         rules.append(("before_analysis_window", day < window_start_day))
     if returns_policy == "exclude":
-        rules += [("cancelled_order", cancelled), ("non_positive_amount", amount <= 0)]
+        rules += [
+            ("cancelled_order", cancelled),
+            ("non_positive_amount", amount <= F.lit(LARGEST_ZERO_AMOUNT)),
+        ]
     reason = first_reason(rules)
-    is_return = (cancelled | (amount <= 0)) & reason.isNull()
+    is_return = (cancelled | (amount <= F.lit(LARGEST_ZERO_AMOUNT))) & reason.isNull()
     flagged = frame.select(
         "*",
         reason.alias("reason"),
@@ -768,7 +772,7 @@ def prepare_customers(
                 | (first_day.cast("double") > last_value),
             )
         )
-    rules.append(("customer_monetary_not_positive", monetary <= 0))
+    rules.append(("customer_monetary_not_positive", monetary <= F.lit(LARGEST_ZERO_AMOUNT)))
     reason = first_reason(rules)
     flagged = frame.select("*", reason.alias("reason"), last_value.alias("last_value"))
     counted = _reason_counts(flagged, CUSTOMER_ROW_EXCLUSIONS)
