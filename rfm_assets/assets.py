@@ -13,6 +13,7 @@ can run on its own.
 """
 
 import datetime as dt
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from rfm_assets.contract import (
     COLUMN_TYPES,
     CUSTOMER_FILTERS,
     METRIC_COLUMNS,
+    MICRO_UNITS,
     MIGRATION_COLUMNS,
     SCORE_COLUMNS,
     SEGMENT_COLUMNS,
@@ -39,6 +41,7 @@ from rfm_assets.engines.dispatch import CLUSTER_PICTURE_CUSTOMERS, PandasEngine,
 from rfm_assets.engines.shared import (
     LAPSED_CUSTOMERS,
     NEW_CUSTOMERS,
+    amounts_add_up,
     movement_counts,
     moves_between_segments,
 )
@@ -794,8 +797,11 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         shown = _small_to_pandas(analytics)  # a dozen rows at most
         customers = engine.row_count(segmented)
         expected_micro = engine.monetary_micro_sum(segmented, "monetary")
-        got_micro = PandasEngine().monetary_micro_sum(shown, "revenue")
-        matches = got_micro == expected_micro and int(shown["customers"].sum()) == customers
+        revenue = math.fsum(shown["revenue"])
+        matches = (
+            amounts_add_up(shown["revenue"], expected_micro)
+            and int(shown["customers"].sum()) == customers
+        )
         moves = _share_moves(context, shown, graph, settings)
         worst = max(moves, key=lambda m: abs(m[1]), default=None)
         moved = worst is not None and abs(worst[1]) > settings.max_weekly_share_change
@@ -805,10 +811,10 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                     key("segment_analytics"),
                     "revenue_matches_customers",
                     matches,
-                    f"revenue {got_micro / 1e6:,.2f} over {int(shown['customers'].sum()):,} "
-                    f"customers, but customer_segments sums to {expected_micro / 1e6:,.2f} over "
-                    f"{customers:,}",
-                    {"revenue": got_micro / 1e6, "monetary_of_customers": expected_micro / 1e6},
+                    f"revenue {revenue:,.2f} over {int(shown['customers'].sum()):,} "
+                    f"customers, but customer_segments sums to "
+                    f"{expected_micro / MICRO_UNITS:,.2f} over {customers:,}",
+                    {"revenue": revenue, "monetary_of_customers": expected_micro / MICRO_UNITS},
                 ),
                 dg.AssetCheckResult(
                     asset_key=key("segment_analytics"),
@@ -950,8 +956,12 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             str(k): int(v) for k, v in out_of.groupby("from_segment")["customers"].sum().items()
         }
         revenue_now = engine.monetary_micro_sum(current, "monetary")
-        revenue_in = PandasEngine().monetary_micro_sum(into, "revenue")
-        passed = out_sizes == sizes_before and into_sizes == sizes_now and revenue_in == revenue_now
+        revenue_in = math.fsum(into["revenue"])
+        passed = (
+            out_sizes == sizes_before
+            and into_sizes == sizes_now
+            and amounts_add_up(into["revenue"], revenue_now)
+        )
         yield from _blocking(
             [
                 _check(
@@ -960,7 +970,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
                     passed,
                     f"moves out of segments {out_sizes} vs sizes the week before "
                     f"{sizes_before}; moves in {into_sizes} vs sizes now {sizes_now}; revenue "
-                    f"in {revenue_in / 1e6:,.2f} vs {revenue_now / 1e6:,.2f}",
+                    f"in {revenue_in:,.2f} vs {revenue_now / MICRO_UNITS:,.2f}",
                     {"previous": previous_label},
                 )
             ],

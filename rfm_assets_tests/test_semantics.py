@@ -357,3 +357,16 @@ def test_consuming_the_source_keeps_the_same_rows_and_account(tmp_path, returns_
     assert account.rows_excluded["missing_customer_id"] > 0
     assert account.rows_excluded["invalid_amount"] > 0
     assert list(raw.columns) == []  # nothing of the source is left held
+
+
+def test_money_values_add_up_exactly_at_any_size():
+    from rfm_assets.engines.shared import amounts_add_up
+
+    micro = [8_900_000_000_000_250_000] * 3 + [12_500_000]  # 3 x 8.9e12 + 12.5
+    revenues = [m / 10**6 for m in micro]
+    assert amounts_add_up(revenues, sum(micro))  # 2.67e13: beyond int64 micro-units
+    assert not amounts_add_up(revenues, sum(micro) - 10_000)  # a cent short is seen
+    small = [1234567, 89]
+    assert amounts_add_up([m / 10**6 for m in small], sum(small))
+    assert not amounts_add_up([m / 10**6 for m in small], sum(small) + 1)  # one micro-unit
+    assert not amounts_add_up([float("nan")], 0)

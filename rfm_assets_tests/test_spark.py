@@ -688,3 +688,21 @@ def test_a_local_frame_equals_create_data_frame(spark):
     assert [repr(row) for row in got.collect()] == [repr(row) for row in want.collect()]
     empty = local_frame(spark, [], schema)
     assert empty.schema == want.schema and empty.count() == 0
+
+
+def test_segment_revenue_beyond_int64_micro_units_on_both_engines(spark, tmp_path):
+    """Ten customers of 8.9e12 each (under the 9e12 limit) in one segment: the graph's revenue
+    check adds up exactly on both engines, and the two analytics tables agree."""
+    source = tmp_path / "customers.csv"
+    rows = [f"{i},5,3,8900000000000.25" for i in range(10)] + ["small,400,1,10"]
+    source.write_text("customer_id,recency,frequency,monetary\n" + "\n".join(rows) + "\n")
+    revenue = {}
+    for engine in ("pandas", "spark"):
+        output = tmp_path / engine
+        argv = ["analyze", "--engine", engine, "--input", str(source), "--input-level",
+                "customers", "--reference-date", "2024-01-01", "--output", str(output)]  # fmt: skip
+        assert main(argv) == 0
+        analytics = pd.read_parquet(output / "segment_analytics.parquet")
+        revenue[engine] = analytics.set_index("segment")["revenue"].to_dict()
+    assert revenue["pandas"] == revenue["spark"]
+    assert max(revenue["pandas"].values()) == 89_000_000_000_002.5 + 10

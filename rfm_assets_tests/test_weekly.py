@@ -403,3 +403,27 @@ def test_a_changed_column_schema_is_flagged(source, tmp_path):
         e for e in result.get_asset_check_evaluations() if e.check_name == "column_schema_change"
     ]
     assert not changed.passed and changed.severity == dg.AssetCheckSeverity.WARN
+
+
+def test_revenue_beyond_int64_micro_units_passes_the_checks_exactly(tmp_path):
+    """Customers each under the 9e12 limit whose segments and moves together pass 9.2e12:
+    the revenue checks add up exactly instead of overflowing int64 micro-units."""
+    from fractions import Fraction
+
+    frame = generate_transactions(3_000, customers=300, seed=4)
+    big = frame["customer_id"].isin(frame["customer_id"].unique()[:40])
+    rows = frame.groupby("customer_id")["amount"].transform("size")
+    frame.loc[big, "amount"] = 8.5e12 / rows[big]  # each of 40 customers: 8.5e12 in all
+    path = tmp_path / "big.parquet"
+    frame.to_parquet(path)
+    store = tmp_path / "store"
+    for week in (WEEK, NEXT_WEEK):
+        result = materialize(str(path), store, week)
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert checks["revenue_matches_customers"].passed
+    assert checks["margins_match_both_weeks"].passed
+    segments = stored(store, "customer_segments", NEXT_WEEK)
+    analytics = stored(store, "segment_analytics", NEXT_WEEK)
+    exact = sum(Fraction(m) for m in segments["monetary"])
+    assert exact > 9.3e12 and analytics["revenue"].max() > 9.3e12
+    assert abs(sum(Fraction(r) for r in analytics["revenue"]) - exact) < 0.01

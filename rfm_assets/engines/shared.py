@@ -105,6 +105,27 @@ def _largest_zero_amount() -> float:
 LARGEST_ZERO_AMOUNT = _largest_zero_amount()
 
 
+def amounts_add_up(amounts, exact_micro: int) -> bool:
+    """Whether money values, each a float rounded from an exact sum of micro-units (a
+    segment's revenue), add up to `exact_micro` micro-units.
+
+    Exact at any size: the floats are added as the rationals they are, with no int64 to
+    overflow, and each may differ from the sum it was rounded from by half its last place
+    (a float of 10**13 holds no micro-units), which is all the slack allowed.
+    """
+    import math
+    from fractions import Fraction
+
+    total, slack = Fraction(0), Fraction(0)
+    for amount in amounts:
+        amount = float(amount)
+        if not math.isfinite(amount):
+            return False
+        total += Fraction(amount)
+        slack += Fraction(math.ulp(amount)) / 2
+    return abs(total - Fraction(exact_micro, MICRO_UNITS)) <= slack
+
+
 # Integer ids held as floats are exact only below 2**53.
 LARGEST_FLOAT_ID = 2.0**53
 
