@@ -18,6 +18,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from rfm_assets import pictures
+from rfm_assets.bounded_files import read_bounded, read_yaml
 from rfm_assets.contract import ANALYTICS_COLUMNS
 from rfm_assets.engines.shared import movement_counts
 from rfm_assets.engines.source import first_line
@@ -31,16 +32,17 @@ from rfm_assets.exports import (
     write_table,
 )
 from rfm_assets.packaged import preset_names, preset_path
-from rfm_assets.report import ReportInputs, report_html
+from rfm_assets.report import ReportInputs, report_html, require_numbers
 from rfm_assets.result_dir import ResultDirectory
 from rfm_assets.settings import build_settings
-from rfm_assets.yaml_files import read_yaml
 
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
 # Tables the graph computes that the CLI writes only when asked (--high-value).
 OPTIONAL_TABLES = ("high_value_customers",)
 # Written when the output directory holds an earlier result to compare with.
 MOVEMENT_TABLES = ("segment_migration", "slipping_customers")
+# What the segment sizes picture is drawn from (numbers, or the report is refused).
+SIZES_DRAWN_FROM = ("priority", "customers", "revenue_share")
 # The columns `report` needs of each table it reads.
 TABLE_COLUMNS = {"segment_analytics": ANALYTICS_COLUMNS[:12]}
 EXIT_USAGE = 2
@@ -343,6 +345,8 @@ def read_table(
         # another run switches the result in between.
         path = (directory / f"{name}{suffix}").resolve()
         if path.exists():
+            if not path.is_file():  # a pipe would be waited on, a device read forever
+                raise RFMError(f"{flag}: {path} is not a regular file (a pipe or device?)")
             try:
                 table = reader(path)
             except Exception as error:  # pyarrow, pandas and OS errors alike: name the file
@@ -358,14 +362,18 @@ def read_table(
     return None
 
 
+# run_summary.json holds a few KiB; a file far larger is not one.
+SUMMARY_MAX_BYTES = 16 << 20
+
+
 def read_summary(directory: Path) -> Optional[dict]:
     """run_summary.json of a result, or None when there is none."""
     path = directory / "run_summary.json"
     if not path.exists():
         return None
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        summary = json.loads(read_bounded(path, "--input", SUMMARY_MAX_BYTES, RFMError))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RFMError(f"--input: cannot read {path}: {first_line(error)}") from None
     if not isinstance(summary, dict):
         raise RFMError(f"--input: {path} is not a run summary (not a JSON object)")
@@ -400,7 +408,9 @@ def report_markdown(analytics: pd.DataFrame, summary: Optional[dict]) -> str:
     lines = ["# RFM segment report", ""]
     if summary:
         excluded = summary.get("rows_excluded")
-        excluded = sum(excluded.values()) if isinstance(excluded, dict) else None
+        excluded = list(excluded.values()) if isinstance(excluded, dict) else [None]
+        # A count that is not a whole number (an edited file) makes the total "unknown".
+        excluded = sum(excluded) if all(isinstance(n, int) for n in excluded) else None
         window = summary.get("window_start")
         lines += [
             f"- input: {markdown_cell(summary.get('input'))}",
@@ -418,12 +428,21 @@ def report_markdown(analytics: pd.DataFrame, summary: Optional[dict]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in analytics.itertuples(index=False):
-        lines.append(
-            f"| {markdown_cell(row.segment)} | {row.customers:,} | {row.customer_share:.1%} | "
-            f"{row.revenue:,.2f} | {row.revenue_share:.1%} | {_number(row.avg_recency, 1)} | "
-            f"{_number(row.avg_frequency, 2)} | {_number(row.avg_monetary, 2)} | "
-            f"{_number(row.avg_order_value, 2)} | {markdown_cell(row.recommendation)} |"
-        )
+        # Every cell through markdown_cell: a number is formatted only when it is one, and
+        # text (a segment name, or text where a number belongs) can never become markup.
+        cells = [
+            markdown_cell(row.segment),
+            markdown_cell(row.customers, ","),
+            markdown_cell(row.customer_share, ".1%"),
+            markdown_cell(row.revenue, ",.2f"),
+            markdown_cell(row.revenue_share, ".1%"),
+            markdown_cell(row.avg_recency, ",.1f"),
+            markdown_cell(row.avg_frequency, ",.2f"),
+            markdown_cell(row.avg_monetary, ",.2f"),
+            markdown_cell(row.avg_order_value, ",.2f"),
+            markdown_cell(row.recommendation),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -494,8 +513,20 @@ def command_analyze(args: argparse.Namespace) -> int:
         from rfm_assets.assets import COLUMNS_OF
 
         campaign_choice(args, settings, pd.DataFrame(columns=COLUMNS_OF["customer_segments"]))
+    # The names this run may show: one taken by something rfm-assets did not write is refused
+    # before the graph runs.
+    shows = [f"{name}.{args.format}" for name in OUTPUT_TABLES + MOVEMENT_TABLES]
+    shows.append("run_summary.json")
+    if args.high_value is not None:
+        shows.append(f"high_value_customers.{args.format}")
+    if settings.segmentation_method == "kmeans":
+        from rfm_assets.io_manager import MODEL_FILE
+
+        shows.append(MODEL_FILE)
+    if args.split_by_segment:
+        shows.append("campaigns")
     spark = spark_resource_for(args, settings)
-    with ResultDirectory(Path(args.output)) as result:
+    with ResultDirectory(Path(args.output), shows) as result:
         if settings.engine == "spark" and not args.debug:
             result.work.mkdir()
             with jvm_stderr_to(result.work / "spark.log"):
@@ -536,6 +567,10 @@ def command_analyze(args: argparse.Namespace) -> int:
             raise RFMError(
                 f"--output: cannot write {args.output}: {error.strerror or error}"
             ) from None
+        # Read from this run's own files: once published, a racing run with other options
+        # may hide the visible names.
+        segment_table = segment_table_text(read_table(result.files, "segment_analytics"))
+        lists = sorted(p.name for p in (result.files / "campaigns").glob("*"))
         result.publish()
     output = Path(args.output)
     excluded = sum(summary["rows_excluded"].values())
@@ -547,7 +582,7 @@ def command_analyze(args: argparse.Namespace) -> int:
         f"{summary['reference_date']}"
         + (f"; {skipped:,} files skipped (names starting with _ or .)" if skipped else "")
     )
-    print(segment_table_text(read_table(output, "segment_analytics")))
+    print(segment_table)
     print(movement_note)
     from rfm_assets.io_manager import MODEL_FILE
 
@@ -557,7 +592,6 @@ def command_analyze(args: argparse.Namespace) -> int:
     if outcome["cluster_model"] is not None:
         written.append(MODEL_FILE)
     if args.split_by_segment:
-        lists = sorted(p.name for p in (output / "campaigns").iterdir())
         print(f"campaign lists: {len(lists)} files in {output / 'campaigns'}")
     print(f"wrote {', '.join(written)}, run_summary.json to {output}")
     return 0
@@ -598,6 +632,7 @@ def command_report(args: argparse.Namespace) -> int:
         print(f"wrote {target}")
         return 0
     chart = target.with_name("segment_sizes.png")
+    require_numbers(analytics, SIZES_DRAWN_FROM, "segment_analytics", "the segment sizes")
     png = pictures.segment_sizes(analytics)
     write_atomically(chart, lambda p: p.write_bytes(png))
     text = report_markdown(analytics, summary) + f"\n![segment sizes]({chart.name})\n"
@@ -620,7 +655,7 @@ def report_inputs(directory: Path, analytics: pd.DataFrame, summary: Optional[di
         analytics=analytics,
         score_grid=engine.score_grid(segments),
         histograms=engine.histograms(segments),
-        scale=int(summary.get("scale") or segments["R_score"].max()),
+        scale=_scale_of(summary, segments),
         summary=summary,
         migration=migration,
         previous="the result this one replaced",
@@ -632,6 +667,16 @@ def report_inputs(directory: Path, analytics: pd.DataFrame, summary: Optional[di
             else None
         ),
     )
+
+
+def _scale_of(summary: dict, segments: pd.DataFrame) -> int:
+    """The score scale of a result: its summary's, else the largest R_score it holds."""
+    scale = summary.get("scale")
+    if scale is None:
+        return int(segments["R_score"].max())
+    if isinstance(scale, bool) or scale not in (4, 5):
+        raise RFMError(f"--input: run_summary.json: scale is {str(scale)[:40]!r}, not 4 or 5")
+    return int(scale)
 
 
 def command_rules(args: argparse.Namespace) -> int:

@@ -3,11 +3,15 @@
 import csv
 import html
 import json
+import math
+import numbers
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from rfm_assets.errors import RFMError
@@ -17,10 +21,20 @@ from rfm_assets.errors import RFMError
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def markdown_cell(value) -> str:
-    """Text safe inside a Markdown table cell: no raw HTML, no column breaks, one line."""
+def markdown_cell(value, number: Optional[str] = None) -> str:
+    """Text safe inside a Markdown table cell: no raw HTML, no link or image, no column
+    breaks, one line. With `number` (a format spec such as ",.2f") a real number is formatted
+    with it and a missing one is "-"; anything else, text included, is escaped text."""
+    if number is not None:
+        nan = isinstance(value, (float, np.floating)) and math.isnan(value)
+        if value is None or value is pd.NA or nan:
+            return "-"
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+            return format(value, number)
     text = html.escape(" ".join(str(value).split()), quote=False)
-    return text.replace("|", "\\|")
+    for special in ("\\", "|", "[", "]"):  # the backslash first: it escapes the others
+        text = text.replace(special, "\\" + special)
+    return text
 
 
 def write_atomically(path: Path, write) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import typing
 import uuid
@@ -44,6 +45,10 @@ LATEST_PARTITION = "LATEST"
 # Output metadata key under which an asset hands the IO manager its table's run context.
 CONTEXT_METADATA = "rfm/context"
 CONTEXT_SUFFIX = ".context.json"
+# What `dump_to_path` names a version: v<nanoseconds>-<8 hex>.parquet or .json.
+VERSION_NAME = re.compile(r"v\d+-[0-9a-f]{8}\.(?:parquet|json)")
+# A partition key of a weekly asset (YYYY-MM-DD), as LATEST holds it.
+WEEK_NAME = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def default_base_dir() -> str:
@@ -113,30 +118,105 @@ def path_exists_and_is_document(path: UPath) -> bool:
 MODEL_FILE = "cluster_model.json"
 
 
+def _model_kind(path: UPath) -> tuple[str, Optional[int]]:
+    """("file", size), ("directory", None) or ("other", None) of `path`, from a stat (local)
+    or the file system's info (a URI): nothing is opened, so a pipe or device cannot hang or
+    fill memory. A missing path raises FileNotFoundError."""
+    import stat
+
+    if _is_local(path):
+        mode = os.stat(path.path)
+        if stat.S_ISDIR(mode.st_mode):
+            return "directory", None
+        return ("file", mode.st_size) if stat.S_ISREG(mode.st_mode) else ("other", None)
+    info = path.fs.info(path.path)
+    kind = info.get("type")
+    size = info.get("size")
+    if kind == "directory":
+        return "directory", None
+    return ("file", size if isinstance(size, int) else None) if kind == "file" else ("other", None)
+
+
+def _small_file_text(path: UPath, location: str) -> str:
+    """The text of a model file (or of a store's CURRENT / LATEST pointer) at `path`: a
+    regular file of at most MODEL_MAX_BYTES, checked before it is opened and read no further
+    than that bound (a URI may not tell its size)."""
+    from rfm_assets.engines.clustering import MODEL_MAX_BYTES
+    from rfm_assets.errors import RFMConfigError
+
+    shown = location if str(path) == str(UPath(location)) else f"{location}: {_plain(path)}"
+    try:
+        kind, size = _model_kind(path)
+    except FileNotFoundError:
+        raise RFMConfigError(f"cluster_model_path: {shown} does not exist") from None
+    if kind != "file":
+        raise RFMConfigError(
+            f"cluster_model_path: {shown} is not a regular file (a directory, pipe or device?)"
+        )
+    bound = (
+        f"{MODEL_MAX_BYTES // 2**20} MiB"
+        if MODEL_MAX_BYTES % 2**20 == 0
+        else f"{MODEL_MAX_BYTES:,} bytes"
+    )
+    too_big = (
+        f"cluster_model_path: {shown} is larger than {bound}, the most a cluster model may be "
+        "(a model is a few KB)"
+    )
+    if size is not None and size > MODEL_MAX_BYTES:
+        raise RFMConfigError(too_big)
+    with path.open("rb") as handle:
+        data = handle.read(MODEL_MAX_BYTES + 1)
+    if len(data) > MODEL_MAX_BYTES:
+        raise RFMConfigError(too_big)
+    return data.decode("utf-8")
+
+
+def _named_by(pointer: UPath, location: str) -> UPath:
+    """What a store's CURRENT or LATEST names, beside it: one plain name, never a path that
+    leads elsewhere (`../..`)."""
+    from rfm_assets.errors import RFMConfigError
+
+    name = _small_file_text(pointer, location).strip()
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise RFMConfigError(
+            f"cluster_model_path: {location}: {_plain(pointer)} is damaged: it holds "
+            f"{name[:60]!r}, not the name of what is stored beside it"
+        )
+    return pointer.parent / name
+
+
 def model_document_at(location: str) -> tuple[Any, str]:
     """(the JSON document, where it was read) of a stored cluster model.
 
     `location` is a model file, a folder holding `cluster_model.json` (an `analyze --output`),
     or a `cluster_model` location of this store: its current version, or, when it is
-    weekly, the latest week's. Anything else is one line naming `location`.
+    weekly, the latest week's. Only regular files and directories are looked at, and files of
+    at most MODEL_MAX_BYTES (see `_small_file_text`). Anything else is one line naming
+    `location`.
     """
     from rfm_assets.errors import RFMConfigError
 
     path = UPath(location)
     try:
-        if path.is_dir():
+        kind, _ = _model_kind(path)
+        if kind == "other":
+            raise RFMConfigError(
+                f"cluster_model_path: {location} is not a regular file or directory (a pipe "
+                "or device?)"
+            )
+        if kind == "directory":
             if (path / MODEL_FILE).exists():
                 path = path / MODEL_FILE
             else:
                 if not (path / POINTER).exists() and (path / LATEST_PARTITION).exists():
-                    path = path / (path / LATEST_PARTITION).read_text().strip()
+                    path = _named_by(path / LATEST_PARTITION, location)
                 if not (path / POINTER).exists():
                     raise RFMConfigError(
                         f"cluster_model_path: {location} holds no {MODEL_FILE} and no stored "
                         "cluster_model"
                     )
-                path = RFMStore.current_version(path)
-        text = path.read_text(encoding="utf-8")
+                path = _named_by(path / POINTER, location)
+        text = _small_file_text(path, location)
     except FileNotFoundError:
         raise RFMConfigError(f"cluster_model_path: {location} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -147,6 +227,9 @@ def model_document_at(location: str) -> tuple[Any, str]:
         raise RFMConfigError(
             f"cluster model {_plain(path)}: not JSON ({error.msg} at line {error.lineno})"
         ) from None
+    except (ValueError, RecursionError) as error:  # a number too long, nesting too deep
+        problem = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise RFMConfigError(f"cluster model {_plain(path)}: not JSON ({problem})") from None
 
 
 class RFMStore(dg.UPathIOManager):
@@ -206,12 +289,13 @@ class RFMStore(dg.UPathIOManager):
             self._remove_older_than(path, previous)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
-        if not (path / POINTER).exists() and (path / LATEST_PARTITION).exists():
+        what = context.asset_key.to_user_string()
+        if not (path / POINTER).exists():
             # An unkeyed load of a partitioned asset: the latest week stored.
-            path = path / (path / LATEST_PARTITION).read_text().strip()
+            path = latest_week(path) or path
         if path_exists_and_is_document(path):
-            return json.loads(self.current_version(path).read_text(encoding="utf-8"))
-        stored = self.stored_at(path, context.asset_key.to_user_string())
+            return json.loads(self.current_version(path, what).read_text(encoding="utf-8"))
+        stored = self.stored_at(path, what)
         wanted = _wanted_type(context)
         if wanted is StoredTable:
             return stored
@@ -229,9 +313,9 @@ class RFMStore(dg.UPathIOManager):
         """The handle on the current version at `path` (or the named one), with its context."""
         if not (path / POINTER).exists():
             raise dg.Failure(f"{what} is not stored at {path}: materialize it first")
-        current = path / version if version else self.current_version(path)
+        current = path / version if version else self.current_version(path, what)
         sidecar = path / f"{current.name}{CONTEXT_SUFFIX}"
-        table_context = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        table_context = _run_context(sidecar, what) if sidecar.exists() else {}
         return StoredTable(_plain(current), dict(current.storage_options), table_context)
 
     def stored(self, asset_key: dg.AssetKey, partition_key: Optional[str] = None):
@@ -252,13 +336,11 @@ class RFMStore(dg.UPathIOManager):
         path = self._base_path.joinpath(*asset_key.path)
         if not (path / POINTER).exists():
             return None
-        current = self.current_version(path).name
+        current = self.current_version(path, asset_key.to_user_string()).name
         older = sorted(
             entry.name
             for entry in path.iterdir()
-            if entry.name.startswith("v")
-            and not entry.name.endswith(CONTEXT_SUFFIX)
-            and entry.name < current
+            if VERSION_NAME.fullmatch(entry.name) and entry.name < current
         )
         if not older:
             return None
@@ -285,19 +367,32 @@ class RFMStore(dg.UPathIOManager):
     def _note_partition(self, asset_path: UPath, partition_key: str) -> None:
         """Move LATEST forward when this partition is the latest one stored."""
         latest = asset_path / LATEST_PARTITION
-        current = latest.read_text().strip() if latest.exists() else ""
-        if partition_key >= current:
+        current = _pointer_text(latest) if latest.exists() else ""
+        if not WEEK_NAME.fullmatch(current) or partition_key >= current:
             _write_durably(latest, partition_key + "\n")
 
     def path_exists(self, path: UPath) -> bool:
         return (path / POINTER).exists()
 
     @staticmethod
-    def current_version(path: UPath) -> UPath:
+    def current_version(path: UPath, what: str = "the asset") -> UPath:
+        """The version `CURRENT` names; a damaged pointer, or one naming a version that is
+        gone, is one line naming the file (materializing again writes a whole new one)."""
         pointer = path / POINTER
         if not pointer.exists():
             raise FileNotFoundError(f"no stored value at {path}: it has not been materialized")
-        return path / pointer.read_text().strip()
+        name = _pointer_text(pointer)
+        if not VERSION_NAME.fullmatch(name):
+            raise dg.Failure(
+                f"{_plain(pointer)} is damaged: it holds {name[:60]!r}, not the name of a stored "
+                f"version; materialize {what} again"
+            )
+        if not (path / name).exists():
+            raise dg.Failure(
+                f"{_plain(pointer)} names {name}, which is not stored beside it (removed by "
+                f"hand?); materialize {what} again"
+            )
+        return path / name
 
     @staticmethod
     def _write_pandas(frame: pd.DataFrame, target: UPath) -> None:
@@ -324,10 +419,12 @@ class RFMStore(dg.UPathIOManager):
         run began writing after the previous one was written is never removed. Only a writer
         that started before the previous version and is still writing can lose its version,
         which takes three overlapping writes of one asset. Dot names (the pointer's
-        temporary files) are never touched.
+        temporary files) and anything not named as a version (a file someone put here) are
+        never touched.
         """
         for entry in path.iterdir():
-            if entry.name.startswith("v") and entry.name < previous:
+            version = entry.name.removesuffix(CONTEXT_SUFFIX)
+            if VERSION_NAME.fullmatch(version) and version < previous:
                 RFMStore._remove(entry)
 
     @staticmethod
@@ -339,6 +436,57 @@ class RFMStore(dg.UPathIOManager):
                 entry.unlink()
         except OSError:
             pass
+
+
+def _pointer_text(pointer: UPath) -> str:
+    """The one line of a CURRENT or LATEST file (read no further than a line could be; a
+    pipe or device in its place is refused before it is opened, never waited on)."""
+    if _model_kind(pointer)[0] != "file":
+        raise dg.Failure(f"{_plain(pointer)} is not a regular file (a pipe or device?)")
+    with pointer.open("rb") as handle:
+        data = handle.read(256)
+    return data.decode("utf-8", errors="replace").strip()
+
+
+def latest_week(asset_path: UPath) -> Optional[UPath]:
+    """The location of the newest stored week of a weekly asset, or None when none is stored.
+
+    `LATEST` names it; LATEST only ever moves forward, so it is always the newest week holding
+    a version. When LATEST is gone, damaged or names a week that is not stored (a store
+    copied in part, a file removed by hand), the newest week holding a `CURRENT` is that
+    same week, and is used.
+    """
+    latest = asset_path / LATEST_PARTITION
+    if latest.exists():
+        week = _pointer_text(latest)
+        if WEEK_NAME.fullmatch(week) and (asset_path / week / POINTER).exists():
+            return asset_path / week
+    if not asset_path.exists():
+        return None
+    weeks = sorted(
+        p.name
+        for p in asset_path.iterdir()
+        if WEEK_NAME.fullmatch(p.name) and (p / POINTER).exists()
+    )
+    return asset_path / weeks[-1] if weeks else None
+
+
+def _run_context(sidecar: UPath, what: str) -> dict:
+    """The run context stored beside a version; a damaged one is one line naming the file."""
+    try:
+        table_context = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = getattr(error, "msg", "not UTF-8 text")
+        raise dg.Failure(
+            f"{_plain(sidecar)} is damaged ({problem}): the run context stored with {what} "
+            f"cannot be read; materialize {what} again"
+        ) from None
+    if not isinstance(table_context, dict):
+        raise dg.Failure(
+            f"{_plain(sidecar)} is damaged (not a JSON object): the run context stored with "
+            f"{what} cannot be read; materialize {what} again"
+        )
+    return table_context
 
 
 class HeldIOManager(dg.InMemoryIOManager):

@@ -9,6 +9,7 @@ object API on the Agg canvas: headless, no display, no global pyplot state.
 from __future__ import annotations
 
 import base64
+import html
 import io
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,12 @@ def _colormap(name: str):
     return matplotlib.colormaps[name]
 
 
+def _literal(label) -> str:
+    """A label matplotlib draws as it is: a `$` would start mathtext (and a name such as
+    `$\\frac{$` would fail the whole picture), so every `$` is escaped as `\\$`."""
+    return str(label).replace("$", r"\$")
+
+
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
@@ -53,9 +60,10 @@ def markdown_image(png: bytes, title: str) -> str:
 
 
 def html_image(png: bytes, title: str) -> str:
-    """An <img> with the PNG embedded, for a self-contained HTML page."""
+    """An <img> with the PNG embedded, for a self-contained HTML page; the title is escaped."""
     encoded = base64.b64encode(png).decode()
-    return f'<img alt="{title}" src="data:image/png;base64,{encoded}" width="{WIDTH}">'
+    alt = html.escape(str(title), quote=True)
+    return f'<img alt="{alt}" src="data:image/png;base64,{encoded}" width="{WIDTH}">'
 
 
 def segment_sizes(analytics: pd.DataFrame) -> bytes:
@@ -63,7 +71,7 @@ def segment_sizes(analytics: pd.DataFrame) -> bytes:
     rows = analytics.sort_values("priority", ascending=False)
     figure = _figure()
     axes = figure.add_subplot()
-    names = [str(name) for name in rows["segment"]]
+    names = [_literal(name) for name in rows["segment"]]
     axes.barh(names, rows["customers"], color=BAR)
     widest = max(int(rows["customers"].max()), 1)
     for y, row in enumerate(rows.itertuples(index=False)):
@@ -151,8 +159,9 @@ def migration_heatmap(migration: pd.DataFrame, order: list[str]) -> bytes:
         return _png(figure)
     image = axes.imshow(np.log1p(values), cmap=HEAT, aspect="auto")
     figure.colorbar(image, ax=axes, shrink=0.8, label="log(1 + customers)")
-    axes.set_xticks(range(len(targets)), targets, rotation=35, ha="right", fontsize=8)
-    axes.set_yticks(range(len(sources)), sources, fontsize=8)
+    labels = [_literal(t) for t in targets]
+    axes.set_xticks(range(len(targets)), labels, rotation=35, ha="right", fontsize=8)
+    axes.set_yticks(range(len(sources)), [_literal(s) for s in sources], fontsize=8)
     axes.set_xlabel("this week")
     axes.set_ylabel("last week")
     axes.set_title("Segment movement: customers from -> to")
@@ -174,7 +183,7 @@ def share_trend(history: pd.DataFrame) -> bytes:
     weeks = sorted(history["week"].unique())
     for segment, rows in history.groupby("segment", sort=False):
         shares = rows.set_index("week")["customer_share"].reindex(weeks)
-        axes.plot(weeks, shares.to_numpy() * 100, marker="o", label=str(segment))
+        axes.plot(weeks, shares.to_numpy() * 100, marker="o", label=_literal(segment))
     axes.set_ylabel("% of customers")
     axes.set_title("Segment shares over the last weeks")
     axes.tick_params(axis="x", labelrotation=30, labelsize=8)
@@ -196,7 +205,8 @@ def clusters(sample: pd.DataFrame, summary: dict) -> bytes:
     for axes, x in ((panels[0, 0], "recency"), (panels[0, 1], "frequency")):
         for name, colour in colour_of.items():
             rows = sample[sample["cluster_name"].astype(str) == name]
-            axes.scatter(rows[x], rows["monetary"], s=3, alpha=0.5, color=colour, label=name)
+            axes.scatter(rows[x], rows["monetary"], s=3, alpha=0.5, color=colour,
+                         label=_literal(name))  # fmt: skip
         axes.set_xscale("symlog" if x == "recency" else "log")
         axes.set_yscale("log")
         axes.set_xlabel(x, fontsize=8)
@@ -204,7 +214,7 @@ def clusters(sample: pd.DataFrame, summary: dict) -> bytes:
         axes.set_title(f"{x} x monetary (a sample)", fontsize=9)
         axes.tick_params(labelsize=7)
     sizes = panels[1, 0]
-    sizes.barh([c["name"] for c in entries], [c["customers"] for c in entries],
+    sizes.barh([_literal(c["name"]) for c in entries], [c["customers"] for c in entries],
                color=[colour_of[c["name"]] for c in entries])  # fmt: skip
     sizes.invert_yaxis()
     sizes.set_title("customers per cluster", fontsize=9)
@@ -216,7 +226,7 @@ def clusters(sample: pd.DataFrame, summary: dict) -> bytes:
     elbow.set_xlabel("k", fontsize=8)
     elbow.set_ylabel("silhouette", fontsize=8, color=BAR)
     elbow.axvline(summary["k"], color="#999", linestyle=":", linewidth=1)
-    elbow.set_title(f"choice of k (k = {summary['k']})", fontsize=9)
+    elbow.set_title(_literal(f"choice of k (k = {summary['k']})"), fontsize=9)
     elbow.tick_params(labelsize=7)
     inertia = summary.get("inertia_by_k") or {}
     if inertia:

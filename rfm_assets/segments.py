@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rfm_assets.bounded_files import read_yaml
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.formulas import combined_scores
 from rfm_assets.packaged import RULE_SETS_DIR, SEGMENTS_FILE
-from rfm_assets.yaml_files import read_yaml
 
 SUPPORTED_SCALES = (4, 5)
 # A segment's standing: engaged customers buy lately; slipping ones were valuable and have

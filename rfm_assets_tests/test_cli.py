@@ -1,6 +1,7 @@
 """`rfm-assets`: the real datasets against the oracle, outputs, report, one-line errors."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -216,15 +217,26 @@ def test_a_config_file_that_is_not_utf8_is_named(tmp_path, capsys):
         ({"run_summary.json": b"[1, 2]"}, "run_summary.json is not a run summary"),
         ({"segment_analytics.parquet": b"PAR1 broken"}, "cannot read .*segment_analytics.parquet"),
         ({"segment_analytics.csv": b"a,b\n1,2\n"}, "segment_analytics.csv is not a segment_analy"),
+        # Never read until memory runs out, never waited on.
+        ({"run_summary.json": "/dev/zero"}, "run_summary.json is not a regular file"),
+        ({"segment_analytics.csv": "fifo"}, "segment_analytics.csv is not a regular file"),
     ],
 )
 def test_report_on_a_damaged_result_names_the_file(tmp_path, capsys, damage, message):
+    def damaged(path, content):
+        if content == "fifo":
+            os.mkfifo(path)
+        elif isinstance(content, str):
+            path.symlink_to(content)
+        else:
+            path.write_bytes(content)
+
     for name, content in damage.items():
-        (tmp_path / name).write_bytes(content)
+        damaged(tmp_path / name, content)
     if "segment_analytics.parquet" not in damage and "segment_analytics.csv" not in damage:
         assert main(["analyze", "--output", str(tmp_path / "r")]) == 0
         (tmp_path / "r" / "run_summary.json").unlink()
-        (tmp_path / "r" / "run_summary.json").write_bytes(damage["run_summary.json"])
+        damaged(tmp_path / "r" / "run_summary.json", damage["run_summary.json"])
         tmp_path = tmp_path / "r"
     capsys.readouterr()
     assert main(["report", "--input", str(tmp_path)]) == 1

@@ -1,6 +1,9 @@
 """k-means segmentation (segmentation_method: kmeans): known groups are recovered, clusters get
 catalog names, the metrics are reported, and results repeat."""
 
+import contextlib
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -317,3 +320,497 @@ def test_predict_refuses_what_it_cannot_do_in_one_line(groups_file, tmp_path, ca
                  *common]) == 1  # fmt: skip
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and "does not have" in errors[0], errors
+
+
+# --- A stored model is checked when it loads: every field in its domain, a regular file of
+# bounded size (docs/contract.md, "Clustering").
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.fixture(scope="module")
+def fitted_model(groups_file):
+    """The document of a k = 3 model fitted once for the module."""
+    path, _ = groups_file
+    return run_pandas(kmeans_settings(path, clusters=3)).cluster_model
+
+
+def put(*where):
+    """A change of a model document: the value at the keys (the last argument) replaced."""
+    *keys, value = where
+
+    def change(document):
+        target = document
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+
+    return change
+
+
+def drop(*keys):
+    def change(document):
+        target = document
+        for key in keys[:-1]:
+            target = target[key]
+        del target[keys[-1]]
+
+    return change
+
+
+def both(*changes):
+    def change(document):
+        for each in changes:
+            each(document)
+
+    return change
+
+
+def keep_clusters(count):
+    return lambda document: document.__setitem__("clusters", document["clusters"][:count])
+
+
+A_NUMBER_PER_FEATURE = "it must be a list of 3 values (recency, frequency, monetary)"
+FIELDS = "format, version, features, scaling, median, iqr, clusters, silhouette_by_k, " + (
+    "inertia_by_k, fitted"
+)
+A_NAME = "it must be text with a letter or digit"
+# (change, the message after "cluster model <file>: "; "..." at the end: the start of it)
+DAMAGED_MODELS = {
+    "iqr NaN": (put("iqr", 0, NAN), "iqr[0] is NaN; it must be a finite number > 0"),
+    "iqr inf": (put("iqr", 1, INF), "iqr[1] is inf; it must be a finite number > 0"),
+    "iqr negative": (put("iqr", 2, -0.5), "iqr[2] is -0.5; it must be a finite number > 0"),
+    "iqr zero": (put("iqr", 0, 0), "iqr[0] is 0; it must be a finite number > 0"),
+    "iqr two values": (put("iqr", [1.0, 1.0]), f"iqr is [1.0, 1.0]; {A_NUMBER_PER_FEATURE}"),
+    "median NaN": (put("median", 1, NAN), "median[1] is NaN; it must be a finite number >= 0"),
+    "median text": (put("median", 0, "3.9"), "median[0] is '3.9'; it must be a finite number >= 0"),
+    "median missing": (drop("median"), "median is missing"),
+    "centroid NaN": (
+        put("clusters", 1, "centroid_scaled", 2, NAN),
+        "clusters[1].centroid_scaled[2] is NaN; it must be a finite number",
+    ),
+    "centroid -inf": (
+        put("clusters", 0, "centroid_scaled", 0, -INF),
+        "clusters[0].centroid_scaled[0] is -inf; it must be a finite number",
+    ),
+    "centroid of 2 values": (
+        put("clusters", 0, "centroid_scaled", [0.5, 0.5]),
+        f"clusters[0].centroid_scaled is [0.5, 0.5]; {A_NUMBER_PER_FEATURE}",
+    ),
+    "centroid beyond any float in units": (
+        put("clusters", 2, "centroid_scaled", 0, 1e6),
+        "clusters[2].centroid_scaled puts the centroid at [inf, ...",
+    ),
+    "centroid in units edited by hand": (
+        put("clusters", 0, "centroid", "recency", 5.0),
+        "clusters[0].centroid.recency is 5.0; it must be ...",
+    ),
+    "centroid in units lacks a feature": (
+        put("clusters", 0, "centroid", {"recency": 1.0}),
+        "clusters[0].centroid is {'recency': 1.0}; it must be a mapping of recency, frequency, "
+        "monetary",
+    ),
+    "k: a cluster without a name": (drop("clusters", 2, "name"), "clusters[2].name is missing"),
+    "k: one cluster": (
+        keep_clusters(1),
+        "clusters has 1 entries; it must have 2 to 20 (k, the number of clusters)",
+    ),
+    "k: silhouette_by_k lacks the model's k": (
+        put("silhouette_by_k", {"4": 0.3}),
+        "silhouette_by_k has no entry for k = 3 (the model's clusters); it must hold the k the "
+        "model was fitted with",
+    ),
+    "clusters not a list": (
+        put("clusters", {}),
+        "clusters is {}; it must be a list of 2 to 20 clusters",
+    ),
+    "a cluster not a mapping": (put("clusters", 0, 3), "clusters[0] is 3; it must be a mapping"),
+    "cluster id repeated": (
+        put("clusters", 1, "cluster", 0),
+        "clusters[1].cluster is 0; it must be one of 0 to 2, each id once (there are 3 clusters)",
+    ),
+    "cluster id beyond k": (
+        put("clusters", 2, "cluster", 3),
+        "clusters[2].cluster is 3; it must be one of 0 to 2, each id once (there are 3 clusters)",
+    ),
+    "cluster id negative": (
+        put("clusters", 0, "cluster", -1),
+        "clusters[0].cluster is -1; it must be a whole number (the cluster id)",
+    ),
+    "cluster id text": (
+        put("clusters", 1, "cluster", "1"),
+        "clusters[1].cluster is '1'; it must be a whole number (the cluster id)",
+    ),
+    "cluster id true": (
+        put("clusters", 1, "cluster", True),
+        "clusters[1].cluster is True; it must be a whole number (the cluster id)",
+    ),
+    "name blank": (put("clusters", 0, "name", " "), f"clusters[0].name is ' '; {A_NAME}"),
+    "name without a letter": (
+        put("clusters", 0, "name", "--"),
+        f"clusters[0].name is '--'; {A_NAME}",
+    ),
+    "name repeated": (
+        both(put("clusters", 0, "name", "Same"), put("clusters", 1, "name", "Same")),
+        "clusters[1].name is 'Same'; it must be a name no other cluster has",
+    ),
+    "segment not text": (put("clusters", 0, "segment", 3), f"clusters[0].segment is 3; {A_NAME}"),
+    "silhouette_by_k key not a number": (
+        put("silhouette_by_k", "x", 0.5),
+        "silhouette_by_k has the key 'x'; its keys must be whole numbers k from 2 to 20",
+    ),
+    "silhouette_by_k key 1": (
+        put("silhouette_by_k", "1", 0.5),
+        "silhouette_by_k has the key '1'; its keys must be whole numbers k from 2 to 20",
+    ),
+    "silhouette NaN": (
+        put("silhouette_by_k", "3", NAN),
+        "silhouette_by_k['3'] is NaN; it must be a finite number from -1 to 1",
+    ),
+    "silhouette above 1": (
+        put("silhouette_by_k", "3", 1.5),
+        "silhouette_by_k['3'] is 1.5; it must be a finite number from -1 to 1",
+    ),
+    "silhouette_by_k not a mapping": (
+        put("silhouette_by_k", [0.5]),
+        "silhouette_by_k is [0.5]; it must be a mapping of k to a number",
+    ),
+    "inertia negative": (
+        put("inertia_by_k", "3", -1.0),
+        "inertia_by_k['3'] is -1.0; it must be a finite number >= 0",
+    ),
+    "inertia inf": (
+        put("inertia_by_k", "3", INF),
+        "inertia_by_k['3'] is inf; it must be a finite number >= 0",
+    ),
+    "fitted not a mapping": (
+        put("fitted", 3),
+        "fitted is 3; it must be a mapping (engine, customers, reference date, ...)",
+    ),
+    "fitted customers text": (
+        put("fitted", "customers", "many"),
+        "fitted['customers'] is 'many'; it must be a whole number >= 0",
+    ),
+    "fitted value nested": (
+        put("fitted", "engine", {"name": "pandas"}),
+        "fitted['engine'] is {'name': 'pandas'}; it must be text, a finite number, true/false or "
+        "null",
+    ),
+    "fitted value NaN": (
+        put("fitted", "note", NAN),
+        "fitted['note'] is NaN; it must be text, a finite number, true/false or null",
+    ),
+    "unknown field": (
+        put("silhouete_by_k", {}),
+        f"silhouete_by_k is not a field of a version-1 cluster model (the fields: {FIELDS})",
+    ),
+    "unknown field of a cluster": (
+        put("clusters", 0, "size", 10),
+        "clusters[0].size is not a field of a version-1 cluster model (the fields of a cluster: "
+        "cluster, name, segment, centroid_scaled, centroid)",
+    ),
+    "scaling changed": (
+        put("scaling", "x / 2"),
+        "scaling is 'x / 2'; it must be 'log1p(max(x, 0)), then (x - median) / iqr'",
+    ),
+    "features reordered": (
+        put("features", ["frequency", "recency", "monetary"]),
+        "features is ['frequency', 'recency', 'monetary']; it must be ['recency', 'frequency', "
+        "'monetary']",
+    ),
+    "version true": (put("version", True), "format version True; this rfm_assets reads version 1"),
+}
+
+
+def predict_args(groups_path, model, output) -> list[str]:
+    return ["predict", "--model", str(model), "--input", str(groups_path), "--input-level",
+            "customers", "--reference-date", "2024-06-01", "--output", str(output)]  # fmt: skip
+
+
+def one_error_line(capsys) -> str:
+    """The one line `rfm-assets` wrote to stderr (no traceback, nothing else)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def assert_says(line: str, expected: str) -> None:
+    if expected.endswith("..."):
+        assert line.startswith(expected[:-3]), line
+    else:
+        assert line == expected, line
+
+
+@pytest.mark.parametrize("damage", DAMAGED_MODELS, ids=list(DAMAGED_MODELS))
+def test_a_damaged_model_is_refused_in_one_line_naming_the_field(
+    groups_file, fitted_model, tmp_path, capsys, damage
+):
+    import copy
+    import json
+
+    from rfm_assets.cli import main
+
+    change, message = DAMAGED_MODELS[damage]
+    document = copy.deepcopy(fitted_model)
+    change(document)
+    model_file = tmp_path / "model" / "cluster_model.json"
+    model_file.parent.mkdir()
+    model_file.write_text(json.dumps(document))  # NaN and Infinity as Python's json writes them
+    path, _ = groups_file
+    capsys.readouterr()
+    assert main(predict_args(path, model_file.parent, tmp_path / "out")) == 1
+    assert_says(one_error_line(capsys), f"rfm-assets: error: cluster model {model_file}: {message}")
+    assert not (tmp_path / "out" / "customer_segments.parquet").exists()
+
+
+def test_the_setting_gets_the_same_line_as_predict(groups_file, fitted_model, tmp_path):
+    """cluster_model_path in a Dagster run: the step fails with the same message."""
+    import json
+
+    import dagster as dg
+
+    from rfm_assets.assets import RFM_ASSETS
+    from rfm_assets.errors import RFMConfigError
+    from rfm_assets_tests.conftest import rfm_resources
+
+    model_file = tmp_path / "cluster_model.json"
+    model_file.write_text(json.dumps({**fitted_model, "iqr": [NAN, 1, 1]}))
+    path, _ = groups_file
+    settings = kmeans_settings(path, cluster_model_path=str(model_file))
+    expected = f"cluster model {model_file}: iqr[0] is NaN; it must be a finite number > 0"
+    with pytest.raises(RFMConfigError) as raised:
+        run_pandas(settings)
+    assert str(raised.value) == expected
+    result = dg.materialize(
+        RFM_ASSETS,
+        resources=rfm_resources(settings, tmp_path / "store"),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert [e.step_key for e in failures] == ["customer_segments"]
+    error = failures[0].step_failure_data.error  # Dagster's wrapper; the cause is ours
+    while error.cls_name != "RFMConfigError" and error.cause is not None:
+        error = error.cause
+    assert error.cls_name == "RFMConfigError" and error.message.strip().endswith(f": {expected}")
+
+
+def test_a_valid_model_round_trips_unchanged(fitted_model):
+    """from_document(model.document()) is the same model, for the fitted one and for random
+    valid models (any k, any order of the clusters in the file)."""
+    import json
+
+    from rfm_assets.engines.clustering import MODEL_K, ClusterModel
+
+    def same(model, back):
+        assert np.array_equal(back.median, model.median) and np.array_equal(back.iqr, model.iqr)
+        assert np.array_equal(back.centroids, model.centroids)
+        assert (back.names, back.segments) == (list(model.names), list(model.segments))
+        assert back.silhouette_by_k == model.silhouette_by_k
+        assert back.inertia_by_k == model.inertia_by_k and back.fitted == model.fitted
+
+    stored = ClusterModel.from_document(fitted_model, "fitted")
+    assert stored.document() == fitted_model
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        k = int(rng.integers(MODEL_K[0], MODEL_K[1] + 1))
+        tried = sorted({k, *rng.integers(2, 21, size=int(rng.integers(0, 6))).tolist()})
+        model = ClusterModel(
+            median=rng.uniform(0, 9, 3),
+            iqr=rng.choice([1.0, rng.uniform(1e-6, 5)], 3),
+            centroids=rng.normal(0, 2, (k, 3)),
+            silhouette_by_k={t: float(rng.uniform(-1, 1)) for t in tried},
+            inertia_by_k={t: float(rng.uniform(0, 1e9)) for t in tried},
+            names=[f"Cluster {c} é" for c in rng.permutation(k)],
+            segments=[str(s) for s in rng.choice(["Champions", "Lost", "At Risk"], k)],
+            fitted={
+                "engine": "pandas",
+                "customers": int(rng.integers(0, 10**7)),
+                "seed": -3,
+                "reference_date": None,
+                "rule_set": "rfm_grid",
+            },  # fmt: skip
+        )
+        document = json.loads(json.dumps(model.document()))
+        same(model, ClusterModel.from_document(document, "random"))
+        document["clusters"] = [document["clusters"][c] for c in rng.permutation(k)]
+        back = ClusterModel.from_document(document, "shuffled")
+        same(model, back)
+        assert back.document() == model.document()
+
+
+@contextlib.contextmanager
+def fifo_released(fifo):
+    """While in it, a reader that opens `fifo` gets an empty file instead of waiting forever
+    (a writer stands by), so a test of a FIFO fails instead of hanging."""
+    import threading
+
+    def writer():
+        os.close(os.open(fifo, os.O_WRONLY))
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # releases the waiting writer
+        thread.join(timeout=10)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
+                    reason="FIFOs and /dev/zero are POSIX")  # fmt: skip
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "fifo in a folder", "fifo as LATEST",
+                                  "oversized", "oversized in a folder"])  # fmt: skip
+def test_a_model_path_that_is_not_a_small_regular_file_is_refused_unread(
+    groups_file, tmp_path, capsys, monkeypatch, kind
+):
+    from upath import UPath
+
+    from rfm_assets.cli import main
+    from rfm_assets.engines.clustering import MODEL_MAX_BYTES
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    not_a_file = "is not a regular file (a directory, pipe or device?)"
+    too_big = "is larger than 64 MiB, the most a cluster model may be (a model is a few KB)"
+    if kind == "/dev/zero":
+        location = target = "/dev/zero"
+        expected = "/dev/zero is not a regular file or directory (a pipe or device?)"
+    elif kind == "fifo":
+        location = target = str(tmp_path / "cluster_model.json")
+        expected = f"{location} is not a regular file or directory (a pipe or device?)"
+    elif kind == "fifo in a folder":
+        location, target = str(folder), str(folder / "cluster_model.json")
+        expected = f"{location}: {target} {not_a_file}"
+    elif kind == "fifo as LATEST":
+        location, target = str(folder), str(folder / "LATEST")
+        expected = f"{location}: {target} {not_a_file}"
+    else:
+        location = target = str(tmp_path / "cluster_model.json")
+        if kind == "oversized in a folder":
+            location = str(tmp_path)
+        expected = (
+            f"{target} {too_big}" if location == target else f"{location}: {target} {too_big}"
+        )
+        with open(target, "wb") as handle:  # sparse: no disk space used
+            handle.truncate(MODEL_MAX_BYTES + 1)
+    if kind.startswith("fifo"):
+        os.mkfifo(target)
+    opened = []
+    local_path = type(UPath(str(tmp_path)))
+    real_open = local_path.open
+
+    def recording_open(self, *args, **kwargs):
+        opened.append(self.path)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(local_path, "open", recording_open)
+    path, _ = groups_file
+    capsys.readouterr()
+    with fifo_released(target) if kind.startswith("fifo") else contextlib.nullcontext():
+        assert main(predict_args(path, location, tmp_path / "out")) == 1
+    assert one_error_line(capsys) == f"rfm-assets: error: cluster_model_path: {expected}"
+    assert target not in opened  # refused from a stat, never opened
+
+
+def test_a_model_at_a_uri_is_bounded_too(fitted_model, monkeypatch):
+    """A URI (here fsspec's memory file system): its size from the file system's info when it
+    tells one, and the read stops at the bound when it does not."""
+    import json
+    import uuid
+
+    from upath import UPath
+
+    from rfm_assets import io_manager
+    from rfm_assets.engines import clustering
+    from rfm_assets.errors import RFMConfigError
+
+    folder = UPath(f"memory://rfm-model-test-{uuid.uuid4().hex}")
+    model = folder / "cluster_model.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        model.write_text(json.dumps(fitted_model))
+        document, source = io_manager.model_document_at(str(folder))
+        assert document == fitted_model and source == str(model)
+        monkeypatch.setattr(clustering, "MODEL_MAX_BYTES", 1000)
+        expected = (
+            f"cluster_model_path: {folder}: {model} is larger than 1,000 bytes, the most a "
+            "cluster model may be (a model is a few KB)"
+        )
+        with pytest.raises(RFMConfigError) as raised:
+            io_manager.model_document_at(str(folder))
+        assert str(raised.value) == expected
+        # The file system does not tell the size: the read stops after the bound.
+        real_kind = io_manager._model_kind
+        monkeypatch.setattr(
+            io_manager,
+            "_model_kind",
+            lambda path: ("file", None) if path.name == model.name else real_kind(path),
+        )
+        with pytest.raises(RFMConfigError) as raised:
+            io_manager.model_document_at(str(folder))
+        assert str(raised.value) == expected
+    finally:
+        folder.fs.rm(folder.path, recursive=True)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "not JSON (nested too deeply)"),
+        ("1" * 5_000, "not JSON (Exceeds the limit ..."),
+        (b"\xff\xfe", None),
+    ],
+)
+def test_a_model_file_that_is_not_json_is_one_line(tmp_path, text, message):
+    from rfm_assets.errors import RFMConfigError
+    from rfm_assets.io_manager import model_document_at
+
+    model_file = tmp_path / "cluster_model.json"
+    if isinstance(text, bytes):
+        model_file.write_bytes(text)
+        message = f"cluster_model_path: cannot read {model_file}: 'utf-8' codec can't decode ..."
+    else:
+        model_file.write_text(text)
+        message = f"cluster model {model_file}: {message}"
+    with pytest.raises(RFMConfigError) as raised:
+        model_document_at(str(model_file))
+    assert "\n" not in str(raised.value)
+    assert_says(str(raised.value), message)
+
+
+def test_a_store_pointer_names_a_version_beside_it(fitted_model, tmp_path):
+    """CURRENT and LATEST of a store location are one plain name each: a name that leads
+    elsewhere, or one that is not stored, is one line naming the pointer."""
+    import json
+
+    from rfm_assets.errors import RFMConfigError
+    from rfm_assets.io_manager import model_document_at
+
+    store = tmp_path / "cluster_model"
+    week = store / "2024-06-03"
+    week.mkdir(parents=True)
+    (week / "v1-0000abcd.json").write_text(json.dumps(fitted_model))
+    (week / "CURRENT").write_text("v1-0000abcd.json\n")
+    (store / "LATEST").write_text("2024-06-03\n")
+    assert model_document_at(str(store)) == (fitted_model, str(week / "v1-0000abcd.json"))
+    (tmp_path / "elsewhere.json").write_text(json.dumps(fitted_model))
+    for pointer, text, problem in [
+        (week / "CURRENT", "../../elsewhere.json", "is damaged: it holds '../../elsewhere.json', "
+         "not the name of what is stored beside it"),
+        (week / "CURRENT", "v2-0000abcd.json", None),
+        (store / "LATEST", "..", "is damaged: it holds '..', not the name of what is stored "
+         "beside it"),
+    ]:  # fmt: skip
+        saved = pointer.read_text()
+        pointer.write_text(text + "\n")
+        if problem is None:
+            expected = f"cluster_model_path: {store}: {week / text} does not exist"
+        else:
+            expected = f"cluster_model_path: {store}: {pointer} {problem}"
+        with pytest.raises(RFMConfigError) as raised:
+            model_document_at(str(store))
+        assert str(raised.value) == expected
+        pointer.write_text(saved)

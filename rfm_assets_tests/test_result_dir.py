@@ -176,3 +176,152 @@ def test_leftovers_of_the_earlier_layout_are_removed(tmp_path, inputs):
         (output / leftover / "customer_segments.parquet").mkdir(parents=True)
     assert main(["analyze", "--input", inputs[0], "--output", str(output)]) == 0
     assert leftovers(output) == []
+
+
+# --- a run removes only what it wrote ----------------------------------------------------
+
+
+def listing(output: Path) -> dict[str, object]:
+    """Every entry under `output`, with its contents: links by target, files by bytes."""
+    seen: dict[str, object] = {}
+    for root, dirs, files in os.walk(output):
+        for name in dirs + files:
+            path = Path(root) / name
+            relative = str(path.relative_to(output))
+            if path.is_symlink():
+                seen[relative] = ("link", os.readlink(path))
+            elif path.is_dir():
+                seen[relative] = ("dir",)
+            else:
+                seen[relative] = ("file", path.read_bytes())
+    return seen
+
+
+def refusal(output: Path, name: str) -> str:
+    return (
+        f"rfm-assets: error: --output: {output / name} exists and was not written by "
+        "rfm-assets; move it or choose another --output\n"
+    )
+
+
+def own_campaigns(output: Path) -> None:
+    (output / "campaigns").mkdir(parents=True)
+    (output / "campaigns" / "notes.txt").write_text("call Ann back\n")
+
+
+def own_segments_file(output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "customer_segments.parquet").write_bytes(b"my own table")
+
+
+def own_analytics_folder(output: Path) -> None:
+    (output / "segment_analytics.parquet").mkdir(parents=True)
+    (output / "segment_analytics.parquet" / "part-0.parquet").write_bytes(b"mine")
+
+
+def own_link(output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "notes.txt").write_text("mine\n")
+    (output / "campaigns").symlink_to("notes.txt")
+
+
+@pytest.mark.parametrize(
+    "make, name, extra",
+    [
+        (own_campaigns, "campaigns", ["--split-by-segment"]),
+        (own_segments_file, "customer_segments.parquet", []),
+        (own_analytics_folder, "segment_analytics.parquet", []),
+        (own_link, "campaigns", ["--split-by-segment"]),
+    ],
+)
+@pytest.mark.parametrize("earlier_run", [False, True], ids=["fresh", "after_a_run"])
+def test_a_name_taken_by_your_own_entry_is_refused_untouched(
+    tmp_path, inputs, capsys, make, name, extra, earlier_run
+):
+    output = tmp_path / "out"
+    if earlier_run:
+        assert main(["analyze", "--input", inputs[0], "--output", str(output)]) == 0
+        (output / name).unlink(missing_ok=True)  # our link; the user's entry takes the name
+    make(output)
+    before = listing(output)
+    capsys.readouterr()
+    assert main(["analyze", "--input", inputs[1], "--output", str(output), *extra]) == 1
+    assert capsys.readouterr().err == refusal(output, name)
+    assert listing(output) == before  # nothing in DIR changed, the user's entry byte for byte
+
+
+def test_your_own_entries_that_look_like_ours_survive_the_sweep(tmp_path, inputs):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "my.link.tmp").symlink_to("elsewhere")
+    (output / ".x.20260101T000000-1a2b3c4d.tmp").symlink_to("elsewhere")  # not our target
+    (output / ".rfm_staging_notes").mkdir()
+    (output / ".rfm_staging_notes" / "a.txt").write_text("mine\n")
+    (output / ".rfm_work_1a2b3c4d").symlink_to(".rfm_staging_notes")  # a link, not a folder
+    before = listing(output)
+    for source in inputs[:2]:
+        assert main(["analyze", "--input", source, "--output", str(output)]) == 0
+    after = listing(output)
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+def test_a_dead_runs_temporary_links_are_still_swept(tmp_path, inputs):
+    """Links named and aimed exactly as an (older version's) killed run left them."""
+    output = tmp_path / "out"
+    assert main(["analyze", "--input", inputs[0], "--output", str(output)]) == 0
+    dead = "20260101T000000-1a2b3c4d"
+    (output / f".customer_segments.parquet.{dead}.tmp").symlink_to(
+        ".rfm/current/customer_segments.parquet"
+    )
+    (output / ".rfm" / f".current.{dead}.tmp").symlink_to(f"runs/{dead}")
+    (output / ".rfm" / f".visible.{dead}.tmp").write_text("half a manifest")
+    assert main(["analyze", "--input", inputs[1], "--output", str(output)]) == 0
+    assert leftovers(output) == []
+
+
+def test_our_own_results_are_replaced_and_hidden(tmp_path, inputs):
+    output = tmp_path / "out"
+    split = ["--split-by-segment"]
+    assert main(["analyze", "--input", inputs[0], "--output", str(output), *split]) == 0
+    first = os.path.realpath(output / "campaigns")
+    assert main(["analyze", "--input", inputs[1], "--output", str(output), *split]) == 0
+    second = os.path.realpath(output / "campaigns")
+    assert second != first and os.path.realpath(output / ".rfm" / "current") in second
+    assert one_whole_result(output) == inputs[1]
+    assert main(["analyze", "--input", inputs[0], "--output", str(output)]) == 0
+    assert not os.path.lexists(output / "campaigns")  # ours, in the manifest: hidden
+    visible = sorted(p.name for p in output.iterdir() if not p.name.startswith("."))
+    assert (output / ".rfm" / "visible").read_text().split() == visible
+    assert leftovers(output) == []
+
+
+def test_a_result_directory_without_a_manifest_keeps_its_links(tmp_path, inputs):
+    """Written by the version before `.rfm/visible`: its `X -> .rfm/current/X` links are ours."""
+    output = tmp_path / "out"
+    split = ["--split-by-segment"]
+    assert main(["analyze", "--input", inputs[0], "--output", str(output), *split]) == 0
+    (output / ".rfm" / "visible").unlink()
+    assert main(["analyze", "--input", inputs[1], "--output", str(output)]) == 0
+    assert one_whole_result(output) == inputs[1]
+    assert not os.path.lexists(output / "campaigns")
+
+
+def test_a_name_taken_during_the_run_is_refused_at_the_switch(tmp_path, inputs):
+    from rfm_assets.errors import RFMError
+    from rfm_assets.result_dir import ResultDirectory
+
+    output = tmp_path / "out"
+    assert main(["analyze", "--input", inputs[0], "--output", str(output)]) == 0
+    current = os.readlink(output / ".rfm" / "current")
+    with ResultDirectory(output, ["run_summary.json"]) as run:
+        (run.files / "run_summary.json").write_text("{}")
+        (run.files / "campaigns").mkdir()
+        own_campaigns(output)  # after the run began
+        before = listing(output)
+        with pytest.raises(RFMError) as raised:
+            run.publish()
+    assert str(raised.value) == refusal(output, "campaigns").split("error: ", 1)[1].rstrip()
+    assert os.readlink(output / ".rfm" / "current") == current
+    assert {k: v for k, v in listing(output).items() if not k.startswith(".rfm/runs")} == {
+        k: v for k, v in before.items() if not k.startswith(".rfm/runs")
+    }

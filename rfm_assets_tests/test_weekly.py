@@ -427,3 +427,57 @@ def test_revenue_beyond_int64_micro_units_passes_the_checks_exactly(tmp_path):
     exact = sum(Fraction(m) for m in segments["monetary"])
     assert exact > 9.3e12 and analytics["revenue"].max() > 9.3e12
     assert abs(sum(Fraction(r) for r in analytics["revenue"]) - exact) < 0.01
+
+
+def test_a_damaged_store_is_one_line_naming_the_file_or_recovers(source, tmp_path):
+    """LATEST gone: the newest stored week is certain, and is what an unkeyed load returns.
+    A damaged run context, or CURRENT naming a version that is gone or holding anything else:
+    one line naming the file."""
+    from rfm_assets.io_manager import RFMParquetIOManager
+
+    store = tmp_path / "store"
+    notes = store / "customer_segments" / NEXT_WEEK / "v0notes.txt"
+    for week in (WEEK, NEXT_WEEK, NEXT_WEEK):  # NEXT_WEEK twice: old versions are removed
+        assert materialize(source, store, week).success
+        notes.parent.mkdir(parents=True, exist_ok=True)
+        notes.write_text("mine") if not notes.exists() else None
+    assert notes.read_text() == "mine"  # only versions the store wrote are removed
+    built = build_rfm_definitions(
+        RFMSettings(input_path=source), weeks_start=WEEKS[0], weeks_end=WEEKS[1]
+    )
+    definitions = dg.Definitions(
+        assets=list(built.assets),
+        resources={**built.resources, "io_manager": RFMParquetIOManager(base_dir=str(store))},
+    )
+    newest = stored(store, "customer_segments", NEXT_WEEK)
+    for latest in ("", "garbage\n", "2099-01-05\n"):  # gone, damaged, a week not stored
+        path = store / "customer_segments" / "LATEST"
+        path.unlink(missing_ok=True)
+        if latest:
+            path.write_text(latest)
+        loaded = definitions.load_asset_value("customer_segments")
+        assert loaded["customer_id"].tolist() == newest["customer_id"].tolist()
+
+    def failure(asset: str) -> str:
+        with pytest.raises(dg.Failure) as raised:
+            materialize(source, store, NEXT_WEEK, [asset])
+        return raised.value.description
+
+    location = store / "rfm_scores" / NEXT_WEEK
+    version = (location / "CURRENT").read_text().strip()
+    (location / f"{version}.context.json").write_text("{damaged")
+    message = failure("customer_segments")
+    assert f"{location / version}.context.json is damaged" in message
+    assert "materialize rfm_scores again" in message and "\n" not in message
+    (location / "CURRENT").write_text("v1-0000abcd.parquet\n")
+    message = failure("customer_segments")
+    assert f"{location / 'CURRENT'} names v1-0000abcd.parquet, which is not stored" in message
+    (location / "CURRENT").write_text("../../../etc/passwd\n")
+    assert "is damaged: it holds '../../../etc/passwd'" in failure("customer_segments")
+    (location / "CURRENT").write_text(version + "\n")
+    assert materialize(source, store, NEXT_WEEK, ["rfm_scores"]).success  # whole again
+    version = (location / "CURRENT").read_text().strip()
+    (location / version).write_bytes(b"PAR1 not a table")
+    with pytest.raises(Exception, match="the stored table cannot be read") as raised:
+        materialize(source, store, NEXT_WEEK, ["customer_segments"])
+    assert str(location / version) in str(raised.value)

@@ -14,6 +14,8 @@ Pure numpy and scikit-learn, no Dagster. The rules (docs/contract.md, "Clusterin
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -88,7 +90,7 @@ class ClusterModel:
             "format": MODEL_FORMAT,
             "version": MODEL_VERSION,
             "features": list(FEATURES),
-            "scaling": "log1p(max(x, 0)), then (x - median) / iqr",
+            "scaling": MODEL_SCALING,
             "median": [float(v) for v in self.median],
             "iqr": [float(v) for v in self.iqr],
             "clusters": [
@@ -108,46 +110,258 @@ class ClusterModel:
 
     @classmethod
     def from_document(cls, document: Any, source: str) -> ClusterModel:
-        """The model of a stored document; anything else is one line naming `source`."""
-
-        def refuse(problem: str) -> RFMConfigError:
-            return RFMConfigError(f"cluster model {source}: {problem}")
-
-        if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
-            raise refuse(f'not an rfm_assets cluster model (no "format": "{MODEL_FORMAT}")')
-        if document.get("version") != MODEL_VERSION:
-            raise refuse(
-                f"format version {document.get('version')!r}; this rfm_assets reads version "
-                f"{MODEL_VERSION}"
-            )
-        if document.get("features") != list(FEATURES):
-            raise refuse(f"features {document.get('features')!r}, expected {list(FEATURES)}")
+        """The model of a stored document; anything else is one line naming `source` and the
+        field (every field is checked by `checked_document`, docs/contract.md)."""
         try:
-            clusters = sorted(document["clusters"], key=lambda c: c["cluster"])
-            centroids = np.array([c["centroid_scaled"] for c in clusters], dtype=np.float64)
-            median = np.array(document["median"], dtype=np.float64)
-            iqr = np.array(document["iqr"], dtype=np.float64)
-            names = [str(c["name"]) for c in clusters]
-            segments = [str(c["segment"]) for c in clusters]
-        except (KeyError, TypeError, ValueError) as error:
-            raise refuse(f"damaged ({type(error).__name__}: {error})") from None
-        shapes_fit = centroids.ndim == 2 and centroids.shape[1] == 3 and median.shape == (3,)
-        if not shapes_fit or iqr.shape != (3,) or len(centroids) < 2:
-            raise refuse("damaged (it needs 3 medians, 3 IQRs and 2 or more 3-value centroids)")
-        if [c["cluster"] for c in clusters] != list(range(len(clusters))):
-            raise refuse("damaged (cluster ids must be 0, 1, ... without gaps)")
-        if not (np.isfinite(centroids).all() and np.isfinite(median).all()) or (iqr <= 0).any():
-            raise refuse("damaged (a centroid, median or IQR is not a finite number)")
-        return cls(
-            median,
-            iqr,
-            centroids,
-            {int(k): float(v) for k, v in document.get("silhouette_by_k", {}).items()},
-            {int(k): float(v) for k, v in document.get("inertia_by_k", {}).items()},
-            names,
-            segments,
-            dict(document.get("fitted", {})),
+            fields = checked_document(document)
+        except DamagedModel as error:
+            raise RFMConfigError(f"cluster model {source}: {error}") from None
+        return cls(**fields)
+
+
+# --- What a stored model document may hold (docs/contract.md, "Clustering") ----------------
+
+# A stored model is a few KB: a file larger than this is refused without being read.
+MODEL_MAX_BYTES = 64 * 2**20
+# k of a stored model: as many clusters as `clusters` / `cluster_range` allow.
+MODEL_K = (2, 20)
+MODEL_SCALING = "log1p(max(x, 0)), then (x - median) / iqr"
+
+
+class DamagedModel(ValueError):
+    """A field of a model document outside its domain; the message names the field."""
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    try:
+        text = repr(value)
+    except ValueError:  # a whole number with more digits than Python shows
+        return "a number too long to show"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _refuse(name: str, value: Any, rule: str) -> DamagedModel:
+    return DamagedModel(f"{name} is {_shown(value)}; it must be {rule}")
+
+
+def _number(
+    value: Any, name: str, rule: str = "a finite number", low=None, high=None, above=None
+) -> float:
+    """A finite JSON number (not true/false) within the bounds, or refused naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _refuse(name, value, rule)
+    try:
+        number = float(value)
+    except OverflowError:  # a whole number beyond any float
+        raise _refuse(name, value, rule) from None
+    if not math.isfinite(number) or (low is not None and number < low):
+        raise _refuse(name, value, rule)
+    if (high is not None and number > high) or (above is not None and number <= above):
+        raise _refuse(name, value, rule)
+    return number
+
+
+def _whole(value: Any, name: str, rule: str, low=None, high=None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _refuse(name, value, rule)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise _refuse(name, value, rule)
+    return value
+
+
+def _text(value: Any, name: str) -> str:
+    """Text with a letter or digit, as the rule sets' segment names are (segments.slugify)."""
+    if not isinstance(value, str) or not any(c.isascii() and c.isalnum() for c in value):
+        raise _refuse(name, value, "text with a letter or digit")
+    return value
+
+
+def _mapping(value: Any, name: str, rule: str = "a mapping") -> dict:
+    if not isinstance(value, dict):
+        raise _refuse(name, value, rule)
+    return value
+
+
+def _features(value: Any, name: str, rule: str, **bounds) -> np.ndarray:
+    """One number per feature (recency, frequency, monetary), each checked."""
+    if not isinstance(value, list) or len(value) != len(FEATURES):
+        raise _refuse(name, value, f"a list of {len(FEATURES)} values ({', '.join(FEATURES)})")
+    return np.array([_number(v, f"{name}[{i}]", rule, **bounds) for i, v in enumerate(value)])
+
+
+def _by_k(value: Any, name: str, rule: str, **bounds) -> dict[int, float]:
+    """silhouette_by_k / inertia_by_k: keys are k as text ("3"), values numbers."""
+    low, high = MODEL_K
+    result = {}
+    for key, number in _mapping(value, name, "a mapping of k to a number").items():
+        whole = isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 2
+        if not whole or not low <= int(key) <= high:
+            raise DamagedModel(
+                f"{name} has the key {_shown(key)}; its keys must be whole numbers k from "
+                f"{low} to {high}"
+            )
+        result[int(key)] = _number(number, f"{name}[{key!r}]", rule, **bounds)
+    return result
+
+
+def _fitted(value: Any, name: str) -> dict:
+    """Where the model was fitted: a mapping of text, numbers, true/false or null."""
+    fitted = _mapping(value, name, "a mapping (engine, customers, reference date, ...)")
+    for key, item in fitted.items():
+        where = f"{name}[{key!r}]"
+        if key == "customers":
+            _whole(item, where, "a whole number >= 0", low=0)
+        elif key == "seed":
+            _whole(item, where, "a whole number")
+        elif isinstance(item, float):
+            _number(item, where, "text, a finite number, true/false or null")
+        elif not (item is None or isinstance(item, (str, int))):
+            raise _refuse(where, item, "text, a finite number, true/false or null")
+    return dict(fitted)
+
+
+def _exactly(expected: Any) -> Callable[[Any, str], Any]:
+    def check(value: Any, name: str) -> Any:
+        if value != expected:
+            raise _refuse(name, value, repr(expected))
+        return value
+
+    return check
+
+
+# Every field of a model document: (required, check of its value). A field not listed is
+# refused, so a misspelt optional field is not silently dropped.
+MODEL_FIELDS: dict[str, tuple[bool, Callable[[Any, str], Any]]] = {
+    "format": (True, _exactly(MODEL_FORMAT)),
+    "version": (True, _exactly(MODEL_VERSION)),
+    "features": (True, _exactly(list(FEATURES))),
+    "scaling": (False, _exactly(MODEL_SCALING)),
+    "median": (True, lambda v, n: _features(v, n, "a finite number >= 0", low=0.0)),
+    "iqr": (True, lambda v, n: _features(v, n, "a finite number > 0", above=0.0)),
+    "clusters": (True, lambda v, n: v),  # checked entry by entry below (CLUSTER_FIELDS)
+    "silhouette_by_k": (
+        False,
+        lambda v, n: _by_k(v, n, "a finite number from -1 to 1", low=-1.0, high=1.0),
+    ),
+    "inertia_by_k": (False, lambda v, n: _by_k(v, n, "a finite number >= 0", low=0.0)),
+    "fitted": (False, _fitted),
+}
+# Every field of one entry of `clusters`. `centroid` (in units) is derived from
+# centroid_scaled, median and iqr: when present it must agree with them (see _check_units).
+CLUSTER_FIELDS: dict[str, tuple[bool, Callable[[Any, str], Any]]] = {
+    "cluster": (True, lambda v, n: _whole(v, n, "a whole number (the cluster id)", low=0)),
+    "name": (True, _text),
+    "segment": (True, _text),
+    "centroid_scaled": (True, lambda v, n: _features(v, n, "a finite number")),
+    "centroid": (False, lambda v, n: _mapping(v, n, f"a mapping of {', '.join(FEATURES)}")),
+}
+
+
+def _fields(mapping: dict, table: dict, prefix: str) -> dict[str, Any]:
+    """Each field of `mapping` checked by its entry of `table`; unknown ones refused."""
+    unknown = [key for key in mapping if key not in table]
+    if unknown:
+        raise DamagedModel(
+            f"{prefix}{unknown[0]} is not a field of a version-{MODEL_VERSION} cluster model "
+            f"(the fields{' of a cluster' if prefix else ''}: {', '.join(table)})"
         )
+    checked = {}
+    for key, (required, check) in table.items():
+        if key in mapping:
+            checked[key] = check(mapping[key], prefix + key)
+        elif required:
+            raise DamagedModel(f"{prefix}{key} is missing")
+    return checked
+
+
+def _check_units(entry: dict, c: int, derived: np.ndarray) -> None:
+    """`centroid` in units is derived: it must be finite and, when stored, agree."""
+    if not np.isfinite(derived).all():
+        raise DamagedModel(
+            f"clusters[{c}].centroid_scaled puts the centroid at {_shown(derived.tolist())} in "
+            "units (expm1(centroid_scaled * iqr + median)); it must be finite"
+        )
+    stored = entry.get("centroid")
+    if stored is None:
+        return
+    if set(stored) != set(FEATURES):
+        raise _refuse(f"clusters[{c}].centroid", stored, f"a mapping of {', '.join(FEATURES)}")
+    for i, feature in enumerate(FEATURES):
+        name = f"clusters[{c}].centroid.{feature}"
+        value = _number(stored[feature], name)
+        if not np.isclose(value, derived[i], rtol=1e-9, atol=1e-9):
+            raise _refuse(
+                name,
+                stored[feature],
+                f"{derived[i]!r}, as centroid_scaled, median and iqr give (it is derived: "
+                "move a centroid by its centroid_scaled)",
+            )
+
+
+def checked_document(document: Any) -> dict[str, Any]:
+    """The arguments of ClusterModel from a stored document, every field checked against
+    MODEL_FIELDS and CLUSTER_FIELDS; anything else raises DamagedModel naming the field."""
+    if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
+        raise DamagedModel(f'not an rfm_assets cluster model (no "format": "{MODEL_FORMAT}")')
+    version = document.get("version")
+    if isinstance(version, bool) or version != MODEL_VERSION:
+        raise DamagedModel(
+            f"format version {_shown(version)}; this rfm_assets reads version {MODEL_VERSION}"
+        )
+    fields = _fields(document, MODEL_FIELDS, "")
+    clusters = fields["clusters"]
+    low, high = MODEL_K
+    if not isinstance(clusters, list):
+        raise _refuse("clusters", clusters, f"a list of {low} to {high} clusters")
+    if not low <= len(clusters) <= high:
+        raise DamagedModel(
+            f"clusters has {len(clusters)} entries; it must have {low} to {high} (k, the number "
+            "of clusters)"
+        )
+    entries = [
+        _fields(_mapping(entry, f"clusters[{c}]", "a mapping"), CLUSTER_FIELDS, f"clusters[{c}].")
+        for c, entry in enumerate(clusters)
+    ]
+    k = len(entries)
+    ids = [entry["cluster"] for entry in entries]
+    for c, cluster in enumerate(ids):
+        if cluster >= k or ids.index(cluster) != c:
+            raise _refuse(
+                f"clusters[{c}].cluster",
+                cluster,
+                f"one of 0 to {k - 1}, each id once (there are {k} clusters)",
+            )
+    order = sorted(range(k), key=ids.__getitem__)
+    entries = [entries[c] for c in order]
+    names = [entry["name"] for entry in entries]
+    for c, name in enumerate(names):
+        if names.index(name) != c:
+            raise _refuse(f"clusters[{order[c]}].name", name, "a name no other cluster has")
+    median, iqr = fields["median"], fields["iqr"]
+    centroids = np.array([entry["centroid_scaled"] for entry in entries])
+    with np.errstate(over="ignore", invalid="ignore"):
+        derived = np.expm1(centroids * iqr + median)
+    for c in range(k):
+        _check_units(clusters[order[c]], order[c], derived[c])
+    by_k = {key: fields.get(key, {}) for key in ("silhouette_by_k", "inertia_by_k")}
+    for key, values in by_k.items():
+        if values and k not in values:
+            raise DamagedModel(
+                f"{key} has no entry for k = {k} (the model's clusters); it "
+                "must hold the k the model was fitted with"
+            )
+    return {
+        "median": median,
+        "iqr": iqr,
+        "centroids": centroids,
+        "silhouette_by_k": by_k["silhouette_by_k"],
+        "inertia_by_k": by_k["inertia_by_k"],
+        "names": names,
+        "segments": [entry["segment"] for entry in entries],
+        "fitted": fields.get("fitted", {}),
+    }
 
 
 def feature_matrix(recency, frequency, monetary) -> np.ndarray:

@@ -9,6 +9,8 @@ from typing import Optional
 
 import pandas as pd
 
+from rfm_assets.errors import RFMError
+
 
 @dataclass(frozen=True)
 class StoredTable:
@@ -20,9 +22,15 @@ class StoredTable:
     context: dict = field(default_factory=dict)
 
     def to_pandas(self, columns: Optional[list[str]] = None) -> pd.DataFrame:
-        frame = pd.read_parquet(
-            self.path, columns=columns, storage_options=self.storage_options or None
-        )
+        try:
+            frame = pd.read_parquet(
+                self.path, columns=columns, storage_options=self.storage_options or None
+            )
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise RFMError(
+                f"{self.path}: the stored table cannot be read ({first}); materialize it again"
+            ) from None
         frame.attrs["rfm_context"] = dict(self.context)
         return frame
 

@@ -77,24 +77,29 @@ def parse_yaml(text: str, what: str, path: str) -> Any:
         loader.dispose()
 
 
-def read_yaml(path: str | Path, what: str) -> Any:
-    """The YAML document of a local file, bounded; `what` names the setting or flag that
-    pointed at it. A missing file raises FileNotFoundError, for the caller to name."""
+def read_bounded(path: str | Path, what: str, limit: int, error=RFMConfigError) -> bytes:
+    """The bytes of a local regular file of at most `limit` bytes: a pipe or device is refused
+    before it is opened, and a file is read no further than the bound. `what` names the
+    setting or flag that pointed at it; a missing file raises FileNotFoundError, for the
+    caller to name."""
     try:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):
-            raise RFMConfigError(f"{what}: {path} is not a regular file (a pipe or device?)")
+            raise error(f"{what}: {path} is not a regular file (a pipe or device?)")
         with open(path, "rb") as handle:
-            data = handle.read(MAX_YAML_BYTES + 1)
+            data = handle.read(limit + 1)
     except FileNotFoundError:
         raise
-    except OSError as error:
-        raise RFMConfigError(f"{what}: cannot read {path}: {error.strerror or error}") from None
-    if len(data) > MAX_YAML_BYTES:
-        raise RFMConfigError(
-            f"{what}: {path} is larger than {MAX_YAML_BYTES // 2**20} MiB, too large for a "
-            "YAML file of settings or rules"
-        )
+    except OSError as problem:
+        raise error(f"{what}: cannot read {path}: {problem.strerror or problem}") from None
+    if len(data) > limit:
+        raise error(f"{what}: {path} is larger than {limit // 2**20} MiB, more than it may hold")
+    return data
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The YAML document of a local file, bounded (see the module)."""
+    data = read_bounded(path, what, MAX_YAML_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
