@@ -76,9 +76,10 @@ def spark_pieces(path: str, repeats: int) -> None:
         frame.write.format("noop").mode("overwrite").save()
 
     settings = settings_for(path, "spark")
+    spec = settings.run_spec()
     engine = SparkEngine(spark)
-    raw, listing = engine.read(settings)
-    kept, account = engine.prepare(raw, settings, listing)
+    raw, listing = engine.read(spec)
+    kept, account = engine.prepare(raw, spec, listing)
     scan = spark.read.parquet(path).select(*COLUMNS)
     ids = F.col("customer_id")
     space = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]"
@@ -117,7 +118,7 @@ def spark_pieces(path: str, repeats: int) -> None:
             flush=True,
         )
     # The accounting is an action of its own: prepare_transactions runs it.
-    seconds = median_seconds(lambda: engine.prepare(raw, settings, listing), repeats)
+    seconds = median_seconds(lambda: engine.prepare(raw, spec, listing), repeats)
     print(f"  {'accounting (prepare)':<28} {seconds:7.2f}", flush=True)
     spark.stop()
 
@@ -128,20 +129,21 @@ def pandas_pieces(path: str, repeats: int) -> None:
     from rfm_assets.engines.dispatch import PandasEngine
 
     settings = settings_for(path, "pandas")
+    spec = settings.run_spec()
     engine = PandasEngine()
     grid = settings.segment_grid()
-    raw, listing = engine.read(settings)
-    kept, account = engine.prepare(raw, settings, listing)
+    raw, listing = engine.read(spec)
+    kept, account = engine.prepare(raw, spec, listing)
     metrics = engine.metrics(kept, account.reference_date)
-    scores, thresholds = engine.scores(metrics, settings)
+    scores, thresholds = engine.scores(metrics, spec)
     segmented = engine.segments(scores, grid, dt.datetime(2026, 1, 1))
     print(f"{len(kept):,} kept rows, {len(metrics):,} customers; median s of {repeats}")
     pieces = {
         "I/O floor (pyarrow, 4 columns)": lambda: pq.read_table(path, columns=COLUMNS),
-        "read (read_transactions)": lambda: engine.read(settings),
-        "prepare (cleaning, accounting)": lambda: engine.prepare(raw, settings, listing),
+        "read (read_transactions)": lambda: engine.read(spec),
+        "prepare (cleaning, accounting)": lambda: engine.prepare(raw, spec, listing),
         "metrics (DuckDB group-bys)": lambda: engine.metrics(kept, account.reference_date),
-        "scores and thresholds": lambda: engine.scores(metrics, settings),
+        "scores and thresholds": lambda: engine.scores(metrics, spec),
         "segments": lambda: engine.segments(scores, grid, dt.datetime(2026, 1, 1)),
         "analytics": lambda: engine.analytics(segmented, grid, thresholds),
     }

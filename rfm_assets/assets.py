@@ -45,10 +45,10 @@ from rfm_assets.engines.shared import (
     movement_counts,
     moves_between_segments,
 )
-from rfm_assets.engines.stored import HeldTable, StoredTable
+from rfm_assets.engines.stored import HeldTable, StoredTable, is_spark_dataframe
 from rfm_assets.errors import RFMConfigError, naming_memory_failures
 from rfm_assets.exports import markdown_cell
-from rfm_assets.io_manager import CONTEXT_METADATA, is_spark_dataframe
+from rfm_assets.io_manager import CONTEXT_METADATA
 from rfm_assets.report import ReportInputs, report_html
 from rfm_assets.segments import SegmentGrid, load_rule_set
 from rfm_assets.settings import RFMSettings
@@ -304,7 +304,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         return getattr(context.resources, settings_key)
 
     def engine_of(context):
-        return engine_for(settings_of(context), context.resources.spark)
+        return engine_for(settings_of(context).engine, context.resources.spark)
 
     def checks(asset: str, *entries: tuple[str, str, bool]) -> list[dg.AssetCheckSpec]:
         return [
@@ -358,17 +358,17 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         engine = engine_of(context)
         week_end = context.partition_time_window.end.date() if graph.partitions else None
         if source_table is None:
-            raw, listing = engine.read(settings)
+            raw, listing = engine.read(settings.run_spec())
             source = settings.source_path
         else:
             source = f"asset {'/'.join(graph.source_asset)}"
-            raw, listing = engine.read_table(source_table, settings, source)
+            raw, listing = engine.read_table(source_table, settings.run_spec(), source)
         # Nothing row-level is cached: on Spark the kept rows are a plan over the source,
         # computed again by whoever reads them (holding 10M rows in the JVM is what ran out).
         # The step is done with the source rows as they are kept: let them go as it goes
         # (this generator lives until the run moves on).
         kept, account = engine.prepare(
-            raw, settings, listing, reference_date=week_end, consume=True
+            raw, settings.run_spec(), listing, reference_date=week_end, consume=True
         )
         del raw
         rows_read, rows_kept = account.rows_read, engine.kept_rows(kept, account)
@@ -459,7 +459,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         loaded = engine.load(transactions)
         input_level = upstream.get("input_level", "transactions")
         metrics = engine.keep(engine.metrics(loaded, reference_date, input_level))
-        metrics, held_out = engine.filter_customers(metrics, settings)
+        metrics, held_out = engine.filter_customers(metrics, settings.run_spec())
         metrics = engine.keep(metrics)
         # Customers of the kept transactions as the transactions step counted them (a second
         # pass over every row to count them again costs more than all the scoring), less
@@ -530,7 +530,9 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         if settings.thresholds_from_week:
             cut_points = _thresholds_of_week(context, settings.thresholds_from_week)
             source_of_cuts = f"thresholds of week {settings.thresholds_from_week}"
-        scores, thresholds = engine.scores(engine.load(rfm_metrics), settings, cut_points)
+        scores, thresholds = engine.scores(
+            engine.load(rfm_metrics), settings.run_spec(), cut_points
+        )
         scores = engine.keep(scores)
         scale = len(thresholds["recency"]) + 1
         off_scale = engine.scores_off_scale(scores, scale)
@@ -610,7 +612,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
             thresholds = _needed(upstream, "thresholds", "rfm_scores")
             fitted = {"reference_date": upstream.get("reference_date")}
             segmented, summary, model = engine.clusters(
-                scores, grid, thresholds, settings, segmented_at, fitted
+                scores, grid, thresholds, settings.run_spec(), segmented_at, fitted
             )
             model_document = model.document()
             clustering = {
@@ -870,7 +872,7 @@ def build_rfm_assets(graph: RFMGraph = RFMGraph()) -> list[dg.AssetsDefinition]:
         """
         settings = settings_of(context)
         engine = engine_of(context)
-        chosen = engine.high_value(engine.load(customer_segments), settings)
+        chosen = engine.high_value(engine.load(customer_segments), settings.run_spec())
         table_context = {
             **context_of(customer_segments),
             "high_value_share": settings.high_value_share,

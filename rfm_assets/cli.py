@@ -520,7 +520,7 @@ def command_analyze(args: argparse.Namespace) -> int:
     if args.high_value is not None:
         shows.append(f"high_value_customers.{args.format}")
     if settings.segmentation_method == "kmeans":
-        from rfm_assets.io_manager import MODEL_FILE
+        from rfm_assets.engines.stored import MODEL_FILE
 
         shows.append(MODEL_FILE)
     if args.split_by_segment:
@@ -554,7 +554,7 @@ def command_analyze(args: argparse.Namespace) -> int:
             for name, frame in (movement or {}).items():
                 write_table(frame, result.files / f"{name}.{args.format}", args.format)
             if outcome["cluster_model"] is not None:
-                from rfm_assets.io_manager import MODEL_FILE
+                from rfm_assets.engines.stored import MODEL_FILE
 
                 (result.files / MODEL_FILE).write_text(
                     json.dumps(outcome["cluster_model"], indent=2) + "\n", encoding="utf-8"
@@ -584,7 +584,7 @@ def command_analyze(args: argparse.Namespace) -> int:
     )
     print(segment_table)
     print(movement_note)
-    from rfm_assets.io_manager import MODEL_FILE
+    from rfm_assets.engines.stored import MODEL_FILE
 
     written = [f"{n}.{args.format}" for n in OUTPUT_TABLES + (MOVEMENT_TABLES if movement else ())]
     if args.high_value is not None:

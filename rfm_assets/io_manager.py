@@ -36,12 +36,18 @@ from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 from upath import UPath
 
-from rfm_assets.engines.stored import HeldTable, StoredTable
+from rfm_assets.engines.stored import (
+    LATEST_PARTITION,
+    POINTER,
+    HeldTable,
+    StoredTable,
+    is_local,
+    is_spark_dataframe,
+    plain,
+    small_file_kind,
+)
 from rfm_assets.errors import memory_failures_named
 
-LOCAL_PROTOCOLS = ("", "file", "local")
-POINTER = "CURRENT"
-LATEST_PARTITION = "LATEST"
 # Output metadata key under which an asset hands the IO manager its table's run context.
 CONTEXT_METADATA = "rfm/context"
 CONTEXT_SUFFIX = ".context.json"
@@ -66,15 +72,6 @@ def default_base_dir() -> str:
     return str(Path.home() / ".rfm_assets" / "storage")
 
 
-def is_spark_dataframe(value: Any) -> bool:
-    try:
-        from pyspark.sql import DataFrame
-    except ImportError:  # pragma: no cover - pyspark is a dependency
-        return False
-    # PySpark 4's classic DataFrame is a subclass: isinstance, never ==.
-    return isinstance(value, DataFrame)
-
-
 def _wanted_type(context: dg.InputContext) -> Any:
     """The consumer's annotation, with Optional[...] unwrapped (Any when there is none)."""
     wanted = context.dagster_type.typing_type if context.dagster_type else Any
@@ -84,18 +81,9 @@ def _wanted_type(context: dg.InputContext) -> Any:
     return wanted
 
 
-def _is_local(path: UPath) -> bool:
-    return path.protocol in LOCAL_PROTOCOLS
-
-
-def _plain(path: UPath) -> str:
-    """The path as readers outside fsspec take it: a plain local path or the full URI."""
-    return path.path if _is_local(path) else str(path)
-
-
 def _write_durably(target: UPath, text: str) -> None:
     """Replace a small file atomically: a rename on a local disk, a single PUT elsewhere."""
-    if not _is_local(target):
+    if not is_local(target):
         target.write_text(text, encoding="utf-8")
         return
     staging = Path(target.path).with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -113,123 +101,6 @@ def path_exists_and_is_document(path: UPath) -> bool:
     """Whether the current version at `path` is a JSON document (not a table)."""
     pointer = path / POINTER
     return pointer.exists() and pointer.read_text().strip().endswith(".json")
-
-
-MODEL_FILE = "cluster_model.json"
-
-
-def _model_kind(path: UPath) -> tuple[str, Optional[int]]:
-    """("file", size), ("directory", None) or ("other", None) of `path`, from a stat (local)
-    or the file system's info (a URI): nothing is opened, so a pipe or device cannot hang or
-    fill memory. A missing path raises FileNotFoundError."""
-    import stat
-
-    if _is_local(path):
-        mode = os.stat(path.path)
-        if stat.S_ISDIR(mode.st_mode):
-            return "directory", None
-        return ("file", mode.st_size) if stat.S_ISREG(mode.st_mode) else ("other", None)
-    info = path.fs.info(path.path)
-    kind = info.get("type")
-    size = info.get("size")
-    if kind == "directory":
-        return "directory", None
-    return ("file", size if isinstance(size, int) else None) if kind == "file" else ("other", None)
-
-
-def _small_file_text(path: UPath, location: str) -> str:
-    """The text of a model file (or of a store's CURRENT / LATEST pointer) at `path`: a
-    regular file of at most MODEL_MAX_BYTES, checked before it is opened and read no further
-    than that bound (a URI may not tell its size)."""
-    from rfm_assets.engines.clustering import MODEL_MAX_BYTES
-    from rfm_assets.errors import RFMConfigError
-
-    shown = location if str(path) == str(UPath(location)) else f"{location}: {_plain(path)}"
-    try:
-        kind, size = _model_kind(path)
-    except FileNotFoundError:
-        raise RFMConfigError(f"cluster_model_path: {shown} does not exist") from None
-    if kind != "file":
-        raise RFMConfigError(
-            f"cluster_model_path: {shown} is not a regular file (a directory, pipe or device?)"
-        )
-    bound = (
-        f"{MODEL_MAX_BYTES // 2**20} MiB"
-        if MODEL_MAX_BYTES % 2**20 == 0
-        else f"{MODEL_MAX_BYTES:,} bytes"
-    )
-    too_big = (
-        f"cluster_model_path: {shown} is larger than {bound}, the most a cluster model may be "
-        "(a model is a few KB)"
-    )
-    if size is not None and size > MODEL_MAX_BYTES:
-        raise RFMConfigError(too_big)
-    with path.open("rb") as handle:
-        data = handle.read(MODEL_MAX_BYTES + 1)
-    if len(data) > MODEL_MAX_BYTES:
-        raise RFMConfigError(too_big)
-    return data.decode("utf-8")
-
-
-def _named_by(pointer: UPath, location: str) -> UPath:
-    """What a store's CURRENT or LATEST names, beside it: one plain name, never a path that
-    leads elsewhere (`../..`)."""
-    from rfm_assets.errors import RFMConfigError
-
-    name = _small_file_text(pointer, location).strip()
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise RFMConfigError(
-            f"cluster_model_path: {location}: {_plain(pointer)} is damaged: it holds "
-            f"{name[:60]!r}, not the name of what is stored beside it"
-        )
-    return pointer.parent / name
-
-
-def model_document_at(location: str) -> tuple[Any, str]:
-    """(the JSON document, where it was read) of a stored cluster model.
-
-    `location` is a model file, a folder holding `cluster_model.json` (an `analyze --output`),
-    or a `cluster_model` location of this store: its current version, or, when it is
-    weekly, the latest week's. Only regular files and directories are looked at, and files of
-    at most MODEL_MAX_BYTES (see `_small_file_text`). Anything else is one line naming
-    `location`.
-    """
-    from rfm_assets.errors import RFMConfigError
-
-    path = UPath(location)
-    try:
-        kind, _ = _model_kind(path)
-        if kind == "other":
-            raise RFMConfigError(
-                f"cluster_model_path: {location} is not a regular file or directory (a pipe "
-                "or device?)"
-            )
-        if kind == "directory":
-            if (path / MODEL_FILE).exists():
-                path = path / MODEL_FILE
-            else:
-                if not (path / POINTER).exists() and (path / LATEST_PARTITION).exists():
-                    path = _named_by(path / LATEST_PARTITION, location)
-                if not (path / POINTER).exists():
-                    raise RFMConfigError(
-                        f"cluster_model_path: {location} holds no {MODEL_FILE} and no stored "
-                        "cluster_model"
-                    )
-                path = _named_by(path / POINTER, location)
-        text = _small_file_text(path, location)
-    except FileNotFoundError:
-        raise RFMConfigError(f"cluster_model_path: {location} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise RFMConfigError(f"cluster_model_path: cannot read {location}: {error}") from None
-    try:
-        return json.loads(text), _plain(path)
-    except json.JSONDecodeError as error:
-        raise RFMConfigError(
-            f"cluster model {_plain(path)}: not JSON ({error.msg} at line {error.lineno})"
-        ) from None
-    except (ValueError, RecursionError) as error:  # a number too long, nesting too deep
-        problem = "nested too deeply" if isinstance(error, RecursionError) else error
-        raise RFMConfigError(f"cluster model {_plain(path)}: not JSON ({problem})") from None
 
 
 class RFMStore(dg.UPathIOManager):
@@ -273,7 +144,7 @@ class RFMStore(dg.UPathIOManager):
             else:
                 # The write is where a Spark table's plan runs: a lack of memory says so.
                 with memory_failures_named():
-                    obj.write.parquet(_plain(target), mode="error")
+                    obj.write.parquet(plain(target), mode="error")
             if table_context is not None:
                 _write_durably(
                     path / f"{version}{CONTEXT_SUFFIX}", json.dumps(table_context.value) + "\n"
@@ -316,7 +187,7 @@ class RFMStore(dg.UPathIOManager):
         current = path / version if version else self.current_version(path, what)
         sidecar = path / f"{current.name}{CONTEXT_SUFFIX}"
         table_context = _run_context(sidecar, what) if sidecar.exists() else {}
-        return StoredTable(_plain(current), dict(current.storage_options), table_context)
+        return StoredTable(plain(current), dict(current.storage_options), table_context)
 
     def stored(self, asset_key: dg.AssetKey, partition_key: Optional[str] = None):
         """The stored value of an asset (one week of it), or None when there is none."""
@@ -355,7 +226,7 @@ class RFMStore(dg.UPathIOManager):
             path = path / partition_key
         path.mkdir(parents=True, exist_ok=True)
         _write_durably(path / name, text)
-        return _plain(path / name)
+        return plain(path / name)
 
     def stored_partitions(self, asset_key: dg.AssetKey) -> list[str]:
         """Partition keys stored for an asset, in order."""
@@ -384,19 +255,19 @@ class RFMStore(dg.UPathIOManager):
         name = _pointer_text(pointer)
         if not VERSION_NAME.fullmatch(name):
             raise dg.Failure(
-                f"{_plain(pointer)} is damaged: it holds {name[:60]!r}, not the name of a stored "
+                f"{plain(pointer)} is damaged: it holds {name[:60]!r}, not the name of a stored "
                 f"version; materialize {what} again"
             )
         if not (path / name).exists():
             raise dg.Failure(
-                f"{_plain(pointer)} names {name}, which is not stored beside it (removed by "
+                f"{plain(pointer)} names {name}, which is not stored beside it (removed by "
                 f"hand?); materialize {what} again"
             )
         return path / name
 
     @staticmethod
     def _write_pandas(frame: pd.DataFrame, target: UPath) -> None:
-        if not _is_local(target):
+        if not is_local(target):
             with target.open("wb") as handle:
                 frame.to_parquet(handle, index=False)
             return
@@ -441,8 +312,8 @@ class RFMStore(dg.UPathIOManager):
 def _pointer_text(pointer: UPath) -> str:
     """The one line of a CURRENT or LATEST file (read no further than a line could be; a
     pipe or device in its place is refused before it is opened, never waited on)."""
-    if _model_kind(pointer)[0] != "file":
-        raise dg.Failure(f"{_plain(pointer)} is not a regular file (a pipe or device?)")
+    if small_file_kind(pointer)[0] != "file":
+        raise dg.Failure(f"{plain(pointer)} is not a regular file (a pipe or device?)")
     with pointer.open("rb") as handle:
         data = handle.read(256)
     return data.decode("utf-8", errors="replace").strip()
@@ -478,12 +349,12 @@ def _run_context(sidecar: UPath, what: str) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         problem = getattr(error, "msg", "not UTF-8 text")
         raise dg.Failure(
-            f"{_plain(sidecar)} is damaged ({problem}): the run context stored with {what} "
+            f"{plain(sidecar)} is damaged ({problem}): the run context stored with {what} "
             f"cannot be read; materialize {what} again"
         ) from None
     if not isinstance(table_context, dict):
         raise dg.Failure(
-            f"{_plain(sidecar)} is damaged (not a JSON object): the run context stored with "
+            f"{plain(sidecar)} is damaged (not a JSON object): the run context stored with "
             f"{what} cannot be read; materialize {what} again"
         )
     return table_context

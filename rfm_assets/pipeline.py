@@ -33,13 +33,14 @@ def run_engine(
 ) -> RFMResult:
     """Run every step with the settings' engine (Spark needs `spark_session`)."""
     engine = SparkEngine(spark_session) if settings.engine == "spark" else PandasEngine()
-    raw, listing = engine.read(settings)
-    kept, account = engine.prepare(raw, settings, listing, consume=True)
+    spec = settings.run_spec()
+    raw, listing = engine.read(spec)
+    kept, account = engine.prepare(raw, spec, listing, consume=True)
     del raw
     metrics = engine.keep(engine.metrics(kept, account.reference_date, settings.input_level))
-    metrics, customers_held_out = engine.filter_customers(metrics, settings)
+    metrics, customers_held_out = engine.filter_customers(metrics, spec)
     metrics = engine.keep(metrics)
-    scores, thresholds = engine.scores(metrics, settings)
+    scores, thresholds = engine.scores(metrics, spec)
     scores = engine.keep(scores)
     grid = settings.segment_grid()
     segmented_at = segmented_at or dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -47,7 +48,7 @@ def run_engine(
     if settings.segmentation_method == "kmeans":
         fitted = {"reference_date": str(account.reference_date)}
         segmented, clustering, model = engine.clusters(
-            scores, grid, thresholds, settings, segmented_at, fitted
+            scores, grid, thresholds, spec, segmented_at, fitted
         )
     else:
         segmented = engine.segments(scores, grid, segmented_at)

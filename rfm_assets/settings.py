@@ -7,13 +7,29 @@ names the field.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
-from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import dagster as dg
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
+from rfm_assets.engines.spec import (
+    CUSTOMER_FIELDS,
+    TRANSACTION_FIELDS,
+    RunSpec,
+    SourceColumns,
+)
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.packaged import BUNDLED_COLUMNS, BUNDLED_DATASET
 from rfm_assets.segments import SegmentGrid, load_rule_set
@@ -164,58 +180,6 @@ class FixedThresholds(dg.Config):
             if any(b < a for a, b in zip(cuts, cuts[1:])):
                 raise ValueError(f"fixed_thresholds.{name}: cut points must ascend, got {cuts}")
         return self
-
-
-# The fields of each input level, which the other level may not map.
-TRANSACTION_FIELDS = ("transaction_date", "amount", "quantity", "unit_price", "order_id")
-CUSTOMER_FIELDS = ("recency", "last_purchase_date", "first_purchase_date", "frequency", "monetary")
-INPUT_LEVELS = ("transactions", "customers")
-
-
-@dataclass(frozen=True)
-class SourceColumns:
-    """The source column behind each canonical field, resolved for one input.
-
-    `level` says which fields apply: transaction lines (transaction_date, amount or quantity
-    and unit_price, order_id) or one row per customer (recency or last_purchase_date,
-    first_purchase_date, frequency, monetary).
-    """
-
-    customer_id: str
-    transaction_date: Optional[str] = None
-    amount: Optional[str] = None
-    quantity: Optional[str] = None
-    unit_price: Optional[str] = None
-    order_id: Optional[str] = None
-    recency: Optional[str] = None
-    last_purchase_date: Optional[str] = None
-    first_purchase_date: Optional[str] = None
-    frequency: Optional[str] = None
-    monetary: Optional[str] = None
-    level: str = "transactions"
-
-    @property
-    def mapping(self) -> dict[str, Optional[str]]:
-        """Canonical field -> source column (None where not used)."""
-        fields = TRANSACTION_FIELDS if self.level == "transactions" else CUSTOMER_FIELDS
-        return {"customer_id": self.customer_id} | {f: getattr(self, f) for f in fields}
-
-    @property
-    def date_fields(self) -> list[str]:
-        """Canonical fields read as dates."""
-        dates = ("transaction_date", "last_purchase_date", "first_purchase_date")
-        return [f for f in dates if self.mapping.get(f)]
-
-    @property
-    def number_fields(self) -> list[str]:
-        """Canonical fields read as numbers."""
-        numbers = ("amount", "quantity", "unit_price", "recency", "frequency", "monetary")
-        return [f for f in numbers if self.mapping.get(f)]
-
-    @property
-    def needed(self) -> list[str]:
-        """The source columns to read, each once, in a stable order."""
-        return list(dict.fromkeys(n for n in self.mapping.values() if n))
 
 
 class RFMSettings(dg.ConfigurableResource):
@@ -577,6 +541,32 @@ class RFMSettings(dg.ConfigurableResource):
             message = str(error).replace("segment_rules:", "segment_grid_file:", 1)
             raise RFMConfigError(message) from None
 
+    def run_spec(self) -> RunSpec:
+        """What the engines read of these settings, as plain values."""
+        return RunSpec(
+            source_path=self.source_path,
+            input_path=self.input_path,
+            input_level=self.input_level,
+            columns=self.source_columns(),
+            table_columns=self.source_columns(bundled=False),
+            reference_date=self.parsed_reference_date,
+            analysis_period_days=self.analysis_period_days,
+            valid_dates=self.valid_dates,
+            returns_policy=self.returns_policy,
+            cancelled_order_prefix=self.cancelled_order_prefix,
+            min_frequency=self.min_frequency,
+            exclude_recent_days=self.exclude_recent_days,
+            scale=self.scale,
+            weights=self.weight_tuple(),
+            fixed_cut_points=self.fixed_cut_points(),
+            k_range=self.k_range,
+            cluster_sample_size=self.cluster_sample_size,
+            cluster_seed=self.cluster_seed,
+            cluster_model_path=self.cluster_model_path,
+            high_value_share=self.high_value_share,
+            high_value_by=self.high_value_by,
+        )
+
     def fixed_cut_points(self) -> Optional[dict[str, list[float]]]:
         if self.fixed_thresholds is None:
             return None
@@ -635,3 +625,72 @@ def describe_validation_error(error) -> str:
             f"{field}: {message}" if field and not message.startswith(field) else message
         )
     return "invalid settings: " + "; ".join(problems)
+
+
+# --- the settings as YAML: the schema of the RFMSegmentation component's `settings` ----------
+
+# In YAML a value may also be a template such as "{{ env.RFM_ENGINE }}", filled in on load.
+_TEMPLATE = Annotated[str, StringConstraints(pattern=r"\{\{.*\}\}")]
+
+
+def _yaml_schema(field: FieldInfo) -> dict[str, Any]:
+    """The JSON schema of a setting in YAML: its type with its bounds, or a template. On load
+    any value passes, to be validated by RFMSettings (build_settings) once the templates are
+    filled in, so its errors read as those of the command line and config files do."""
+    shown = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    if field.annotation not in (str, Optional[str]):
+        shown = Union[shown, _TEMPLATE]
+    return TypeAdapter(shown).json_schema()
+
+
+@functools.cache
+def yaml_model(config: type[BaseModel]) -> type[dg.Model]:
+    """The fields of a settings class (RFMSettings, ColumnMapping, ...) as a `dg.Model` with
+    the same names, defaults and descriptions, derived from it so the two cannot drift: a
+    nested settings class becomes a nested model, and an unknown key anywhere is refused."""
+    fields = {}
+    for name, field in config.model_fields.items():
+        nested = _config_model(field.annotation)
+        extra = {}
+        if nested is None:
+            annotation, extra = Any, {"json_schema_extra": _yaml_schema(field)}
+        else:
+            annotation = yaml_model(nested)
+            if field.annotation is not nested:  # Optional[...]
+                annotation = Optional[annotation]
+        if field.is_required():
+            default = {}
+        elif field.default_factory is nested is not None:
+            default = {"default_factory": yaml_model(nested)}
+        elif field.default_factory is not None:
+            default = {"default": field.default_factory()}  # shown in the schema
+        else:
+            default = {"default": field.default}
+        fields[name] = (annotation, Field(description=field.description, **default, **extra))
+    return create_model(
+        config.__name__,
+        __base__=_KnownKeysOnly if config is RFMSettings else dg.Model,
+        __doc__=config.__doc__,
+        __module__=__name__,
+        **fields,
+    )
+
+
+class _KnownKeysOnly(dg.Model):
+    """Unknown settings are named with the list of known ones, as build_settings names them."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            unknown = unknown_keys(RFMSettings, values)
+            if unknown:
+                known = ", ".join(RFMSettings.model_fields)
+                raise ValueError(
+                    f"unknown settings: {', '.join(unknown)}; known settings: {known}"
+                )
+        return values
+
+
+# `settings:` of the RFMSegmentation component.
+RFMSettingsModel = yaml_model(RFMSettings)

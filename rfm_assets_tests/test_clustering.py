@@ -723,8 +723,7 @@ def test_a_model_at_a_uri_is_bounded_too(fitted_model, monkeypatch):
 
     from upath import UPath
 
-    from rfm_assets import io_manager
-    from rfm_assets.engines import clustering
+    from rfm_assets.engines import clustering, stored
     from rfm_assets.errors import RFMConfigError
 
     folder = UPath(f"memory://rfm-model-test-{uuid.uuid4().hex}")
@@ -732,7 +731,7 @@ def test_a_model_at_a_uri_is_bounded_too(fitted_model, monkeypatch):
     folder.mkdir(parents=True, exist_ok=True)
     try:
         model.write_text(json.dumps(fitted_model))
-        document, source = io_manager.model_document_at(str(folder))
+        document, source = stored.model_document_at(str(folder))
         assert document == fitted_model and source == str(model)
         monkeypatch.setattr(clustering, "MODEL_MAX_BYTES", 1000)
         expected = (
@@ -740,17 +739,17 @@ def test_a_model_at_a_uri_is_bounded_too(fitted_model, monkeypatch):
             "cluster model may be (a model is a few KB)"
         )
         with pytest.raises(RFMConfigError) as raised:
-            io_manager.model_document_at(str(folder))
+            stored.model_document_at(str(folder))
         assert str(raised.value) == expected
         # The file system does not tell the size: the read stops after the bound.
-        real_kind = io_manager._model_kind
+        real_kind = stored.small_file_kind
         monkeypatch.setattr(
-            io_manager,
-            "_model_kind",
+            stored,
+            "small_file_kind",
             lambda path: ("file", None) if path.name == model.name else real_kind(path),
         )
         with pytest.raises(RFMConfigError) as raised:
-            io_manager.model_document_at(str(folder))
+            stored.model_document_at(str(folder))
         assert str(raised.value) == expected
     finally:
         folder.fs.rm(folder.path, recursive=True)
@@ -765,8 +764,8 @@ def test_a_model_at_a_uri_is_bounded_too(fitted_model, monkeypatch):
     ],
 )
 def test_a_model_file_that_is_not_json_is_one_line(tmp_path, text, message):
+    from rfm_assets.engines.stored import model_document_at
     from rfm_assets.errors import RFMConfigError
-    from rfm_assets.io_manager import model_document_at
 
     model_file = tmp_path / "cluster_model.json"
     if isinstance(text, bytes):
@@ -786,8 +785,8 @@ def test_a_store_pointer_names_a_version_beside_it(fitted_model, tmp_path):
     elsewhere, or one that is not stored, is one line naming the pointer."""
     import json
 
+    from rfm_assets.engines.stored import model_document_at
     from rfm_assets.errors import RFMConfigError
-    from rfm_assets.io_manager import model_document_at
 
     store = tmp_path / "cluster_model"
     week = store / "2024-06-03"

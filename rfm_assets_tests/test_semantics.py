@@ -7,11 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rfm_assets.engines.pandas_compute import (
-    fixed_scores,
-    quantile_scores,
-    thresholds_from_scores,
-)
+from rfm_assets.engines.pandas_compute import thresholds_from_scores
+from rfm_assets.engines.shared import fixed_scores, quantile_scores
 from rfm_assets.errors import RFMInputError
 from rfm_assets.synthetic import generate_transactions
 from rfm_assets_tests.conftest import assert_matches_oracle, day, frame_of, run_pipeline

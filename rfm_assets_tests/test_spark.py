@@ -586,7 +586,8 @@ def test_a_shuffle_partition_count_set_at_launch_is_kept(tmp_path):
         "from rfm_assets.settings import RFMSettings\n"
         "spark = SparkSession.builder.master('local[1]')"
         ".config('spark.sql.shuffle.partitions', '3').getOrCreate()\n"
-        f"SparkEngine(spark).read(RFMSettings(engine='spark', input_path={str(source)!r}))\n"
+        f"settings = RFMSettings(engine='spark', input_path={str(source)!r})\n"
+        "SparkEngine(spark).read(settings.run_spec())\n"
         "print(spark.conf.get('spark.sql.shuffle.partitions'))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -652,7 +653,7 @@ def test_the_read_takes_the_date_statistics_along(spark, synthetic_file):
     other frame of the same rows (which takes them itself); other valid dates are not
     answered from the read's."""
     from rfm_assets.engines import spark_compute
-    from rfm_assets.engines.pandas_compute import EARLIEST_VALID_DATE
+    from rfm_assets.engines.shared import EARLIEST_VALID_DATE
 
     settings = RFMSettings(input_path=str(synthetic_file), columns={"order_id": "order_id"})
     read, _ = spark_compute.read_transactions(

@@ -72,8 +72,7 @@ class ClusterModel:
     def named(self, thresholds: dict[str, list[float]], grid, sizes: np.ndarray) -> ClusterModel:
         """The model with its clusters named: each centroid's recency, frequency and monetary
         are scored with the run's cut points, and the (R, F, M) cell gives the segment."""
-        from rfm_assets.engines.pandas_compute import fixed_scores
-        from rfm_assets.engines.shared import HIGHER_IS_BETTER
+        from rfm_assets.engines.shared import HIGHER_IS_BETTER, fixed_scores
 
         centroids = self.centroids_in_units()
         scores = [

@@ -17,15 +17,10 @@ from rfm_assets.engines import pandas_compute, pandas_read
 from rfm_assets.engines.pandas_compute import RowAccount
 from rfm_assets.engines.shared import histogram_edges
 from rfm_assets.engines.source import SourceListing
+from rfm_assets.engines.spec import RunSpec
 from rfm_assets.engines.stored import HeldTable, StoredTable
 from rfm_assets.errors import RFMConfigError, RFMInputError
 from rfm_assets.segments import SegmentGrid
-from rfm_assets.settings import RFMSettings
-
-
-def _weights(settings: RFMSettings) -> tuple[float, float, float]:
-    return settings.weight_tuple()
-
 
 _GRID_COLUMNS = ["R_score", "FM_score", "customers", "revenue"]
 # The clusters picture draws this many customers (a seeded sample).
@@ -33,23 +28,23 @@ CLUSTER_PICTURE_CUSTOMERS = 2_000
 CLUSTER_PICTURE_COLUMNS = ("recency", "frequency", "monetary", "cluster", "cluster_name")
 
 
-def _source_path(settings: RFMSettings) -> str:
-    if settings.input_level == "customers" and settings.input_path is None:
+def _source_path(spec: RunSpec) -> str:
+    if spec.input_level == "customers" and spec.input_path is None:
         raise RFMConfigError(
             "input_path: required with input_level 'customers' (the bundled sample holds "
             "transactions)"
         )
-    return settings.source_path
+    return spec.source_path
 
 
-def stored_model(settings: RFMSettings, grid: SegmentGrid):
+def stored_model(spec: RunSpec, grid: SegmentGrid):
     """The model of cluster_model_path, checked against the rule set, or None."""
-    if not settings.cluster_model_path:
+    if not spec.cluster_model_path:
         return None
     from rfm_assets.engines.clustering import ClusterModel, check_segments
-    from rfm_assets.io_manager import model_document_at
+    from rfm_assets.engines.stored import model_document_at
 
-    document, source = model_document_at(settings.cluster_model_path)
+    document, source = model_document_at(spec.cluster_model_path)
     model = ClusterModel.from_document(document, source)
     check_segments(model, grid, source)
     return model
@@ -64,45 +59,46 @@ class PandasEngine:
     def load(self, value: Any) -> pd.DataFrame:
         return value.to_pandas() if isinstance(value, StoredTable) else value
 
-    def read(self, settings: RFMSettings) -> tuple[pd.DataFrame, SourceListing]:
+    def read(self, spec: RunSpec) -> tuple[pd.DataFrame, SourceListing]:
         """The canonical frame and the listing of the files it came from."""
-        return pandas_read.read_transactions(_source_path(settings), settings.source_columns())
+        return pandas_read.read_transactions(_source_path(spec), spec.columns)
 
-    def read_table(self, table, settings: RFMSettings, name: str):
+    def read_table(self, table, spec: RunSpec, name: str):
         """The canonical frame of a table another asset produced and Dagster loaded."""
         if not isinstance(table, pd.DataFrame):
             raise RFMInputError(
                 f"source asset {name}: the pandas engine reads a pandas DataFrame, got "
                 f"{type(table).__name__}"
             )
-        return pandas_read.read_frame(table, settings.source_columns(bundled=False), name)
+        return pandas_read.read_frame(table, spec.table_columns, name)
 
     def prepare(
         self,
         raw,
-        settings: RFMSettings,
+        spec: RunSpec,
         listing: Optional[SourceListing] = None,
         reference_date: Optional[dt.date] = None,
         consume: bool = False,
     ) -> tuple[Any, RowAccount]:
         """The counted cleaning rules; `reference_date` (a week's end) overrides the setting.
         With `consume` the caller is done with `raw`: the rules may empty it as they go."""
-        if settings.input_level == "customers":
+        if spec.input_level == "customers":
             kept, account = self.compute.prepare_customers(
                 raw,
-                reference_date=reference_date or settings.parsed_reference_date,
-                analysis_period_days=settings.analysis_period_days,
-                valid_dates=settings.valid_dates,
+                reference_date=reference_date or spec.reference_date,
+                analysis_period_days=spec.analysis_period_days,
+                valid_dates=spec.valid_dates,
             )
         else:
             kept, account = self.compute.prepare_transactions(
                 raw,
-                reference_date=reference_date or settings.parsed_reference_date,
-                analysis_period_days=settings.analysis_period_days,
-                returns_policy=settings.returns_policy,
-                cancelled_order_prefix=settings.cancelled_order_prefix,
-                valid_dates=settings.valid_dates,
+                reference_date=reference_date or spec.reference_date,
+                analysis_period_days=spec.analysis_period_days,
+                returns_policy=spec.returns_policy,
+                cancelled_order_prefix=spec.cancelled_order_prefix,
+                valid_dates=spec.valid_dates,
                 consume=consume,
+                **self._read_along(listing),
             )
         if listing is not None and listing.listed:
             account = dataclasses.replace(
@@ -110,32 +106,34 @@ class PandasEngine:
             )
         return kept, account
 
+    def _read_along(self, listing: Optional[SourceListing]) -> dict:
+        """What the reader took along for the cleaning step (nothing, on pandas)."""
+        return {}
+
     def metrics(self, kept, reference_date: dt.date, input_level: str = "transactions"):
         """One row per customer, from kept transactions or kept customer-level rows."""
         if input_level == "customers":
             return self.compute.customer_metrics(kept, reference_date)
         return self.compute.compute_metrics(kept, reference_date)
 
-    def filter_customers(self, metrics, settings: RFMSettings) -> tuple[Any, dict[str, int]]:
+    def filter_customers(self, metrics, spec: RunSpec) -> tuple[Any, dict[str, int]]:
         """Customers held out before scoring (min_frequency, exclude_recent_days), counted."""
-        return self.compute.filter_customers(
-            metrics, settings.min_frequency, settings.exclude_recent_days
-        )
+        return self.compute.filter_customers(metrics, spec.min_frequency, spec.exclude_recent_days)
 
     def scores(
-        self, metrics, settings: RFMSettings, cut_points: Optional[dict] = None
+        self, metrics, spec: RunSpec, cut_points: Optional[dict] = None
     ) -> tuple[Any, dict[str, list[float]]]:
         """(scores, the cut points behind them): by `cut_points` (e.g. an earlier week's)
         when given, else by the settings (fixed ones, or those the quantiles drew)."""
-        cut_points = cut_points or settings.fixed_cut_points()
-        scale = len(cut_points["recency"]) + 1 if cut_points else settings.scale
-        scores = self.compute.compute_scores(metrics, scale, _weights(settings), cut_points)
-        return scores, cut_points or self.compute.thresholds_from_scores(scores, settings.scale)
+        cut_points = cut_points or spec.fixed_cut_points
+        scale = len(cut_points["recency"]) + 1 if cut_points else spec.scale
+        scores = self.compute.compute_scores(metrics, scale, spec.weights, cut_points)
+        return scores, cut_points or self.compute.thresholds_from_scores(scores, spec.scale)
 
     def segments(self, scores, grid: SegmentGrid, segmented_at: dt.datetime):
         return self.compute.assign_segments(scores, grid, segmented_at)
 
-    def clusters(self, scores, grid: SegmentGrid, thresholds, settings, segmented_at,
+    def clusters(self, scores, grid: SegmentGrid, thresholds, spec, segmented_at,
                  fitted: Optional[dict] = None):  # fmt: skip
         """Segments by k-means (segmentation_method: kmeans): the table, what the clustering
         measured, and the model (the stored one of cluster_model_path, or one fitted now;
@@ -144,12 +142,12 @@ class PandasEngine:
             scores,
             grid,
             thresholds,
-            settings.k_range,
-            settings.cluster_sample_size,
-            settings.cluster_seed,
+            spec.k_range,
+            spec.cluster_sample_size,
+            spec.cluster_seed,
             segmented_at,
-            stored_model(settings, grid),
-            {**(fitted or {}), "seed": settings.cluster_seed, "rule_set": grid.name},
+            stored_model(spec, grid),
+            {**(fitted or {}), "seed": spec.cluster_seed, "rule_set": grid.name},
         )
 
     def analytics(self, segmented, grid: SegmentGrid, thresholds):
@@ -186,9 +184,9 @@ class PandasEngine:
             result[name] = (np.histogram(values, bins=edges)[0], edges)
         return result
 
-    def high_value(self, segmented, settings: RFMSettings):
+    def high_value(self, segmented, spec: RunSpec):
         return self.compute.high_value_customers(
-            segmented, settings.high_value_share, settings.high_value_by
+            segmented, spec.high_value_share, spec.high_value_by
         )
 
     def cluster_mismatches(self, segmented, model) -> int:
@@ -279,13 +277,16 @@ class SparkEngine(PandasEngine):
             return value.to_spark(self.session)
         return value
 
-    def read(self, settings: RFMSettings):
+    def read(self, spec: RunSpec):
         return self.compute.read_transactions(
-            self.session, _source_path(settings), settings.source_columns(), settings.valid_dates
+            self.session, _source_path(spec), spec.columns, spec.valid_dates
         )
 
-    def read_table(self, table, settings: RFMSettings, name: str):
-        from rfm_assets.io_manager import is_spark_dataframe
+    def _read_along(self, listing: Optional[SourceListing]) -> dict:
+        return {"date_statistics": listing.date_statistics if listing else None}
+
+    def read_table(self, table, spec: RunSpec, name: str):
+        from rfm_assets.engines.stored import is_spark_dataframe
 
         if not is_spark_dataframe(table):
             # No pandas -> Spark conversion in memory (see spark_resource.py): tables cross
@@ -294,21 +295,17 @@ class SparkEngine(PandasEngine):
                 f"source asset {name}: the Spark engine reads a Spark DataFrame, got "
                 f"{type(table).__name__}; store the source as Parquet and give its path"
             )
-        return self.compute.read_frame(
-            table, settings.source_columns(bundled=False), name, settings.valid_dates
-        )
+        return self.compute.read_frame(table, spec.table_columns, name, spec.valid_dates)
 
-    def scores(self, metrics, settings: RFMSettings, cut_points: Optional[dict] = None):
+    def scores(self, metrics, spec: RunSpec, cut_points: Optional[dict] = None):
         """As pandas; quantile thresholds come with the boundaries the scores were found by,
         without a pass over the scores (which a table without customers still takes)."""
-        if cut_points or settings.fixed_cut_points():
-            return super().scores(metrics, settings, cut_points)
-        quantiles = self.compute.quantile_boundaries(metrics, settings.scale)
-        scores = self.compute.compute_scores(
-            metrics, settings.scale, _weights(settings), quantiles=quantiles
-        )
+        if cut_points or spec.fixed_cut_points:
+            return super().scores(metrics, spec, cut_points)
+        quantiles = self.compute.quantile_boundaries(metrics, spec.scale)
+        scores = self.compute.compute_scores(metrics, spec.scale, spec.weights, quantiles=quantiles)
         thresholds = quantiles.thresholds
-        return scores, thresholds or self.compute.thresholds_from_scores(scores, settings.scale)
+        return scores, thresholds or self.compute.thresholds_from_scores(scores, spec.scale)
 
     def keep(self, frame):
         """Cache a step's result: its metadata and its write then compute it once."""
@@ -435,9 +432,9 @@ class SparkEngine(PandasEngine):
         return int(row["duplicates"]), int(row["unsegmented"] or 0)
 
 
-def engine_for(settings: RFMSettings, spark=None) -> PandasEngine:
-    """The engine the settings ask for; `spark` is the (lazy) Spark resource."""
-    if settings.engine == "spark":
+def engine_for(name: str, spark=None) -> PandasEngine:
+    """The engine by its name (the setting `engine`); `spark` is the (lazy) Spark resource."""
+    if name == "spark":
         if spark is None:
             raise ValueError("engine: spark needs the `spark` resource")
         return SparkEngine(spark.spark_session)

@@ -35,8 +35,8 @@ from rfm_assets.engines.source import (
     list_source,
     unify_types,
 )
+from rfm_assets.engines.spec import SourceColumns
 from rfm_assets.errors import RFMInputError
-from rfm_assets.settings import SourceColumns
 
 # INT96 timestamps (legacy Spark/Impala) as microseconds: as nanoseconds they wrap outside
 # 1677-2262.

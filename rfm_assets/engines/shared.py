@@ -1,4 +1,6 @@
-"""Rules both engines share verbatim: text grammars, cut points, and the analytics table.
+"""Rules both engines share verbatim: the row account, calendar days and valid dates, the
+reference date and window, money bounds, fixed and quantile scores, text grammars, cut
+points, and the analytics table.
 
 Each engine computes the large per-row and per-customer work natively and hands small
 summaries (a few numbers per score or per segment) to these functions, so the published
@@ -7,11 +9,15 @@ numbers and messages cannot drift apart between engines.
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Optional
+
 import numpy as np
 import pandas as pd
 
 from rfm_assets.contract import MICRO_UNITS
-from rfm_assets.errors import RFMInputError
+from rfm_assets.errors import RFMConfigError, RFMInputError
 from rfm_assets.segments import SegmentGrid
 
 # Per dimension: is a larger value better? (recency: smaller is better)
@@ -72,6 +78,138 @@ def infer_date_format(sample: list[str]) -> str | None:
         if has_day and has_month and has_year:
             return found
     return None
+
+
+EPOCH = np.datetime64("1970-01-01", "D")
+
+
+# Dates outside these are placeholders ("no date" markers such as 9999-12-31), not
+# purchases: excluded and counted as date_out_of_range. Settings can move both.
+EARLIEST_VALID_DATE = dt.date(1900, 1, 1)
+
+
+LATEST_VALID_DATE = dt.date(2999, 12, 31)
+
+
+# The average month, in days: purchase_frequency_per_month counts orders per this many days.
+DAYS_PER_MONTH = 30.44
+
+
+# Beyond this an amount's micro-units would overflow int64.
+MAX_ABS_AMOUNT = 9.0e12
+
+
+@dataclass(frozen=True)
+class RowAccount:
+    """Where every input row went: `rows_read == rows_kept + sum(rows_excluded.values())`."""
+
+    rows_read: int
+    rows_kept: int
+    rows_excluded: dict[str, int] = field(default_factory=dict)
+    reference_date: Optional[dt.date] = None
+    window_start: Optional[dt.date] = None
+    customers: int = 0
+    files_read: int = 1
+    files_skipped: int = 0
+
+    def as_metadata(self) -> dict:
+        return {
+            "files_read": self.files_read,
+            "files_skipped": self.files_skipped,
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "rows_excluded": dict(self.rows_excluded),
+            "customers": self.customers,
+            "reference_date": self.reference_date.isoformat() if self.reference_date else None,
+            "window_start": self.window_start.isoformat() if self.window_start else None,
+        }
+
+
+def day_number(date: dt.date) -> int:
+    return int((np.datetime64(date, "D") - EPOCH).astype(np.int64))
+
+
+def from_day_number(day: int) -> dt.date:
+    return (EPOCH + np.timedelta64(int(day), "D")).astype(dt.date)
+
+
+# Frequencies are counts of orders: whole numbers from 1 up to where doubles stop being exact.
+LARGEST_FREQUENCY = 2.0**53
+
+
+def reference_day_for_recency(reference_date: Optional[dt.date]) -> int:
+    if reference_date is None:
+        raise RFMConfigError(
+            "reference_date: customer-level input with recency in days needs the date the "
+            "recency was counted to; set reference_date (or map columns.last_purchase_date)"
+        )
+    return day_number(reference_date)
+
+
+def reference_and_window(
+    reference_date: Optional[dt.date],
+    analysis_period_days: Optional[int],
+    first_day: int,
+    last_day: int,
+    earliest_valid_day: int,
+) -> tuple[int, Optional[int]]:
+    """(reference day, window start day or None) from the in-range dates' first and last day.
+
+    The default reference date is the day after the last in-range date. A window reaching
+    back past earliest_valid_date starts there (older rows are out of range anyway).
+    """
+    ref_day = day_number(reference_date) if reference_date else last_day + 1
+    if ref_day <= first_day:
+        raise RFMInputError(
+            f"reference_date: {from_day_number(ref_day)} is on or before all data "
+            f"(earliest transaction {from_day_number(first_day)})"
+        )
+    if not analysis_period_days:
+        return ref_day, None
+    return ref_day, max(ref_day - analysis_period_days, earliest_valid_day)
+
+
+def no_valid_dates_error(valid_dates: tuple[dt.date, dt.date], rows: int) -> RFMInputError:
+    return RFMInputError(
+        f"no transactions left after filtering (date_out_of_range: {rows}): no date lies "
+        f"between earliest_valid_date {valid_dates[0]} and latest_valid_date {valid_dates[1]}"
+    )
+
+
+def quantile_scores(values: np.ndarray, scale: int, higher_is_better: bool) -> np.ndarray:
+    """score = 1 + floor(k * b / n), b = customers with a strictly worse value.
+
+    Ties share a score and the result does not depend on row order.
+    """
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    # One stable sort, then each run of equal values shares the count of values below it
+    # (or above it, for recency); a binary search per customer costs several times more.
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    run_starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    run_of = np.repeat(np.arange(len(run_starts)), np.diff(np.append(run_starts, n)))
+    if higher_is_better:
+        worse_sorted = run_starts[run_of]  # values strictly below
+    else:
+        run_ends = np.append(run_starts[1:], n)
+        worse_sorted = n - run_ends[run_of]  # values strictly above
+    worse = np.empty(n, dtype=np.int64)
+    worse[order] = worse_sorted
+    return 1 + (scale * worse) // n
+
+
+def fixed_scores(values: np.ndarray, cut_points: list[float], higher_is_better: bool) -> np.ndarray:
+    """Scores from ascending cut points t1..t(k-1).
+
+    Larger-is-better: value < t1 scores 1, t1 <= value < t2 scores 2, ..., >= t(k-1) scores k.
+    Recency: value <= t1 scores k, t1 < value <= t2 scores k-1, ..., > t(k-1) scores 1.
+    """
+    cuts = np.asarray(cut_points, dtype=np.float64)
+    if higher_is_better:
+        return 1 + np.searchsorted(cuts, values, side="right").astype(np.int64)
+    return len(cuts) + 1 - np.searchsorted(cuts, values, side="left").astype(np.int64)
 
 
 # Exact sums are int64 micro-units: one customer's amounts may add up to at most this

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from rfm_assets.errors import RFMInputError
 
 if TYPE_CHECKING:
-    from rfm_assets.settings import SourceColumns
+    from rfm_assets.engines.spec import SourceColumns
 
 # Files and directories whose names start with these are not data (Spark's and pyarrow's
 # rule: _SUCCESS, _metadata, .crc files, hidden files). They are counted, never read.
@@ -52,6 +52,9 @@ class SourceListing:
     groups: tuple[tuple[str, ...], ...] = ()
     # file -> its own Arrow types of the needed columns (to cast each group to `types`)
     file_types: Optional[dict[str, dict[str, pa.DataType]]] = None
+    # (valid dates, {rows, first_day, last_day, large}): date statistics a reader took along
+    # while it validated the source, so that the cleaning step need not pass over it again.
+    date_statistics: Optional[tuple] = None
 
     @property
     def files_read(self) -> int:

@@ -17,7 +17,6 @@ import functools
 import itertools
 import os
 import re
-import weakref
 from typing import Optional
 
 import pyarrow as pa
@@ -32,20 +31,9 @@ from rfm_assets.contract import (
     MICRO_UNITS,
     SLIPPING_COLUMNS,
 )
-from rfm_assets.engines.pandas_compute import (
+from rfm_assets.engines.shared import (
     DAYS_PER_MONTH,
     EARLIEST_VALID_DATE,
-    LARGEST_FREQUENCY,
-    LATEST_VALID_DATE,
-    MAX_ABS_AMOUNT,
-    RowAccount,
-    day_number,
-    from_day_number,
-    no_valid_dates_error,
-    reference_and_window,
-    reference_day_for_recency,
-)
-from rfm_assets.engines.shared import (
     EXAMPLES_SHOWN,
     EXTRA_FRACTION_DIGITS,
     HIGHER_IS_BETTER,
@@ -53,7 +41,10 @@ from rfm_assets.engines.shared import (
     ISO_DATE_TEXT,
     LAPSED_CUSTOMERS,
     LARGEST_FLOAT_ID,
+    LARGEST_FREQUENCY,
     LARGEST_ZERO_AMOUNT,
+    LATEST_VALID_DATE,
+    MAX_ABS_AMOUNT,
     MAX_CUSTOMER_TOTAL,
     NAN_TEXT,
     NEW_CUSTOMERS,
@@ -61,17 +52,23 @@ from rfm_assets.engines.shared import (
     SCORE_OF,
     TIME_WITH_OFFSET,
     WHITESPACE,
+    RowAccount,
     analytics_from_aggregates,
     customer_total_error,
     cut_points_from_extremes,
+    day_number,
+    from_day_number,
     infer_date_format,
     java_regex,
     migration_from_aggregates,
+    no_valid_dates_error,
+    reference_and_window,
+    reference_day_for_recency,
 )
 from rfm_assets.engines.source import SourceListing, check_columns, first_line, list_source
+from rfm_assets.engines.spec import SourceColumns
 from rfm_assets.errors import RFMInputError
 from rfm_assets.segments import SegmentGrid
-from rfm_assets.settings import SourceColumns
 
 # A missing order id counts as one order per customer, as in pandas.
 MISSING_ORDER = "\u0000missing order"
@@ -157,14 +154,8 @@ def read_transactions(
     listing = list_source(path, columns)
     scale_shuffle_partitions(spark, listing)
     source = _read_source(spark, listing, columns)
-    return _canonical(spark, source, columns, listing, valid_dates), listing
-
-
-# The date statistics (see _date_statistics) that read_transactions' validation pass took
-# along, by the frame it returned and the valid dates they were taken with: prepare_transactions
-# on that very frame then makes no pass of its own over the source. Weak keys: an entry goes
-# with its frame.
-_SOURCE_STATISTICS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    frame, statistics = _canonical(spark, source, columns, listing, valid_dates)
+    return frame, dataclasses.replace(listing, date_statistics=statistics)
 
 
 def read_frame(
@@ -179,7 +170,8 @@ def read_frame(
     listing = SourceListing(path=name, is_csv=False, listed=False)
     scale_shuffle_partitions(frame.sparkSession, listing)
     source = frame.select(*[col(n).alias(n) for n in columns.needed])
-    return _canonical(frame.sparkSession, source, columns, listing, valid_dates), listing
+    canonical, statistics = _canonical(frame.sparkSession, source, columns, listing, valid_dates)
+    return canonical, dataclasses.replace(listing, date_statistics=statistics)
 
 
 def _canonical(
@@ -188,8 +180,10 @@ def _canonical(
     columns: SourceColumns,
     listing: SourceListing,
     valid_dates: Optional[tuple[dt.date, dt.date]] = None,
-) -> DataFrame:
-    """Canonical columns from the mapped source columns, validated in one aggregation."""
+) -> tuple[DataFrame, Optional[tuple]]:
+    """Canonical columns from the mapped source columns, validated in one aggregation; and
+    the date statistics that aggregation took along (see SourceListing.date_statistics), or
+    None."""
     path = listing.path
     types = {f.name: f.dataType for f in source.schema.fields}
     mapping = columns.mapping
@@ -247,9 +241,9 @@ def _canonical(
             _raise_for_bad_dates(parsed.filter(bad), name)
     _raise_for_numbers(stats, source)
     frame = source.select(*[column.alias(name) for name, column in canonical.items()])
-    if along:
-        _SOURCE_STATISTICS[frame] = (tuple(valid_dates), {k: stats[k] for k in _DATE_STATISTICS})
-    return frame
+    if not along:
+        return frame, None
+    return frame, (tuple(valid_dates), {k: stats[k] for k in _DATE_STATISTICS})
 
 
 def _typed_date(
@@ -565,15 +559,17 @@ def prepare_transactions(
     cancelled_order_prefix: str = "C",
     valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
     consume: bool = False,
+    date_statistics: Optional[tuple] = None,
 ) -> tuple[DataFrame, RowAccount]:
     """The counted cleaning rules (see pandas_compute.prepare_transactions). `consume` has
-    nothing to release here: `frame` is a plan, not rows."""
+    nothing to release here: `frame` is a plan, not rows. `date_statistics`: what the reader
+    of `frame` took along (SourceListing.date_statistics), which saves a pass over it."""
     amount = F.col("amount")
     finite = _finite(amount)
     day = day_of(F.col("transaction_date"))
     low_day, high_day = (day_number(d) for d in valid_dates)
     in_range = (day >= F.lit(low_day)) & (day <= F.lit(high_day))
-    taken, stats = _SOURCE_STATISTICS.get(frame, (None, None))
+    taken, stats = date_statistics or (None, None)
     if taken != tuple(valid_dates):
         stats = frame.agg(
             F.count(F.lit(1)).alias("rows"),
