@@ -510,7 +510,7 @@ def command_analyze(args: argparse.Namespace) -> int:
         )
     args.split_by_segment |= bool(args.campaign_segments or args.campaign_columns)
     if args.split_by_segment:
-        from rfm_assets.assets import COLUMNS_OF
+        from rfm_assets.contract import COLUMNS_OF
 
         campaign_choice(args, settings, pd.DataFrame(columns=COLUMNS_OF["customer_segments"]))
     # The names this run may show: one taken by something rfm-assets did not write is refused

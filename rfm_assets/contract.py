@@ -204,10 +204,21 @@ COLUMN_DESCRIPTIONS = {
 }
 
 
+# The columns of every table of the graph, in order.
+COLUMNS_OF = {
+    "transactions": TRANSACTION_COLUMNS,
+    "rfm_metrics": METRIC_COLUMNS,
+    "rfm_scores": METRIC_COLUMNS + SCORE_COLUMNS,
+    "customer_segments": METRIC_COLUMNS + SCORE_COLUMNS + SEGMENT_COLUMNS,
+    "segment_analytics": ANALYTICS_COLUMNS,
+    "high_value_customers": METRIC_COLUMNS + SCORE_COLUMNS + SEGMENT_COLUMNS + ["high_value_rank"],
+    "segment_migration": MIGRATION_COLUMNS,
+    "slipping_customers": SLIPPING_COLUMNS,
+}
+
+
 def columns_markdown() -> str:
     """The columns of every table, for docs/contract.md (kept current by a test)."""
-    from rfm_assets.assets import COLUMNS_OF
-
     lines = []
     for table, columns in COLUMNS_OF.items():
         lines += [f"### `{table}`", "", "| column | type | meaning |", "|---|---|---|"]

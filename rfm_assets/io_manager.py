@@ -51,6 +51,12 @@ from rfm_assets.errors import memory_failures_named
 # Output metadata key under which an asset hands the IO manager its table's run context.
 CONTEXT_METADATA = "rfm/context"
 CONTEXT_SUFFIX = ".context.json"
+# Metadata of an input that takes several weeks of an asset (RFMGraph.weeks_in): the IO
+# manager hands a {week: StoredTable} mapping of the weeks stored (unpartitioned: {"current":
+# the value, "previous": the one it replaced}).
+WEEKS_INPUT = "rfm/weeks"
+# Where the rfm_report asset's page (its value, a str) is written in its location.
+REPORT_FILE = "report.html"
 # What `dump_to_path` names a version: v<nanoseconds>-<8 hex>.parquet or .json.
 VERSION_NAME = re.compile(r"v\d+-[0-9a-f]{8}\.(?:parquet|json)")
 # A partition key of a weekly asset (YYYY-MM-DD), as LATEST holds it.
@@ -124,6 +130,11 @@ class RFMStore(dg.UPathIOManager):
         self._load_as = load_as
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        if isinstance(obj, str):  # the report: one page, replaced whole
+            path.mkdir(parents=True, exist_ok=True)
+            _write_durably(path / REPORT_FILE, obj)
+            self._written_page = path / REPORT_FILE  # for get_metadata, which comes next
+            return
         suffix = "json" if isinstance(obj, dict) else "parquet"
         version = f"v{time.time_ns()}-{uuid.uuid4().hex[:8]}.{suffix}"
         target = path / version
@@ -159,6 +170,30 @@ class RFMStore(dg.UPathIOManager):
         if previous:
             self._remove_older_than(path, previous)
 
+    def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict:
+        if isinstance(obj, str):  # the report's own file, not its folder
+            return {"path": dg.MetadataValue.path(plain(self._written_page))}
+        return {}
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        if (context.definition_metadata or {}).get(WEEKS_INPUT):
+            return self._weeks(context)
+        return super().load_input(context)
+
+    def _weeks(self, context: dg.InputContext) -> dict[str, StoredTable]:
+        """The stored weeks a `weeks_in` input asks for, by partition key (see WEEKS_INPUT)."""
+        what = context.asset_key.to_user_string()
+        path = self._base_path.joinpath(*context.asset_key.path)
+        if not context.has_asset_partitions:
+            weeks = {"current": self.stored_at(path, what)}
+            replaced = self.replaced(context.asset_key)
+            return weeks if replaced is None else {**weeks, "previous": replaced}
+        return {
+            week: self.stored_at(path / week, what)
+            for week in context.asset_partition_keys
+            if (path / week / POINTER).exists()
+        }
+
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
         what = context.asset_key.to_user_string()
         if not (path / POINTER).exists():
@@ -166,6 +201,8 @@ class RFMStore(dg.UPathIOManager):
             path = latest_week(path) or path
         if path_exists_and_is_document(path):
             return json.loads(self.current_version(path, what).read_text(encoding="utf-8"))
+        if not (path / POINTER).exists() and (path / REPORT_FILE).exists():
+            return (path / REPORT_FILE).read_text(encoding="utf-8")
         stored = self.stored_at(path, what)
         wanted = _wanted_type(context)
         if wanted is StoredTable:
@@ -374,10 +411,17 @@ class HeldIOManager(dg.InMemoryIOManager):
     transactions held to the end would set the run's peak memory.
     """
 
-    def __init__(self, readers: Optional[dict[dg.AssetKey, int]] = None):
+    def __init__(
+        self,
+        readers: Optional[dict[dg.AssetKey, int]] = None,
+        previous: Optional[dict[dg.AssetKey, Any]] = None,
+    ):
         super().__init__()
         self._reads_left = dict(readers or {})
         self._last_reader: dict[tuple, str] = {}  # value's identifier -> op that read it last
+        # The value each asset had before this run (the command line's previous result), for
+        # the inputs that compare weeks (WEEKS_INPUT).
+        self._previous = dict(previous or {})
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         self._release_read(context.op_def.name)
@@ -388,6 +432,12 @@ class HeldIOManager(dg.InMemoryIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         self._release_read(context.op_def.name)
+        if (context.definition_metadata or {}).get(WEEKS_INPUT):
+            if context.has_asset_partitions:
+                raise dg.Failure("HeldIOManager keeps one run's values: it has no earlier weeks")
+            value = {"current": self.values[tuple(context.upstream_output.get_identifier())]}
+            previous = self._previous.get(context.asset_key)
+            return value if previous is None else {**value, "previous": previous}
         value = super().load_input(context)
         key = context.asset_key
         if key in self._reads_left:

@@ -317,6 +317,14 @@ def test_two_component_instances_load_in_one_code_location(monkeypatch):
         assert definitions.resolve_schedule_def(f"rfm_{region}_weekly").job_name == (
             f"rfm_{region}_job"
         )
+    # The shared resources are bound once, by defs/resources.py; each instance its settings.
+    own = {"rfm_settings_eu", "rfm_settings_us"}
+    assert set(definitions.resources) == {"spark", "io_manager", *own}
+    # eu's defs.yaml gives its assets owners and tags (Dagster's post_processing).
+    graph = definitions.resolve_asset_graph()
+    assert graph.get(dg.AssetKey(["eu", "customer_segments"])).owners == ["team:crm_eu"]
+    assert graph.get(dg.AssetKey(["eu", "rfm_report"])).tags["region"] == "eu"
+    assert graph.get(dg.AssetKey(["us", "customer_segments"])).owners == []
     settings = definitions.resources["rfm_settings_us"]
     assert settings.input_path == os.environ["RFM_US_TRANSACTIONS"]
     assert settings.scoring_method == "quartiles" and settings.weights.recency == 2
@@ -358,7 +366,8 @@ def test_the_graph_can_start_from_a_table_another_asset_produces(source, tmp_pat
         weeks_end=WEEKS[1],
         source_asset="raw/orders",
     )
-    resources = {**definitions.resources, "io_manager": dg.InMemoryIOManager()}
+    store = RFMParquetIOManager(base_dir=str(tmp_path / "from_asset"))
+    resources = {**definitions.resources, "io_manager": store}
     result = dg.materialize(
         [orders, *definitions.assets],
         partition_key=WEEK,

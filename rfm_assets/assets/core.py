@@ -1,0 +1,357 @@
+"""The core chain: transactions -> rfm_metrics -> rfm_scores -> customer_segments ->
+segment_analytics. Each body reads its settings, calls one engine step, judges the result
+(rfm_assets.assets.checks) and hands the value on with its run context."""
+
+import datetime as dt
+
+import dagster as dg
+import pandas as pd
+
+from rfm_assets import pictures
+from rfm_assets.assets import checks
+from rfm_assets.assets.graph import (
+    RFMGraph,
+    context_of,
+    grid_of,
+    judged,
+    needed,
+    output,
+    picture,
+    pictured,
+    small_to_pandas,
+)
+from rfm_assets.assets.markdown import segment_table_markdown, segment_trends
+from rfm_assets.contract import CUSTOMER_FILTERS, exclusion_reasons
+from rfm_assets.engines.dispatch import CLUSTER_PICTURE_CUSTOMERS
+from rfm_assets.errors import naming_memory_failures
+
+# Weeks shown in the share_trend picture (this one and the stored ones before it).
+TREND_WEEKS = 12
+
+
+def transactions_step(graph: RFMGraph, context, source_table):
+    """Source transaction lines mapped to `customer_id, transaction_date, amount[, order_id]`
+    (with `input_level: customers`, one row per customer: `customer_id, recency,
+    last_purchase_date[, first_purchase_date], frequency, monetary`).
+
+    Cleaned by explicit rules; every excluded row is counted by reason in the metadata
+    (`rows_excluded`). On weekly partitions the reference date is the end of the week.
+    """
+    settings, engine = graph.settings_of(context), graph.engine_of(context)
+    spec = settings.run_spec()
+    week_end = context.partition_time_window.end.date() if graph.partitions else None
+    if source_table is None:
+        raw, listing = engine.read(spec)
+        source = settings.source_path
+    else:
+        source = f"asset {'/'.join(graph.source_asset)}"
+        raw, listing = engine.read_table(source_table, spec, source)
+    # Nothing row-level is cached: on Spark the kept rows are a plan over the source. The
+    # step is done with the source rows as they are kept: let them go as it goes.
+    kept, account = engine.prepare(raw, spec, listing, reference_date=week_end, consume=True)
+    del raw
+    rows_kept, excluded = engine.kept_rows(kept, account), sum(account.rows_excluded.values())
+    context.log.info(
+        f"{account.rows_read:,} rows read from {account.files_read:,} files "
+        f"({account.files_skipped:,} skipped: names starting with _ or .), "
+        f"{account.rows_kept:,} kept, {excluded:,} excluded: {account.rows_excluded}"
+    )
+    verdict = checks.rows_accounted_for(account.rows_read, rows_kept, excluded)
+    yield from judged(graph, "transactions", {"rows_accounted_for": verdict})
+    summary = account.as_metadata()
+    table_context = {
+        **{k: summary[k] for k in ("reference_date", "window_start", "files_read",
+                                   "files_skipped", "rows_read", "rows_kept", "rows_excluded")},
+        "partition_key": context.partition_key if graph.partitions else None,
+        "source": source,
+        "engine": engine.name,
+        "customers": account.customers,
+        "input_level": settings.input_level,
+    }  # fmt: skip
+    rules = exclusion_reasons(settings.input_level).items()
+    yield output(
+        engine,
+        kept,
+        table_context,
+        {
+            **{k: v for k, v in summary.items() if v is not None and k != "rows_excluded"},
+            "rows_excluded": dg.MetadataValue.json(summary["rows_excluded"]),
+            "input_level": settings.input_level,
+            "exclusion_rules": dg.MetadataValue.md(
+                "\n".join(f"- `{reason}`: {rule}" for reason, rule in rules)
+            ),
+            "source": source,
+        },
+        rows=rows_kept,
+    )
+
+
+def rfm_metrics_step(graph: RFMGraph, context, transactions):
+    """One row per customer: recency (days to the reference date), frequency, monetary.
+
+    Also first and last purchase dates, tenure in days and average order value.
+    """
+    settings, engine = graph.settings_of(context), graph.engine_of(context)
+    upstream = context_of(transactions)
+    reference_date = dt.date.fromisoformat(needed(upstream, "reference_date", "transactions"))
+    loaded = engine.load(transactions)
+    input_level = upstream.get("input_level", "transactions")
+    metrics = engine.keep(engine.metrics(loaded, reference_date, input_level))
+    metrics, held_out = engine.filter_customers(metrics, settings.run_spec())
+    metrics = engine.keep(metrics)
+    # Customers of the kept transactions as the transactions step counted them (a second
+    # pass over every row costs more than all the scoring), less those held out.
+    customers = int(needed(upstream, "customers", "transactions")) - sum(held_out.values())
+    rows, distinct = engine.row_count(metrics), engine.distinct_count(metrics, "customer_id")
+    verdict = checks.one_metric_row_per_customer(rows, distinct, customers)
+    yield from judged(graph, "rfm_metrics", {"one_row_per_customer": verdict})
+    yield output(
+        engine,
+        metrics,
+        {**upstream, "customers_held_out": held_out},
+        {
+            "reference_date": reference_date.isoformat(),
+            "customers_held_out": dg.MetadataValue.json(held_out),
+            **pictured(
+                settings,
+                "distributions",
+                "Recency, frequency and monetary distributions",
+                lambda: pictures.distributions(engine.histograms(metrics)),
+            ),
+            "customer_filters": dg.MetadataValue.md(
+                "\n".join(f"- `{reason}`: {rule}" for reason, rule in CUSTOMER_FILTERS.items())
+            ),
+        },
+        rows=rows,  # counted for the check above (a Spark job saved)
+    )
+
+
+def rfm_scores_step(graph: RFMGraph, context, rfm_metrics):
+    """Customer metrics with R, F and M scores (1 worst .. k best), FM_score, RFM_score,
+    rfm_cell.
+
+    Quantile scores are tie-safe (`1 + floor(k * b / n)`); the cut points they imply are
+    published in the metadata so a later run can pin them (`thresholds_from_week` or
+    `scoring_method: fixed`).
+    """
+    settings, engine = graph.settings_of(context), graph.engine_of(context)
+    cut_points, source_of_cuts = None, settings.scoring_method
+    if settings.thresholds_from_week:
+        cut_points = week_thresholds(graph, context, settings.thresholds_from_week)
+        source_of_cuts = f"thresholds of week {settings.thresholds_from_week}"
+    scores, thresholds = engine.scores(engine.load(rfm_metrics), settings.run_spec(), cut_points)
+    scores = engine.keep(scores)
+    scale = len(thresholds["recency"]) + 1
+    verdict = checks.scores_on_scale(engine.scores_off_scale(scores, scale), scale)
+    yield from judged(graph, "rfm_scores", {"scores_on_scale": verdict})
+    table_context = {
+        **context_of(rfm_metrics),
+        "scale": scale,
+        "scoring_method": source_of_cuts,
+        "weights": settings.effective_weights.model_dump(),
+        "thresholds": thresholds,
+    }
+    yield output(
+        engine,
+        scores,
+        table_context,
+        {"scoring_method": source_of_cuts, "thresholds": dg.MetadataValue.json(thresholds)},
+    )
+
+
+def week_thresholds(graph: RFMGraph, context, week: str) -> dict[str, list[float]]:
+    """The cut points that the stored rfm_scores of `week` published.
+
+    The one read of storage outside an input: the week is a setting, and Dagster maps an
+    asset onto its own earlier partitions only by a fixed offset, not onto a named week.
+    """
+    store = getattr(context.resources, graph.io_manager_key)
+    stored = store.stored(graph.key("rfm_scores"), week) if hasattr(store, "stored") else None
+    if stored is None or "thresholds" not in stored.context:
+        raise dg.Failure(
+            f"thresholds_from_week: no rfm_scores with thresholds is stored for week {week}: "
+            f"materialize rfm_scores for {week} first"
+        )
+    return stored.context["thresholds"]
+
+
+def customer_segments_step(graph: RFMGraph, context, rfm_scores):
+    """Every customer with scores, one of the named segments, its recommendation, value tier
+    and engagement level. Filter on the published columns, e.g.
+    `df[df["segment"] == "Champions"]`.
+    """
+    settings, engine = graph.settings_of(context), graph.engine_of(context)
+    upstream = context_of(rfm_scores)
+    grid = grid_of(upstream, settings, "rfm_scores")
+    scores = engine.load(rfm_scores)
+    segmented_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    clustering, extra = {}, {}
+    if settings.segmentation_method == "kmeans":
+        thresholds = needed(upstream, "thresholds", "rfm_scores")
+        fitted = {"reference_date": upstream.get("reference_date")}
+        segmented, summary, model = engine.clusters(
+            scores, grid, thresholds, settings.run_spec(), segmented_at, fitted
+        )
+        # The model that named the clusters, for cluster_model; the summary for the report.
+        extra = {"cluster_model": model.document(), "clustering": summary}
+        sample = lambda: engine.cluster_sample(  # noqa: E731
+            segmented, CLUSTER_PICTURE_CUSTOMERS, settings.cluster_seed
+        )
+        clustering = {
+            "clustering": dg.MetadataValue.json(summary),
+            **pictured(settings, "clusters", "k-means clusters",
+                       lambda: pictures.clusters(sample(), summary)),
+        }  # fmt: skip
+    else:
+        segmented = engine.segments(scores, grid, segmented_at)
+    segmented = engine.keep(segmented)
+    rows = engine.row_count(segmented)
+    counts = engine.segment_counts(segmented)
+    distinct = engine.distinct_count(segmented, "customer_id")
+    unknown = engine.unknown_segments(segmented, {entry.name for entry in grid.segments})
+    yield from judged(
+        graph,
+        "customer_segments",
+        {
+            "one_row_per_customer": checks.one_segment_row_per_customer(
+                rows, distinct, engine.row_count(scores)
+            ),
+            "segments_in_catalog": checks.segments_in_catalog(unknown),
+            "dominant_segment": checks.dominant_segment(counts, rows, settings.max_segment_share),
+        },
+    )
+    table_context = {
+        **upstream,
+        "rule_set": grid.name,
+        "display_names": dict(settings.segment_display_names),
+        "segmented_at": str(segmented_at),
+        **extra,
+    }
+    metadata = {
+        "segmentation_method": settings.segmentation_method,
+        "segment_counts": dg.MetadataValue.json(counts),
+        **clustering,
+    }
+    yield output(engine, segmented, table_context, metadata, rows=rows)
+
+
+def segment_analytics_step(graph: RFMGraph, context, customer_segments, earlier_weeks):
+    """Per segment: customers, revenue, their shares, average R/F/M, average order value and
+    the recommendation, in priority order, with the score thresholds the run used.
+    """
+    settings, engine = graph.settings_of(context), graph.engine_of(context)
+    upstream = context_of(customer_segments)
+    grid = grid_of(upstream, settings, "customer_segments")
+    segmented = engine.load(customer_segments)
+    analytics = engine.analytics(
+        segmented, grid, needed(upstream, "thresholds", "customer_segments")
+    )
+    shown = small_to_pandas(analytics)  # a dozen rows at most
+    earlier = {week: table.to_pandas(columns=["segment", "customer_share"])
+               for week, table in sorted((earlier_weeks or {}).items())}  # fmt: skip
+    yield from judged(
+        graph,
+        "segment_analytics",
+        {
+            "revenue_matches_customers": checks.revenue_matches_customers(
+                list(shown["revenue"]),
+                int(shown["customers"].sum()),
+                engine.monetary_micro_sum(segmented, "monetary"),
+                engine.row_count(segmented),
+            ),
+            "share_change_from_previous_week": checks.share_change(
+                share_moves(shown, earlier), settings.max_weekly_share_change
+            ),
+        },
+    )
+    metadata = {
+        "segment_distribution": dg.MetadataValue.md(segment_table_markdown(shown)),
+        **pictured(settings, "segment_sizes", "Segment sizes",
+                   lambda: pictures.segment_sizes(shown)),
+        **pictured(settings, "score_heatmaps", "Customers and average monetary by R x FM",
+                   lambda: pictures.score_heatmaps(engine.score_grid(segmented), grid.scale)),
+        **share_trend(context, settings, shown, earlier),
+        **segment_trends(shown),
+    }  # fmt: skip
+    yield output(engine, analytics, upstream, metadata)
+
+
+def share_moves(analytics: pd.DataFrame, earlier: dict[str, pd.DataFrame]) -> list:
+    """(segment, share now - share the week before) per segment; [] without a week before."""
+    if not earlier:
+        return []
+    before = earlier[max(earlier)]
+    shares = dict(zip(before["segment"], before["customer_share"]))
+    return [
+        (row.segment, float(row.customer_share) - float(shares.get(row.segment, 0.0)))
+        for row in analytics.itertuples(index=False)
+    ]
+
+
+def share_trend(context, settings, analytics: pd.DataFrame, earlier: dict) -> dict:
+    """The share_trend picture over the stored weeks up to this one (weekly only)."""
+    if not earlier or not settings.pictures:
+        return {}
+    frames = [analytics.assign(week=context.partition_key)]
+    frames += [frame.assign(week=week) for week, frame in earlier.items()]
+    history = pd.concat(frames)[["week", "segment", "customer_share"]]
+    return {"share_trend": picture(pictures.share_trend(history), "Segment shares by week")}
+
+
+def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
+    """The five assets of the core chain of one graph instance."""
+    if graph.source_asset:
+        source_in = {"source_table": dg.AssetIn(key=dg.AssetKey(list(graph.source_asset)))}
+
+        @dg.asset(ins=source_in, description=transactions_step.__doc__,
+                  **graph.table_asset("transactions"))  # fmt: skip
+        @naming_memory_failures
+        def transactions(context: dg.AssetExecutionContext, source_table):
+            yield from transactions_step(graph, context, source_table)
+
+    else:
+
+        @dg.asset(description=transactions_step.__doc__, **graph.table_asset("transactions"))
+        @naming_memory_failures
+        def transactions(context: dg.AssetExecutionContext):
+            yield from transactions_step(graph, context, None)
+
+    @dg.asset(ins=graph.ins("transactions"), description=rfm_metrics_step.__doc__,
+              **graph.table_asset("rfm_metrics"))  # fmt: skip
+    @naming_memory_failures
+    def rfm_metrics(context: dg.AssetExecutionContext, transactions):
+        yield from rfm_metrics_step(graph, context, transactions)
+
+    @dg.asset(ins=graph.ins("rfm_metrics"), description=rfm_scores_step.__doc__,
+              **graph.table_asset("rfm_scores"))  # fmt: skip
+    @naming_memory_failures
+    def rfm_scores(context: dg.AssetExecutionContext, rfm_metrics):
+        yield from rfm_scores_step(graph, context, rfm_metrics)
+
+    @dg.asset(ins=graph.ins("rfm_scores"), description=customer_segments_step.__doc__,
+              **graph.table_asset("customer_segments"))  # fmt: skip
+    @naming_memory_failures
+    def customer_segments(context: dg.AssetExecutionContext, rfm_scores):
+        yield from customer_segments_step(graph, context, rfm_scores)
+
+    analytics_ins = graph.ins("customer_segments")
+    if graph.partitions is not None:
+        # The weeks before this one, for the share change and the share trend.
+        analytics_ins["earlier_weeks"] = graph.weeks_in("segment_analytics", 1 - TREND_WEEKS, -1)
+
+        @dg.asset(ins=analytics_ins, description=segment_analytics_step.__doc__,
+                  **graph.table_asset("segment_analytics"))  # fmt: skip
+        @naming_memory_failures
+        def segment_analytics(context: dg.AssetExecutionContext, customer_segments,
+                              earlier_weeks):  # fmt: skip
+            yield from segment_analytics_step(graph, context, customer_segments, earlier_weeks)
+
+    else:
+
+        @dg.asset(ins=analytics_ins, description=segment_analytics_step.__doc__,
+                  **graph.table_asset("segment_analytics"))  # fmt: skip
+        @naming_memory_failures
+        def segment_analytics(context: dg.AssetExecutionContext, customer_segments):
+            yield from segment_analytics_step(graph, context, customer_segments, None)
+
+    return [transactions, rfm_metrics, rfm_scores, customer_segments, segment_analytics]

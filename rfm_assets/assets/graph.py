@@ -1,0 +1,263 @@
+"""What every asset of a graph instance shares: its keys and resources, the run context a
+table carries, the step's output with its metadata, and blocking checks.
+
+An asset body reads its settings and engine through the `RFMGraph` it belongs to, calls one
+engine step, judges the result with a pure check (rfm_assets.assets.checks) and hands the
+value on with `output`. Nothing here reads storage: what a step compares with arrives as an
+input, mapped by Dagster (see `RFMGraph.weeks_in`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import dagster as dg
+import pandas as pd
+
+from rfm_assets import pictures
+from rfm_assets.contract import COLUMN_DESCRIPTIONS, COLUMN_TYPES, COLUMNS_OF
+from rfm_assets.engines.dispatch import PandasEngine, engine_for
+from rfm_assets.engines.stored import HeldTable, StoredTable, is_spark_dataframe
+from rfm_assets.errors import RFMConfigError
+from rfm_assets.io_manager import CONTEXT_METADATA, WEEKS_INPUT
+from rfm_assets.segments import SegmentGrid, load_rule_set
+from rfm_assets.settings import RFMSettings
+
+GROUP = "rfm"
+
+RFM_TABLE = dg.DagsterType(
+    name="RFMTable",
+    description="An RFM table: a pandas or Spark DataFrame, or a handle on its stored value.",
+    type_check_fn=lambda _, value: (
+        isinstance(value, (pd.DataFrame, StoredTable, HeldTable)) or is_spark_dataframe(value)
+    ),
+    typing_type=StoredTable,
+)
+
+
+@dataclass(frozen=True)
+class RFMGraph:
+    """One instance of the RFM graph in a code location."""
+
+    key_prefix: tuple[str, ...] = ()
+    settings_key: str = "rfm_settings"
+    io_manager_key: str = "io_manager"
+    partitions: Optional[dg.PartitionsDefinition] = None
+    engine: str = "pandas"  # the kind shown in the UI
+    group: str = GROUP
+    # An upstream asset whose value is the source table, instead of settings.input_path.
+    source_asset: Optional[tuple[str, ...]] = None
+
+    def key(self, name: str) -> dg.AssetKey:
+        return dg.AssetKey([*self.key_prefix, name])
+
+    def settings_of(self, context) -> RFMSettings:
+        return getattr(context.resources, self.settings_key)
+
+    def engine_of(self, context) -> PandasEngine:
+        return engine_for(self.settings_of(context).engine, context.resources.spark)
+
+    @property
+    def resource_keys(self) -> set[str]:
+        return {self.settings_key, "spark", self.io_manager_key}
+
+    def table_asset(self, name: str) -> dict:
+        """The keyword arguments of `dg.asset` for the table `name`: key, schema, checks."""
+        from rfm_assets.assets.checks import CHECKS
+
+        return dict(
+            key=self.key(name),
+            group_name=self.group,
+            kinds={self.engine},
+            dagster_type=RFM_TABLE,
+            partitions_def=self.partitions,
+            required_resource_keys=self.resource_keys,
+            io_manager_key=self.io_manager_key,
+            metadata={"dagster/column_schema": declared_schema(name)},
+            check_specs=self.check_specs(name, CHECKS.get(name, ())),
+        )
+
+    def check_specs(self, asset: str, entries) -> list[dg.AssetCheckSpec]:
+        return [
+            dg.AssetCheckSpec(check.name, asset=self.key(asset), blocking=check.blocking,
+                              description=check.description)
+            for check in entries
+        ]  # fmt: skip
+
+    def ins(self, *upstream: str) -> dict[str, dg.AssetIn]:
+        return {name: dg.AssetIn(key=self.key(name), dagster_type=RFM_TABLE) for name in upstream}
+
+    def weeks_in(self, upstream: str, first: int, last: int = 0) -> dg.AssetIn:
+        """`upstream` over the weeks `first`..`last` relative to this one (0 is this week,
+        -1 the one before): a mapped input, so the lineage shows it and backfills order by
+        it. Weeks before the first of the partitions, or not stored, are left out.
+        Unpartitioned, the IO manager hands the value and the one it replaced. The value is
+        a `{week: table}` mapping (unpartitioned: `{"current": ..., "previous": ...}`)."""
+        mapping = None
+        if self.partitions is not None:
+            mapping = dg.TimeWindowPartitionMapping(
+                start_offset=first, end_offset=last, allow_nonexistent_upstream_partitions=True
+            )
+        return dg.AssetIn(
+            key=self.key(upstream),
+            partition_mapping=mapping,
+            metadata={"allow_missing_partitions": True, WEEKS_INPUT: True},
+        )
+
+
+# --- the context a stored table carries -----------------------------------------------------
+
+
+def context_of(value: Any) -> dict:
+    """The run context of a loaded table: a stored handle's, or a pandas frame's attrs."""
+    if isinstance(value, (StoredTable, HeldTable)):
+        return dict(value.context)
+    if isinstance(value, pd.DataFrame):
+        return dict(value.attrs.get("rfm_context", {}))
+    return {}
+
+
+def needed(table_context: dict, key: str, upstream: str) -> Any:
+    """A fact of the run context, or one line saying the table was stored without it."""
+    if key not in table_context:
+        raise dg.Failure(
+            f"{upstream} carries no {key} (it was stored by an earlier version or without "
+            f"context): rematerialize {upstream}"
+        )
+    return table_context[key]
+
+
+def grid_of(table_context: dict, settings: RFMSettings, upstream: str) -> SegmentGrid:
+    """The rule set for the loaded scores: the scale and weights they were made with, and
+    the rule set their table names (or, when it names none yet, the settings')."""
+    scale = int(needed(table_context, "scale", upstream))
+    stored_weights = table_context.get("weights")
+    weights = (
+        tuple(float(stored_weights[k]) for k in ("recency", "frequency", "monetary"))
+        if stored_weights
+        else settings.weight_tuple()
+    )
+    rule_set = table_context.get("rule_set") or settings.rule_set
+    display_names = table_context.get("display_names", settings.segment_display_names)
+    try:
+        return load_rule_set(rule_set, scale, weights, dict(display_names))
+    except RFMConfigError as error:
+        raise dg.Failure(
+            f"{upstream} holds {scale}-point scores, which {rule_set} cannot segment "
+            f"({error}): rematerialize {upstream} with the settings of this rule set"
+        ) from None
+
+
+def split_weeks(graph: RFMGraph, weeks: Any, context, upstream: str) -> tuple[Any, Any, str]:
+    """(this week's table, the week before's or None, what the week before is) of a
+    `weeks_in(upstream, -1)` value."""
+    if graph.partitions is None:  # the value and the one it replaced
+        previous = weeks.get("previous")
+        if previous is None:
+            return weeks["current"], None, f"no previous {upstream}: this is the first one stored"
+        return weeks["current"], previous, f"the {upstream} this run replaced"
+    week = context.partition_key
+    if week not in weeks:
+        raise dg.Failure(f"{upstream} of week {week} is not stored: materialize it first")
+    window = graph.partitions.get_prev_partition_window(context.partition_time_window.start)
+    if window is None:
+        return weeks[week], None, "no previous week: this is the first week of the partitions"
+    before = window.start.strftime("%Y-%m-%d")
+    if before not in weeks:
+        return weeks[week], None, f"no previous week: {upstream} of week {before} is not stored"
+    return weeks[week], weeks[before], f"week {before}"
+
+
+# --- a step's value, metadata and checks ----------------------------------------------------
+
+
+def output(
+    engine: PandasEngine, frame, table_context: dict, metadata: dict, rows: Optional[int] = None
+) -> dg.Output:
+    """The step's value with its metadata; `rows` when the step has counted them already."""
+    if isinstance(frame, pd.DataFrame):
+        frame.attrs["rfm_context"] = table_context  # travels in memory too (the CLI)
+    return dg.Output(
+        frame,
+        metadata={
+            **table_metadata(engine, frame, rows),
+            **metadata,
+            CONTEXT_METADATA: dg.MetadataValue.json(table_context),
+        },
+    )
+
+
+def table_metadata(engine: PandasEngine, frame, rows: Optional[int] = None) -> dict:
+    """Row count and column schema (with each column's meaning) for the Dagster UI."""
+    return {
+        "dagster/row_count": engine.row_count(frame) if rows is None else rows,
+        "dagster/column_schema": dg.TableSchema(
+            columns=[
+                dg.TableColumn(name=name, type=kind, description=COLUMN_DESCRIPTIONS.get(name))
+                for name, kind in engine.schema(frame)
+            ]
+        ),
+        "engine": engine.name,
+        **engine.run_details(),
+    }
+
+
+def declared_schema(name: str) -> dg.TableSchema:
+    """The contract's columns of an asset, shown in the catalog before the first run."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=c, type=COLUMN_TYPES[c], description=COLUMN_DESCRIPTIONS.get(c))
+            for c in COLUMNS_OF[name]
+        ]
+    )
+
+
+def picture(png: bytes, title: str) -> dg.MetadataValue:
+    """A PNG as Markdown metadata, which the Dagster UI shows as an image."""
+    return dg.MetadataValue.md(pictures.markdown_image(png, title))
+
+
+def pictured(settings: RFMSettings, name: str, title: str, draw: Callable[[], bytes]) -> dict:
+    """{name: the picture `draw` makes}, or nothing when the settings draw no pictures (then
+    neither the picture nor the aggregates behind it are computed)."""
+    return {name: picture(draw(), title)} if settings.pictures else {}
+
+
+def small_to_pandas(frame) -> pd.DataFrame:
+    """A few rows of a Spark DataFrame as pandas, via Python rows (no Arrow conversion)."""
+    if isinstance(frame, pd.DataFrame):
+        return frame
+    rows = frame.collect()
+    return pd.DataFrame([row.asDict() for row in rows], columns=frame.columns)
+
+
+def judged(graph: RFMGraph, asset: str, verdicts: dict):
+    """Yield a check result per verdict (`checks.Verdict`, by check name); if a blocking one
+    failed, stop before the value is stored, so readers keep the previous one."""
+    from rfm_assets.assets.checks import CHECKS
+
+    results = []
+    for check in CHECKS[asset]:
+        verdict = verdicts[check.name]
+        results.append(
+            dg.AssetCheckResult(
+                asset_key=graph.key(asset),
+                check_name=check.name,
+                passed=verdict.passed,
+                severity=dg.AssetCheckSeverity.ERROR
+                if check.blocking
+                else dg.AssetCheckSeverity.WARN,
+                description=verdict.description(check.blocking),
+                metadata=verdict.metadata,
+            )
+        )
+    yield from results
+    failed = [r for r in results if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR]
+    if failed:
+        names = ", ".join(r.check_name for r in failed)
+        raise dg.Failure(
+            f"{asset}: blocking check {names} failed, so this value was not stored and the "
+            f"previous one stays: {failed[0].description}"
+        )
