@@ -1,7 +1,7 @@
 """`RFMSegmentation`: the RFM graph as a Dagster component a deployment declares in YAML.
 
     # defs/rfm_eu/defs.yaml
-    type: rfm_assets.RFMSegmentation
+    type: rfm_assets.component.RFMSegmentation
     attributes:
       key_prefix: [eu]
       source: "{{ env.RFM_EU_TRANSACTIONS }}"
@@ -9,37 +9,56 @@
       settings:
         columns: {customer_id: customer, transaction_date: ts, amount: total, order_id: order}
         analysis_period_days: 365
+    post_processing:          # Dagster's own, for any component: owners, tags, automation
+      assets:
+        - target: "*"
+          attributes: {owners: [team:crm], tags: {region: eu}}
+
+    # defs/resources.py: the resources all instances share, bound once per code location
+    import dagster as dg
+    from rfm_assets.component import shared_resources
+
+    @dg.definitions
+    def resources() -> dg.Definitions:
+        return dg.Definitions(resources=shared_resources())
 
 Each instance gets its own asset keys (under `key_prefix`), checks, settings resource
-(`rfm_settings_<prefix>`), weekly partitions, job and Monday schedule; instances share the
-`spark` and `io_manager` resources of the code location.
+(`rfm_settings_<prefix>`), weekly partitions, job and Monday schedule; it uses the `spark` and
+`io_manager` resources of the code location, which `shared_resources()` gives (an instance with
+its own `storage:` binds its own IO manager, `rfm_io_manager_<prefix>`). `settings` is typed by
+RFMSettings' fields (`rfm_assets.settings.RFMSettingsModel`), so the component's JSON schema,
+which editors and `dg check yaml` use, lists each setting with its description.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import dagster as dg
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from rfm_assets.assets import GROUP, RFMGraph, build_rfm_assets, build_rfm_checks
 from rfm_assets.errors import RFMConfigError
+from rfm_assets.settings import RFMSettingsModel
 
 
-def _io_manager(spark, base_dir: Optional[str]):
-    """One shared object for the default storage: instances merge only with identical ones."""
+def shared_resources(base_dir: Optional[str] = None) -> dict[str, Any]:
+    """The resources every RFM graph of a code location uses: `spark` (a session started only
+    when a Spark step asks for one) and `io_manager`, the asset storage (under `base_dir`, a
+    local path or URI; default: see "Reading results downstream" in the README).
+
+    Bind them once per code location, e.g. in `defs/resources.py` of a project whose
+    RFMSegmentation instances come from defs.yaml files:
+
+        @dg.definitions
+        def resources() -> dg.Definitions:
+            return dg.Definitions(resources=shared_resources())
+    """
     from rfm_assets.io_manager import RFMParquetIOManager
+    from rfm_assets.spark_resource import spark
 
-    if base_dir is None:
-        global _DEFAULT_IO_MANAGER
-        if _DEFAULT_IO_MANAGER is None:
-            _DEFAULT_IO_MANAGER = RFMParquetIOManager(spark=spark)
-        return _DEFAULT_IO_MANAGER
-    return RFMParquetIOManager(spark=spark, base_dir=base_dir)
-
-
-_DEFAULT_IO_MANAGER = None
+    return {"spark": spark, "io_manager": RFMParquetIOManager(spark=spark, base_dir=base_dir)}
 
 
 def build_rfm_definitions(
@@ -52,8 +71,16 @@ def build_rfm_definitions(
     storage: Optional[str] = None,
     source_asset: Optional[str] = None,
     bundled_sample: bool = False,
+    bind_shared_resources: bool = True,
 ) -> dg.Definitions:
     """Assets, checks, job, schedule and resources of one RFM graph instance.
+
+    Built from code (the default), the definitions are complete on their own: they bind the
+    shared resources (`spark`, and `io_manager` on `storage` or the default storage) besides
+    the instance's settings. With `bind_shared_resources=False`, as RFMSegmentation builds
+    them, they bind only what is the instance's own (its settings, and an IO manager under its
+    own key when it has its own `storage`), and the code location binds `shared_resources()`
+    once for all its instances.
 
     `source_asset` ("raw/orders") starts the graph from the table another asset produces,
     loaded by that asset's IO manager, instead of `settings.input_path`. One of the two is
@@ -61,8 +88,6 @@ def build_rfm_definitions(
     default read the bundled sample, so a deployment whose source went missing fails when it
     loads instead of segmenting the sample.
     """
-    from rfm_assets.spark_resource import spark
-
     if settings.input_path and source_asset:
         raise RFMConfigError(
             f"source_asset: {source_asset!r} and input_path {settings.input_path!r} both give "
@@ -84,8 +109,10 @@ def build_rfm_definitions(
     graph = RFMGraph(
         key_prefix=tuple(key_prefix),
         settings_key=f"rfm_settings_{name}" if name else "rfm_settings",
-        # Its own storage needs its own key; the default storage is shared.
-        io_manager_key=f"rfm_io_manager_{name}" if storage and name else "io_manager",
+        # Its own storage needs its own key, unless built alone; the default storage is shared.
+        io_manager_key="_".join(("rfm_io_manager", *key_prefix))
+        if storage and (name or not bind_shared_resources)
+        else "io_manager",
         partitions=partitions,
         engine=settings.engine,
         group=f"{GROUP}_{name}" if name else GROUP,
@@ -134,28 +161,38 @@ def build_rfm_definitions(
                     description=description,
                 )
             )
+    resources: dict[str, Any] = {graph.settings_key: settings}
+    shared = shared_resources(base_dir=storage)  # an io_manager on its own storage, if any
+    if bind_shared_resources:
+        resources |= {"spark": shared["spark"], graph.io_manager_key: shared["io_manager"]}
+    elif storage:
+        resources[graph.io_manager_key] = shared["io_manager"]
     return dg.Definitions(
         assets=assets,
         asset_checks=build_rfm_checks(assets),
         jobs=[job],
         schedules=schedules,
-        resources={
-            graph.settings_key: settings,
-            "spark": spark,
-            graph.io_manager_key: _io_manager(spark, storage),
-        },
+        resources=resources,
     )
+
+
+def _described(description: str) -> dg.Resolver:
+    """An attribute's description as the component's schema shows it (Dagster's schema keeps
+    a description given here; a pydantic Field's is dropped when the field has a default)."""
+    return dg.Resolver.default(description=description)
 
 
 class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
-    """RFM segmentation of one transaction table: five weekly-partitioned assets with their
-    checks, a job and a Monday schedule for the week that just ended."""
+    """RFM segmentation of one transaction table: the RFM graph's weekly-partitioned assets
+    with their checks, a job and a Monday schedule for the week that just ended."""
 
-    key_prefix: list[str] = Field(
-        default_factory=list,
-        description="Asset key prefix of this instance, e.g. [eu]; also names its group, job, "
-        "schedule and settings resource. Empty: the unprefixed keys.",
-    )
+    key_prefix: Annotated[
+        list[str],
+        _described(
+            "Asset key prefix of this instance, e.g. [eu]; also names its group, job, schedule "
+            "and settings resource. Empty: the unprefixed keys."
+        ),
+    ] = Field(default_factory=list)
     source: Annotated[
         Optional[str],
         dg.Resolver(
@@ -167,38 +204,55 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
             "variable fails the load, naming it). Give this or source_asset.",
         ),
     ] = None
-    source_asset: Optional[str] = Field(
-        default=None,
-        description="Instead of source: the key (e.g. raw/orders) of an asset of this code "
-        "location whose value is the transaction table, a pandas DataFrame (pandas engine) "
-        "or a Spark DataFrame (Spark engine).",
-    )
-    settings: dict = Field(
-        default_factory=dict,
-        description="Any RFM setting (columns, weights, analysis_period_days, scoring_method, "
-        "returns_policy, segment_grid_file, thresholds_from_week, engine, ...), validated "
-        "when the code location loads. The launchpad can still override them per run.",
-    )
-    weeks_start: Optional[str] = Field(
-        default=None,
-        description="First week (a Monday, YYYY-MM-DD) of the weekly partitions. Unset: no "
-        "partitions, one table replaced by each run.",
-    )
-    weeks_end: Optional[str] = Field(
-        default=None, description="Exclusive end of the weekly partitions. Unset: open-ended."
-    )
-    schedule_hour: Optional[int] = Field(
-        default=6,
-        description="UTC hour on Mondays at which the schedule runs the week that just ended; "
-        "null for no schedule.",
-    )
-    schedule_status: Literal["running", "stopped"] = Field(
-        default="running", description="Whether the schedule runs as soon as it is deployed."
-    )
-    storage: Optional[str] = Field(
-        default=None,
-        description="Asset storage (local path or URI) of the code location's io_manager.",
-    )
+    source_asset: Annotated[
+        Optional[str],
+        _described(
+            "Instead of source: the key (e.g. raw/orders) of an asset of this code location "
+            "whose value is the transaction table, a pandas DataFrame (pandas engine) or a "
+            "Spark DataFrame (Spark engine)."
+        ),
+    ] = None
+    settings: Annotated[
+        RFMSettingsModel,
+        dg.Resolver(
+            lambda context, settings: _resolve_settings(context, settings),
+            model_field_type=RFMSettingsModel,
+            description="RFM settings (those of RFMSettings: columns, weights, "
+            "analysis_period_days, scoring_method, engine, ...); a value may be a template "
+            "such as {{ env.NAME }}. Validated when the code location loads, an unknown key "
+            "named; the launchpad can still override them per run.",
+        ),
+    ] = Field(default_factory=RFMSettingsModel)
+    weeks_start: Annotated[
+        Optional[str],
+        _described(
+            "First week (a Monday, YYYY-MM-DD) of the weekly partitions. Unset: no partitions, "
+            "one table replaced by each run."
+        ),
+    ] = None
+    weeks_end: Annotated[
+        Optional[str],
+        _described("Exclusive end of the weekly partitions. Unset: open-ended."),
+    ] = None
+    schedule_hour: Annotated[
+        Optional[int],
+        _described(
+            "UTC hour on Mondays at which the schedule runs the week that just ended; null for "
+            "no schedule."
+        ),
+    ] = 6
+    schedule_status: Annotated[
+        Literal["running", "stopped"],
+        _described("Whether the schedule runs as soon as it is deployed."),
+    ] = "running"
+    storage: Annotated[
+        Optional[str],
+        _described(
+            "This instance's own asset storage (local path or URI), under its own IO manager "
+            "(rfm_io_manager_<prefix>). Unset: the code location's io_manager "
+            "(shared_resources())."
+        ),
+    ] = None
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         from rfm_assets.settings import build_settings
@@ -209,7 +263,7 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
             for name, value in (
                 ("source", self.source),
                 ("source_asset", self.source_asset),
-                ("settings.input_path", self.settings.get("input_path")),
+                ("settings.input_path", self.settings.input_path),
             )
             if value
         ]
@@ -224,7 +278,10 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
             )
         try:
             settings = build_settings(
-                {**self.settings, "input_path": self.source or self.settings.get("input_path")}
+                {
+                    **self.settings.model_dump(exclude_unset=True),
+                    "input_path": self.source or self.settings.input_path,
+                }
             )
         except RFMConfigError as error:
             raise RFMConfigError(f"{where}: settings: {error}") from None
@@ -237,6 +294,8 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
             schedule_running=self.schedule_status == "running",
             storage=self.storage,
             source_asset=self.source_asset,
+            # The code location binds shared_resources() once for all its instances.
+            bind_shared_resources=False,
         )
 
 
@@ -258,6 +317,12 @@ def _resolve_source(context: dg.ResolutionContext, raw: Optional[str]) -> Option
     names = [a or b for a, b in _ENV_REFERENCE.findall(raw)]
     why = f"the environment variable {', '.join(names)} is not set" if names else "it is empty"
     raise ResolutionException(f"{_position(context)}source {raw!r} gives no path: {why}")
+
+
+def _resolve_settings(context: dg.ResolutionContext, settings: Any) -> RFMSettingsModel:
+    """The settings given, with their templates filled in; build_defs validates them."""
+    given = settings.model_dump(exclude_unset=True) if isinstance(settings, BaseModel) else settings
+    return RFMSettingsModel.model_validate(context.resolve_value(given))
 
 
 def _position(context: dg.ResolutionContext) -> str:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional, Union
 
 import dagster as dg
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     StringConstraints,
     TypeAdapter,
@@ -627,70 +629,71 @@ def describe_validation_error(error) -> str:
     return "invalid settings: " + "; ".join(problems)
 
 
-# --- the settings as YAML: the schema of the RFMSegmentation component's `settings` ----------
+# --- the settings in YAML: the schema of the RFMSegmentation component's `settings` ----------
+#
+# Editors and `dg check yaml` validate a defs.yaml against the JSON schema: every known key
+# with its description and type, nothing else. Loading checks only the shape (nested keys are
+# mappings) and leaves the values, with templates such as "{{ env.RFM_ENGINE }}" filled in,
+# and any unknown key, to RFMSettings via build_settings: its messages name the field, as they
+# do for the command line and config files, and each field is defined once, in RFMSettings.
 
-# In YAML a value may also be a template such as "{{ env.RFM_ENGINE }}", filled in on load.
+# In YAML any value that is not a string may also be a template, filled in on load.
 _TEMPLATE = Annotated[str, StringConstraints(pattern=r"\{\{.*\}\}")]
 
 
-def _yaml_schema(field: FieldInfo) -> dict[str, Any]:
-    """The JSON schema of a setting in YAML: its type with its bounds, or a template. On load
-    any value passes, to be validated by RFMSettings (build_settings) once the templates are
-    filled in, so its errors read as those of the command line and config files do."""
+class _InYaml(dg.Model):
+    # An unknown key is an error in the schema (additionalProperties: false) and is named, with
+    # the known ones, by build_settings on load.
+    model_config = ConfigDict(extra="allow")
+
+
+def _value_schema(field: FieldInfo) -> Callable[[dict[str, Any]], None]:
+    """The JSON schema of one setting: its type with its bounds (or a template)."""
     shown = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
     if field.annotation not in (str, Optional[str]):
         shown = Union[shown, _TEMPLATE]
-    return TypeAdapter(shown).json_schema()
+
+    def update(schema: dict[str, Any]) -> None:
+        schema.update(TypeAdapter(shown).json_schema())
+        if field.is_required():
+            schema.pop("default", None)
+
+    return update
 
 
 @functools.cache
 def yaml_model(config: type[BaseModel]) -> type[dg.Model]:
-    """The fields of a settings class (RFMSettings, ColumnMapping, ...) as a `dg.Model` with
-    the same names, defaults and descriptions, derived from it so the two cannot drift: a
-    nested settings class becomes a nested model, and an unknown key anywhere is refused."""
-    fields = {}
+    """A settings class (RFMSettings, ColumnMapping, ...) as the model of its YAML: its fields
+    by name, with their descriptions and defaults, derived from it so the two cannot drift; a
+    nested settings class becomes a nested model."""
+    fields: dict[str, Any] = {}
     for name, field in config.model_fields.items():
         nested = _config_model(field.annotation)
-        extra = {}
         if nested is None:
-            annotation, extra = Any, {"json_schema_extra": _yaml_schema(field)}
+            # Loading takes any value: RFMSettings validates it once templates are filled in.
+            annotation, info = Any, {"json_schema_extra": _value_schema(field)}
         else:
-            annotation = yaml_model(nested)
+            annotation, info = yaml_model(nested), {}
             if field.annotation is not nested:  # Optional[...]
                 annotation = Optional[annotation]
-        if field.is_required():
-            default = {}
-        elif field.default_factory is nested is not None:
-            default = {"default_factory": yaml_model(nested)}
+        if nested is not None and field.default_factory is nested:
+            info["default_factory"] = yaml_model(nested)
         elif field.default_factory is not None:
-            default = {"default": field.default_factory()}  # shown in the schema
+            info["default"] = field.default_factory()  # so that the schema shows it
         else:
-            default = {"default": field.default}
-        fields[name] = (annotation, Field(description=field.description, **default, **extra))
-    return create_model(
-        config.__name__,
-        __base__=_KnownKeysOnly if config is RFMSettings else dg.Model,
-        __doc__=config.__doc__,
-        __module__=__name__,
-        **fields,
+            # A required field is unset until given (the schema says it is required).
+            info["default"] = None if field.is_required() else field.default
+        fields[name] = (annotation, Field(description=field.description, **info))
+    model = create_model(
+        config.__name__, __base__=_InYaml, __doc__=config.__doc__, __module__=__name__, **fields
     )
+    required = [name for name, field in config.model_fields.items() if field.is_required()]
+    model.model_config["json_schema_extra"] = {
+        "additionalProperties": False,
+        **({"required": required} if required else {}),
+    }
+    return model
 
 
-class _KnownKeysOnly(dg.Model):
-    """Unknown settings are named with the list of known ones, as build_settings names them."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys_only(cls, values: Any) -> Any:
-        if isinstance(values, dict):
-            unknown = unknown_keys(RFMSettings, values)
-            if unknown:
-                known = ", ".join(RFMSettings.model_fields)
-                raise ValueError(
-                    f"unknown settings: {', '.join(unknown)}; known settings: {known}"
-                )
-        return values
-
-
-# `settings:` of the RFMSegmentation component.
+# The `settings` attribute of the RFMSegmentation component.
 RFMSettingsModel = yaml_model(RFMSettings)

@@ -1,32 +1,43 @@
 """The RFMSegmentation component reads the source it is given, and nothing else: an unset
-source fails the load naming the variable and the file; the bundled sample is only the demo's."""
+source fails the load naming the variable and the file; the bundled sample is only the demo's.
+Its schema lists every setting; the code location binds the shared resources once; Dagster's
+post-processing gives its assets owners, tags and an automation condition."""
 
 import importlib
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from dagster.components.testing import create_defs_folder_sandbox
 
-from rfm_assets.component import RFMSegmentation, build_rfm_definitions
+import rfm_assets.component
+from rfm_assets.component import RFMSegmentation, build_rfm_definitions, shared_resources
 from rfm_assets.errors import RFMConfigError
-from rfm_assets.settings import RFMSettings
+from rfm_assets.io_manager import RFMParquetIOManager
+from rfm_assets.settings import ColumnMapping, FixedThresholds, RFMSettings, Weights
 
 REPO = Path(__file__).parents[1]
 SAMPLE = str(REPO / "rfm_assets_tests" / "data" / "cdnow_master.parquet")
 COLUMNS = {"customer_id": "customer_id", "transaction_date": "date", "amount": "dollar_value"}
 
 
-def load(attributes: dict) -> dg.Definitions:
-    """Definitions of one RFMSegmentation declared with these attributes in a defs.yaml."""
+def defs_yaml(attributes: dict, **more) -> dict:
+    return {
+        "type": "rfm_assets.component.RFMSegmentation",
+        "attributes": {"key_prefix": ["shop"], **attributes},
+        **more,
+    }
+
+
+def load(attributes: dict, **more) -> dg.Definitions:
+    """Definitions of one RFMSegmentation declared with these attributes (and any other
+    top-level keys of the file, such as post_processing) in a defs.yaml."""
     with create_defs_folder_sandbox() as sandbox:
         path = sandbox.scaffold_component(
-            component_cls=RFMSegmentation,
-            defs_yaml_contents={
-                "type": "rfm_assets.component.RFMSegmentation",
-                "attributes": {"key_prefix": ["shop"], **attributes},
-            },
+            component_cls=RFMSegmentation, defs_yaml_contents=defs_yaml(attributes, **more)
         )
         with sandbox.load_component_and_build_defs(defs_path=path) as (_, definitions):
             return definitions
@@ -105,3 +116,224 @@ def test_the_source_from_settings_or_the_attribute_is_the_one_read(monkeypatch):
 def test_a_bad_setting_names_the_component_file():
     message = failure({"source": SAMPLE, "settings": {"scoring_method": "deciles"}})
     assert "defs.yaml: settings: invalid settings: scoring_method" in message
+
+
+# --- the schema: every setting, with its description ----------------------------------------
+
+
+def component_schema() -> dict:
+    """The JSON schema of the component's attributes, as `dg list components --json` and
+    `dg utils inspect-component` show it and `dg check yaml` and editors validate against."""
+    return RFMSegmentation.get_model_cls().model_json_schema()
+
+
+def settings_schema(schema: dict) -> dict:
+    (ref,) = [
+        choice["$ref"] for choice in schema["properties"]["settings"]["anyOf"] if "$ref" in choice
+    ]
+    return schema["$defs"][ref.rsplit("/", 1)[1]]
+
+
+def test_the_schema_lists_every_setting_with_its_description():
+    schema = component_schema()
+    settings = settings_schema(schema)
+    assert list(settings["properties"]) == list(RFMSettings.model_fields)
+    assert settings["additionalProperties"] is False  # a misspelt key is an error in editors
+    for config, title in (
+        (RFMSettings, "RFMSettings"),
+        (ColumnMapping, "ColumnMapping"),
+        (Weights, "Weights"),
+        (FixedThresholds, "FixedThresholds"),
+    ):
+        shown = schema["$defs"][title]
+        assert list(shown["properties"]) == list(config.model_fields), title
+        assert shown["additionalProperties"] is False
+        for name, field in config.model_fields.items():
+            assert shown["properties"][name]["description"] == field.description, name
+    assert schema["$defs"]["FixedThresholds"]["required"] == ["recency", "frequency", "monetary"]
+    # Types, bounds and choices as RFMSettings has them; a template in place of any value.
+    days = settings["properties"]["analysis_period_days"]["anyOf"]
+    assert {"type": "integer", "minimum": 1} in days and {"type": "null"} in days
+    assert any(choice.get("pattern") for choice in days)
+    method = settings["properties"]["scoring_method"]["anyOf"]
+    assert {"type": "string", "enum": ["quintiles", "quartiles", "fixed"]} in method
+    assert settings["properties"]["cluster_range"]["default"] == [3, 8]
+    # and the component's own attributes, each described.
+    assert schema["additionalProperties"] is False
+    for name, attribute in schema["properties"].items():
+        assert attribute.get("description"), name
+
+
+def test_a_misspelt_setting_fails_the_load_naming_it_and_the_file():
+    message = failure(
+        {"source": SAMPLE, "settings": {"scoring_metod": "quartiles", "columns": {"custmer": "x"}}}
+    )
+    assert re.search(
+        r"RFMSegmentation in \S+defs\.yaml: settings: unknown settings: columns\.custmer, "
+        r"scoring_metod; known settings: input_path, ",
+        message,
+    )
+
+
+def test_a_template_can_give_any_setting(monkeypatch):
+    monkeypatch.setenv("RFM_TEST_DAYS", "90")
+    monkeypatch.setenv("RFM_TEST_METHOD", "quartiles")
+    settings = load(
+        {
+            "source": SAMPLE,
+            "settings": {
+                "columns": COLUMNS,
+                "analysis_period_days": "{{ env.RFM_TEST_DAYS }}",
+                "scoring_method": "{{ env.RFM_TEST_METHOD }}",
+                "weights": {"recency": 2},
+            },
+        }
+    ).resources["rfm_settings_shop"]
+    assert settings.analysis_period_days == 90 and settings.scoring_method == "quartiles"
+    assert settings.weights.recency == 2 and settings.weights.frequency == 1  # defaults kept
+
+
+def test_the_settings_can_be_given_in_python():
+    component = RFMSegmentation(
+        key_prefix=["shop"], source=SAMPLE, settings={"columns": COLUMNS, "min_frequency": 2}
+    )
+    assert component.settings.min_frequency == 2
+    assert component.settings.columns.transaction_date == "date"
+
+
+def test_the_docstring_names_the_type_that_loads():
+    (path,) = set(re.findall(r"type: (\S+)", rfm_assets.component.__doc__))
+    module, name = path.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name) is RFMSegmentation
+
+
+# --- resources: bound once by the code location ---------------------------------------------
+
+
+def test_an_instance_binds_only_its_own_resources():
+    assert set(load({"source": SAMPLE, "settings": {"columns": COLUMNS}}).resources) == {
+        "rfm_settings_shop"
+    }
+    own = load({"source": SAMPLE, "settings": {"columns": COLUMNS}, "storage": "/tmp/rfm-shop"})
+    assert set(own.resources) == {"rfm_settings_shop", "rfm_io_manager_shop"}
+    assert own.resources["rfm_io_manager_shop"].base_dir == "/tmp/rfm-shop"
+    unprefixed = load(
+        {"key_prefix": [], "source": SAMPLE, "settings": {"columns": COLUMNS}, "storage": "s"}
+    )
+    assert set(unprefixed.resources) == {"rfm_settings", "rfm_io_manager"}  # not io_manager
+
+
+def test_a_project_binds_the_shared_resources_once_for_all_its_instances():
+    with create_defs_folder_sandbox() as sandbox:
+        for region in ("eu", "us"):
+            attributes = {
+                "key_prefix": [region],
+                "source": SAMPLE,
+                "settings": {"columns": COLUMNS},
+            }
+            if region == "us":
+                attributes["storage"] = "/tmp/rfm-us"
+            sandbox.scaffold_component(
+                component_cls=RFMSegmentation,
+                defs_path=region,
+                defs_yaml_contents=defs_yaml(attributes),
+            )
+        (sandbox.defs_folder_path / "resources.py").write_text(
+            textwrap.dedent(
+                """
+                import dagster as dg
+                from rfm_assets.component import shared_resources
+
+                @dg.definitions
+                def resources() -> dg.Definitions:
+                    return dg.Definitions(resources=shared_resources())
+                """
+            )
+        )
+        with sandbox.build_all_defs() as definitions:
+            dg.Definitions.validate_loadable(definitions)
+            resources = definitions.resources
+            assert set(resources) == {
+                "spark",
+                "io_manager",
+                "rfm_settings_eu",
+                "rfm_settings_us",
+                "rfm_io_manager_us",
+            }
+            assert isinstance(resources["io_manager"], RFMParquetIOManager)
+            assert resources["io_manager"].base_dir is None
+            assert resources["rfm_io_manager_us"].base_dir == "/tmp/rfm-us"
+            graph = definitions.resolve_asset_graph()
+            assert graph.get(dg.AssetKey(["eu", "customer_segments"])).io_manager_key == (
+                "io_manager"
+            )
+            assert graph.get(dg.AssetKey(["us", "customer_segments"])).io_manager_key == (
+                "rfm_io_manager_us"
+            )
+
+
+def test_without_the_shared_resources_the_location_fails_to_load_naming_them():
+    """A code location that forgets defs/resources.py fails to load, naming `spark`, rather
+    than storing the assets with Dagster's default io_manager."""
+    alone = load({"source": SAMPLE, "settings": {"columns": COLUMNS}})
+    with pytest.raises(dg.DagsterInvalidDefinitionError, match="resource with key 'spark'"):
+        dg.Definitions.validate_loadable(alone)
+
+
+def test_built_from_code_the_definitions_are_complete_on_their_own():
+    alone = build_rfm_definitions(RFMSettings(), bundled_sample=True)
+    assert set(alone.resources) == {"rfm_settings", "spark", "io_manager"}
+    dg.Definitions.validate_loadable(alone)
+    stored = build_rfm_definitions(RFMSettings(input_path=SAMPLE), storage="/tmp/rfm")
+    assert stored.resources["io_manager"].base_dir == "/tmp/rfm"
+    parts = build_rfm_definitions(
+        RFMSettings(input_path=SAMPLE), key_prefix=("eu",), bind_shared_resources=False
+    )
+    assert set(parts.resources) == {"rfm_settings_eu"}
+    # Two instances and the shared resources, bound once, merge into one code location.
+    other = build_rfm_definitions(
+        RFMSettings(input_path=SAMPLE), key_prefix=("us",), bind_shared_resources=False
+    )
+    merged = dg.Definitions.merge(parts, other, dg.Definitions(resources=shared_resources()))
+    dg.Definitions.validate_loadable(merged)
+
+
+# --- owners, tags and automation: Dagster's post-processing of the instance's assets --------
+
+
+def test_post_processing_gives_every_asset_owners_tags_and_an_automation_condition():
+    definitions = load(
+        {"source": SAMPLE, "weeks_start": "1997-01-06", "settings": {"columns": COLUMNS}},
+        post_processing={
+            "assets": [
+                {
+                    "target": "*",
+                    "attributes": {
+                        "owners": ["team:crm", "ana@example.com"],
+                        "tags": {"region": "shop"},
+                        "automation_condition": "{{ dg.AutomationCondition.eager() }}",
+                    },
+                }
+            ]
+        },
+    )
+    # with the resources its code location binds
+    definitions = dg.Definitions.merge(definitions, dg.Definitions(resources=shared_resources()))
+    dg.Definitions.validate_loadable(definitions)
+    graph = definitions.resolve_asset_graph()
+    keys = graph.get_all_asset_keys()  # the instance's, all of them
+    assert {"shop/customer_segments", "shop/segment_analytics"} <= {
+        key.to_user_string() for key in keys
+    }
+    eager = dg.AutomationCondition.eager()
+    for key in keys:
+        node = graph.get(key)
+        assert node.owners == ["team:crm", "ana@example.com"], key
+        assert node.tags["region"] == "shop", key
+        assert node.automation_condition is not None, key
+        assert node.automation_condition.get_label() == eager.get_label(), key
+    # The job, schedule and checks are the instance's as before.
+    assert definitions.resolve_job_def("rfm_shop_job")
+    assert definitions.resolve_schedule_def("rfm_shop_weekly").job_name == "rfm_shop_job"
+    checked = {check.asset_key for check in graph.asset_check_keys}
+    assert checked and checked <= keys
