@@ -28,14 +28,13 @@ def timed(run):
 
 
 def pictures_and_report() -> None:
-    from rfm_assets import pictures
+    from rfm_assets import pictures, run
     from rfm_assets.engines.dispatch import PandasEngine
-    from rfm_assets.pipeline import run_pandas
     from rfm_assets.report import ReportInputs, report_html
     from rfm_assets.settings import RFMSettings
 
-    before = run_pandas(RFMSettings(reference_date="2011-11-28"))
-    after = run_pandas(RFMSettings(reference_date="2011-12-05"))
+    before = run(RFMSettings(reference_date="2011-11-28"))
+    after = run(RFMSettings(reference_date="2011-12-05"))
     engine, grid = PandasEngine(), RFMSettings().segment_grid()
     migration = engine.migration(before.customer_segments, after.customer_segments, grid)
     history = [a.segment_analytics.assign(week=w) for w, a in (("a", before), ("b", after))]

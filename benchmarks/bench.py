@@ -75,10 +75,11 @@ def settings_for(path: str, engine: str = "pandas"):
 
 
 def run_pandas(path: str):
-    """The whole engine chain without Dagster; returns (customer_segments, segment_analytics)."""
-    from rfm_assets.pipeline import run_pandas as run
+    """The graph in this process (rfm_assets.run); returns (customer_segments,
+    segment_analytics)."""
+    from rfm_assets import run
 
-    result = run(settings_for(path))  # pandas frames, computed eagerly
+    result = run(settings_for(path), keep=("customer_segments", "segment_analytics"))
     return result.customer_segments, result.segment_analytics
 
 
@@ -100,14 +101,14 @@ def start_spark():
 
 
 def run_spark(path: str, spark=None, keep: str | None = None, method: str = "grid") -> None:
-    """run_engine with engine spark, forced: customer_segments written to Parquet (into `keep`
-    if given, else a temporary directory) and segment_analytics collected."""
-    from rfm_assets.pipeline import run_engine
+    """rfm_assets.run with engine spark, forced: customer_segments written to Parquet (into
+    `keep` if given, else a temporary directory) and segment_analytics collected."""
+    from rfm_assets import run
 
     output = keep or tempfile.mkdtemp(prefix="rfm-bench-spark-")
     settings = settings_for(path, "spark").model_copy(update={"segmentation_method": method})
     try:
-        result = run_engine(settings, spark)
+        result = run(settings, spark_session=spark, keep=("customer_segments", "segment_analytics"))
         result.customer_segments.write.mode("overwrite").parquet(
             os.path.join(output, "customer_segments")
         )
@@ -223,7 +224,7 @@ def run_duckdb(path: str, final: str = ANALYTICS):
 
 def run_kmeans(path: str):
     """The pandas engine with segmentation_method kmeans (k chosen from 3..8)."""
-    from rfm_assets.pipeline import run_pandas as run
+    from rfm_assets import run
 
     settings = settings_for(path).model_copy(update={"segmentation_method": "kmeans"})
     result = run(settings)
@@ -276,7 +277,7 @@ def single(variant: str, path: str, warmup: str, keep: str | None = None) -> Non
         import pyspark.sql  # noqa: F401
 
         import rfm_assets.definitions  # noqa: F401
-        import rfm_assets.pipeline  # noqa: F401
+        import rfm_assets.runner  # noqa: F401
     else:
         import rfm_assets.assets  # noqa: F401
         import rfm_assets.cli  # noqa: F401

@@ -20,7 +20,6 @@ import pandas as pd
 from rfm_assets import pictures
 from rfm_assets.bounded_files import read_bounded, read_yaml
 from rfm_assets.contract import ANALYTICS_COLUMNS
-from rfm_assets.engines.shared import movement_counts
 from rfm_assets.engines.source import first_line
 from rfm_assets.errors import RFMConfigError, RFMError
 from rfm_assets.exports import (
@@ -34,6 +33,7 @@ from rfm_assets.exports import (
 from rfm_assets.packaged import preset_names, preset_path
 from rfm_assets.report import ReportInputs, report_html, require_numbers
 from rfm_assets.result_dir import ResultDirectory
+from rfm_assets.runner import run
 from rfm_assets.settings import build_settings
 
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
@@ -214,93 +214,6 @@ def spark_row_order(frame, name: str, settings):
     )
 
 
-def run_graph(settings, spark, optional: tuple[str, ...] = OPTIONAL_TABLES) -> dict[str, Any]:
-    """Materialize the assets in-process (of OPTIONAL_TABLES, only those in `optional`);
-    return their values and metadata.
-
-    Every step's value stays in memory (a Spark DataFrame as the same cached DataFrame), so
-    nothing is written but the result the CLI writes itself.
-    """
-    import dagster as dg
-
-    from rfm_assets.assets import RFM_ASSETS
-    from rfm_assets.io_manager import HeldIOManager
-
-    # Movement compares with the result this run replaces, which the CLI reads itself;
-    # `rfm-assets report` writes the report.
-    selection = dg.AssetSelection.all() - dg.AssetSelection.assets(
-        *MOVEMENT_TABLES, "rfm_report", *(set(OPTIONAL_TABLES) - set(optional))
-    )
-    kept_to_the_end = {dg.AssetKey(name) for name in OUTPUT_TABLES + optional}
-    readers = {
-        upstream: reads
-        for upstream, reads in readers_within(RFM_ASSETS, selection).items()
-        if upstream not in kept_to_the_end
-    }
-    result = dg.materialize(
-        RFM_ASSETS,
-        selection=selection,
-        resources={
-            "rfm_settings": settings,
-            "spark": spark,
-            "io_manager": HeldIOManager(readers),
-        },
-        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-        raise_on_error=False,
-    )
-    if not result.success:
-        raise RFMError(step_failure_message(result))
-    metadata = {}
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        metadata[materialization.asset_key.to_user_string()] = {
-            key: value.value for key, value in materialization.metadata.items()
-        }
-    tables = {name: result.output_for_node(name) for name in OUTPUT_TABLES + optional}
-    model = None
-    if settings.segmentation_method == "kmeans":
-        model = result.output_for_node("cluster_model", "cluster_model")
-    return {"tables": tables, "metadata": metadata, "cluster_model": model}
-
-
-def readers_within(assets, selection) -> dict:
-    """{asset key: how many of the selected assets read it}, over the selected assets."""
-    selected = selection.resolve(assets)
-    reads: dict = {}
-    for definition in assets:
-        for key in set(definition.keys) & selected:
-            for upstream in definition.asset_deps.get(key, ()):
-                if upstream in selected:
-                    reads[upstream] = reads.get(upstream, 0) + 1
-    return reads
-
-
-def step_failure_message(result) -> str:
-    """The user-facing message of the first failed step (our own errors say it all; a Spark
-    failure for lack of memory names the setting to raise)."""
-    from rfm_assets.errors import memory_failure
-
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            chain, link = [], error
-            while link is not None:
-                chain += [link.message, *link.stack]
-                link = link.cause
-            memory = memory_failure("\n".join(chain))
-            if memory is not None:
-                return f"step {event.step_key} failed: {memory}"
-            while error.cause is not None and error.cls_name not in _OWN_ERRORS:
-                error = error.cause
-            if error.cls_name in _OWN_ERRORS:
-                return error.message.strip().split(": ", 1)[-1]
-            return f"step {event.step_key} failed: {error.message.strip().splitlines()[0]}"
-    return "the run failed"
-
-
-_OWN_ERRORS = {"RFMError", "RFMConfigError", "RFMInputError", "Failure"}
-
-
 def run_summary(settings, metadata: dict[str, Any]) -> dict:
     tx = metadata["transactions"]
     return {
@@ -345,7 +258,9 @@ def read_table(
         # another run switches the result in between.
         path = (directory / f"{name}{suffix}").resolve()
         if path.exists():
-            if not path.is_file():  # a pipe would be waited on, a device read forever
+            # A file, or a Spark table's folder of part files; a pipe would be waited on, a
+            # device read forever.
+            if not (path.is_file() or path.is_dir()):
                 raise RFMError(f"{flag}: {path} is not a regular file (a pipe or device?)")
             try:
                 table = reader(path)
@@ -464,37 +379,39 @@ def write_campaigns(directory: Path, args: argparse.Namespace, settings) -> None
         write_table(frame, folder / f"{segment_id}.csv", "csv")
 
 
-def movement_since(previous_dir: Path, current_dir: Path, settings) -> tuple[Optional[dict], str]:
-    """segment_migration and slipping_customers against the result in `previous_dir`, and
-    the line that says so; (None, why) when there is nothing readable to compare with. Both
-    results are read back from their files, so the ids of the two runs have one type
-    whatever the format."""
-    from rfm_assets.engines.dispatch import PandasEngine
-
+def previous_result(output: Path) -> tuple[Optional[pd.DataFrame], Optional[str]]:
+    """The customer_segments of the result in `output` that this run replaces, read back from
+    its file; (None, why) when there is nothing readable to compare with."""
     try:
-        previous = read_table(previous_dir, "customer_segments", False, "--output")
+        previous = read_table(output, "customer_segments", False, "--output")
     except RFMError as error:  # an earlier layout or a damaged file: this run still stands
         return None, f"segment movement: not compared, {error}".replace("--output: ", "")
     if previous is None:
-        return None, f"segment movement: no previous result in {previous_dir} to compare with"
-    current = read_table(current_dir, "customer_segments")
-    grid = settings.segment_grid()
-    engine = PandasEngine()
-    movement = {
-        "segment_migration": engine.migration(previous, current, grid),
-        "slipping_customers": engine.slipping(previous, current, grid),
-    }
-    return movement, movement_line(movement)
+        return None, f"segment movement: no previous result in {output} to compare with"
+    return previous, None
 
 
-def movement_line(movement: dict) -> str:
-    counts = movement_counts(movement["segment_migration"])
-    slipping = len(movement["slipping_customers"])
+def movement_line(metadata: dict) -> str:
+    """What moved, from the metadata of the graph's segment_migration and slipping_customers."""
+    counts = metadata["segment_migration"]
+    slipping = metadata["slipping_customers"]["dagster/row_count"]
     return (
         f"since the previous result: {counts['customers_moved']:,} customers changed segment, "
         f"{counts['customers_new']:,} new, {counts['customers_lapsed']:,} gone; {slipping:,} "
         "slipped into a win-back segment (slipping_customers)"
     )
+
+
+def write_result_table(frame, name: str, target: Path, file_format: str, settings) -> None:
+    """A table of the run into `target`, by the engine that made it."""
+    from rfm_assets.engines.stored import is_spark_dataframe
+
+    if not is_spark_dataframe(frame):
+        write_table(frame, target, file_format)
+        return
+    if name in (*OUTPUT_TABLES, *OPTIONAL_TABLES):
+        frame = spark_row_order(frame, name, settings)
+    write_spark_table(frame, target, file_format)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -526,40 +443,37 @@ def command_analyze(args: argparse.Namespace) -> int:
     if args.split_by_segment:
         shows.append("campaigns")
     spark = spark_resource_for(args, settings)
+    previous, movement_note = previous_result(Path(args.output))
     with ResultDirectory(Path(args.output), shows) as result:
         if settings.engine == "spark" and not args.debug:
             result.work.mkdir()
             with jvm_stderr_to(result.work / "spark.log"):
                 _ = spark.spark_session  # starts the JVM now, with its stderr in the log
-        outcome = run_graph(settings, spark, OPTIONAL_TABLES if args.high_value is not None else ())
+        tables = OUTPUT_TABLES + (OPTIONAL_TABLES if args.high_value is not None else ())
+        if previous is not None:
+            tables += MOVEMENT_TABLES
+        outcome = run(
+            settings,
+            spark=spark,
+            previous=handed_previous(previous, settings, result.work),
+            keep=tables,
+            leave_out=() if args.high_value is not None else OPTIONAL_TABLES,
+        )
         try:
-            for name in OUTPUT_TABLES:
+            for name in tables:
                 target = result.files / f"{name}.{args.format}"
-                frame = outcome["tables"][name]
-                if settings.engine == "spark":
-                    write_spark_table(spark_row_order(frame, name, settings), target, args.format)
-                else:
-                    write_table(frame, target, args.format)
-            if args.high_value is not None:
-                name = "high_value_customers"
-                frame = outcome["tables"][name]
-                target = result.files / f"{name}.{args.format}"
-                if settings.engine == "spark":
-                    write_spark_table(spark_row_order(frame, name, settings), target, args.format)
-                else:
-                    write_table(frame, target, args.format)
+                write_result_table(outcome.tables[name], name, target, args.format, settings)
             if args.split_by_segment:
                 write_campaigns(result.files, args, settings)
-            movement, movement_note = movement_since(Path(args.output), result.files, settings)
-            for name, frame in (movement or {}).items():
-                write_table(frame, result.files / f"{name}.{args.format}", args.format)
-            if outcome["cluster_model"] is not None:
+            if previous is not None:
+                movement_note = movement_line(outcome.metadata)
+            if outcome.cluster_model is not None:
                 from rfm_assets.engines.stored import MODEL_FILE
 
                 (result.files / MODEL_FILE).write_text(
-                    json.dumps(outcome["cluster_model"], indent=2) + "\n", encoding="utf-8"
+                    json.dumps(outcome.cluster_model, indent=2) + "\n", encoding="utf-8"
                 )
-            summary = run_summary(settings, outcome["metadata"])
+            summary = run_summary(settings, outcome.metadata)
             (result.files / "run_summary.json").write_text(
                 json.dumps(summary, indent=2) + "\n", encoding="utf-8"
             )
@@ -586,15 +500,26 @@ def command_analyze(args: argparse.Namespace) -> int:
     print(movement_note)
     from rfm_assets.engines.stored import MODEL_FILE
 
-    written = [f"{n}.{args.format}" for n in OUTPUT_TABLES + (MOVEMENT_TABLES if movement else ())]
-    if args.high_value is not None:
-        written.append(f"high_value_customers.{args.format}")
-    if outcome["cluster_model"] is not None:
+    written = [f"{n}.{args.format}" for n in tables]
+    if outcome.cluster_model is not None:
         written.append(MODEL_FILE)
     if args.split_by_segment:
         print(f"campaign lists: {len(lists)} files in {output / 'campaigns'}")
     print(f"wrote {', '.join(written)}, run_summary.json to {output}")
     return 0
+
+
+def handed_previous(previous: Optional[pd.DataFrame], settings, work: Path):
+    """The previous result's customer_segments as the graph's engine loads it: the frame for
+    pandas, a Parquet copy for Spark (no pandas -> Spark conversion in memory)."""
+    if previous is None or settings.engine != "spark":
+        return previous
+    from rfm_assets.engines.stored import StoredTable
+
+    work.mkdir(exist_ok=True)
+    path = work / "previous_customer_segments.parquet"
+    previous.to_parquet(path, index=False)
+    return StoredTable(str(path))
 
 
 def command_predict(args: argparse.Namespace) -> int:

@@ -5,22 +5,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from rfm_assets.engines.pandas_compute import (
-    assign_segments,
-    compute_metrics,
-    compute_scores,
-    filter_customers,
-    prepare_transactions,
-)
 from rfm_assets.io_manager import RFMStore
-from rfm_assets.segments import load_rule_set
 
 DATA_DIR = Path(__file__).parent / "data"
 CDNOW = DATA_DIR / "cdnow_master.parquet"
 FIXED_TIME = pd.Timestamp("2024-01-01", tz="UTC")
 
 
-def run_pipeline(
+def run_on_frame(
     frame: pd.DataFrame,
     reference_date=None,
     analysis_period_days=None,
@@ -33,14 +25,26 @@ def run_pipeline(
     min_frequency=None,
     exclude_recent_days=None,
 ):
-    """The pandas engine's steps in order, as the assets chain them."""
-    kept, account = prepare_transactions(
-        frame, reference_date, analysis_period_days, returns_policy, cancelled_order_prefix
+    """A canonical frame through the graph (rfm_assets.run), settings as the arguments say:
+    (customer_segments, the row account)."""
+    from rfm_assets import run
+    from rfm_assets.settings import RFMSettings
+
+    settings = RFMSettings(
+        columns={"order_id": "order_id"} if "order_id" in frame else {},
+        reference_date=reference_date.isoformat() if reference_date else None,
+        analysis_period_days=analysis_period_days,
+        returns_policy=returns_policy,
+        cancelled_order_prefix=cancelled_order_prefix,
+        scoring_method="fixed" if fixed else {5: "quintiles", 4: "quartiles"}[scale],
+        fixed_thresholds=fixed,
+        weights=dict(zip(("recency", "frequency", "monetary"), weights)),
+        segment_rules=rule_set,
+        min_frequency=min_frequency,
+        exclude_recent_days=exclude_recent_days,
     )
-    metrics = compute_metrics(kept, account.reference_date)
-    metrics, _ = filter_customers(metrics, min_frequency, exclude_recent_days)
-    scores = compute_scores(metrics, scale, weights, fixed)
-    return assign_segments(scores, load_rule_set(rule_set, scale, weights), FIXED_TIME), account
+    result = run(settings, source=frame, segmented_at=FIXED_TIME.to_pydatetime())
+    return result.customer_segments, result.account
 
 
 def frame_of(rows: list[dict]) -> pd.DataFrame:

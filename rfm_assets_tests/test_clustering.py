@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 from sklearn.metrics import adjusted_rand_score
 
+from rfm_assets import run
 from rfm_assets.engines.clustering import cluster_names
-from rfm_assets.pipeline import run_pandas
 from rfm_assets.settings import RFMSettings
 
 # Four groups far apart in log space: (recency days, orders, spend).
@@ -55,7 +55,7 @@ def kmeans_settings(path, **extra) -> RFMSettings:
 
 def test_well_separated_groups_are_recovered(groups_file):
     path, customers = groups_file
-    result = run_pandas(kmeans_settings(path, cluster_range=[2, 8]))
+    result = run(kmeans_settings(path, cluster_range=[2, 8]))
     assert result.clustering["k"] == 4  # the silhouette picks the true number of groups
     found = result.customer_segments.set_index("customer_id")["cluster"]
     truth = customers.set_index("customer_id")["group"]
@@ -68,8 +68,8 @@ def test_well_separated_groups_are_recovered(groups_file):
 
 
 def test_clusters_on_the_bundled_data_are_named_measured_and_repeatable():
-    first = run_pandas(RFMSettings(segmentation_method="kmeans"))
-    again = run_pandas(RFMSettings(segmentation_method="kmeans"))
+    first = run(RFMSettings(segmentation_method="kmeans"))
+    again = run(RFMSettings(segmentation_method="kmeans"))
     segments = first.customer_segments
     assert list(segments["cluster"]) == list(again.customer_segments["cluster"])
     summary = first.clustering
@@ -91,7 +91,7 @@ def test_clusters_on_the_bundled_data_are_named_measured_and_repeatable():
     recommendations = segments.groupby("segment", observed=True)["recommendation"].first()
     assert all(recommendations[n] == catalog[n].recommendation for n in recommendations.index)
     # A fixed k is honoured; the distance column is each customer's to its own centroid.
-    five = run_pandas(RFMSettings(segmentation_method="kmeans", clusters=5))
+    five = run(RFMSettings(segmentation_method="kmeans", clusters=5))
     assert five.clustering["k"] == 5 and five.customer_segments["cluster"].nunique() == 5
     assert (five.customer_segments["cluster_distance"] >= 0).all()
 
@@ -195,7 +195,7 @@ def test_a_stored_model_assigns_new_customers_without_refitting(groups_file, tmp
     import json
 
     path, _ = groups_file
-    fitted = run_pandas(kmeans_settings(path, cluster_range=[2, 8]))
+    fitted = run(kmeans_settings(path, cluster_range=[2, 8]))
     document = fitted.cluster_model
     assert document["format"] == "rfm_assets.cluster_model" and document["version"] == 1
     assert set(document["inertia_by_k"]) == {str(k) for k in range(2, 9)}  # the elbow curve
@@ -203,7 +203,7 @@ def test_a_stored_model_assigns_new_customers_without_refitting(groups_file, tmp
     model_file = tmp_path / "cluster_model.json"
     model_file.write_text(json.dumps(document))
     # Applied to the customers it was fitted on, the stored model gives the same clusters.
-    again = run_pandas(kmeans_settings(path, cluster_model_path=str(model_file)))
+    again = run(kmeans_settings(path, cluster_model_path=str(model_file)))
     assert again.clustering["model"] == "applied"
     same = again.customer_segments.set_index("customer_id")["cluster"]
     first = fitted.customer_segments.set_index("customer_id")["cluster"]
@@ -214,7 +214,7 @@ def test_a_stored_model_assigns_new_customers_without_refitting(groups_file, tmp
     new["monetary"] = new["monetary"] * 3.0
     new_file = tmp_path / "new.parquet"
     new.to_parquet(new_file)
-    applied = run_pandas(kmeans_settings(new_file, cluster_model_path=str(tmp_path)))
+    applied = run(kmeans_settings(new_file, cluster_model_path=str(tmp_path)))
     segments = applied.customer_segments.set_index("customer_id")
     expected = nearest_centroid_oracle(document, new)
     assert segments.loc[new["customer_id"], "cluster"].tolist() == expected
@@ -241,12 +241,12 @@ def test_a_model_that_cannot_be_applied_is_one_line(groups_file, tmp_path, conte
     path, _ = groups_file
     model_file = tmp_path / "cluster_model.json"
     if content is None:
-        document = run_pandas(kmeans_settings(path, clusters=3)).cluster_model
+        document = run(kmeans_settings(path, clusters=3)).cluster_model
         content = json.dumps({**document, "version": 2})
     if content != "missing":
         model_file.write_text(content)
     with pytest.raises(RFMConfigError, match=message) as raised:
-        run_pandas(kmeans_settings(path, cluster_model_path=str(model_file)))
+        run(kmeans_settings(path, cluster_model_path=str(model_file)))
     assert "\n" not in str(raised.value)
 
 
@@ -332,7 +332,7 @@ NAN, INF = float("nan"), float("inf")
 def fitted_model(groups_file):
     """The document of a k = 3 model fitted once for the module."""
     path, _ = groups_file
-    return run_pandas(kmeans_settings(path, clusters=3)).cluster_model
+    return run(kmeans_settings(path, clusters=3)).cluster_model
 
 
 def put(*where):
@@ -581,7 +581,7 @@ def test_the_setting_gets_the_same_line_as_predict(groups_file, fitted_model, tm
     settings = kmeans_settings(path, cluster_model_path=str(model_file))
     expected = f"cluster model {model_file}: iqr[0] is NaN; it must be a finite number > 0"
     with pytest.raises(RFMConfigError) as raised:
-        run_pandas(settings)
+        run(settings)
     assert str(raised.value) == expected
     result = dg.materialize(
         RFM_ASSETS,

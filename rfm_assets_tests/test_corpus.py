@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from rfm_assets import run
 from rfm_assets.contract import exclusion_reasons
 from rfm_assets.errors import RFMError
-from rfm_assets.pipeline import run_pandas
 from rfm_assets.settings import RFMSettings
 
 CASES = yaml.safe_load((Path(__file__).parent / "corpus" / "malformed.yaml").read_text())
@@ -87,12 +87,12 @@ def test_corpus_case(case, tmp_path):
     expect = case["expect"]
     if "error" in expect:
         with pytest.raises(RFMError) as error:
-            run_pandas(settings)
+            run(settings)
         message = str(error.value)
         assert re.search(expect["error"], message), message
         assert "\n" not in message
         return
-    result = run_pandas(settings)
+    result = run(settings)
     account = result.account
     assert account.rows_read == account.rows_kept + sum(account.rows_excluded.values())
     reasons = exclusion_reasons(settings.input_level)
@@ -124,4 +124,4 @@ def test_a_pipe_inside_a_folder_is_refused_not_waited_on(tmp_path):
                              "amount": [1.0]}), folder / "a.parquet")  # fmt: skip
     os.mkfifo(folder / "b.parquet")
     with pytest.raises(RFMError, match=r"input_path: b.parquet in .*data is not a regular file"):
-        run_pandas(RFMSettings(input_path=str(folder)))
+        run(RFMSettings(input_path=str(folder)))

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from rfm_assets import run
 from rfm_assets.assets import RFM_ASSETS
 from rfm_assets.contract import CUSTOMER_ROW_EXCLUSIONS
 from rfm_assets.errors import RFMError
-from rfm_assets.pipeline import run_pandas
 from rfm_assets.settings import RFMSettings
 from rfm_assets_tests.conftest import assert_matches_oracle, rfm_resources, stored_frame
 from rfm_assets_tests.oracle import customer_oracle
@@ -122,7 +122,7 @@ def test_messy_customer_rows_match_the_oracle(name, tmp_path):
     path = write_csv(rows, tmp_path / "customers.csv")
     settings = RFMSettings(**customer_settings(path, case["by_date"], case["with_first"],
                                                case["settings"]))  # fmt: skip
-    result = run_pandas(settings)
+    result = run(settings)
     expected, excluded = customer_oracle(rows, **oracle_arguments(settings))
     assert_matches_oracle(result.customer_segments, expected)
     account = result.account
@@ -142,7 +142,7 @@ def test_messy_customer_rows_match_the_oracle(name, tmp_path):
 def test_customer_table_of_a_transaction_run_scores_the_same(tmp_path, by):
     """The bundled transactions, summarised to one row per customer, score and segment
     exactly as the transaction run does."""
-    from_transactions = run_pandas(RFMSettings())
+    from_transactions = run(RFMSettings())
     segments = from_transactions.customer_segments
     table = segments[["customer_id", by, "first_purchase_date", "frequency", "monetary"]]
     path = tmp_path / "customers.parquet"
@@ -150,7 +150,7 @@ def test_customer_table_of_a_transaction_run_scores_the_same(tmp_path, by):
     columns = {"first_purchase_date": "first_purchase_date"}
     if by == "last_purchase_date":
         columns["last_purchase_date"] = "last_purchase_date"
-    from_customers = run_pandas(
+    from_customers = run(
         RFMSettings(
             input_path=str(path),
             input_level="customers",
@@ -182,7 +182,7 @@ def test_customer_level_graph_in_dagster(tmp_path):
     checks = result.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks if c.severity == dg.AssetCheckSeverity.ERROR)
     stored = stored_frame(base, "customer_segments").drop(columns="segmented_at")
-    direct = run_pandas(settings).customer_segments.drop(columns="segmented_at")
+    direct = run(settings).customer_segments.drop(columns="segmented_at")
     pd.testing.assert_frame_equal(stored, direct, check_dtype=False, check_categorical=False)
 
 
@@ -210,7 +210,7 @@ def test_customer_level_settings_refused_with_the_field(settings, message, tmp_p
 
 def test_customer_level_without_input_path_names_it():
     with pytest.raises(RFMError, match=r"^input_path: required with input_level 'customers'"):
-        run_pandas(RFMSettings(input_level="customers", reference_date="2024-01-01"))
+        run(RFMSettings(input_level="customers", reference_date="2024-01-01"))
 
 
 def test_transaction_settings_refuse_customer_columns():

@@ -8,9 +8,9 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from rfm_assets import run
 from rfm_assets.cli import main
 from rfm_assets.engines.dispatch import PandasEngine
-from rfm_assets.pipeline import run_pandas
 from rfm_assets.settings import RFMSettings
 from rfm_assets.synthetic import generate_transactions
 from rfm_assets_tests.conftest import materialize_bundled_week
@@ -59,7 +59,7 @@ def two_weeks(tmp_path_factory):
     path = tmp_path_factory.mktemp("movement") / "tx.parquet"
     generate_transactions(20_000, customers=2_000, seed=4).to_parquet(path)
     runs = [
-        run_pandas(
+        run(
             RFMSettings(
                 input_path=str(path),
                 columns={"order_id": "order_id"},
@@ -181,8 +181,8 @@ def test_a_second_cli_run_into_the_same_output_writes_the_movement(tmp_path, cap
     printed = capsys.readouterr().out
     assert "since the previous result:" in printed
     migration = pd.read_csv(output / "segment_migration.csv")
-    before = run_pandas(RFMSettings(reference_date="2011-11-28")).customer_segments
-    after = run_pandas(RFMSettings(reference_date="2011-12-05")).customer_segments
+    before = run(RFMSettings(reference_date="2011-11-28")).customer_segments
+    after = run(RFMSettings(reference_date="2011-12-05")).customer_segments
     assert as_dict(migration) == plain_migration(before, after)
     slipping = pd.read_csv(output / "slipping_customers.csv")
     assert set(slipping["customer_id"]) == set(plain_slipping(before, after))

@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rfm_assets import pictures
+from rfm_assets import pictures, run
 from rfm_assets.engines.dispatch import PandasEngine
-from rfm_assets.pipeline import run_pandas
 from rfm_assets.settings import RFMSettings
 from rfm_assets_tests.conftest import materialize_bundled_week
 
@@ -32,13 +31,13 @@ def image_of(markdown: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def bundled():
-    return run_pandas(RFMSettings(reference_date="2011-12-05"))
+    return run(RFMSettings(reference_date="2011-12-05"))
 
 
 def test_every_picture_is_a_png_of_the_documented_size(bundled):
     engine = PandasEngine()
     grid = RFMSettings().segment_grid()
-    previous = run_pandas(RFMSettings(reference_date="2011-11-28"))
+    previous = run(RFMSettings(reference_date="2011-11-28"))
     migration = engine.migration(previous.customer_segments, bundled.customer_segments, grid)
     history = pd.concat(
         [r.segment_analytics.assign(week=w) for w, r in (("a", previous), ("b", bundled))]

@@ -11,7 +11,7 @@ from rfm_assets.engines.pandas_compute import thresholds_from_scores
 from rfm_assets.engines.shared import fixed_scores, quantile_scores
 from rfm_assets.errors import RFMInputError
 from rfm_assets.synthetic import generate_transactions
-from rfm_assets_tests.conftest import assert_matches_oracle, day, frame_of, run_pipeline
+from rfm_assets_tests.conftest import assert_matches_oracle, day, frame_of, run_on_frame
 from rfm_assets_tests.oracle import oracle
 
 
@@ -34,7 +34,7 @@ def synthetic_rows(rows=3000, customers=400, seed=7, string_ids=False):
 @pytest.mark.parametrize("returns_policy", ["exclude", "net"])
 def test_synthetic_with_heavy_ties_matches_oracle(scale, returns_policy):
     rows, frame = synthetic_rows()
-    result, account = run_pipeline(frame, scale=scale, returns_policy=returns_policy)
+    result, account = run_on_frame(frame, scale=scale, returns_policy=returns_policy)
     expected, excluded = oracle(rows, scale=scale, returns_policy=returns_policy)
     assert_matches_oracle(result, expected)
     assert {k: v for k, v in account.rows_excluded.items() if v} == excluded
@@ -48,7 +48,7 @@ def test_weights_window_and_reference_date_match_oracle():
     settings = dict(
         reference_date=day("2024-06-01"), analysis_period_days=200, weights=(3.0, 0.5, 2.0)
     )
-    result, account = run_pipeline(frame, **settings)
+    result, account = run_on_frame(frame, **settings)
     expected, excluded = oracle(rows, **settings)
     assert_matches_oracle(result, expected)
     assert account.rows_excluded["before_analysis_window"] == excluded["before_analysis_window"] > 0
@@ -60,14 +60,14 @@ def test_without_order_column_frequency_counts_rows():
     rows, frame = synthetic_rows(seed=3)
     frame = frame.drop(columns="order_id")
     rows = [{k: v for k, v in r.items() if k != "order_id"} for r in rows]
-    result, _ = run_pipeline(frame)
+    result, _ = run_on_frame(frame)
     expected, _ = oracle(rows)
     assert_matches_oracle(result, expected)
 
 
 def test_single_customer_scores_one_and_lands_in_lost():
     rows = [{"customer_id": 1, "date": dt.datetime(2024, 1, 5), "amount": 10.0}]
-    result, account = run_pipeline(frame_of(rows))
+    result, account = run_on_frame(frame_of(rows))
     assert len(result) == 1
     row = result.iloc[0]
     # n = 1, b = 0: score 1 + floor(5 * 0 / 1) = 1 on every dimension.
@@ -80,7 +80,7 @@ def test_equal_values_across_all_customers_share_the_lowest_score():
     rows = [
         {"customer_id": c, "date": dt.datetime(2024, 3, 1, 9), "amount": 5.0} for c in range(50)
     ]
-    result, _ = run_pipeline(frame_of(rows))
+    result, _ = run_on_frame(frame_of(rows))
     assert set(result["rfm_cell"]) == {"111"}
     expected, _ = oracle(rows)
     assert_matches_oracle(result, expected)
@@ -92,7 +92,7 @@ def test_recency_counts_calendar_days_not_hours():
         {"customer_id": 2, "date": dt.datetime(2024, 1, 9, 0, 1), "amount": 1.0},
         {"customer_id": 3, "date": dt.datetime(2024, 1, 8, 23, 59), "amount": 1.0},
     ]
-    result, _ = run_pipeline(frame_of(rows), reference_date=day("2024-01-10"))
+    result, _ = run_on_frame(frame_of(rows), reference_date=day("2024-01-10"))
     assert result.set_index("customer_id")["recency"].to_dict() == {1: 1, 2: 1, 3: 2}
 
 
@@ -102,7 +102,7 @@ def test_window_bounds_are_inclusive_at_start_exclusive_at_reference():
         {"customer_id": i, "date": dt.datetime.fromisoformat(d), "amount": 1.0}
         for i, d in enumerate(dates)
     ]
-    result, account = run_pipeline(
+    result, account = run_on_frame(
         frame_of(rows), reference_date=day("2024-01-11"), analysis_period_days=9
     )
     # ref - 9 = 2024-01-02 is kept, 2024-01-01 is before the window, 2024-01-11 is on ref.
@@ -114,7 +114,7 @@ def test_window_bounds_are_inclusive_at_start_exclusive_at_reference():
 def test_monetary_sum_is_exact_in_micro_units():
     # 0.1 added ten times is 0.9999999999999999 in floats; the micro-unit sum is exactly 1.
     rows = [{"customer_id": 1, "date": dt.datetime(2024, 1, 1), "amount": 0.1}] * 10
-    result, _ = run_pipeline(frame_of(rows))
+    result, _ = run_on_frame(frame_of(rows))
     assert result.loc[0, "monetary"] == 1.0
     # Half-to-even at the micro-unit: 0.0000005 -> 0, 0.0000015 -> 0.000002.
     assert np.round(np.array([0.5, 1.5, 2.5])).tolist() == [0.0, 2.0, 2.0]
@@ -131,7 +131,7 @@ def test_net_policy_subtracts_returns_and_excludes_non_positive_customers():
         {"customer_id": 4, "date": dt.datetime(2024, 1, 1), "amount": 20.0, "order_id": "6"},
         {"customer_id": 4, "date": dt.datetime(2024, 1, 2), "amount": 5.0, "order_id": "C7"},
     ]
-    result, account = run_pipeline(frame_of(rows), returns_policy="net")
+    result, account = run_on_frame(frame_of(rows), returns_policy="net")
     assert result.set_index("customer_id").loc[4, "monetary"] == 15.0
     by_id = result.set_index("customer_id")
     assert by_id.loc[1, "monetary"] == 70.0
@@ -159,7 +159,7 @@ def test_orders_missing_shared_and_mixed_count_as_the_oracle_does(returns_policy
         {"customer_id": "c", "date": when[6], "amount": 4.0, "order_id": "3"},
         {"customer_id": "c", "date": when[6], "amount": 4.0, "order_id": "3"},  # same order
     ]
-    result, _ = run_pipeline(frame_of(rows), returns_policy=returns_policy)
+    result, _ = run_on_frame(frame_of(rows), returns_policy=returns_policy)
     expected, _ = oracle(rows, returns_policy=returns_policy)
     assert_matches_oracle(result, expected)
     frequency = dict(zip(result["customer_id"], result["frequency"]))
@@ -174,7 +174,7 @@ def test_exclude_policy_counts_cancellations_and_non_positive_rows():
         {"customer_id": 1, "date": dt.datetime(2024, 1, 3), "amount": 0.0, "order_id": "3"},
         {"customer_id": None, "date": dt.datetime(2024, 1, 3), "amount": 9.0, "order_id": "4"},
     ]
-    result, account = run_pipeline(frame_of(rows))
+    result, account = run_on_frame(frame_of(rows))
     assert result.loc[0, "monetary"] == 100.0
     assert account.rows_excluded["cancelled_order"] == 1
     assert account.rows_excluded["non_positive_amount"] == 1
@@ -185,7 +185,7 @@ def test_exclude_policy_counts_cancellations_and_non_positive_rows():
 def test_reference_date_before_all_data_is_a_clear_error():
     rows = [{"customer_id": 1, "date": dt.datetime(2024, 1, 5), "amount": 1.0}]
     with pytest.raises(RFMInputError, match="reference_date: 2024-01-05 is on or before all data"):
-        run_pipeline(frame_of(rows), reference_date=day("2024-01-05"))
+        run_on_frame(frame_of(rows), reference_date=day("2024-01-05"))
 
 
 # --- the score formula on its own --------------------------------------------------------
@@ -225,11 +225,11 @@ def test_fixed_scores_follow_documented_bounds():
 @pytest.mark.parametrize("scale", [4, 5])
 def test_published_thresholds_reproduce_quantile_scores_when_pinned(scale):
     _, frame = synthetic_rows(rows=5000, customers=700, seed=5)
-    quantile, _ = run_pipeline(frame, scale=scale)
+    quantile, _ = run_on_frame(frame, scale=scale)
     cuts = thresholds_from_scores(quantile, scale)
     for dimension in ("recency", "frequency", "monetary"):
         assert cuts[dimension] == sorted(cuts[dimension])
-    pinned, _ = run_pipeline(frame, scale=scale, fixed=cuts)
+    pinned, _ = run_on_frame(frame, scale=scale, fixed=cuts)
     for column in ("R_score", "F_score", "M_score", "segment"):
         assert pinned[column].tolist() == quantile[column].tolist()
     rows, _ = synthetic_rows(rows=5000, customers=700, seed=5)
@@ -239,7 +239,7 @@ def test_published_thresholds_reproduce_quantile_scores_when_pinned(scale):
 
 def test_fm_and_rfm_scores_use_the_weights():
     rows, frame = synthetic_rows(seed=9)
-    result, _ = run_pipeline(frame, weights=(2.0, 0.0, 1.0))
+    result, _ = run_on_frame(frame, weights=(2.0, 0.0, 1.0))
     f, m, r = result["F_score"], result["M_score"], result["R_score"]
     assert (result["FM_score"] == np.floor(m + 0.5)).all()  # wF = 0: FM is the M score
     assert np.allclose(result["RFM_score"], (2 * r + m) / 3)
@@ -254,7 +254,7 @@ def test_rules_over_r_f_m_fm_and_rfm_match_the_oracle(tmp_path, weights):
     import yaml
 
     rows, frame = synthetic_rows(seed=5)
-    result, _ = run_pipeline(frame, weights=weights, rule_set=str(RULES_OVER_F_AND_M))
+    result, _ = run_on_frame(frame, weights=weights, rule_set=str(RULES_OVER_F_AND_M))
     rules = yaml.safe_load(RULES_OVER_F_AND_M.read_text())["rules"]
     expected, _ = oracle(rows, weights=weights, rules=rules)
     assert_matches_oracle(result, expected)
@@ -269,7 +269,7 @@ def test_customer_filters_are_counted_and_scores_cover_the_rest(min_frequency, e
     from rfm_assets.engines.pandas_compute import compute_metrics, filter_customers
 
     rows, frame = synthetic_rows(seed=13)
-    result, account = run_pipeline(
+    result, account = run_on_frame(
         frame, min_frequency=min_frequency, exclude_recent_days=exclude_recent_days
     )
     expected, excluded = oracle(
@@ -300,7 +300,7 @@ def test_lifetime_and_monthly_purchase_rate_follow_their_stated_rules():
         {"customer_id": 1, "date": dt.datetime(2024, 3, 1), "amount": 5.0, "order_id": "b"},
         {"customer_id": 2, "date": dt.datetime(2024, 3, 30), "amount": 5.0, "order_id": "c"},
     ]
-    result, _ = run_pipeline(frame_of(rows))
+    result, _ = run_on_frame(frame_of(rows))
     by_id = result.set_index("customer_id")
     # reference date 2024-03-31: customer 1 has tenure 90 days, lifetime 61 days (both ends)
     assert by_id.loc[1, "customer_lifetime_days"] == 61
@@ -314,7 +314,7 @@ def test_customers_come_in_segment_priority_then_weighted_score_order():
     """The recency weight orders every segment's customers (and so every exported list)."""
     _, frame = synthetic_rows(seed=17)
     for weights in ((1.0, 1.0, 1.0), (3.0, 1.0, 1.0)):
-        result, _ = run_pipeline(frame, weights=weights)
+        result, _ = run_on_frame(frame, weights=weights)
         priority = result["segment"].map(
             {
                 s.name: s.priority
@@ -325,8 +325,8 @@ def test_customers_come_in_segment_priority_then_weighted_score_order():
         for _, group in result.groupby("segment", observed=True):
             assert group["RFM_score"].is_monotonic_decreasing
     # With recency weighted up, the order inside segments changes for real.
-    plain, _ = run_pipeline(frame)
-    recency_first, _ = run_pipeline(frame, weights=(3.0, 1.0, 1.0))
+    plain, _ = run_on_frame(frame)
+    recency_first, _ = run_on_frame(frame, weights=(3.0, 1.0, 1.0))
     assert list(plain["customer_id"]) != list(recency_first["customer_id"])
 
 

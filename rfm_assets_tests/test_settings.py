@@ -245,13 +245,13 @@ def test_flat_weight_keys_are_aliases_of_weights():
 
 
 def test_subscription_preset_holds_out_first_month_customers_and_counts_them():
-    from rfm_assets.pipeline import run_pandas
+    from rfm_assets import run
 
     config = yaml.safe_load(preset_path("subscription").read_text())["resources"]
     settings = config["rfm_settings"]["config"]
     assert settings["exclude_recent_days"] == 30
-    with_filter = run_pandas(RFMSettings(**settings))
-    without = run_pandas(RFMSettings(**{**settings, "exclude_recent_days": None}))
+    with_filter = run(RFMSettings(**settings))
+    without = run(RFMSettings(**{**settings, "exclude_recent_days": None}))
     newcomers = without.rfm_metrics["tenure_days"] <= 30
     held_out = with_filter.customers_held_out["first_purchase_too_recent"]
     assert held_out == int(newcomers.sum()) > 0

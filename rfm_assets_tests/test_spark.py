@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rfm_assets import run
 from rfm_assets.cli import main
 from rfm_assets.contract import exclusion_reasons
 from rfm_assets.engines.dispatch import PandasEngine, SparkEngine
 from rfm_assets.errors import RFMError
-from rfm_assets.pipeline import run_engine
 from rfm_assets.settings import RFMSettings
 from rfm_assets.synthetic import generate_transactions
 from rfm_assets_tests.conftest import CDNOW, rfm_resources, stored_frame
@@ -118,9 +118,9 @@ def assert_same_analytics(spark_frame, pandas_frame: pd.DataFrame, folder: Path)
 
 
 def both_engines(settings: dict, spark, folder: Path):
-    pandas_result = run_engine(RFMSettings(**settings), segmented_at=SEGMENTED_AT)
-    spark_result = run_engine(
-        RFMSettings(**settings, engine="spark"), spark, segmented_at=SEGMENTED_AT
+    pandas_result = run(RFMSettings(**settings), segmented_at=SEGMENTED_AT)
+    spark_result = run(
+        RFMSettings(**settings, engine="spark"), spark_session=spark, segmented_at=SEGMENTED_AT
     )
     assert spark_result.account == pandas_result.account
     assert spark_result.customers_held_out == pandas_result.customers_held_out
@@ -206,7 +206,7 @@ def test_customer_level_input_identical(spark, tmp_path, name):
 
 def test_customer_table_from_parquet_identical(spark, tmp_path):
     """Typed columns (dates, integers, doubles) rather than text, from the bundled run."""
-    segments = run_engine(RFMSettings()).customer_segments
+    segments = run(RFMSettings()).customer_segments
     path = tmp_path / "customers.parquet"
     segments[["customer_id", "last_purchase_date", "first_purchase_date", "frequency",
               "monetary"]].to_parquet(path)  # fmt: skip
@@ -267,7 +267,7 @@ def test_corpus_case_same_outcome_on_spark(spark, case, tmp_path):
         messages = []
         for engine, session in (("pandas", None), ("spark", spark)):
             with pytest.raises(RFMError) as error:
-                run_engine(RFMSettings(**settings, engine=engine), session)
+                run(RFMSettings(**settings, engine=engine), spark_session=session)
             messages.append(str(error.value))
         import re
 
@@ -371,7 +371,7 @@ def test_zoned_dates_do_not_depend_on_the_session_time_zone(spark, tmp_path):
     before = spark.conf.get("spark.sql.session.timeZone")
     spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")
     try:
-        result = run_engine(settings, spark, segmented_at=SEGMENTED_AT)
+        result = run(settings, spark_session=spark, segmented_at=SEGMENTED_AT)
         recency = as_pandas(result.customer_segments, tmp_path).set_index("customer_id")["recency"]
     finally:
         spark.conf.set("spark.sql.session.timeZone", before)
@@ -448,7 +448,7 @@ def test_kmeans_on_spark_recovers_known_groups_in_the_graph(spark, tmp_path):
     truth = customers.set_index("customer_id")["group"]
     assert adjusted_rand_score(truth, segments.loc[truth.index, "cluster"]) > 0.95
     assert segments.loc["g0-0", "segment"] == "Champions"
-    pandas_result = run_engine(RFMSettings(**settings))
+    pandas_result = run(RFMSettings(**settings))
     assert summary["k"] == pandas_result.clustering["k"]
     assert (
         segment_shares(segments).to_dict()
@@ -458,8 +458,8 @@ def test_kmeans_on_spark_recovers_known_groups_in_the_graph(spark, tmp_path):
 
 def test_kmeans_on_spark_agrees_with_pandas_on_the_bundled_data(spark, tmp_path):
     settings = dict(segmentation_method="kmeans")
-    pandas_result = run_engine(RFMSettings(**settings))
-    spark_result = run_engine(RFMSettings(**settings, engine="spark"), spark)
+    pandas_result = run(RFMSettings(**settings))
+    spark_result = run(RFMSettings(**settings, engine="spark"), spark_session=spark)
     assert spark_result.clustering["k"] == pandas_result.clustering["k"]
     spark_shares = segment_shares(as_pandas(spark_result.customer_segments, tmp_path))
     pandas_shares = segment_shares(pandas_result.customer_segments)
@@ -474,13 +474,13 @@ def test_kmeans_on_spark_agrees_with_pandas_on_the_bundled_data(spark, tmp_path)
 
 def test_a_stored_model_assigns_identically_on_both_engines(spark, tmp_path):
     model_file = tmp_path / "cluster_model.json"
-    fitted = run_engine(RFMSettings(segmentation_method="kmeans", clusters=4))
+    fitted = run(RFMSettings(segmentation_method="kmeans", clusters=4))
     model_file.write_text(json.dumps(fitted.cluster_model))
     settings = dict(segmentation_method="kmeans", cluster_model_path=str(model_file),
                     reference_date="2011-09-01")  # fmt: skip
-    pandas_result = run_engine(RFMSettings(**settings), segmented_at=SEGMENTED_AT)
-    spark_result = run_engine(
-        RFMSettings(**settings, engine="spark"), spark, segmented_at=SEGMENTED_AT
+    pandas_result = run(RFMSettings(**settings), segmented_at=SEGMENTED_AT)
+    spark_result = run(
+        RFMSettings(**settings, engine="spark"), spark_session=spark, segmented_at=SEGMENTED_AT
     )
     got = as_pandas(spark_result.customer_segments, tmp_path).set_index("customer_id")
     want = pandas_result.customer_segments.set_index("customer_id")
@@ -656,17 +656,19 @@ def test_the_read_takes_the_date_statistics_along(spark, synthetic_file):
     from rfm_assets.engines.shared import EARLIEST_VALID_DATE
 
     settings = RFMSettings(input_path=str(synthetic_file), columns={"order_id": "order_id"})
-    read, _ = spark_compute.read_transactions(
+    read, listing = spark_compute.read_transactions(
         spark, str(synthetic_file), settings.source_columns(), settings.valid_dates
     )
     other = read.select("*")
-    assert read in spark_compute._SOURCE_STATISTICS
-    assert other not in spark_compute._SOURCE_STATISTICS
-    _, account = spark_compute.prepare_transactions(read, valid_dates=settings.valid_dates)
+    taken = listing.date_statistics
+    assert taken is not None and taken[0] == tuple(settings.valid_dates)
+    _, account = spark_compute.prepare_transactions(
+        read, valid_dates=settings.valid_dates, date_statistics=taken
+    )
     _, again = spark_compute.prepare_transactions(other, valid_dates=settings.valid_dates)
     assert account == again
     narrow = (EARLIEST_VALID_DATE, account.reference_date - dt.timedelta(days=90))
-    _, account = spark_compute.prepare_transactions(read, valid_dates=narrow)
+    _, account = spark_compute.prepare_transactions(read, valid_dates=narrow, date_statistics=taken)
     _, again = spark_compute.prepare_transactions(other, valid_dates=narrow)
     assert account == again
     assert account.rows_excluded["date_out_of_range"] > 0

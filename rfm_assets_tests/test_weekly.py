@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rfm_assets.cli import step_failure_message
 from rfm_assets.component import build_rfm_definitions
 from rfm_assets.engines import pandas_compute
 from rfm_assets.engines.dispatch import PandasEngine
 from rfm_assets.io_manager import RFMParquetIOManager
+from rfm_assets.runner import step_failure_message
 from rfm_assets.settings import RFMSettings
 from rfm_assets.synthetic import generate_transactions
 

@@ -25,6 +25,9 @@ from rfm_assets.contract import CUSTOMER_FILTERS, exclusion_reasons
 from rfm_assets.engines.dispatch import CLUSTER_PICTURE_CUSTOMERS
 from rfm_assets.errors import naming_memory_failures
 
+# A run tag that pins customer_segments' segmented_at (rfm_assets.run), so that two runs
+# can be compared column for column.
+SEGMENTED_AT_TAG = "rfm/segmented_at"
 # Weeks shown in the share_trend picture (this one and the stored ones before it).
 TREND_WEEKS = 12
 
@@ -184,7 +187,10 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
     upstream = context_of(rfm_scores)
     grid = grid_of(upstream, settings, "rfm_scores")
     scores = engine.load(rfm_scores)
-    segmented_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    pinned = context.run.tags.get(SEGMENTED_AT_TAG)  # rfm_assets.run(segmented_at=...)
+    segmented_at = (
+        dt.datetime.fromisoformat(pinned) if pinned else dt.datetime.now(dt.UTC)
+    ).replace(microsecond=0)
     clustering, extra = {}, {}
     if settings.segmentation_method == "kmeans":
         thresholds = needed(upstream, "thresholds", "rfm_scores")
