@@ -156,9 +156,9 @@ def spark_resource_for(args: argparse.Namespace, settings):
 
 def spark_resource(args: argparse.Namespace):
     """The lazy Spark resource: the code location's defaults, then the options on top."""
-    from rfm_assets.spark_resource import DEFAULT_SPARK_CONFIG, LazyPySparkResource
+    from rfm_assets.spark_resource import DEFAULT_SPARK_CONFIG, SparkResource
 
-    return LazyPySparkResource(spark_config={**DEFAULT_SPARK_CONFIG, **spark_options(args)})
+    return SparkResource(spark_config={**DEFAULT_SPARK_CONFIG, **spark_options(args)})
 
 
 def spark_options(args: argparse.Namespace) -> dict[str, str]:

@@ -32,7 +32,6 @@ from typing import Any, Literal, Optional
 
 import dagster as dg
 import pandas as pd
-from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 from upath import UPath
 
@@ -47,6 +46,7 @@ from rfm_assets.engines.stored import (
     small_file_kind,
 )
 from rfm_assets.errors import memory_failures_named
+from rfm_assets.spark_resource import SparkResource
 
 # Output metadata key under which an asset hands the IO manager its table's run context.
 CONTEXT_METADATA = "rfm/context"
@@ -122,7 +122,7 @@ class RFMStore(dg.UPathIOManager):
     def __init__(
         self,
         base_path: UPath,
-        spark: Optional[LazyPySparkResource] = None,
+        spark=None,
         load_as: str = "pandas",
     ):
         super().__init__(base_path=base_path)
@@ -466,7 +466,7 @@ class RFMParquetIOManager(dg.ConfigurableIOManagerFactory):
         "Unset: $RFM_ASSETS_BASE_DIR, else $DAGSTER_HOME/storage/rfm_assets, else "
         "~/.rfm_assets/storage.",
     )
-    spark: Optional[LazyPySparkResource] = Field(
+    spark: Optional[SparkResource] = Field(
         default=None,
         description="Spark session for consumers that load an asset as a Spark DataFrame.",
     )

@@ -1,8 +1,12 @@
-"""The code location's Spark session: dagster-pyspark's lazy resource with our defaults."""
+"""The code location's Spark session: dagster-pyspark's lazy resource with our defaults,
+imported only when a step asks for the session, so a pandas code location (its every step
+process and every `load_asset_value`) never imports PySpark."""
 
 import warnings
+from typing import Any
 
-from dagster_pyspark import LazyPySparkResource
+import dagster as dg
+from pydantic import Field
 
 # PySpark 4.3 warns about pandas 3 whenever a SparkContext starts (pyspark.testing checks the
 # version on import), whether or not anything is converted. The warning concerns pandas <->
@@ -31,4 +35,23 @@ DEFAULT_SPARK_CONFIG = {
     # session's cores and the source's size (spark_compute.scale_shuffle_partitions) unless
     # it is set here or in run config.
 }
-spark = LazyPySparkResource(spark_config=DEFAULT_SPARK_CONFIG)
+
+
+class SparkResource(dg.ConfigurableResource):
+    """A Spark session started on first use: dagster-pyspark's `LazyPySparkResource`, which
+    this hands `spark_config` to and imports only then."""
+
+    spark_config: dict[str, Any] = Field(
+        default_factory=lambda: dict(DEFAULT_SPARK_CONFIG),
+        description="Spark settings of the session (spark.master, spark.driver.memory, ...).",
+    )
+
+    @property
+    def spark_session(self):
+        from dagster_pyspark import LazyPySparkResource
+
+        # getOrCreate underneath: every call returns the one session of this process.
+        return LazyPySparkResource(spark_config=self.spark_config).spark_session
+
+
+spark = SparkResource(spark_config=DEFAULT_SPARK_CONFIG)

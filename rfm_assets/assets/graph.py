@@ -9,6 +9,7 @@ input, mapped by Dagster (see `RFMGraph.weeks_in`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -97,9 +98,13 @@ class RFMGraph:
         a `{week: table}` mapping (unpartitioned: `{"current": ..., "previous": ...}`)."""
         mapping = None
         if self.partitions is not None:
-            mapping = dg.TimeWindowPartitionMapping(
-                start_offset=first, end_offset=last, allow_nonexistent_upstream_partitions=True
-            )
+            with warnings.catch_warnings():  # a beta parameter: Dagster's notice, not the user's
+                warnings.simplefilter("ignore", dg.BetaWarning)
+                mapping = dg.TimeWindowPartitionMapping(
+                    start_offset=first,
+                    end_offset=last,
+                    allow_nonexistent_upstream_partitions=True,
+                )
         return dg.AssetIn(
             key=self.key(upstream),
             partition_mapping=mapping,

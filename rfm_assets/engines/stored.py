@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -25,10 +26,11 @@ LATEST_PARTITION = "LATEST"
 
 
 def is_spark_dataframe(value: Any) -> bool:
-    try:
-        from pyspark.sql import DataFrame
-    except ImportError:  # pragma: no cover - pyspark is a dependency
+    # No Spark DataFrame exists before PySpark is imported, and a pandas run never imports it.
+    if "pyspark.sql" not in sys.modules:
         return False
+    from pyspark.sql import DataFrame
+
     # PySpark 4's classic DataFrame is a subclass: isinstance, never ==.
     return isinstance(value, DataFrame)
 
