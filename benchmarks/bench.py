@@ -17,7 +17,7 @@ benchmarks/results/latest.json.
 
 Variants:
 - pandas:  rfm_assets.pipeline.run_pandas: every engine step the assets run, without Dagster.
-- dagster: `rfm-assets analyze` in-process (rfm_assets.cli.main): the five assets through
+- dagster: `rfm-assets analyze` in-process (rfm_assets.cli.main): the asset graph through
            dg.materialize, asset checks, metadata, writing the two result tables as Parquet.
 - duckdb:  one SQL query over the same Parquet file with the same semantics (README "How the
            numbers are computed", default settings), fetched to pandas; threads = CPU count.

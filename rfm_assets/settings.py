@@ -1,4 +1,4 @@
-"""The run's settings: one pydantic-validated Dagster resource shared by all five assets.
+"""The run's settings: one pydantic-validated Dagster resource shared by every asset.
 
 A bad value fails when the resource is built, before any asset computes, with a message that
 names the field.

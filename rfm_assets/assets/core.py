@@ -99,9 +99,9 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions):
     reference_date = dt.date.fromisoformat(needed(upstream, "reference_date", "transactions"))
     loaded = engine.load(transactions)
     input_level = upstream.get("input_level", "transactions")
-    metrics = engine.keep(engine.metrics(loaded, reference_date, input_level))
+    metrics = engine.cached(engine.metrics(loaded, reference_date, input_level))
     metrics, held_out = engine.filter_customers(metrics, settings.run_spec())
-    metrics = engine.keep(metrics)
+    metrics = engine.cached(metrics)
     # Customers of the kept transactions as the transactions step counted them (a second
     # pass over every row costs more than all the scoring), less those held out.
     customers = int(needed(upstream, "customers", "transactions")) - sum(held_out.values())
@@ -143,7 +143,7 @@ def rfm_scores_step(graph: RFMGraph, context, rfm_metrics):
         cut_points = week_thresholds(graph, context, settings.thresholds_from_week)
         source_of_cuts = f"thresholds of week {settings.thresholds_from_week}"
     scores, thresholds = engine.scores(engine.load(rfm_metrics), settings.run_spec(), cut_points)
-    scores = engine.keep(scores)
+    scores = engine.cached(scores)
     scale = len(thresholds["recency"]) + 1
     verdict = checks.scores_on_scale(engine.scores_off_scale(scores, scale), scale)
     yield from judged(graph, "rfm_scores", {"scores_on_scale": verdict})
@@ -210,7 +210,7 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
         }  # fmt: skip
     else:
         segmented = engine.segments(scores, grid, segmented_at)
-    segmented = engine.keep(segmented)
+    segmented = engine.cached(segmented)
     rows = engine.row_count(segmented)
     counts = engine.segment_counts(segmented)
     distinct = engine.distinct_count(segmented, "customer_id")
@@ -305,7 +305,8 @@ def share_trend(context, settings, analytics: pd.DataFrame, earlier: dict) -> di
 
 
 def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
-    """The five assets of the core chain of one graph instance."""
+    """transactions, rfm_metrics, rfm_scores, customer_segments and segment_analytics of one
+    graph instance."""
     if graph.source_asset:
         source_in = {"source_table": dg.AssetIn(key=dg.AssetKey(list(graph.source_asset)))}
 

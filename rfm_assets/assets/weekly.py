@@ -78,7 +78,7 @@ def slipping_customers_step(graph: RFMGraph, context, weeks):
     win-back list of the week. Empty in the first week.
     """
     engine, grid, current, previous, _, label, upstream = compared_weeks(graph, context, weeks)
-    slipping = engine.keep(engine.slipping(previous, current, grid))
+    slipping = engine.cached(engine.slipping(previous, current, grid))
     return output(
         engine,
         slipping,

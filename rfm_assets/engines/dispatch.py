@@ -201,7 +201,9 @@ class PandasEngine:
         shown = segmented.sample(n=min(customers, len(segmented)), random_state=seed)
         return shown[list(CLUSTER_PICTURE_COLUMNS)]
 
-    def keep(self, frame):
+    def cached(self, frame):
+        """A step's result, computed once for its checks, metadata and write (a no-op on
+        pandas, whose frames are computed already)."""
         return frame
 
     def empty(self, frame):
@@ -225,12 +227,6 @@ class PandasEngine:
     def segment_counts(self, segmented) -> dict[str, int]:
         counts = segmented["segment"].value_counts()
         return {str(name): int(n) for name, n in counts.items() if n}
-
-    def duplicates_and_unsegmented(self, segmented) -> tuple[int, int]:
-        return (
-            int(segmented["customer_id"].duplicated().sum()),
-            int(segmented["segment"].isna().sum()),
-        )
 
     # --- plain counts for the asset checks: simple code, independent of the steps' own ----
 
@@ -307,7 +303,7 @@ class SparkEngine(PandasEngine):
         thresholds = quantiles.thresholds
         return scores, thresholds or self.compute.thresholds_from_scores(scores, spec.scale)
 
-    def keep(self, frame):
+    def cached(self, frame):
         """Cache a step's result: its metadata and its write then compute it once."""
         from pyspark.storagelevel import StorageLevel
 
@@ -421,15 +417,6 @@ class SparkEngine(PandasEngine):
         shown = segmented.orderBy(F.rand(seed)).limit(customers)
         rows = shown.select(*CLUSTER_PICTURE_COLUMNS).collect()
         return pd.DataFrame([row.asDict() for row in rows], columns=CLUSTER_PICTURE_COLUMNS)
-
-    def duplicates_and_unsegmented(self, segmented) -> tuple[int, int]:
-        from pyspark.sql import functions as F
-
-        row = segmented.agg(
-            (F.count(F.lit(1)) - F.count_distinct("customer_id")).alias("duplicates"),
-            F.sum(F.when(F.col("segment").isNull(), 1).otherwise(0)).alias("unsegmented"),
-        ).first()
-        return int(row["duplicates"]), int(row["unsegmented"] or 0)
 
 
 def engine_for(name: str, spark=None) -> PandasEngine:
