@@ -166,6 +166,22 @@ def prepare_transactions(
 
     if consume:
         del frame["amount"]
+    clean = _kept_frame(frame, kept, signed_amount, is_return, consume)
+    account = RowAccount(
+        rows_read=rows_read,
+        rows_kept=rows_kept,
+        rows_excluded={reason: counts.get(reason, 0) for reason in EXCLUSION_REASONS},
+        reference_date=from_day_number(ref_day),
+        window_start=from_day_number(window_start_day) if window_start_day is not None else None,
+        customers=_distinct_count(clean["customer_id"]),
+    )
+    return clean, account
+
+
+def _kept_frame(frame: pd.DataFrame, kept: np.ndarray, signed_amount: np.ndarray,
+                is_return: np.ndarray, consume: bool) -> pd.DataFrame:  # fmt: skip
+    """The kept transactions; with `consume`, each source column leaves `frame` as its kept
+    rows are taken."""
 
     def kept_rows_of(name: str):
         # A boolean take on the column's own array keeps Arrow-backed text in Arrow: no
@@ -190,15 +206,7 @@ def prepare_transactions(
     )
     if "order_id" in frame:
         clean["order_id"] = kept_rows_of("order_id")
-    account = RowAccount(
-        rows_read=rows_read,
-        rows_kept=rows_kept,
-        rows_excluded={reason: counts.get(reason, 0) for reason in EXCLUSION_REASONS},
-        reference_date=from_day_number(ref_day),
-        window_start=from_day_number(window_start_day) if window_start_day is not None else None,
-        customers=_distinct_count(clean["customer_id"]),
-    )
-    return clean, account
+    return clean
 
 
 def _kept_text(chunks: list[pa.Array], kept: np.ndarray, dtype) -> pd.api.extensions.ExtensionArray:

@@ -693,26 +693,7 @@ def prepare_customers(
         ).alias("huge"),
         *extra,
     ).first()
-    if stats["ids"] != stats["distinct_ids"]:
-        repeated = (
-            frame.filter(F.col("customer_id").isNotNull())
-            .groupBy("customer_id").count().filter(F.col("count") > 1)
-        )  # fmt: skip
-        raise RFMInputError(
-            f"column customer_id: {repeated.count()} customer ids appear on more than one row, "
-            f"e.g. {_examples(repeated.select('customer_id'))}; customer-level input holds one "
-            "row per customer"
-        )
-    if stats["huge"]:
-        worst = (
-            frame.filter(finite_monetary)
-            .orderBy(F.abs(monetary).desc(), F.col("customer_id").asc())
-            .first()
-        )
-        raise RFMInputError(
-            f"column monetary: customer {worst['customer_id']!r} has {worst['monetary']:.6g}, "
-            f"beyond the {MAX_CUSTOMER_TOTAL:g} that exact micro-unit sums allow"
-        )
+    _refuse_repeated_ids_or_huge_totals(frame, stats, finite_monetary)
     if by_date:
         if stats["first_day"] is None:
             raise no_valid_dates_error(valid_dates, int(stats["rows"]))
@@ -802,6 +783,30 @@ def prepare_customers(
         customers=int(rows_kept),
     )
     return kept, account
+
+
+def _refuse_repeated_ids_or_huge_totals(frame: DataFrame, stats, finite_monetary: Column) -> None:
+    """Customer-level input holds one row per customer, each under the exact-sum limit."""
+    if stats["ids"] != stats["distinct_ids"]:
+        repeated = (
+            frame.filter(F.col("customer_id").isNotNull())
+            .groupBy("customer_id").count().filter(F.col("count") > 1)
+        )  # fmt: skip
+        raise RFMInputError(
+            f"column customer_id: {repeated.count()} customer ids appear on more than one row, "
+            f"e.g. {_examples(repeated.select('customer_id'))}; customer-level input holds one "
+            "row per customer"
+        )
+    if stats["huge"]:
+        worst = (
+            frame.filter(finite_monetary)
+            .orderBy(F.abs(F.col("monetary")).desc(), F.col("customer_id").asc())
+            .first()
+        )
+        raise RFMInputError(
+            f"column monetary: customer {worst['customer_id']!r} has {worst['monetary']:.6g}, "
+            f"beyond the {MAX_CUSTOMER_TOTAL:g} that exact micro-unit sums allow"
+        )
 
 
 _DATE_STATISTICS = ("rows", "first_day", "last_day", "large")
