@@ -1,4 +1,6 @@
 import datetime as dt
+import functools
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +47,80 @@ def run_on_frame(
     )
     result = run(settings, source=frame, segmented_at=FIXED_TIME.to_pydatetime())
     return result.customer_segments, result.account
+
+
+@functools.cache
+def bundled_oracle() -> tuple[dict, dict]:
+    """The oracle on the bundled Online Retail sample under the default cleaning (quantity *
+    unit price, orders by InvoiceNo): (customers, excluded), computed once per test process.
+    Callers must not change what it returns."""
+    from rfm_assets.packaged import BUNDLED_DATASET
+    from rfm_assets_tests.oracle import oracle
+
+    rows = parquet_rows(
+        BUNDLED_DATASET,
+        {"customer_id": "CustomerID", "date": "InvoiceDate", "order_id": "InvoiceNo"},
+        amount_from=("Quantity", "UnitPrice"),
+    )
+    return oracle(rows)
+
+
+def bundled_oracle_customers() -> int:
+    """How many customers the bundled sample has under the default cleaning, by the oracle."""
+    return len(bundled_oracle()[0])
+
+
+# Amounts on exactly half a micro-unit: j / 128 with j odd is j * 7812.5 micro-units, and
+# 2.5e-06, 2.0000025, 1.5e-06 and 5e-07 are doubles whose product with 1e6 is exactly .5 too
+# (half_micro_expectations checks each). Where the whole part is even, half to even rounds
+# down and half up rounds up; the customer 5 rows have odd whole parts (both round up), and
+# customer 6's one line is 0.5 micro-units: 0 (not positive, excluded) to even, 1 half up.
+HALF_MICRO_ROWS = [
+    (1, 1 / 128),  # 7812.5
+    (2, 5 / 128),  # 39062.5, three lines
+    (2, 5 / 128),
+    (2, 5 / 128),
+    (3, 1 + 1 / 128),  # 1007812.5
+    (3, 3 / 128),  # 23437.5: odd, up either way
+    (4, 2.5e-06),  # 2.5
+    (4, 2.0000025),  # 2000002.5
+    (5, 1.5e-06),  # 1.5: odd, up either way
+    (5, 3 / 128),
+    (6, 5e-07),  # 0.5
+]
+
+
+def half_micro_frame() -> pd.DataFrame:
+    """HALF_MICRO_ROWS as a canonical frame, every line on 2024-03-01."""
+    when = dt.datetime(2024, 3, 1)
+    return frame_of([{"customer_id": c, "date": when, "amount": a} for c, a in HALF_MICRO_ROWS])
+
+
+def half_micro_expectations() -> tuple[dict, dict]:
+    """customer -> monetary with every line rounded half to even at the micro-unit (the
+    contract), and the same rounded half up; customers whose total is not positive left out."""
+    to_even, half_up = {}, {}
+    for customer, amount in HALF_MICRO_ROWS:
+        scaled = amount * 1_000_000
+        assert scaled - math.floor(scaled) == 0.5, (amount, scaled)  # exactly on the half
+        to_even[customer] = to_even.get(customer, 0) + round(scaled)  # Python: half to even
+        half_up[customer] = half_up.get(customer, 0) + math.floor(scaled + 0.5)
+    return (
+        {c: micro / 1_000_000 for c, micro in to_even.items() if micro > 0},
+        {c: micro / 1_000_000 for c, micro in half_up.items() if micro > 0},
+    )
+
+
+def assert_rounded_half_to_even(monetary: dict, account) -> None:
+    """The graph's monetary per customer (and its row account) on half_micro_frame are those
+    of rounding half to even at the micro-unit, not those of rounding half up."""
+    to_even, half_up = half_micro_expectations()
+    differ = sorted(c for c in to_even if to_even[c] != half_up.get(c))
+    assert differ == [1, 2, 3, 4]  # the data does tell the two roundings apart
+    assert 6 in half_up and 6 not in to_even
+    assert monetary == to_even, f"got {monetary}, half to even is {to_even}, half up {half_up}"
+    assert account.rows_excluded["non_positive_amount"] == 1  # customer 6's 0.5 micro-units
+    assert account.rows_kept == len(HALF_MICRO_ROWS) - 1
 
 
 def frame_of(rows: list[dict]) -> pd.DataFrame:

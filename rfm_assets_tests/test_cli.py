@@ -11,8 +11,13 @@ import pandas as pd
 import pytest
 
 from rfm_assets.cli import main
-from rfm_assets.packaged import BUNDLED_DATASET
-from rfm_assets_tests.conftest import CDNOW, assert_matches_oracle, parquet_rows
+from rfm_assets_tests.conftest import (
+    CDNOW,
+    assert_matches_oracle,
+    bundled_oracle,
+    bundled_oracle_customers,
+    parquet_rows,
+)
 from rfm_assets_tests.oracle import oracle
 
 
@@ -24,12 +29,7 @@ def analyze(tmp_path, *flags, name="out"):
 
 def test_online_retail_matches_the_oracle_customer_for_customer(tmp_path, capsys):
     output = analyze(tmp_path)  # the bundled default: Online Retail, quantity * unit price
-    rows = parquet_rows(
-        BUNDLED_DATASET,
-        {"customer_id": "CustomerID", "date": "InvoiceDate", "order_id": "InvoiceNo"},
-        amount_from=("Quantity", "UnitPrice"),
-    )
-    expected, excluded = oracle(rows)
+    expected, excluded = bundled_oracle()
     segments = pd.read_parquet(output / "customer_segments.parquet")
     assert_matches_oracle(segments, expected)
     summary = json.loads((output / "run_summary.json").read_text())
@@ -37,7 +37,7 @@ def test_online_retail_matches_the_oracle_customer_for_customer(tmp_path, capsys
     # The dataset README's figures for the common cleaning.
     assert summary["rows_read"] == 541_909
     assert summary["rows_kept"] == 397_884
-    assert summary["customers"] == 4_338
+    assert summary["customers"] == bundled_oracle_customers()  # the oracle's, not a literal
     assert summary["reference_date"] == "2011-12-10"
     assert round(segments["monetary"].sum(), 3) == 8_911_407.904
     printed = capsys.readouterr().out
@@ -110,30 +110,65 @@ def test_config_file_and_flags_combine(tmp_path):
     assert summary["window_start"] == "2011-09-01"  # the flag beats the preset's 730 days
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--input", "/no/such/file.parquet"], "input_path: /no/such/file.parquet does not exist"),
-        (["--customer-id", "Customer"], "columns.customer_id='Customer' not found"),
-        (["--weights", "1,0,0"], "weights: frequency and monetary may not both be 0"),
-        (["--weights", "1,2"], "--weights: expected three numbers"),
-        (["--analysis-period-days", "0"], "analysis_period_days"),
-        (["--reference-date", "2001-01-01"], "reference_date: 2001-01-01 is on or before all data"),
-        (["--config", "nonexistent_preset"], "presets: b2b, balanced_ecommerce"),
-    ],
-)
-def test_errors_are_one_line_without_traceback(tmp_path, flags, message):
+ERROR_CASES = [
+    (["--input", "/no/such/file.parquet"], "input_path: /no/such/file.parquet does not exist"),
+    (["--customer-id", "Customer"], "columns.customer_id='Customer' not found"),
+    (["--weights", "1,0,0"], "weights: frequency and monetary may not both be 0"),
+    (["--weights", "1,2"], "--weights: expected three numbers"),
+    (["--analysis-period-days", "0"], "analysis_period_days"),
+    (["--reference-date", "2001-01-01"], "reference_date: 2001-01-01 is on or before all data"),
+    (["--config", "nonexistent_preset"], "presets: b2b, balanced_ecommerce"),
+]
+
+# `python -m rfm_assets analyze ...` once per case, all in one fresh process (one import of
+# the world, not one per case): each case runs the package's __main__ as `-m` does, between
+# marker lines on both streams, so each case's stdout, stderr and exit code are its own.
+# Output the imports make is outside every case, and must be empty too.
+ERROR_DRIVER = """
+import json, runpy, sys
+for number, argv in enumerate(json.loads(sys.argv[1])):
+    for stream in (sys.stdout, sys.stderr):
+        print(f"@@case {number}", file=stream, flush=True)
+    sys.argv = ["rfm-assets", *argv]
+    try:
+        runpy.run_module("rfm_assets", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    for stream in (sys.stdout, sys.stderr):
+        print(f"@@exit {code}", file=stream, flush=True)
+"""
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    argvs = [["analyze", "--output", str(tmp_path / f"o{i}"), *flags]
+             for i, (flags, _) in enumerate(ERROR_CASES)]  # fmt: skip
     completed = subprocess.run(
-        [sys.executable, "-m", "rfm_assets", "analyze", "--output", str(tmp_path / "o"), *flags],
+        [sys.executable, "-c", ERROR_DRIVER, json.dumps(argvs)],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert completed.returncode == 1
-    assert completed.stderr.count("\n") == 1, completed.stderr
-    assert completed.stderr.startswith("rfm-assets: error: ")
-    assert message in completed.stderr
-    assert "Traceback" not in completed.stderr + completed.stdout
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    streams = {}
+    for name, text in (("stdout", completed.stdout), ("stderr", completed.stderr)):
+        before, *cases = re.split(r"^@@case \d+\n", text, flags=re.MULTILINE)
+        assert before == "", f"{name} before any case: {before[-2000:]}"
+        assert len(cases) == len(ERROR_CASES), text[-3000:]
+        streams[name] = [re.fullmatch(r"(.*)@@exit (\S+)\n", c, flags=re.DOTALL).groups()
+                         for c in cases]  # fmt: skip
+    failures = []
+    for (flags, message), (out, code), (err, _) in zip(ERROR_CASES, streams["stdout"],
+                                                      streams["stderr"]):  # fmt: skip
+        if not (
+            code == "1"
+            and err.count("\n") == 1
+            and err.startswith("rfm-assets: error: ")
+            and message in err
+            and "Traceback" not in err + out
+        ):
+            failures.append(f"{flags}: exit {code}, stderr {err!r}, stdout {out[-500:]!r}")
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize(

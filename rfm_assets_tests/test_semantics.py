@@ -11,7 +11,14 @@ from rfm_assets.engines.pandas_compute import thresholds_from_scores
 from rfm_assets.engines.shared import fixed_scores, quantile_scores
 from rfm_assets.errors import RFMInputError
 from rfm_assets.synthetic import generate_transactions
-from rfm_assets_tests.conftest import assert_matches_oracle, day, frame_of, run_on_frame
+from rfm_assets_tests.conftest import (
+    assert_matches_oracle,
+    assert_rounded_half_to_even,
+    day,
+    frame_of,
+    half_micro_frame,
+    run_on_frame,
+)
 from rfm_assets_tests.oracle import oracle
 
 
@@ -116,8 +123,14 @@ def test_monetary_sum_is_exact_in_micro_units():
     rows = [{"customer_id": 1, "date": dt.datetime(2024, 1, 1), "amount": 0.1}] * 10
     result, _ = run_on_frame(frame_of(rows))
     assert result.loc[0, "monetary"] == 1.0
-    # Half-to-even at the micro-unit: 0.0000005 -> 0, 0.0000015 -> 0.000002.
-    assert np.round(np.array([0.5, 1.5, 2.5])).tolist() == [0.0, 2.0, 2.0]
+
+
+def test_lines_on_half_a_micro_unit_round_half_to_even_in_the_graph():
+    """Each line's amount * 10**6 is rounded half to even, as the contract says: through the
+    graph, 0.0000005 -> 0 (not positive: excluded), 0.0000015 -> 0.000002, 0.0000025 ->
+    0.000002, 0.0078125 -> 0.007812; rounding half up gives other customers' monetary."""
+    segments, account = run_on_frame(half_micro_frame())  # rfm_assets.run on the frame
+    assert_rounded_half_to_even(dict(zip(segments["customer_id"], segments["monetary"])), account)
 
 
 def test_net_policy_subtracts_returns_and_excludes_non_positive_customers():

@@ -25,7 +25,14 @@ from rfm_assets.engines.dispatch import PandasEngine, SparkEngine
 from rfm_assets.errors import RFMError
 from rfm_assets.settings import RFMSettings
 from rfm_assets.synthetic import generate_transactions
-from rfm_assets_tests.conftest import CDNOW, rfm_resources, stored_frame
+from rfm_assets_tests.conftest import (
+    CDNOW,
+    assert_rounded_half_to_even,
+    bundled_oracle_customers,
+    half_micro_frame,
+    rfm_resources,
+    stored_frame,
+)
 from rfm_assets_tests.test_corpus import CASES, write_input
 from rfm_assets_tests.test_customer_level import CASES as CUSTOMER_CASES
 from rfm_assets_tests.test_customer_level import customer_settings, messy_customer_rows, write_csv
@@ -39,7 +46,7 @@ SEGMENTED_AT = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 @pytest.fixture(scope="session")
 def spark():
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
     from rfm_assets.definitions import DEFAULT_SPARK_CONFIG
 
@@ -47,22 +54,31 @@ def spark():
     for key, value in {**DEFAULT_SPARK_CONFIG, "spark.ui.enabled": "false"}.items():
         if key != "spark.master":
             builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    return builder.getOrCreate()
 
-    # The engine never converts between pandas and Spark in memory (see definitions.py).
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_pandas_spark_conversions():
+    """The engine never converts between pandas and Spark in memory (see definitions.py):
+    while this module's tests run, toPandas and createDataFrame of a pandas frame fail. Both
+    are put back when the module is done, so no other test inherits the refusal."""
+    from pyspark.sql import DataFrame, SparkSession
+
     def refuse(*args, **kwargs):
         raise AssertionError("pandas <-> Spark conversion in the Spark engine")
 
-    original_create = session.createDataFrame
+    original_create = SparkSession.createDataFrame
 
-    def create(data, *args, **kwargs):
+    def create(self, data, *args, **kwargs):
         if isinstance(data, pd.DataFrame):
             refuse()
-        return original_create(data, *args, **kwargs)
+        return original_create(self, data, *args, **kwargs)
 
-    session.createDataFrame = create
-    DataFrame.toPandas = refuse
-    yield session
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DataFrame, "toPandas", refuse)
+        patch.setattr(SparkSession, "createDataFrame", create)
+        yield
+    assert DataFrame.toPandas is not refuse and SparkSession.createDataFrame is original_create
 
 
 @pytest.fixture(autouse=True)
@@ -287,15 +303,16 @@ def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path
     )
     assert result.success
     assert all(c.passed for c in result.get_asset_check_evaluations())
+    customers = bundled_oracle_customers()
     segments_meta = result.asset_materializations_for_node("customer_segments")[0].metadata
-    assert segments_meta["dagster/row_count"].value == 4_338
+    assert segments_meta["dagster/row_count"].value == customers
     assert segments_meta["engine"].value == "spark"
     # Spark wrote a directory of part files; pandas reads it with pyarrow, no Spark involved.
     location = base / "customer_segments"
     version = location / (location / "CURRENT").read_text().strip()
     assert version.is_dir() and any(p.name.startswith("part-") for p in version.iterdir())
     segments = stored_frame(base, "customer_segments")
-    assert len(segments) == 4_338 and segments["customer_id"].is_unique
+    assert len(segments) == customers and segments["customer_id"].is_unique
 
     from rfm_assets.io_manager import RFMParquetIOManager
 
@@ -303,7 +320,7 @@ def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path
         assets=[dg.AssetSpec("customer_segments")],
         resources={"io_manager": RFMParquetIOManager(base_dir=str(base))},
     )
-    assert len(store_defs.load_asset_value("customer_segments")) == 4_338
+    assert len(store_defs.load_asset_value("customer_segments")) == customers
     from pyspark.sql import DataFrame
 
     from rfm_assets.definitions import spark as spark_resource
@@ -313,7 +330,7 @@ def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path
         resources={"io_manager": RFMParquetIOManager(base_dir=str(base), spark=spark_resource)},
     )
     loaded = spark_defs.load_asset_value("customer_segments", python_type=DataFrame)
-    assert isinstance(loaded, DataFrame) and loaded.count() == 4_338
+    assert isinstance(loaded, DataFrame) and loaded.count() == customers
     spark_default = dg.Definitions(
         assets=[dg.AssetSpec("customer_segments")],
         resources={
@@ -493,6 +510,16 @@ def test_a_stored_model_assigns_identically_on_both_engines(spark, tmp_path):
     assert spark_result.clustering["davies_bouldin"] == pytest.approx(
         pandas_result.clustering["davies_bouldin"], rel=1e-9
     )
+
+
+def test_lines_on_half_a_micro_unit_round_half_to_even_on_spark(spark, tmp_path):
+    """micro_units rounds each line's amount * 10**6 half to even (F.bround), as the pandas
+    engine does (see test_semantics): rounding half up gives other customers' monetary."""
+    path = tmp_path / "half.parquet"
+    half_micro_frame().to_parquet(path)
+    result = run(RFMSettings(input_path=str(path), engine="spark"), spark_session=spark)
+    rows = result.customer_segments.select("customer_id", "monetary").collect()
+    assert_rounded_half_to_even({row[0]: row[1] for row in rows}, result.account)
 
 
 def test_spark_trims_exactly_the_whitespace_pandas_trims(spark):

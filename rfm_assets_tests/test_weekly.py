@@ -99,11 +99,15 @@ def test_every_step_runs_alone_on_what_it_loads_after_a_settings_change(source, 
     assert materialize(source, store, WEEK, scoring_method="quintiles").success
     before = stored(store, "segment_analytics", WEEK)
     # Only segment_analytics, with quartiles now: it segments by the 5-point scale stored.
-    assert materialize(source, store, WEEK, ["segment_analytics"], scoring_method="quartiles")
+    assert materialize(
+        source, store, WEEK, ["segment_analytics"], scoring_method="quartiles"
+    ).success
     after = stored(store, "segment_analytics", WEEK)
     pd.testing.assert_frame_equal(before, after)
     # Only customer_segments: the same, by the stored scale.
-    assert materialize(source, store, WEEK, ["customer_segments"], scoring_method="quartiles")
+    assert materialize(
+        source, store, WEEK, ["customer_segments"], scoring_method="quartiles"
+    ).success
     assert set(stored(store, "customer_segments", WEEK)["R_score"]) <= {1, 2, 3, 4, 5}
     # rfm_scores alone rescoring on 4 points, then its dependants alone, one by one.
     for asset in ("rfm_scores", "customer_segments", "segment_analytics"):
