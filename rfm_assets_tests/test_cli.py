@@ -330,7 +330,7 @@ def test_scoring_and_its_shorthands_exclude_each_other(capsys):
 
 
 # Spark's own words when memory runs out (the first from a 10M-row local[2] run with default
-# memory, as issue 12 recorded it; the others as the JVM and Py4J print them).
+# memory; the others as the JVM and Py4J print them).
 HEAP_SPACE = (
     "An error occurred while calling o278.count.\n: java.lang.OutOfMemoryError: Java heap "
     "space\n\tat java.base/java.util.Arrays.copyOf(Arrays.java:3537)\n"
