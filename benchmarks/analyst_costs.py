@@ -35,8 +35,8 @@ def pictures_and_report() -> None:
 
     before = run(RFMSettings(reference_date="2011-11-28"))
     after = run(RFMSettings(reference_date="2011-12-05"))
-    engine, grid = PandasEngine(), RFMSettings().segment_grid()
-    migration = engine.migration(before.customer_segments, after.customer_segments, grid)
+    engine, rule_set = PandasEngine(), RFMSettings().rule_set()
+    migration = engine.migration(before.customer_segments, after.customer_segments, rule_set)
     history = [a.segment_analytics.assign(week=w) for w, a in (("a", before), ("b", after))]
 
     drawings = {
@@ -46,7 +46,7 @@ def pictures_and_report() -> None:
         ),
         "distributions": lambda: pictures.distributions(engine.histograms(after.rfm_metrics)),
         "movement": lambda: pictures.migration_heatmap(
-            migration, [entry.name for entry in grid.segments]
+            migration, [entry.name for entry in rule_set.segments]
         ),
         "share_trend": lambda: pictures.share_trend(
             pd.concat(history)[["week", "segment", "customer_share"]]

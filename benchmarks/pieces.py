@@ -131,12 +131,12 @@ def pandas_pieces(path: str, repeats: int) -> None:
     settings = settings_for(path, "pandas")
     spec = settings.run_spec()
     engine = PandasEngine()
-    grid = settings.segment_grid()
+    rule_set = settings.rule_set()
     raw, listing = engine.read(spec)
     kept, account = engine.prepare(raw, spec, listing)
     metrics = engine.metrics(kept, account.reference_date)
     scores, thresholds = engine.scores(metrics, spec)
-    segmented = engine.segments(scores, grid, dt.datetime(2026, 1, 1))
+    segmented = engine.segments(scores, rule_set, dt.datetime(2026, 1, 1))
     print(f"{len(kept):,} kept rows, {len(metrics):,} customers; median s of {repeats}")
     pieces = {
         "I/O floor (pyarrow, 4 columns)": lambda: pq.read_table(path, columns=COLUMNS),
@@ -144,8 +144,8 @@ def pandas_pieces(path: str, repeats: int) -> None:
         "prepare (cleaning, accounting)": lambda: engine.prepare(raw, spec, listing),
         "metrics (DuckDB group-bys)": lambda: engine.metrics(kept, account.reference_date),
         "scores and thresholds": lambda: engine.scores(metrics, spec),
-        "segments": lambda: engine.segments(scores, grid, dt.datetime(2026, 1, 1)),
-        "analytics": lambda: engine.analytics(segmented, grid, thresholds),
+        "segments": lambda: engine.segments(scores, rule_set, dt.datetime(2026, 1, 1)),
+        "analytics": lambda: engine.analytics(segmented, rule_set, thresholds),
     }
     for name, work in pieces.items():
         print(f"  {name:<32} {median_seconds(work, repeats):7.2f}", flush=True)

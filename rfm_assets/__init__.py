@@ -22,3 +22,9 @@ def __getattr__(name: str):
 
         return run
     raise AttributeError(f"module 'rfm_assets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # Dagster finds a module's Definitions by walking dir(module): listing the lazy names
+    # lets `dagster dev -m rfm_assets` find `defs` (and build it only then).
+    return sorted({*globals(), *__all__})

@@ -207,7 +207,7 @@ def spark_row_order(frame, name: str, settings):
         return frame.orderBy("priority").coalesce(1)
     if name == "high_value_customers":
         return frame.orderBy("high_value_rank", "customer_id")
-    priority = {entry.name: entry.priority for entry in settings.segment_grid().segments}
+    priority = {entry.name: entry.priority for entry in settings.rule_set().segments}
     rank = F.create_map(*[F.lit(x) for pair in priority.items() for x in pair])
     return frame.orderBy(
         F.element_at(rank, F.col("segment")), F.col("RFM_score").desc(), "customer_id"
@@ -364,7 +364,7 @@ def report_markdown(analytics: pd.DataFrame, summary: Optional[dict]) -> str:
 def campaign_choice(args: argparse.Namespace, settings, segments: pd.DataFrame) -> dict:
     """The campaign lists the flags ask for, of `segments` (checked on an empty table before
     the run, so a typo costs no run)."""
-    catalog = {entry.segment_id: entry.name for entry in settings.segment_grid().segments}
+    catalog = {entry.segment_id: entry.name for entry in settings.rule_set().segments}
     chosen = tuple(s.strip() for s in (args.campaign_segments or "").split(",") if s.strip())
     columns = tuple(c.strip() for c in (args.campaign_columns or "").split(",") if c.strip())
     return campaign_lists(segments, catalog, chosen, columns or CAMPAIGN_COLUMNS)

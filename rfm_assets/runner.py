@@ -74,7 +74,7 @@ def run(
     from rfm_assets.io_manager import HeldIOManager
 
     if settings.pictures != pictures:
-        settings = settings.model_copy(update={"pictures": pictures})
+        settings = settings.changed(pictures=pictures)
     graph = RFMGraph(source_asset=("rfm_source",) if source is not None else None)
     assets = build_rfm_assets(graph)
     left_out = set(leave_out) | {"rfm_report"} | (set(COMPARING) if previous is None else set())

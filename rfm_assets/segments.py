@@ -47,7 +47,7 @@ class SegmentEntry:
 
 
 @dataclass(frozen=True)
-class SegmentGrid:
+class RuleSet:
     """A complete map from (R_score, F_score, M_score) to a segment on a `scale`-point scale.
 
     `by_code[(r, f, m)]` is the segment name of that combination; `name` says which rule set
@@ -178,7 +178,7 @@ def _scale_table(raw, scale: int, what: str, source: str) -> tuple[str, ...]:
     return tuple(str(table[score]) for score in range(1, scale + 1))
 
 
-def default_grid(scale: int, weights=(1.0, 1.0, 1.0)) -> SegmentGrid:
+def default_rule_set(scale: int, weights=(1.0, 1.0, 1.0)) -> RuleSet:
     """The default rule set, the R x FM grid of docs/contract.md, for the scale and weights."""
     return load_rule_set(DEFAULT_RULE_SET, scale, weights)
 
@@ -212,7 +212,7 @@ def _grid_codes(
     return by_code, problems
 
 
-def _build_grid(
+def _compiled_rule_set(
     by_code: dict,
     scale: int,
     catalog: dict[str, SegmentEntry],
@@ -220,14 +220,14 @@ def _build_grid(
     source: str,
     name: str,
     problems: list[str],
-) -> SegmentGrid:
+) -> RuleSet:
     unknown = sorted({n for n in by_code.values() if n not in catalog})
     if unknown:
         problems.append(f"segments without a catalog entry: {', '.join(unknown)}")
     if problems:
         raise RFMConfigError(f"{source}: " + "; ".join(problems))
     defaults = _packaged_config()
-    return SegmentGrid(
+    return RuleSet(
         scale=scale,
         by_code=by_code,
         catalog=catalog,
@@ -414,7 +414,7 @@ def load_rule_set(
     scale: int,
     weights=(1.0, 1.0, 1.0),
     display_names: dict | None = None,
-) -> SegmentGrid:
+) -> RuleSet:
     """Load a shipped rule set (by name) or a user's YAML (by path), compiled for the scale
     and weights.
 
@@ -470,8 +470,8 @@ def load_rule_set(
     alias_of = {shown: canonical for canonical, shown in display.items()}
     # Rules may name a segment by its display name too.
     by_code = {code: alias_of.get(segment, segment) for code, segment in by_code.items()}
-    grid = _build_grid(by_code, scale, catalog, raw, source, str(name_or_path), problems)
-    return _with_display_names(grid, display) if display else grid
+    rule_set = _compiled_rule_set(by_code, scale, catalog, raw, source, str(name_or_path), problems)
+    return _with_display_names(rule_set, display) if display else rule_set
 
 
 def _display_names(raw, catalog: dict, source: str) -> dict[str, str]:
@@ -525,22 +525,17 @@ def _check_distinct_names(
             )
 
 
-def _with_display_names(grid: SegmentGrid, display: dict[str, str]) -> SegmentGrid:
-    """The same grid with segments shown under their display names; segment_id (the slug of
+def _with_display_names(rule_set: RuleSet, display: dict[str, str]) -> RuleSet:
+    """The same rule set with segments shown under their display names; segment_id (the slug of
     the catalog name) and everything else stay as they are."""
     import dataclasses
 
     catalog = {
         display.get(name, name): dataclasses.replace(entry, name=display.get(name, name))
-        for name, entry in grid.catalog.items()
+        for name, entry in rule_set.catalog.items()
     }
-    by_code = {code: display.get(name, name) for code, name in grid.by_code.items()}
-    return dataclasses.replace(grid, catalog=catalog, by_code=by_code)
-
-
-def load_grid_file(path: str | Path, scale: int, weights=(1.0, 1.0, 1.0)) -> SegmentGrid:
-    """A user's rule set file (the former segment_grid_file); see load_rule_set."""
-    return load_rule_set(Path(path), scale, weights)
+    by_code = {code: display.get(name, name) for code, name in rule_set.by_code.items()}
+    return dataclasses.replace(rule_set, catalog=catalog, by_code=by_code)
 
 
 def coverage_markdown(name: str, scale: int = 5) -> str:
@@ -550,7 +545,7 @@ def coverage_markdown(name: str, scale: int = 5) -> str:
     path = rule_set_path(name)
     raw = _read_yaml(str(path))
     body = raw["scales"][scale] if "scales" in raw else raw
-    grid = load_rule_set(name, scale)
+    rule_set = load_rule_set(name, scale)
     filled: set[tuple[int, int, int]] = set()
     if "rules" in body:
         matchers = [_matcher(rule, i, scale, name) for i, rule in enumerate(body["rules"], 1)]
@@ -564,13 +559,13 @@ def coverage_markdown(name: str, scale: int = 5) -> str:
         lines += [f"R_score {r}:", "", header, "|---" * (scale + 1) + "|"]
         for f in range(scale, 0, -1):
             cells = [
-                grid.by_code[(r, f, m)] + ("\\*" if (r, f, m) in filled else "")
+                rule_set.by_code[(r, f, m)] + ("\\*" if (r, f, m) in filled else "")
                 for m in range(1, scale + 1)
             ]
             lines.append(f"| **{f}** | " + " | ".join(cells) + " |")
         lines.append("")
     counts = {}
-    for segment in grid.by_code.values():
+    for segment in rule_set.by_code.values():
         counts[segment] = counts.get(segment, 0) + 1
     summary = ", ".join(f"{s} {n}" for s, n in sorted(counts.items(), key=lambda i: -i[1]))
     lines += [f"Codes per segment: {summary}. Filled by completion (\\*): {len(filled)}.", ""]

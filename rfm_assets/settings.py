@@ -34,7 +34,7 @@ from rfm_assets.engines.spec import (
 )
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.packaged import BUNDLED_COLUMNS, BUNDLED_DATASET
-from rfm_assets.segments import SegmentGrid, load_rule_set
+from rfm_assets.segments import RuleSet, load_rule_set
 
 SCALE_OF_METHOD = {"quintiles": 5, "quartiles": 4}
 # Weights are ratios: any usable ratio fits between these.
@@ -461,7 +461,7 @@ class RFMSettings(dg.ConfigurableResource):
                 f"not {self.scoring_method!r}"
             )
         # Loading validates the grid file now, before any asset runs.
-        self.segment_grid()
+        self.rule_set()
         return self
 
     @property
@@ -519,7 +519,7 @@ class RFMSettings(dg.ConfigurableResource):
         )
 
     @property
-    def rule_set(self) -> str:
+    def rule_set_source(self) -> str:
         """The rule set in use: a shipped name or a file path."""
         return self.segment_grid_file or self.segment_rules
 
@@ -527,11 +527,11 @@ class RFMSettings(dg.ConfigurableResource):
         weights = self.effective_weights
         return (weights.recency, weights.frequency, weights.monetary)
 
-    def segment_grid(self, scale: Optional[int] = None) -> SegmentGrid:
+    def rule_set(self, scale: Optional[int] = None) -> RuleSet:
         """The rule set compiled for the scale (default: the settings') and the weights."""
         try:
             return load_rule_set(
-                self.rule_set,
+                self.rule_set_source,
                 scale or self.scale,
                 self.weight_tuple(),
                 dict(self.segment_display_names),
@@ -542,6 +542,12 @@ class RFMSettings(dg.ConfigurableResource):
             # Name the field the user set.
             message = str(error).replace("segment_rules:", "segment_grid_file:", 1)
             raise RFMConfigError(message) from None
+
+    def changed(self, **changes: Any) -> RFMSettings:
+        """These settings with `changes`, validated again. (Not `model_copy`: a Dagster
+        resource keeps the config it was built with, so a copy would run with the old one.)"""
+        given = {name: getattr(self, name) for name in self.model_fields_set}
+        return type(self)(**{**given, **changes})
 
     def run_spec(self) -> RunSpec:
         """What the engines read of these settings, as plain values."""

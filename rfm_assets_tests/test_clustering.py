@@ -80,7 +80,7 @@ def test_clusters_on_the_bundled_data_are_named_measured_and_repeatable():
     assert summary["davies_bouldin"] > 0 and summary["calinski_harabasz"] > 0
     assert max(summary["silhouette_by_k"].values()) == summary["silhouette_by_k"][str(summary["k"])]
     # Every cluster has a catalog segment; the analytics count customers by it.
-    catalog = {e.name: e for e in RFMSettings().segment_grid().catalog.values()}
+    catalog = {e.name: e for e in RFMSettings().rule_set().catalog.values()}
     by_cluster = segments.groupby("cluster")["segment"].agg(lambda s: set(s.astype(str)))
     assert all(len(names) == 1 and names <= set(catalog) for names in by_cluster)
     for entry in summary["clusters"]:

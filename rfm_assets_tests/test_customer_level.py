@@ -101,8 +101,8 @@ def customer_settings(path: Path, by_date: bool, with_first: bool, extra: dict) 
 
 def oracle_arguments(settings: RFMSettings) -> dict:
     rules = None
-    if settings.rule_set.endswith(".yaml"):
-        rules = yaml.safe_load(Path(settings.rule_set).read_text())["rules"]
+    if settings.rule_set_source.endswith(".yaml"):
+        rules = yaml.safe_load(Path(settings.rule_set_source).read_text())["rules"]
     return dict(
         reference_date=settings.parsed_reference_date,
         analysis_period_days=settings.analysis_period_days,

@@ -74,7 +74,7 @@ def two_weeks(tmp_path_factory):
 
 def test_migration_matches_the_loop_and_its_margins_are_both_weeks(two_weeks):
     previous, current = two_weeks
-    grid = RFMSettings().segment_grid()
+    grid = RFMSettings().rule_set()
     migration = PandasEngine().migration(previous, current, grid)
     assert as_dict(migration) == plain_migration(previous, current)
     assert list(migration.columns) == ["from_segment", "to_segment", "customers", "revenue"]
@@ -94,7 +94,7 @@ def test_migration_matches_the_loop_and_its_margins_are_both_weeks(two_weeks):
 
 def test_slipping_customers_match_the_loop_and_come_most_valuable_first(two_weeks):
     previous, current = two_weeks
-    grid = RFMSettings().segment_grid()
+    grid = RFMSettings().rule_set()
     slipping = PandasEngine().slipping(previous, current, grid)
     want = plain_slipping(previous, current)
     assert len(want) > 0
@@ -106,7 +106,7 @@ def test_slipping_customers_match_the_loop_and_come_most_valuable_first(two_week
 def test_weeks_with_different_id_types_still_match_by_id(two_weeks):
     previous, current = two_weeks
     as_text = previous.assign(customer_id=previous["customer_id"].astype("str"))
-    grid = RFMSettings().segment_grid()
+    grid = RFMSettings().rule_set()
     engine = PandasEngine()
     assert as_dict(engine.migration(as_text, current, grid)) == as_dict(
         engine.migration(previous, current, grid)

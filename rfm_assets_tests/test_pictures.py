@@ -36,7 +36,7 @@ def bundled():
 
 def test_every_picture_is_a_png_of_the_documented_size(bundled):
     engine = PandasEngine()
-    grid = RFMSettings().segment_grid()
+    grid = RFMSettings().rule_set()
     previous = run(RFMSettings(reference_date="2011-11-28"))
     migration = engine.migration(previous.customer_segments, bundled.customer_segments, grid)
     history = pd.concat(
@@ -116,3 +116,28 @@ def test_pictures_off_draws_none_and_changes_nothing_else(tmp_path):
                 drawn_table.drop(columns="segmented_at", errors="ignore"),
                 plain_table.drop(columns="segmented_at", errors="ignore"),
             )
+
+
+def test_run_draws_pictures_only_when_asked_and_keeps_every_other_setting(tmp_path):
+    """`rfm_assets.run` (the command line) draws no pictures unless asked, whatever the
+    settings say, and runs with the rest of the settings as given."""
+    source = tmp_path / "tx.csv"
+    pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "a", "d"],
+            "transaction_date": ["2024-01-01", "2024-01-05", "2024-02-01", "2024-02-03",
+                                 "2023-12-12"],
+            "amount": [10.0, 20, 30, 5, 7],
+        }
+    ).to_csv(source, index=False)  # fmt: skip
+    settings = RFMSettings(
+        input_path=str(source), weights={"recency": 2}, scoring_method="quartiles"
+    )
+    assert settings.pictures  # the settings' default: draw them
+    for asked in (False, True):
+        result = run(settings, pictures=asked)
+        drawn = {key for meta in result.metadata.values() for key, value in meta.items()
+                 if "data:image/png" in str(value)}  # fmt: skip
+        assert bool(drawn) == asked, drawn
+        assert result.metadata["rfm_scores"]["rfm/context"]["weights"]["recency"] == 2.0
+        assert len(result.thresholds["recency"]) == 3  # quartiles: 4 scores, 3 cut points

@@ -9,7 +9,7 @@ import pytest
 
 from rfm_assets.engines.pandas_compute import assign_segments, segment_analytics
 from rfm_assets.errors import RFMConfigError
-from rfm_assets.segments import default_catalog, default_grid, load_grid_file, slugify
+from rfm_assets.segments import default_catalog, default_rule_set, load_rule_set, slugify
 from rfm_assets_tests.conftest import FIXED_TIME
 from rfm_assets_tests.oracle import GRID_4, GRID_5
 
@@ -29,8 +29,8 @@ ELEVEN = {
 
 
 @pytest.mark.parametrize("scale, design", [(5, GRID_5), (4, GRID_4)])
-def test_default_grids_are_the_tables_of_design_md(scale, design):
-    grid = default_grid(scale)
+def test_default_rule_sets_are_the_tables_of_the_contract(scale, design):
+    grid = default_rule_set(scale)
     for r in range(1, scale + 1):
         for fm in range(1, scale + 1):
             assert grid.segment_of(r, fm, fm) == design[r][fm - 1], (r, fm)
@@ -67,7 +67,7 @@ def scores_frame(cells):
 
 @pytest.mark.parametrize("scale", [4, 5])
 def test_assign_segments_copies_catalog_fields_and_tiers(scale):
-    grid = default_grid(scale)
+    grid = default_rule_set(scale)
     cells = [(r, fm) for r in range(1, scale + 1) for fm in range(1, scale + 1)]
     segmented = assign_segments(scores_frame(cells), grid, FIXED_TIME)
     catalog = default_catalog()
@@ -86,7 +86,7 @@ def test_assign_segments_copies_catalog_fields_and_tiers(scale):
 
 
 def test_segment_analytics_lists_every_segment_and_sums_up():
-    grid = default_grid(5)
+    grid = default_rule_set(5)
     cells = [(5, 5), (5, 5), (1, 1), (3, 3)]
     segmented = assign_segments(scores_frame(cells), grid, FIXED_TIME)
     thresholds = {"recency": [1, 2, 3, 4], "frequency": [1, 2, 3, 4], "monetary": [1, 2, 3, 4]}
@@ -119,7 +119,7 @@ def test_user_grid_loads_with_its_own_catalog_entry(tmp_path):
         "scale: 4\ncatalog:\n  VIP:\n    priority: 0\n    description: d\n    recommendation: r\n"
         f"grid:\n{rows}\n",
     )
-    grid = load_grid_file(path, 4)
+    grid = load_rule_set(path, 4)
     assert grid.segment_of(4, 4, 4) == "VIP" and grid.segment_of(1, 1, 1) == "Lost"
     assert [e.name for e in grid.segments] == ["VIP", "Lost"]
 
@@ -136,7 +136,7 @@ def test_user_grid_with_holes_lists_the_uncovered_cells(tmp_path):
         """,
     )
     with pytest.raises(RFMConfigError) as error:
-        load_grid_file(path, 4)
+        load_rule_set(path, 4)
     message = str(error.value)
     assert "R=3,FM=4" in message and "R=1,FM=1" in message and "R=1,FM=4" in message
     assert "\n" not in message
@@ -154,7 +154,7 @@ def test_rules_first_match_wins_and_dead_segments_are_named(tmp_path):
         """,
     )
     with pytest.raises(RFMConfigError, match=r"dead rules .*: rule 2 \(Loyal Customers\)"):
-        load_grid_file(path, 5)
+        load_rule_set(path, 5)
 
 
 def test_rules_that_leave_cells_uncovered_name_them(tmp_path):
@@ -168,7 +168,7 @@ def test_rules_that_leave_cells_uncovered_name_them(tmp_path):
     )
     # R=1 with FM=5: F, M = 4, 5 / 5, 4 / 5, 5 (FM rounds 4.5 up).
     with pytest.raises(RFMConfigError, match=r"3 R,F,M combinations match no rule: 145, 154, 155"):
-        load_grid_file(path, 5)
+        load_rule_set(path, 5)
 
 
 def test_complete_rules_build_the_grid(tmp_path):
@@ -181,7 +181,7 @@ def test_complete_rules_build_the_grid(tmp_path):
           - {segment: Lost, R: [1, 5], FM: [1, 5]}
         """,
     )
-    grid = load_grid_file(path, 5)
+    grid = load_rule_set(path, 5)
     assert grid.segment_of(5, 5, 5) == "Champions"
     assert grid.segment_of(2, 4, 4) == "At Risk"
     assert grid.segment_of(3, 3, 3) == "Lost"
@@ -192,10 +192,10 @@ def test_unknown_segment_and_wrong_scale_are_reported(tmp_path):
         tmp_path, "grid:\n" + "".join(f"  {r}: [Nobody, Lost, Lost, Lost]\n" for r in range(1, 5))
     )
     with pytest.raises(RFMConfigError, match="without a catalog entry: Nobody"):
-        load_grid_file(path, 4)
+        load_rule_set(path, 4)
     path = write(tmp_path, "scale: 4\nrules: []\n")
     with pytest.raises(RFMConfigError, match="4-point scale but scoring uses 5"):
-        load_grid_file(path, 5)
+        load_rule_set(path, 5)
 
 
 RULES_TAIL = "  - {segment: Lost, R: [1, 5], FM: [1, 5]}\n"
@@ -244,7 +244,7 @@ RULES_TAIL = "  - {segment: Lost, R: [1, 5], FM: [1, 5]}\n"
 )
 def test_malformed_grid_files_get_one_line_naming_the_problem(tmp_path, text, message):
     with pytest.raises(RFMConfigError, match=message) as error:
-        load_grid_file(write(tmp_path, text), 5)
+        load_rule_set(write(tmp_path, text), 5)
     assert "\n" not in str(error.value)
 
 
@@ -252,7 +252,7 @@ def test_a_grid_file_that_is_not_utf8_is_named(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_bytes(b"rules:\n  - {segment: Lost\xff, R: [1, 5], FM: [1, 5]}\n")
     with pytest.raises(RFMConfigError, match=r"grid.yaml is not UTF-8 text"):
-        load_grid_file(path, 5)
+        load_rule_set(path, 5)
 
 
 RULE_SET_DOCS = Path(__file__).resolve().parents[1] / "docs" / "segment-rule-sets.md"
@@ -330,7 +330,7 @@ def test_display_names_change_what_users_read_not_the_segment_id():
     from rfm_assets.settings import RFMSettings
 
     settings = RFMSettings(segment_display_names={"Cannot Lose Them": "Cant Lose Them"})
-    grid = settings.segment_grid()
+    grid = settings.rule_set()
     segmented = assign_segments(scores_frame([(1, 5), (5, 5)]), grid, FIXED_TIME)
     row = segmented[segmented["segment_id"] == "cannot_lose_them"].iloc[0]
     assert row["segment"] == "Cant Lose Them"  # what its users filter on
@@ -421,4 +421,4 @@ def test_segments_that_normalise_to_one_segment_id_are_refused(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "segments 'Champions' and 'champions!' are one segment_id (champions)" in out
     with pytest.raises(RFMConfigError, match="are one segment_id"):
-        load_grid_file(rules, 5)
+        load_rule_set(rules, 5)

@@ -331,7 +331,7 @@ def test_customers_come_in_segment_priority_then_weighted_score_order():
         priority = result["segment"].map(
             {
                 s.name: s.priority
-                for s in __import__("rfm_assets.segments").segments.default_grid(5).segments
+                for s in __import__("rfm_assets.segments").segments.default_rule_set(5).segments
             }  # fmt: skip
         )
         assert priority.is_monotonic_increasing

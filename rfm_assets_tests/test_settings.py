@@ -224,10 +224,10 @@ def test_weights_at_their_bounds_keep_every_score_on_the_scale(weights):
 
 
 def test_rule_sets_are_chosen_by_name_or_path_and_an_unknown_name_lists_the_shipped_ones():
-    assert RFMSettings().segment_grid().name == "rfm_grid"
+    assert RFMSettings().rule_set().name == "rfm_grid"
     path = REPO_TESTS / "data" / "rules_f_and_m.yaml"
     settings = RFMSettings(segment_rules=str(path))
-    assert "Big Spenders Gone Quiet" in {s.name for s in settings.segment_grid().segments}
+    assert "Big Spenders Gone Quiet" in {s.name for s in settings.rule_set().segments}
     with pytest.raises(RFMConfigError, match=r"segment_rules: no_such_set is neither a shipped "
                        r"rule set \(.*rfm_grid.*\) nor a file"):  # fmt: skip
         build_settings({"segment_rules": "no_such_set"})

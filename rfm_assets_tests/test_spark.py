@@ -248,7 +248,7 @@ def test_movement_between_weeks_identical(spark, tmp_path):
                     "reference_date": day, "analysis_period_days": 120}  # fmt: skip
         weeks[day] = both_engines(settings, spark, tmp_path)
     (before_pandas, before_spark), (after_pandas, after_spark) = weeks.values()
-    grid = RFMSettings().segment_grid()
+    grid = RFMSettings().rule_set()
     pandas_engine, spark_engine = PandasEngine(), SparkEngine(spark)
     args = (before_pandas.customer_segments, after_pandas.customer_segments, grid)
     spark_args = (before_spark.customer_segments, after_spark.customer_segments, grid)

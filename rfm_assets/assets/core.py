@@ -12,12 +12,12 @@ from rfm_assets.assets import checks
 from rfm_assets.assets.graph import (
     RFMGraph,
     context_of,
-    grid_of,
     judged,
     needed,
     output,
     picture,
     pictured,
+    rule_set_of,
     small_to_pandas,
 )
 from rfm_assets.assets.markdown import segment_table_markdown, segment_trends
@@ -185,7 +185,7 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
     """
     settings, engine = graph.settings_of(context), graph.engine_of(context)
     upstream = context_of(rfm_scores)
-    grid = grid_of(upstream, settings, "rfm_scores")
+    rule_set = rule_set_of(upstream, settings, "rfm_scores")
     scores = engine.load(rfm_scores)
     pinned = context.run.tags.get(SEGMENTED_AT_TAG)  # rfm_assets.run(segmented_at=...)
     segmented_at = (
@@ -196,7 +196,7 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
         thresholds = needed(upstream, "thresholds", "rfm_scores")
         fitted = {"reference_date": upstream.get("reference_date")}
         segmented, summary, model = engine.clusters(
-            scores, grid, thresholds, settings.run_spec(), segmented_at, fitted
+            scores, rule_set, thresholds, settings.run_spec(), segmented_at, fitted
         )
         # The model that named the clusters, for cluster_model; the summary for the report.
         extra = {"cluster_model": model.document(), "clustering": summary}
@@ -209,12 +209,12 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
                        lambda: pictures.clusters(sample(), summary)),
         }  # fmt: skip
     else:
-        segmented = engine.segments(scores, grid, segmented_at)
+        segmented = engine.segments(scores, rule_set, segmented_at)
     segmented = engine.cached(segmented)
     rows = engine.row_count(segmented)
     counts = engine.segment_counts(segmented)
     distinct = engine.distinct_count(segmented, "customer_id")
-    unknown = engine.unknown_segments(segmented, {entry.name for entry in grid.segments})
+    unknown = engine.unknown_segments(segmented, {entry.name for entry in rule_set.segments})
     yield from judged(
         graph,
         "customer_segments",
@@ -228,7 +228,7 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
     )
     table_context = {
         **upstream,
-        "rule_set": grid.name,
+        "rule_set": rule_set.name,
         "display_names": dict(settings.segment_display_names),
         "segmented_at": str(segmented_at),
         **extra,
@@ -247,10 +247,10 @@ def segment_analytics_step(graph: RFMGraph, context, customer_segments, earlier_
     """
     settings, engine = graph.settings_of(context), graph.engine_of(context)
     upstream = context_of(customer_segments)
-    grid = grid_of(upstream, settings, "customer_segments")
+    rule_set = rule_set_of(upstream, settings, "customer_segments")
     segmented = engine.load(customer_segments)
     analytics = engine.analytics(
-        segmented, grid, needed(upstream, "thresholds", "customer_segments")
+        segmented, rule_set, needed(upstream, "thresholds", "customer_segments")
     )
     shown = small_to_pandas(analytics)  # a dozen rows at most
     earlier = {week: table.to_pandas(columns=["segment", "customer_share"])
@@ -275,7 +275,7 @@ def segment_analytics_step(graph: RFMGraph, context, customer_segments, earlier_
         **pictured(settings, "segment_sizes", "Segment sizes",
                    lambda: pictures.segment_sizes(shown)),
         **pictured(settings, "score_heatmaps", "Customers and average monetary by R x FM",
-                   lambda: pictures.score_heatmaps(engine.score_grid(segmented), grid.scale)),
+                   lambda: pictures.score_heatmaps(engine.score_grid(segmented), rule_set.scale)),
         **share_trend(context, settings, shown, earlier),
         **segment_trends(shown),
     }  # fmt: skip

@@ -23,7 +23,7 @@ from rfm_assets.engines.dispatch import PandasEngine, engine_for
 from rfm_assets.engines.stored import HeldTable, StoredTable, is_spark_dataframe
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.io_manager import CONTEXT_METADATA, WEEKS_INPUT
-from rfm_assets.segments import SegmentGrid, load_rule_set
+from rfm_assets.segments import RuleSet, load_rule_set
 from rfm_assets.settings import RFMSettings
 
 GROUP = "rfm"
@@ -134,7 +134,7 @@ def needed(table_context: dict, key: str, upstream: str) -> Any:
     return table_context[key]
 
 
-def grid_of(table_context: dict, settings: RFMSettings, upstream: str) -> SegmentGrid:
+def rule_set_of(table_context: dict, settings: RFMSettings, upstream: str) -> RuleSet:
     """The rule set for the loaded scores: the scale and weights they were made with, and
     the rule set their table names (or, when it names none yet, the settings')."""
     scale = int(needed(table_context, "scale", upstream))
@@ -144,7 +144,7 @@ def grid_of(table_context: dict, settings: RFMSettings, upstream: str) -> Segmen
         if stored_weights
         else settings.weight_tuple()
     )
-    rule_set = table_context.get("rule_set") or settings.rule_set
+    rule_set = table_context.get("rule_set") or settings.rule_set_source
     display_names = table_context.get("display_names", settings.segment_display_names)
     try:
         return load_rule_set(rule_set, scale, weights, dict(display_names))

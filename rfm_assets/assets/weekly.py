@@ -9,10 +9,10 @@ from rfm_assets.assets import checks
 from rfm_assets.assets.graph import (
     RFMGraph,
     context_of,
-    grid_of,
     judged,
     output,
     pictured,
+    rule_set_of,
     small_to_pandas,
     split_weeks,
 )
@@ -27,16 +27,16 @@ from rfm_assets.errors import naming_memory_failures
 
 
 def compared_weeks(graph: RFMGraph, context, weeks):
-    """(engine, grid, this week's segments, last week's or an empty table, whether there was
+    """(engine, rule_set, this week's segments, last week's or an empty table, whether there was
     one, what it was, this week's run context)."""
     engine = graph.engine_of(context)
     current_table, previous_table, label = split_weeks(graph, weeks, context, "customer_segments")
     upstream = context_of(current_table)
-    grid = grid_of(upstream, graph.settings_of(context), "customer_segments")
+    rule_set = rule_set_of(upstream, graph.settings_of(context), "customer_segments")
     current = engine.load(current_table)
     found = previous_table is not None
     previous = engine.load(previous_table) if found else engine.empty(current)
-    return engine, grid, current, previous, found, label, upstream
+    return engine, rule_set, current, previous, found, label, upstream
 
 
 def segment_migration_step(graph: RFMGraph, context, weeks):
@@ -44,10 +44,12 @@ def segment_migration_step(graph: RFMGraph, context, weeks):
     each segment to each segment, with (new) for customers absent the week before and
     (lapsed) for those absent now. The first week has no previous one and an empty table.
     """
-    engine, grid, current, previous, found, label, upstream = compared_weeks(graph, context, weeks)
+    engine, rule_set, current, previous, found, label, upstream = compared_weeks(
+        graph, context, weeks
+    )
     if not found:  # nothing to compare with: an empty table, not everyone as (new)
         current = engine.empty(current)
-    migration = engine.migration(previous, current, grid)
+    migration = engine.migration(previous, current, rule_set)
     table = small_to_pandas(migration)  # at most (segments + 1) ** 2 rows
     into = table[table["to_segment"] != LAPSED_CUSTOMERS]
     out_of = table[table["from_segment"] != NEW_CUSTOMERS]
@@ -61,7 +63,7 @@ def segment_migration_step(graph: RFMGraph, context, weeks):
         label,
     )
     yield from judged(graph, "segment_migration", {"margins_match_both_weeks": verdict})
-    segments = [entry.name for entry in grid.segments]
+    segments = [entry.name for entry in rule_set.segments]
     metadata = {
         "previous": label,
         **movement_counts(table),
@@ -77,15 +79,15 @@ def slipping_customers_step(graph: RFMGraph, context, weeks):
     one (At Risk, Cannot Lose Them: the catalog's `standing`), most valuable first: the
     win-back list of the week. Empty in the first week.
     """
-    engine, grid, current, previous, _, label, upstream = compared_weeks(graph, context, weeks)
-    slipping = engine.cached(engine.slipping(previous, current, grid))
+    engine, rule_set, current, previous, _, label, upstream = compared_weeks(graph, context, weeks)
+    slipping = engine.cached(engine.slipping(previous, current, rule_set))
     return output(
         engine,
         slipping,
         {**upstream, "previous": label},
         {
             "previous": label,
-            "slipping_into": dg.MetadataValue.json(grid.segment_ids_by_standing("slipping")),
+            "slipping_into": dg.MetadataValue.json(rule_set.segment_ids_by_standing("slipping")),
             "revenue_at_stake": engine.monetary_micro_sum(slipping, "monetary") / 1e6,
         },
     )

@@ -1,4 +1,4 @@
-"""k-means segmentation beside the rule grid: features, the choice of k, names from the catalog.
+"""k-means segmentation beside the rule set: features, the choice of k, names from the catalog.
 
 Pure numpy and scikit-learn, no Dagster. The rules (docs/contract.md, "Clustering"):
 - features are log1p(recency), log1p(frequency) and log1p(monetary), each scaled robustly:
@@ -69,7 +69,9 @@ class ClusterModel:
         """Centroids as (recency, frequency, monetary) in the features' own units."""
         return np.expm1(self.centroids * self.iqr + self.median)
 
-    def named(self, thresholds: dict[str, list[float]], grid, sizes: np.ndarray) -> ClusterModel:
+    def named(
+        self, thresholds: dict[str, list[float]], rule_set, sizes: np.ndarray
+    ) -> ClusterModel:
         """The model with its clusters named: each centroid's recency, frequency and monetary
         are scored with the run's cut points, and the (R, F, M) cell gives the segment."""
         from rfm_assets.engines.shared import HIGHER_IS_BETTER, fixed_scores
@@ -79,7 +81,7 @@ class ClusterModel:
             fixed_scores(centroids[:, i], thresholds[name], HIGHER_IS_BETTER[name])
             for i, name in enumerate(FEATURES)
         ]
-        segments = [grid.segment_of(int(r), int(f), int(m)) for r, f, m in zip(*scores)]
+        segments = [rule_set.segment_of(int(r), int(f), int(m)) for r, f, m in zip(*scores)]
         return replace(self, segments=segments, names=cluster_names(segments, sizes))
 
     def document(self) -> dict:
@@ -519,14 +521,15 @@ def summary(model: ClusterModel, silhouette: float, sums: ClusterSums, applied: 
     }
 
 
-def check_segments(model: ClusterModel, grid, source: str) -> None:
+def check_segments(model: ClusterModel, rule_set, source: str) -> None:
     """A stored model names segments of the rule set in use, or it is refused."""
-    known = {entry.name for entry in grid.segments}
+    known = {entry.name for entry in rule_set.segments}
     unknown = sorted(set(model.segments) - known)
     if unknown:
         raise RFMConfigError(
             f"cluster model {source}: names segments {unknown} that the rule set "
-            f"{grid.name!r} does not have; fit a new model or use the rule set it was fitted with"
+            f"{rule_set.name!r} does not have; fit a new model or use the rule set it was "
+            "fitted with"
         )
 
 

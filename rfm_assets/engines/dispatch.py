@@ -20,7 +20,7 @@ from rfm_assets.engines.source import SourceListing
 from rfm_assets.engines.spec import RunSpec
 from rfm_assets.engines.stored import HeldTable, StoredTable
 from rfm_assets.errors import RFMConfigError, RFMInputError
-from rfm_assets.segments import SegmentGrid
+from rfm_assets.segments import RuleSet
 
 _GRID_COLUMNS = ["R_score", "FM_score", "customers", "revenue"]
 # The clusters picture draws this many customers (a seeded sample).
@@ -37,7 +37,7 @@ def _source_path(spec: RunSpec) -> str:
     return spec.source_path
 
 
-def stored_model(spec: RunSpec, grid: SegmentGrid):
+def stored_model(spec: RunSpec, rule_set: RuleSet):
     """The model of cluster_model_path, checked against the rule set, or None."""
     if not spec.cluster_model_path:
         return None
@@ -46,7 +46,7 @@ def stored_model(spec: RunSpec, grid: SegmentGrid):
 
     document, source = model_document_at(spec.cluster_model_path)
     model = ClusterModel.from_document(document, source)
-    check_segments(model, grid, source)
+    check_segments(model, rule_set, source)
     return model
 
 
@@ -130,42 +130,42 @@ class PandasEngine:
         scores = self.compute.compute_scores(metrics, scale, spec.weights, cut_points)
         return scores, cut_points or self.compute.thresholds_from_scores(scores, spec.scale)
 
-    def segments(self, scores, grid: SegmentGrid, segmented_at: dt.datetime):
-        return self.compute.assign_segments(scores, grid, segmented_at)
+    def segments(self, scores, rule_set: RuleSet, segmented_at: dt.datetime):
+        return self.compute.assign_segments(scores, rule_set, segmented_at)
 
-    def clusters(self, scores, grid: SegmentGrid, thresholds, spec, segmented_at,
+    def clusters(self, scores, rule_set: RuleSet, thresholds, spec, segmented_at,
                  fitted: Optional[dict] = None):  # fmt: skip
         """Segments by k-means (segmentation_method: kmeans): the table, what the clustering
         measured, and the model (the stored one of cluster_model_path, or one fitted now;
         `fitted` records where, e.g. the reference date)."""
         return self.compute.cluster_segments(
             scores,
-            grid,
+            rule_set,
             thresholds,
             spec.k_range,
             spec.cluster_sample_size,
             spec.cluster_seed,
             segmented_at,
-            stored_model(spec, grid),
-            {**(fitted or {}), "seed": spec.cluster_seed, "rule_set": grid.name},
+            stored_model(spec, rule_set),
+            {**(fitted or {}), "seed": spec.cluster_seed, "rule_set": rule_set.name},
         )
 
-    def analytics(self, segmented, grid: SegmentGrid, thresholds):
-        return self.compute.segment_analytics(segmented, grid, thresholds)
+    def analytics(self, segmented, rule_set: RuleSet, thresholds):
+        return self.compute.segment_analytics(segmented, rule_set, thresholds)
 
-    def migration(self, previous, current, grid: SegmentGrid):
+    def migration(self, previous, current, rule_set: RuleSet):
         """From x to table of customers and revenue between two weeks' segments."""
         return self.compute.segment_migration(
-            previous, current, [entry.name for entry in grid.segments]
+            previous, current, [entry.name for entry in rule_set.segments]
         )
 
-    def slipping(self, previous, current, grid: SegmentGrid):
+    def slipping(self, previous, current, rule_set: RuleSet):
         """Customers who moved from an engaged segment into a slipping one."""
         return self.compute.slipping_customers(
             previous,
             current,
-            grid.segment_ids_by_standing("engaged"),
-            grid.segment_ids_by_standing("slipping"),
+            rule_set.segment_ids_by_standing("engaged"),
+            rule_set.segment_ids_by_standing("slipping"),
         )
 
     # --- small aggregates the pictures are drawn from (rfm_assets.pictures) -----------------

@@ -50,7 +50,7 @@ from rfm_assets.engines.shared import (
 )
 from rfm_assets.errors import RFMInputError
 from rfm_assets.formulas import combined_scores
-from rfm_assets.segments import SegmentGrid
+from rfm_assets.segments import RuleSet
 
 
 def to_day_numbers(timestamps: np.ndarray | pd.Series) -> np.ndarray:
@@ -605,23 +605,23 @@ def _categorical(codes: np.ndarray, labels: list[str]) -> pd.Categorical:
 
 
 def assign_segments(
-    scores: pd.DataFrame, grid: SegmentGrid, segmented_at: dt.datetime
+    scores: pd.DataFrame, rule_set: RuleSet, segmented_at: dt.datetime
 ) -> pd.DataFrame:
     """Scores plus the segment of each (R, F, M) combination and its catalog fields.
 
     Rows come in segment priority order and, within a segment, by the weighted RFM_score,
     highest first (ties in customer id order): the recency weight orders every list.
     """
-    table, segments = grid.lookup_table()
+    table, segments = rule_set.lookup_table()
     codes = table[tuple(scores[c].to_numpy() for c in ("R_score", "F_score", "M_score"))]
-    return _segmented(scores, grid, codes, segmented_at)
+    return _segmented(scores, rule_set, codes, segmented_at)
 
 
 def _segmented(
-    scores: pd.DataFrame, grid: SegmentGrid, codes: np.ndarray, segmented_at: dt.datetime
+    scores: pd.DataFrame, rule_set: RuleSet, codes: np.ndarray, segmented_at: dt.datetime
 ) -> pd.DataFrame:
-    """Scores plus the segments `codes` name (positions in grid.segments), in list order."""
-    segments = grid.segments
+    """Scores plus the segments `codes` name (positions in rule_set.segments), in list order."""
+    segments = rule_set.segments
     # segments are in priority order, so the code is the priority rank; lexsort is stable.
     order = np.lexsort((-scores["RFM_score"].to_numpy(), codes))
     scores = scores.iloc[order].reset_index(drop=True)
@@ -633,15 +633,15 @@ def _segmented(
         attribute = "name" if column == "segment" else column
         labels = [getattr(entry, attribute) for entry in segments]
         segmented[column] = _categorical(segment_code, labels)
-    segmented["value_tier"] = _categorical(fm - 1, list(grid.value_tiers))
-    segmented["engagement_level"] = _categorical(r - 1, list(grid.engagement_levels))
+    segmented["value_tier"] = _categorical(fm - 1, list(rule_set.value_tiers))
+    segmented["engagement_level"] = _categorical(r - 1, list(rule_set.engagement_levels))
     segmented["segmented_at"] = pd.Timestamp(segmented_at)
     return segmented
 
 
 def cluster_segments(
     scores: pd.DataFrame,
-    grid: SegmentGrid,
+    rule_set: RuleSet,
     thresholds: dict[str, list[float]],
     k_range: tuple[int, int],
     sample_size: int,
@@ -660,19 +660,19 @@ def cluster_segments(
     if stored is None:
         model = clustering.fit(values, k_range, sample_size, seed)
         sizes = np.bincount(model.assign(values)[0], minlength=model.k)
-        model = model.named(thresholds, grid, sizes)
+        model = model.named(thresholds, rule_set, sizes)
         model.fitted = {**(fitted or {}), "engine": "pandas", "customers": len(scores)}
     else:
         model = stored
     cluster, distance = model.assign(values)
-    position = {entry.name: i for i, entry in enumerate(grid.segments)}
+    position = {entry.name: i for i, entry in enumerate(rule_set.segments)}
     codes = np.array([position[name] for name in model.segments], dtype=np.int64)[cluster]
     with_clusters = scores.assign(
         cluster=cluster.astype(np.int64),
         cluster_name=pd.array(np.array(model.names, dtype=object)[cluster], dtype="str"),
         cluster_distance=distance,
     )
-    segmented = _segmented(with_clusters, grid, codes, segmented_at)
+    segmented = _segmented(with_clusters, rule_set, codes, segmented_at)
     # The cluster columns go last, after the published segment columns.
     columns = [c for c in segmented.columns if not c.startswith("cluster")]
     segmented = segmented[columns + list(clustering.CLUSTER_COLUMNS)]
@@ -688,12 +688,12 @@ def cluster_segments(
 
 
 def segment_analytics(
-    segmented: pd.DataFrame, grid: SegmentGrid, thresholds: dict[str, list[float]]
+    segmented: pd.DataFrame, rule_set: RuleSet, thresholds: dict[str, list[float]]
 ) -> pd.DataFrame:
-    """One row per segment of the grid (zero-customer segments included), in priority order.
+    """One row per segment of the rule_set (zero-customer segments included), in priority order.
 
     Customers are counted by their `segment` column, whichever method named it."""
-    segments = grid.segments
+    segments = rule_set.segments
     position = {entry.name: i for i, entry in enumerate(segments)}
     named = pd.Categorical(segmented["segment"].astype("str"))
     to_position = np.array([position[str(c)] for c in named.categories], dtype=np.int64)
@@ -710,7 +710,7 @@ def segment_analytics(
         entry.name: {key: int(values[i]) for key, values in sums.items()}
         for i, entry in enumerate(segments)
     }  # revenue_micro as Python ints: exact at any size
-    return analytics_from_aggregates(aggregates, grid, thresholds)
+    return analytics_from_aggregates(aggregates, rule_set, thresholds)
 
 
 def _integer_sums(codes: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:

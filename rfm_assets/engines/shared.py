@@ -18,7 +18,7 @@ import pandas as pd
 
 from rfm_assets.contract import MICRO_UNITS
 from rfm_assets.errors import RFMConfigError, RFMInputError
-from rfm_assets.segments import SegmentGrid
+from rfm_assets.segments import RuleSet
 
 # Per dimension: is a larger value better? (recency: smaller is better)
 HIGHER_IS_BETTER = {"recency": False, "frequency": True, "monetary": True}
@@ -296,15 +296,15 @@ def cut_points_from_extremes(
 
 def analytics_from_aggregates(
     aggregates: dict[str, dict[str, int]],
-    grid: SegmentGrid,
+    rule_set: RuleSet,
     thresholds: dict[str, list[float]],
 ) -> pd.DataFrame:
     """The segment_analytics table from per-segment sums.
 
     `aggregates[segment name]` holds integer sums: customers, revenue_micro, recency, orders.
-    Every segment of the grid gets a row (zero-customer ones too), in priority order.
+    Every segment of the rule_set gets a row (zero-customer ones too), in priority order.
     """
-    segments = grid.segments
+    segments = rule_set.segments
     empty = {"customers": 0, "revenue_micro": 0, "recency": 0, "orders": 0}
     sums = {key: np.array([aggregates.get(s.name, empty)[key] for s in segments], dtype=np.int64)
             for key in ("customers", "recency", "orders")}  # fmt: skip

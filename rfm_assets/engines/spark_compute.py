@@ -68,7 +68,7 @@ from rfm_assets.engines.shared import (
 from rfm_assets.engines.source import SourceListing, check_columns, first_line, list_source
 from rfm_assets.engines.spec import SourceColumns
 from rfm_assets.errors import RFMInputError
-from rfm_assets.segments import SegmentGrid
+from rfm_assets.segments import RuleSet
 
 # A missing order id counts as one order per customer, as in pandas.
 MISSING_ORDER = "\u0000missing order"
@@ -1218,13 +1218,13 @@ def thresholds_from_scores(scores: DataFrame, scale: int) -> dict[str, list[floa
 # --- segments -------------------------------------------------------------------------------
 
 
-def assign_segments(scores: DataFrame, grid: SegmentGrid, segmented_at: dt.datetime) -> DataFrame:
+def assign_segments(scores: DataFrame, rule_set: RuleSet, segmented_at: dt.datetime) -> DataFrame:
     """Scores plus the segment of each (R, F, M) combination and its catalog fields, from
     the same rule set and catalog as pandas, broadcast as a small table."""
-    cells = [((r, f, m), name) for (r, f, m), name in sorted(grid.by_code.items())]
+    cells = [((r, f, m), name) for (r, f, m), name in sorted(rule_set.by_code.items())]
     return _with_catalog(
         scores, cells, ["R_score", "F_score", "M_score"], "R_score long, F_score long, "
-        "M_score long", grid, segmented_at, [],
+        "M_score long", rule_set, segmented_at, [],
     )  # fmt: skip
 
 
@@ -1233,7 +1233,7 @@ def _with_catalog(
     keyed: list[tuple[tuple, str]],
     on: list[str],
     key_schema: str,
-    grid: SegmentGrid,
+    rule_set: RuleSet,
     segmented_at: dt.datetime,
     last: list[str],
 ) -> DataFrame:
@@ -1241,8 +1241,8 @@ def _with_catalog(
     (key..., segment)) with the segment's catalog fields, value tier, engagement level and
     time; `last` columns go after them. Ordered as pandas orders it: segment priority, then
     the weighted RFM_score, highest first."""
-    catalog = grid.catalog
-    rank = {entry.name: i for i, entry in enumerate(grid.segments)}
+    catalog = rule_set.catalog
+    rank = {entry.name: i for i, entry in enumerate(rule_set.segments)}
     rows = [
         (*key, name, catalog[name].segment_id, catalog[name].recommendation, rank[name])
         for key, name in keyed
@@ -1265,8 +1265,8 @@ def _with_catalog(
             "segment",
             "segment_id",
             "recommendation",
-            by_score(grid.value_tiers, "FM_score").alias("value_tier"),
-            by_score(grid.engagement_levels, "R_score").alias("engagement_level"),
+            by_score(rule_set.value_tiers, "FM_score").alias("value_tier"),
+            by_score(rule_set.engagement_levels, "R_score").alias("engagement_level"),
             F.lit(segmented_at).cast("timestamp").alias("segmented_at"),
             *last,
             "segment_rank",
@@ -1350,7 +1350,7 @@ def fit_clusters(scores: DataFrame, k_range: tuple[int, int], sample_size: int, 
 
 def cluster_segments(
     scores: DataFrame,
-    grid: SegmentGrid,
+    rule_set: RuleSet,
     thresholds: dict[str, list[float]],
     k_range: tuple[int, int],
     sample_size: int,
@@ -1375,14 +1375,15 @@ def cluster_segments(
     ).persist(StorageLevel.MEMORY_AND_DISK)
     sums = cluster_sums(with_clusters, model)
     if stored is None:
-        model = model.named(thresholds, grid, sums.counts)
+        model = model.named(thresholds, rule_set, sums.counts)
         customers = int(sums.counts.sum())
         model.fitted = {**(fitted or {}), "engine": "spark", "customers": customers}
     named = [((c,), name) for c, name in enumerate(model.segments)]
     lookup = F.create_map(*[F.lit(x) for c, name in enumerate(model.names) for x in (c, name)])
     segmented = _with_catalog(
         with_clusters.withColumn("cluster_name", F.element_at(lookup, F.col("cluster"))),
-        named, ["cluster"], "cluster long", grid, segmented_at, list(clustering.CLUSTER_COLUMNS),
+        named, ["cluster"], "cluster long", rule_set, segmented_at,
+        list(clustering.CLUSTER_COLUMNS),
     )  # fmt: skip
     # A seeded sample on the driver, collected as rows (no pandas conversion in Spark).
     sample = np.array(
@@ -1438,7 +1439,7 @@ def cluster_sums(with_clusters: DataFrame, model):
 
 
 def segment_analytics(
-    segmented: DataFrame, grid: SegmentGrid, thresholds: dict[str, list[float]]
+    segmented: DataFrame, rule_set: RuleSet, thresholds: dict[str, list[float]]
 ) -> DataFrame:
     """Per-segment sums in Spark; the table itself from the shared builder."""
     rows = (
@@ -1454,7 +1455,7 @@ def segment_analytics(
     )
     aggregates = {row["segment"]: {k: int(row[k]) for k in row.asDict() if k != "segment"}
                   for row in rows}  # fmt: skip
-    table = analytics_from_aggregates(aggregates, grid, thresholds)
+    table = analytics_from_aggregates(aggregates, rule_set, thresholds)
     schema = T.StructType(
         [T.StructField(name, _spark_type(name, table[name].dtype), True) for name in table.columns]
     )
