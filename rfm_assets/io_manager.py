@@ -178,6 +178,12 @@ class RFMStore(dg.UPathIOManager):
     def load_input(self, context: dg.InputContext) -> Any:
         if (context.definition_metadata or {}).get(WEEKS_INPUT):
             return self._weeks(context)
+        if not context.has_asset_partitions:
+            return self.load_from_path(context, self._get_path(context))
+        if len(context.asset_partition_keys) == 1:
+            # One stored value, read without UPathIOManager's DEBUG line per path: outside a
+            # run (`load_asset_value`) Dagster prints those on the console.
+            return self.load_from_path(context, *self._get_paths_for_partitions(context).values())
         return super().load_input(context)
 
     def _weeks(self, context: dg.InputContext) -> dict[str, StoredTable]:
