@@ -141,3 +141,18 @@ def test_run_draws_pictures_only_when_asked_and_keeps_every_other_setting(tmp_pa
         assert bool(drawn) == asked, drawn
         assert result.metadata["rfm_scores"]["rfm/context"]["weights"]["recency"] == 2.0
         assert len(result.thresholds["recency"]) == 3  # quartiles: 4 scores, 3 cut points
+
+
+def test_a_picture_is_drawn_once_per_set_of_numbers(bundled, monkeypatch):
+    """The report reuses the PNG the UI showed for the same numbers, and different numbers
+    draw a different picture."""
+    calls = []
+    original = pictures._segment_sizes
+    monkeypatch.setattr(pictures, "_DRAWN", {})
+    monkeypatch.setattr(pictures, "_segment_sizes", lambda a: calls.append(1) or original(a))
+    analytics = bundled.segment_analytics
+    first = pictures.segment_sizes(analytics)
+    again = pictures.segment_sizes(analytics.sample(frac=1.0, random_state=1))
+    assert again == first and len(calls) == 1
+    changed = analytics.assign(customers=analytics["customers"] + 1)
+    assert pictures.segment_sizes(changed) != first and len(calls) == 2

@@ -105,8 +105,8 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions):
     # Customers of the kept transactions as the transactions step counted them (a second
     # pass over every row costs more than all the scoring), less those held out.
     customers = int(needed(upstream, "customers", "transactions")) - sum(held_out.values())
-    rows, distinct = engine.row_count(metrics), engine.distinct_count(metrics, "customer_id")
-    verdict = checks.one_metric_row_per_customer(rows, distinct, customers)
+    tally = engine.tally(metrics, distinct_of="customer_id")
+    verdict = checks.one_metric_row_per_customer(tally.rows, tally.distinct, customers)
     yield from judged(graph, "rfm_metrics", {"one_row_per_customer": verdict})
     yield output(
         engine,
@@ -125,7 +125,7 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions):
                 "\n".join(f"- `{reason}`: {rule}" for reason, rule in CUSTOMER_FILTERS.items())
             ),
         },
-        rows=rows,  # counted for the check above (a Spark job saved)
+        rows=tally.rows,  # counted for the check above (a Spark job saved)
     )
 
 
@@ -145,7 +145,8 @@ def rfm_scores_step(graph: RFMGraph, context, rfm_metrics):
     scores, thresholds = engine.scores(engine.load(rfm_metrics), settings.run_spec(), cut_points)
     scores = engine.cached(scores)
     scale = len(thresholds["recency"]) + 1
-    verdict = checks.scores_on_scale(engine.scores_off_scale(scores, scale), scale)
+    tally = engine.tally(scores, off_scale=scale)
+    verdict = checks.scores_on_scale(tally.off_scale, scale)
     yield from judged(graph, "rfm_scores", {"scores_on_scale": verdict})
     table_context = {
         **context_of(rfm_metrics),
@@ -211,16 +212,18 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
     else:
         segmented = engine.segments(scores, rule_set, segmented_at)
     segmented = engine.cached(segmented)
-    rows = engine.row_count(segmented)
+    tally = engine.tally(segmented, distinct_of="customer_id")
+    rows = tally.rows
     counts = engine.segment_counts(segmented)
-    distinct = engine.distinct_count(segmented, "customer_id")
-    unknown = engine.unknown_segments(segmented, {entry.name for entry in rule_set.segments})
+    names = {entry.name for entry in rule_set.segments}
+    unknown = sorted(str(name) for name in counts if name not in names)[:5]
+    counts = {name: n for name, n in counts.items() if name is not None}
     yield from judged(
         graph,
         "customer_segments",
         {
             "one_row_per_customer": checks.one_segment_row_per_customer(
-                rows, distinct, engine.row_count(scores)
+                rows, tally.distinct, engine.row_count(scores)
             ),
             "segments_in_catalog": checks.segments_in_catalog(unknown),
             "dominant_segment": checks.dominant_segment(counts, rows, settings.max_segment_share),
@@ -253,6 +256,7 @@ def segment_analytics_step(graph: RFMGraph, context, customer_segments, earlier_
         segmented, rule_set, needed(upstream, "thresholds", "customer_segments")
     )
     shown = small_to_pandas(analytics)  # a dozen rows at most
+    tally = engine.tally(segmented, money_of="monetary")
     earlier = {week: table.to_pandas(columns=["segment", "customer_share"])
                for week, table in sorted((earlier_weeks or {}).items())}  # fmt: skip
     yield from judged(
@@ -262,8 +266,8 @@ def segment_analytics_step(graph: RFMGraph, context, customer_segments, earlier_
             "revenue_matches_customers": checks.revenue_matches_customers(
                 list(shown["revenue"]),
                 int(shown["customers"].sum()),
-                engine.monetary_micro_sum(segmented, "monetary"),
-                engine.row_count(segmented),
+                tally.micro_sum,
+                tally.rows,
             ),
             "share_change_from_previous_week": checks.share_change(
                 share_moves(shown, earlier), settings.max_weekly_share_change

@@ -26,6 +26,19 @@ _GRID_COLUMNS = ["R_score", "FM_score", "customers", "revenue"]
 # The clusters picture draws this many customers (a seeded sample).
 CLUSTER_PICTURE_CUSTOMERS = 2_000
 CLUSTER_PICTURE_COLUMNS = ("recency", "frequency", "monetary", "cluster", "cluster_name")
+# Scores that must lie on 1..scale (RFM_score, a weighted mean, is checked with a tolerance).
+SCORE_COLUMNS = ("R_score", "F_score", "M_score", "FM_score")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tally:
+    """Counts the asset checks compare, taken on a step's result (see `PandasEngine.tally`);
+    a count that was not asked for is None."""
+
+    rows: int
+    distinct: Optional[int] = None
+    micro_sum: Optional[int] = None
+    off_scale: Optional[int] = None
 
 
 def _source_path(spec: RunSpec) -> str:
@@ -224,31 +237,34 @@ class PandasEngine:
     def schema(self, frame) -> list[tuple[str, str]]:
         return [(str(name), str(dtype)) for name, dtype in frame.dtypes.items()]
 
-    def segment_counts(self, segmented) -> dict[str, int]:
-        counts = segmented["segment"].value_counts()
-        return {str(name): int(n) for name, n in counts.items() if n}
+    def segment_counts(self, segmented) -> dict[Optional[str], int]:
+        """Customers per segment value; customers without one are counted under None."""
+        counts = segmented["segment"].value_counts(dropna=False)
+        return {None if pd.isna(name) else str(name): int(n) for name, n in counts.items() if n}
 
     # --- plain counts for the asset checks: simple code, independent of the steps' own ----
 
-    def distinct_count(self, frame, column: str) -> int:
-        """Distinct non-null values of a column."""
-        return int(frame[column].nunique(dropna=True))
+    def tally(self, frame, distinct_of: Optional[str] = None, money_of: Optional[str] = None,
+              off_scale: Optional[int] = None) -> Tally:  # fmt: skip
+        """What the checks count on a table, in one pass: its rows, the distinct non-null
+        values of `distinct_of`, the exact micro-unit sum of `money_of`, and the rows whose
+        scores are null or off the 1..`off_scale` scale."""
+        return Tally(
+            rows=len(frame),
+            distinct=None if distinct_of is None else int(frame[distinct_of].nunique()),
+            micro_sum=None if money_of is None else self.monetary_micro_sum(frame, money_of),
+            off_scale=None if off_scale is None else self._scores_off_scale(frame, off_scale),
+        )
 
-    def scores_off_scale(self, scores, scale: int) -> int:
-        """Rows with an R/F/M/FM score that is null or outside 1..scale, or RFM_score outside."""
+    @staticmethod
+    def _scores_off_scale(scores, scale: int) -> int:
         bad = pd.Series(False, index=scores.index)
-        for column in ("R_score", "F_score", "M_score", "FM_score"):
+        for column in SCORE_COLUMNS:
             values = scores[column]
             bad |= values.isna() | (values < 1) | (values > scale)
         rfm = scores["RFM_score"]
         bad |= rfm.isna() | (rfm < 1 - 1e-9) | (rfm > scale + 1e-9)
         return int(bad.sum())
-
-    def unknown_segments(self, segmented, names: set[str]) -> list[str]:
-        """Segment values that are null or not in `names` (at most a few, for the message)."""
-        values = segmented["segment"].astype("object")
-        unknown = values[values.isna() | ~values.isin(list(names))]
-        return sorted({str(v) for v in unknown.head(1000)})[:5]
 
     def monetary_micro_sum(self, frame, column: str) -> int:
         """Exact sum of a money column in micro-units (Python int, no overflow)."""
@@ -336,34 +352,32 @@ class SparkEngine(PandasEngine):
         rows = segmented.groupBy("segment").count().collect()
         return {row["segment"]: int(row["count"]) for row in rows}
 
-    def distinct_count(self, frame, column: str) -> int:
+    def tally(self, frame, distinct_of: Optional[str] = None, money_of: Optional[str] = None,
+              off_scale: Optional[int] = None) -> Tally:  # fmt: skip
+        """As pandas, in one Spark job."""
         from pyspark.sql import functions as F
 
-        return int(frame.agg(F.count_distinct(column)).first()[0])
-
-    def scores_off_scale(self, scores, scale: int) -> int:
-        from pyspark.sql import functions as F
-
-        bad = F.lit(False)
-        for column in ("R_score", "F_score", "M_score", "FM_score"):
-            value = F.col(column)
-            bad = bad | value.isNull() | (value < 1) | (value > scale)
-        rfm = F.col("RFM_score")
-        bad = bad | rfm.isNull() | (rfm < 1 - 1e-9) | (rfm > scale + 1e-9)
-        return int(scores.filter(bad).count())
-
-    def unknown_segments(self, segmented, names: set[str]) -> list[str]:
-        from pyspark.sql import functions as F
-
-        segment = F.col("segment")
-        rows = (
-            segmented.filter(segment.isNull() | ~segment.isin(sorted(names)))
-            .select(segment)
-            .distinct()
-            .limit(5)
-            .collect()
+        columns = [F.count(F.lit(1)).alias("rows")]
+        if distinct_of is not None:
+            columns.append(F.count_distinct(distinct_of).alias("distinct"))
+        if money_of is not None:
+            micro = self.compute.micro_units(F.col(money_of)).cast("decimal(38,0)")
+            columns.append(F.sum(micro).alias("micro_sum"))
+        if off_scale is not None:
+            bad = F.lit(False)
+            for column in SCORE_COLUMNS:
+                value = F.col(column)
+                bad = bad | value.isNull() | (value < 1) | (value > off_scale)
+            rfm = F.col("RFM_score")
+            bad = bad | rfm.isNull() | (rfm < 1 - 1e-9) | (rfm > off_scale + 1e-9)
+            columns.append(F.count(F.when(bad, 1)).alias("off_scale"))
+        row = frame.agg(*columns).first().asDict()
+        return Tally(
+            rows=int(row["rows"]),
+            distinct=None if distinct_of is None else int(row["distinct"]),
+            micro_sum=None if money_of is None else int(row["micro_sum"] or 0),
+            off_scale=None if off_scale is None else int(row["off_scale"]),
         )
-        return sorted(str(row[0]) for row in rows)
 
     def monetary_micro_sum(self, frame, column: str) -> int:
         from pyspark.sql import functions as F
