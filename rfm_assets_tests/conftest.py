@@ -14,6 +14,13 @@ CDNOW = DATA_DIR / "cdnow_master.parquet"
 FIXED_TIME = pd.Timestamp("2024-01-01", tz="UTC")
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `heavy` (a half-minute or more of subprocesses or a cluster) go first:
+    the two xdist workers take them one each at the start, instead of one worker finishing
+    the suite alone with a heavy test drawn last."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 def run_on_frame(
     frame: pd.DataFrame,
     reference_date=None,

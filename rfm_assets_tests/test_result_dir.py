@@ -123,6 +123,7 @@ def leftovers(output: Path) -> list[str]:
     return stray
 
 
+@pytest.mark.heavy
 def test_a_run_killed_at_any_step_leaves_one_whole_result(tmp_path, inputs):
     output = tmp_path / "out"
     first, second = inputs[0], inputs[1]
@@ -134,6 +135,7 @@ def test_a_run_killed_at_any_step_leaves_one_whole_result(tmp_path, inputs):
     assert leftovers(output) == []  # what the killed runs left was removed
 
 
+@pytest.mark.heavy
 def test_racing_runs_leave_one_whole_result(tmp_path, inputs):
     output = tmp_path / "out"
     for _ in range(5):

@@ -46,15 +46,25 @@ SEGMENTED_AT = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 @pytest.fixture(scope="session")
 def spark():
+    """One session for the module, tuned for inputs of a few hundred rows: one shuffle
+    partition per core instead of four, and no adaptive re-planning (each adaptive stage is
+    a Spark job of its own). Neither changes a number, which is exact under any partitioning
+    and plan; the product's own defaults run in the subprocess and cluster tests. Together
+    they take about a third off every small Spark run."""
     from pyspark.sql import SparkSession
 
     from rfm_assets.definitions import DEFAULT_SPARK_CONFIG
+    from rfm_assets.engines import spark_compute
 
     builder = SparkSession.builder.master("local[2]")
     for key, value in {**DEFAULT_SPARK_CONFIG, "spark.ui.enabled": "false"}.items():
         if key != "spark.master":
             builder = builder.config(key, value)
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    session.conf.set("spark.sql.adaptive.enabled", "false")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spark_compute, "PARTITIONS_PER_CORE", 1)
+        yield session
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -395,6 +405,7 @@ def test_zoned_dates_do_not_depend_on_the_session_time_zone(spark, tmp_path):
     assert recency.to_dict() == {1: 2, 2: 1}  # Tokyo dates 1 and 2 January, as in pandas
 
 
+@pytest.mark.heavy
 def test_cli_on_spark_prints_one_line_and_no_jvm_output(tmp_path):
     """A user sees the result on success and one line on failure: Java's warnings and stack
     traces go to a log (`--debug` would show them). One process runs both, so one JVM."""
@@ -473,6 +484,7 @@ def test_kmeans_on_spark_recovers_known_groups_in_the_graph(spark, tmp_path):
     )
 
 
+@pytest.mark.heavy
 def test_kmeans_on_spark_agrees_with_pandas_on_the_bundled_data(spark, tmp_path):
     settings = dict(segmentation_method="kmeans")
     pandas_result = run(RFMSettings(**settings))
@@ -584,12 +596,14 @@ def test_a_spark_run_is_one_spark_application_in_one_process(spark, tmp_path, mo
     assert applications == {spark.sparkContext.applicationId}
 
 
-def test_shuffle_partitions_scale_with_the_cores_and_the_source(spark, tmp_path):
+def test_shuffle_partitions_scale_with_the_cores_and_the_source(spark, tmp_path, monkeypatch):
     """Four per core (local[2]: 8), one per 128 MiB of source when that is more; a value set
     when the session was launched is left alone."""
+    from rfm_assets.engines import spark_compute
     from rfm_assets.engines.source import SourceListing
     from rfm_assets.engines.spark_compute import SHUFFLE_PARTITIONS, scale_shuffle_partitions
 
+    monkeypatch.setattr(spark_compute, "PARTITIONS_PER_CORE", 4)  # the product's (see `spark`)
     assert not spark.sparkContext.getConf().contains(SHUFFLE_PARTITIONS)
     big = tmp_path / "big.parquet"
     with open(big, "wb") as handle:  # sparse: its size without writing it

@@ -88,6 +88,7 @@ def standalone_cluster(tmp_path):
                 process.wait(timeout=60)
 
 
+@pytest.mark.heavy
 def test_graph_runs_on_a_standalone_cluster(standalone_cluster, tmp_path):
     master_url, env = standalone_cluster
     output = tmp_path / "cluster"
