@@ -154,12 +154,15 @@ def rfm_scores_step(graph: RFMGraph, context, rfm_metrics):
         "scoring_method": source_of_cuts,
         "weights": settings.effective_weights.model_dump(),
         "thresholds": thresholds,
+        # Counted on this table for the check above; customer_segments checks against it.
+        "customers_scored": tally.rows,
     }
     yield output(
         engine,
         scores,
         table_context,
         {"scoring_method": source_of_cuts, "thresholds": dg.MetadataValue.json(thresholds)},
+        rows=tally.rows,
     )
 
 
@@ -177,6 +180,14 @@ def week_thresholds(graph: RFMGraph, context, week: str) -> dict[str, list[float
             f"materialize rfm_scores for {week} first"
         )
     return stored.context["thresholds"]
+
+
+def scored_rows(engine, scores_context: dict, scores) -> int:
+    """Customers of rfm_scores, as its step counted them on its table (or counted now, for
+    a table stored without the count)."""
+    if "customers_scored" in scores_context:
+        return int(scores_context["customers_scored"])
+    return engine.row_count(scores)
 
 
 def customer_segments_step(graph: RFMGraph, context, rfm_scores):
@@ -212,7 +223,9 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
     else:
         segmented = engine.segments(scores, rule_set, segmented_at)
     segmented = engine.cached(segmented)
-    tally = engine.tally(segmented, distinct_of="customer_id")
+    # Rows, ids and the exact revenue of the segmented customers in one pass: the revenue is
+    # what segment_analytics' revenues must add up to.
+    tally = engine.tally(segmented, distinct_of="customer_id", money_of="monetary")
     rows = tally.rows
     counts = engine.segment_counts(segmented)
     names = {entry.name for entry in rule_set.segments}
@@ -223,7 +236,7 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
         "customer_segments",
         {
             "one_row_per_customer": checks.one_segment_row_per_customer(
-                rows, tally.distinct, engine.row_count(scores)
+                rows, tally.distinct, scored_rows(engine, upstream, scores)
             ),
             "segments_in_catalog": checks.segments_in_catalog(unknown),
             "dominant_segment": checks.dominant_segment(counts, rows, settings.max_segment_share),
@@ -234,6 +247,8 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
         "rule_set": rule_set.name,
         "display_names": dict(settings.segment_display_names),
         "segmented_at": str(segmented_at),
+        "customers_segmented": rows,
+        "monetary_micro_sum": str(tally.micro_sum),  # an exact integer: JSON as text
         **extra,
     }
     metadata = {
@@ -256,7 +271,11 @@ def segment_analytics_step(graph: RFMGraph, context, customer_segments, earlier_
         segmented, rule_set, needed(upstream, "thresholds", "customer_segments")
     )
     shown = small_to_pandas(analytics)  # a dozen rows at most
-    tally = engine.tally(segmented, money_of="monetary")
+    if "monetary_micro_sum" in upstream:  # counted on this table when it was made
+        customers, micro_sum = upstream["customers_segmented"], int(upstream["monetary_micro_sum"])
+    else:  # stored by an earlier version
+        tally = engine.tally(segmented, money_of="monetary")
+        customers, micro_sum = tally.rows, tally.micro_sum
     earlier = {week: table.to_pandas(columns=["segment", "customer_share"])
                for week, table in sorted((earlier_weeks or {}).items())}  # fmt: skip
     yield from judged(
@@ -266,8 +285,8 @@ def segment_analytics_step(graph: RFMGraph, context, customer_segments, earlier_
             "revenue_matches_customers": checks.revenue_matches_customers(
                 list(shown["revenue"]),
                 int(shown["customers"].sum()),
-                tally.micro_sum,
-                tally.rows,
+                micro_sum,
+                customers,
             ),
             "share_change_from_previous_week": checks.share_change(
                 share_moves(shown, earlier), settings.max_weekly_share_change
