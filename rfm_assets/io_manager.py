@@ -129,7 +129,30 @@ class RFMStore(dg.UPathIOManager):
         self._spark = spark
         self._load_as = load_as
 
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
+            # A range of weeks computed in one step: {week: HeldTable(value, run context)}.
+            asset_path = self._base_path.joinpath(*context.asset_key.path)
+            for week in context.asset_partition_keys:
+                held = obj[week]
+                self._store(context, held.frame, asset_path / week, held.context, week)
+            return
+        super().handle_output(context, obj)
+
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        table_context = context.output_metadata.get(CONTEXT_METADATA)
+        week = context.asset_partition_key if context.has_asset_partitions else None
+        self._store(context, obj, path, table_context and table_context.value, week)
+
+    def _store(
+        self,
+        context: dg.OutputContext,
+        obj: Any,
+        path: UPath,
+        table_context: Optional[dict],
+        week: Optional[str],
+    ) -> None:
+        """Write `obj` as the new current version at `path`, with its run context beside it."""
         if isinstance(obj, str):  # the report: one page, replaced whole
             path.mkdir(parents=True, exist_ok=True)
             _write_durably(path / REPORT_FILE, obj)
@@ -146,7 +169,6 @@ class RFMStore(dg.UPathIOManager):
         path.mkdir(parents=True, exist_ok=True)
         pointer = path / POINTER
         previous = pointer.read_text().strip() if pointer.exists() else None
-        table_context = context.output_metadata.get(CONTEXT_METADATA)
         try:
             if isinstance(obj, dict):
                 _write_durably(target, json.dumps(obj, indent=2) + "\n")
@@ -158,15 +180,15 @@ class RFMStore(dg.UPathIOManager):
                     obj.write.parquet(plain(target), mode="error")
             if table_context is not None:
                 _write_durably(
-                    path / f"{version}{CONTEXT_SUFFIX}", json.dumps(table_context.value) + "\n"
+                    path / f"{version}{CONTEXT_SUFFIX}", json.dumps(table_context) + "\n"
                 )
         except BaseException:
             self._remove(target)
             self._remove(path / f"{version}{CONTEXT_SUFFIX}")
             raise
         self._point_to(path, version)
-        if context.has_asset_partitions:
-            self._note_partition(path.parent, context.asset_partition_key)
+        if week is not None:
+            self._note_partition(path.parent, week)
         if previous:
             self._remove_older_than(path, previous)
 
@@ -180,11 +202,12 @@ class RFMStore(dg.UPathIOManager):
             return self._weeks(context)
         if not context.has_asset_partitions:
             return self.load_from_path(context, self._get_path(context))
-        if len(context.asset_partition_keys) == 1:
-            # One stored value, read without UPathIOManager's DEBUG line per path: outside a
-            # run (`load_asset_value`) Dagster prints those on the console.
-            return self.load_from_path(context, *self._get_paths_for_partitions(context).values())
-        return super().load_input(context)
+        # Read without UPathIOManager's DEBUG line per path: outside a run (`load_asset_value`)
+        # Dagster prints those on the console, and in a range each would be an event.
+        paths = self._get_paths_for_partitions(context)
+        if len(paths) == 1:
+            return self.load_from_path(context, *paths.values())
+        return {week: self.load_from_path(context, path) for week, path in paths.items()}
 
     def _weeks(self, context: dg.InputContext) -> dict[str, StoredTable]:
         """The stored weeks a `weeks_in` input asks for, by partition key (see WEEKS_INPUT)."""
@@ -460,7 +483,8 @@ class HeldIOManager(dg.InMemoryIOManager):
             del self._last_reader[identifier]
             value = self.values.pop(identifier, None)
             if isinstance(value, pd.DataFrame):
-                value.drop(columns=list(value.columns), inplace=True)
+                for column in list(value.columns):  # in place: the run holds this frame
+                    del value[column]
 
 
 class RFMParquetIOManager(dg.ConfigurableIOManagerFactory):

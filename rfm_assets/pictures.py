@@ -28,12 +28,28 @@ ACCENT = "#d9822b"
 HEAT = "Blues"
 
 
-def _figure() -> Figure:
+# Where the axes sit, as fractions of the picture. Margins are set, not found by a layout
+# engine: constrained layout measures every label several times, which took half of each
+# picture's time (and a week's run draws five). Margins that depend on labels the user names
+# (segment names) are measured from their length (see `_text_width`).
+MARGINS = {"left": 0.08, "right": 0.97, "bottom": 0.11, "top": 0.9, "wspace": 0.3}
+
+
+def _figure(**margins: float) -> Figure:
     # Imported here: matplotlib takes most of a second to import, and a run that draws no
     # pictures (the command line keeps only tables) should not pay for it.
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, layout="constrained")
+    figure = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI)
+    figure.subplots_adjust(**{**MARGINS, **margins})
+    return figure
+
+
+def _text_width(labels, fontsize: float) -> float:
+    """About how many pixels the longest label takes at `fontsize` points (matplotlib's
+    default sans font is about 0.55 em a character)."""
+    longest = max((len(str(label)) for label in labels), default=0)
+    return longest * fontsize * 0.55 * DPI / 72
 
 
 def _colormap(name: str):
@@ -66,10 +82,12 @@ def html_image(png: bytes, title: str) -> str:
     return f'<img alt="{alt}" src="data:image/png;base64,{encoded}" width="{WIDTH}">'
 
 
-# The report draws the same three pictures the UI showed for the same week: keep the last few
-# PNGs, keyed on the numbers they draw, so a Dagster run draws each picture once.
+# The report draws the same pictures the UI showed for the same week: keep the PNGs, keyed on
+# the numbers they draw, so a Dagster run draws each picture once. A range of weeks in one run
+# draws its report after every week's pictures: room for five a week over two years and more,
+# at about 50 KiB each (32 MiB at most).
 _DRAWN: dict[tuple, bytes] = {}
-_DRAWN_KEPT = 16
+_DRAWN_KEPT = 640
 
 
 def _drawn_once(key: tuple, draw) -> bytes:
@@ -94,9 +112,9 @@ def segment_sizes(analytics: pd.DataFrame) -> bytes:
 
 def _segment_sizes(analytics: pd.DataFrame) -> bytes:
     rows = analytics.sort_values("priority", ascending=False)
-    figure = _figure()
-    axes = figure.add_subplot()
     names = [_literal(name) for name in rows["segment"]]
+    figure = _figure(left=min(0.5, (_text_width(names, 10) + 20) / WIDTH), top=0.93)
+    axes = figure.add_subplot()
     axes.barh(names, rows["customers"], color=BAR)
     widest = max(int(rows["customers"].max()), 1)
     for y, row in enumerate(rows.itertuples(index=False)):
@@ -132,7 +150,7 @@ def _score_heatmaps(grid: pd.DataFrame, scale: int) -> bytes:
         revenue[scale - row.R_score, row.FM_score - 1] = row.revenue
     with np.errstate(divide="ignore", invalid="ignore"):
         average = np.where(customers > 0, revenue / customers, np.nan)
-    figure = _figure()
+    figure = _figure(left=0.06, right=0.98, top=0.93)
     panels = figure.subplots(1, 2)
     for axes, values, title, text in (
         (panels[0], customers, "Customers", "{:,.0f}"),
@@ -166,7 +184,7 @@ def distributions(histograms: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes
 
 
 def _distributions(histograms: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
-    figure = _figure()
+    figure = _figure(right=0.98, top=0.86, wspace=0.28)
     panels = figure.subplots(1, 3)
     for axes, name in zip(panels, ("recency", "frequency", "monetary")):
         counts, edges = histograms[name]
@@ -189,7 +207,14 @@ def migration_heatmap(migration: pd.DataFrame, order: list[str]) -> bytes:
     for row in migration.itertuples(index=False):
         if row.from_segment in sources and row.to_segment in targets:
             values[sources.index(row.from_segment), targets.index(row.to_segment)] = row.customers
-    figure = _figure()
+    # Row names on the left, column names below at 35 degrees (their height is ~0.6 of
+    # their length), both at 8 points.
+    figure = _figure(
+        left=min(0.5, (_text_width([*sources, ""], 8) + 45) / WIDTH),
+        bottom=min(0.5, (0.6 * _text_width([*targets, ""], 8) + 45) / HEIGHT),
+        right=1.0,
+        top=0.93,
+    )
     axes = figure.add_subplot()
     if values.size == 0:
         axes.text(0.5, 0.5, "no previous week to compare with", ha="center", va="center")
@@ -214,7 +239,9 @@ def migration_heatmap(migration: pd.DataFrame, order: list[str]) -> bytes:
 def share_trend(history: pd.DataFrame) -> bytes:
     """Each segment's share of customers over the stored weeks (`week, segment,
     customer_share`)."""
-    figure = _figure()
+    # The legend sits right of the plot: its names at 7 points and their markers.
+    legend = _text_width(history["segment"].astype(str).unique(), 7) + 45
+    figure = _figure(right=max(0.5, 1 - legend / WIDTH), bottom=0.16, top=0.93)
     axes = figure.add_subplot()
     # Twenty distinct colours: eleven segments never share one.
     axes.set_prop_cycle(color=[_colormap("tab20")(i) for i in range(20)])
@@ -235,10 +262,12 @@ def clusters(sample: pd.DataFrame, summary: dict) -> bytes:
     size of every cluster, and the silhouette and inertia (the elbow) of every k tried.
     `sample` has recency, frequency, monetary and cluster_name; `summary` is what the
     clustering measured (clusters, silhouette_by_k, inertia_by_k)."""
-    figure = _figure()
+    entries = sorted(summary["clusters"], key=lambda c: c["cluster"])
+    names = [_literal(c["name"]) for c in entries]  # left of the cluster sizes, at 7 points
+    figure = _figure(left=min(0.4, max(0.08, (_text_width(names, 7) + 25) / WIDTH)),
+                     right=0.93, bottom=0.09, top=0.94, hspace=0.45, wspace=0.35)  # fmt: skip
     panels = figure.subplots(2, 2)
     colours = [_colormap("tab10")(i) for i in range(10)]
-    entries = sorted(summary["clusters"], key=lambda c: c["cluster"])
     colour_of = {c["name"]: colours[i % 10] for i, c in enumerate(entries)}
     for axes, x in ((panels[0, 0], "recency"), (panels[0, 1], "frequency")):
         for name, colour in colour_of.items():
@@ -252,7 +281,7 @@ def clusters(sample: pd.DataFrame, summary: dict) -> bytes:
         axes.set_title(f"{x} x monetary (a sample)", fontsize=9)
         axes.tick_params(labelsize=7)
     sizes = panels[1, 0]
-    sizes.barh([_literal(c["name"]) for c in entries], [c["customers"] for c in entries],
+    sizes.barh(names, [c["customers"] for c in entries],
                color=[colour_of[c["name"]] for c in entries])  # fmt: skip
     sizes.invert_yaxis()
     sizes.set_title("customers per cluster", fontsize=9)

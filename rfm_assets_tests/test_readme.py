@@ -98,7 +98,7 @@ def test_the_readme_dagster_commands_run_as_written(tmp_path, small_config):
     if shutil.which("java") is None:  # Spark needs Java; everything else still runs
         ours = [line for line in ours if "spark" not in line]
     assert any("backfill" in line for line in ours) and any(" dev" in line for line in ours)
-    assert sum("asset materialize" in line for line in ours) >= 3
+    assert sum("asset materialize" in line for line in ours) >= 4
     # One shell for them all, as a reader pastes them: `export` carries to the lines after.
     script = "set -e\n" + "\n".join(as_run(line, small_config) for line in ours)
     run_line(script, tmp_path)
@@ -108,6 +108,11 @@ def test_the_readme_dagster_commands_run_as_written(tmp_path, small_config):
         # Each materialize ran the whole graph for its week and stored the segments.
         weeks = instance.get_materialized_partitions(dg.AssetKey("customer_segments"))
         assert "2011-11-28" in weeks
+        # The range ran as one run of three weeks.
+        assert {"2011-11-07", "2011-11-14", "2011-11-21"} <= weeks
+        start = "dagster/asset_partition_range_start"
+        ranged = [run for run in instance.get_runs() if run.tags.get(start) == "2011-11-07"]
+        assert len(ranged) == 1 and ranged[0].status == dg.DagsterRunStatus.SUCCESS
         runs = [(run.job_name, run.tags.get("dagster/partition"), run.status)
                 for run in instance.get_runs()]  # fmt: skip
         materialized = [run for run in runs if run[0] == "__ASSET_JOB"]

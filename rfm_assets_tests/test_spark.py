@@ -36,6 +36,13 @@ from rfm_assets_tests.conftest import (
 from rfm_assets_tests.test_corpus import CASES, write_input
 from rfm_assets_tests.test_customer_level import CASES as CUSTOMER_CASES
 from rfm_assets_tests.test_customer_level import customer_settings, messy_customer_rows, write_csv
+from rfm_assets_tests.test_week_ranges import (
+    WEEKS_OF_RANGE,
+    current_version,
+    store_range,
+    stored,
+    write_source,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("java") is None, reason="Java is not installed: Spark needs Java 17"
@@ -109,8 +116,17 @@ def as_pandas(frame, folder: Path) -> pd.DataFrame:
 
 
 def assert_same_customers(spark_frame, pandas_frame: pd.DataFrame, folder: Path) -> None:
-    got = as_pandas(spark_frame, folder).sort_values("customer_id", ignore_index=True)
-    want = pandas_frame.sort_values("customer_id", ignore_index=True)
+    assert_same_rows(as_pandas(spark_frame, folder), pandas_frame, ["customer_id"])
+
+
+def assert_same_rows(got: pd.DataFrame, want: pd.DataFrame, key: list[str]) -> None:
+    """The same rows (in `key` order) and values, whichever engine's column types."""
+
+    def order(column: pd.Series) -> pd.Series:  # a category sorts by its own order
+        return column.astype(str) if isinstance(column.dtype, pd.CategoricalDtype) else column
+
+    got = got.sort_values(key, key=order, ignore_index=True)
+    want = want.sort_values(key, key=order, ignore_index=True)
     assert list(got.columns) == list(want.columns)
     assert len(got) == len(want)
     for column in want.columns:
@@ -132,7 +148,10 @@ def assert_same_customers(spark_frame, pandas_frame: pd.DataFrame, folder: Path)
 
 
 def assert_same_analytics(spark_frame, pandas_frame: pd.DataFrame, folder: Path) -> None:
-    got = as_pandas(spark_frame, folder)
+    assert_same_segment_rows(as_pandas(spark_frame, folder), pandas_frame)
+
+
+def assert_same_segment_rows(got: pd.DataFrame, pandas_frame: pd.DataFrame) -> None:
     assert list(got["segment"]) == list(pandas_frame["segment"])
     for column in pandas_frame.columns:
         if column.endswith("_thresholds"):
@@ -247,45 +266,6 @@ def test_customer_table_from_parquet_identical(spark, tmp_path):
     both_engines(settings, spark, tmp_path)
 
 
-def test_movement_between_weeks_identical(spark, tmp_path):
-    """segment_migration and slipping_customers on Spark equal pandas, with customers who
-    arrive and lapse between the weeks."""
-    path = tmp_path / "tx.parquet"
-    generate_transactions(20_000, customers=2_000, seed=4).to_parquet(path)
-    weeks = {}
-    for day in ("2024-11-04", "2024-11-11"):
-        settings = {"input_path": str(path), "columns": {"order_id": "order_id"},
-                    "reference_date": day, "analysis_period_days": 120}  # fmt: skip
-        weeks[day] = both_engines(settings, spark, tmp_path)
-    (before_pandas, before_spark), (after_pandas, after_spark) = weeks.values()
-    grid = RFMSettings().rule_set()
-    pandas_engine, spark_engine = PandasEngine(), SparkEngine(spark)
-    args = (before_pandas.customer_segments, after_pandas.customer_segments, grid)
-    spark_args = (before_spark.customer_segments, after_spark.customer_segments, grid)
-    want = pandas_engine.migration(*args)
-    got = as_pandas(spark_engine.migration(*spark_args), tmp_path)
-    pd.testing.assert_frame_equal(got, want, check_dtype=False)
-    assert (want["from_segment"] == "(new)").any() and (want["to_segment"] == "(lapsed)").any()
-    want = pandas_engine.slipping(*args)
-    got = as_pandas(spark_engine.slipping(*spark_args).coalesce(1), tmp_path)
-    assert len(want) > 0
-    assert list(got["customer_id"]) == list(want["customer_id"])
-    assert list(got["previous_segment"]) == list(want["previous_segment"])
-    assert list(got["monetary"]) == list(want["monetary"])
-    # The pictures' inputs: the same score grid and histogram counts.
-    key = ["R_score", "FM_score"]
-    grid_pandas = pandas_engine.score_grid(after_pandas.customer_segments).sort_values(key)
-    grid_spark = spark_engine.score_grid(after_spark.customer_segments).sort_values(key)
-    pd.testing.assert_frame_equal(
-        grid_spark.reset_index(drop=True), grid_pandas.reset_index(drop=True),
-        check_dtype=False, rtol=1e-12,
-    )  # fmt: skip
-    histograms_spark = spark_engine.histograms(after_spark.rfm_metrics)
-    for name, (counts, edges) in pandas_engine.histograms(after_pandas.rfm_metrics).items():
-        assert list(histograms_spark[name][0]) == list(counts), name
-        assert list(histograms_spark[name][1]) == list(edges), name
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_corpus_case_same_outcome_on_spark(spark, case, tmp_path):
     settings = {"input_path": str(write_input(case, tmp_path)), **case.get("settings", {})}
@@ -302,6 +282,56 @@ def test_corpus_case_same_outcome_on_spark(spark, case, tmp_path):
     pandas_result, spark_result = both_engines(settings, spark, tmp_path)
     reasons = exclusion_reasons(RFMSettings(**settings).input_level)
     assert list(spark_result.account.rows_excluded) == list(reasons)
+
+
+# The order each table is compared in (its rows are unique in it).
+ROW_KEYS = {
+    "transactions": ["customer_id", "transaction_date", "order_id", "amount"],
+    "rfm_metrics": ["customer_id"],
+    "rfm_scores": ["customer_id"],
+    "customer_segments": ["customer_id"],
+    "high_value_customers": ["customer_id"],
+    "slipping_customers": ["customer_id"],
+    "segment_migration": ["from_segment", "to_segment"],
+}
+
+
+@pytest.mark.heavy
+def test_a_range_of_weeks_on_spark_stores_what_pandas_stores(spark, tmp_path):
+    """Every week of a range run as one run on Spark (see test_week_ranges for pandas, where
+    each week equals the week run alone and a run as of its end)."""
+    source = write_source(tmp_path)
+    window = {"analysis_period_days": 60}  # short enough for customers to lapse between weeks
+    on_pandas = store_range(source, tmp_path / "pandas", **window)
+    on_spark = store_range(source, tmp_path / "spark", engine="spark", **window)
+    for week in WEEKS_OF_RANGE:
+        for table, key in ROW_KEYS.items():
+            assert_same_rows(stored(on_spark, table, week), stored(on_pandas, table, week), key)
+        assert_same_segment_rows(
+            stored(on_spark, "segment_analytics", week),
+            stored(on_pandas, "segment_analytics", week),
+        )
+    # Between the weeks customers arrive, lapse and slip, so each kind of move was compared.
+    moves = pd.concat([stored(on_pandas, "segment_migration", w) for w in WEEKS_OF_RANGE])
+    assert (moves["from_segment"] == "(new)").any() and (moves["to_segment"] == "(lapsed)").any()
+    assert sum(len(stored(on_pandas, "slipping_customers", w)) for w in WEEKS_OF_RANGE) > 0
+    # The pictures' inputs, each engine on its own stored week: the same score grid and
+    # histogram counts.
+    week = WEEKS_OF_RANGE[-1]
+    pandas_engine, spark_engine = PandasEngine(), SparkEngine(spark)
+    key = ["R_score", "FM_score"]
+    segments = stored(on_pandas, "customer_segments", week)
+    spark_segments = spark.read.parquet(current_version(on_spark, "customer_segments", week))
+    grid_pandas = pandas_engine.score_grid(segments).sort_values(key)
+    grid_spark = spark_engine.score_grid(spark_segments).sort_values(key)
+    pd.testing.assert_frame_equal(
+        grid_spark.reset_index(drop=True), grid_pandas.reset_index(drop=True),
+        check_dtype=False, rtol=1e-12,
+    )  # fmt: skip
+    histograms_spark = spark_engine.histograms(spark_segments)
+    for name, (counts, edges) in pandas_engine.histograms(segments).items():
+        assert list(histograms_spark[name][0]) == list(counts), name
+        assert list(histograms_spark[name][1]) == list(edges), name
 
 
 def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path):

@@ -11,6 +11,7 @@ from rfm_assets import pictures
 from rfm_assets.assets import checks
 from rfm_assets.assets.graph import (
     RFMGraph,
+    WeekContext,
     context_of,
     judged,
     needed,
@@ -19,6 +20,7 @@ from rfm_assets.assets.graph import (
     pictured,
     rule_set_of,
     small_to_pandas,
+    week_by_week,
 )
 from rfm_assets.assets.markdown import segment_table_markdown, segment_trends
 from rfm_assets.contract import CUSTOMER_FILTERS, exclusion_reasons
@@ -32,7 +34,23 @@ SEGMENTED_AT_TAG = "rfm/segmented_at"
 TREND_WEEKS = 12
 
 
-def transactions_step(graph: RFMGraph, context, source_table):
+def read_source(graph: RFMGraph, context, source_table) -> tuple:
+    """(the source rows, their file listing, what the source is), read once per run: a range
+    of weeks prepares every week from the same rows (on Spark, cached for the range)."""
+    settings, engine = graph.settings_of(context), graph.engine_of(context)
+    spec = settings.run_spec()
+    if source_table is None:
+        raw, listing = engine.read(spec)
+        source = settings.source_path
+    else:
+        source = f"asset {'/'.join(graph.source_asset)}"
+        raw, listing = engine.read_table(source_table, spec, source)
+    if graph.partitions is not None and not context.has_partition_key:
+        raw = engine.cached(raw)
+    return raw, listing, source
+
+
+def transactions_step(graph: RFMGraph, context, read: tuple):
     """Source transaction lines mapped to `customer_id, transaction_date, amount[, order_id]`
     (with `input_level: customers`, one row per customer: `customer_id, recency,
     last_purchase_date[, first_purchase_date], frequency, monetary`).
@@ -43,15 +61,12 @@ def transactions_step(graph: RFMGraph, context, source_table):
     settings, engine = graph.settings_of(context), graph.engine_of(context)
     spec = settings.run_spec()
     week_end = context.partition_time_window.end.date() if graph.partitions else None
-    if source_table is None:
-        raw, listing = engine.read(spec)
-        source = settings.source_path
-    else:
-        source = f"asset {'/'.join(graph.source_asset)}"
-        raw, listing = engine.read_table(source_table, spec, source)
-    # Nothing row-level is cached: on Spark the kept rows are a plan over the source. The
-    # step is done with the source rows as they are kept: let them go as it goes.
-    kept, account = engine.prepare(raw, spec, listing, reference_date=week_end, consume=True)
+    raw, listing, source = read
+    # Nothing row-level is cached: on Spark the kept rows are a plan over the source. A run
+    # of one week is done with the source rows as they are kept: let them go as it goes (a
+    # range of weeks keeps them for the next week).
+    alone = not isinstance(context, WeekContext)
+    kept, account = engine.prepare(raw, spec, listing, reference_date=week_end, consume=alone)
     del raw
     rows_kept, excluded = engine.kept_rows(kept, account), sum(account.rows_excluded.values())
     context.log.info(
@@ -337,32 +352,37 @@ def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
                   **graph.table_asset("transactions"))  # fmt: skip
         @naming_memory_failures
         def transactions(context: dg.AssetExecutionContext, source_table):
-            yield from transactions_step(graph, context, source_table)
+            read = read_source(graph, context, source_table)
+            yield from week_by_week(graph, context, transactions_step, read=read)
 
     else:
 
         @dg.asset(description=transactions_step.__doc__, **graph.table_asset("transactions"))
         @naming_memory_failures
         def transactions(context: dg.AssetExecutionContext):
-            yield from transactions_step(graph, context, None)
+            read = read_source(graph, context, None)
+            yield from week_by_week(graph, context, transactions_step, read=read)
 
     @dg.asset(ins=graph.ins("transactions"), description=rfm_metrics_step.__doc__,
               **graph.table_asset("rfm_metrics"))  # fmt: skip
     @naming_memory_failures
     def rfm_metrics(context: dg.AssetExecutionContext, transactions):
-        yield from rfm_metrics_step(graph, context, transactions)
+        yield from week_by_week(graph, context, rfm_metrics_step,
+                                weekly={"transactions": transactions})  # fmt: skip
 
     @dg.asset(ins=graph.ins("rfm_metrics"), description=rfm_scores_step.__doc__,
               **graph.table_asset("rfm_scores"))  # fmt: skip
     @naming_memory_failures
     def rfm_scores(context: dg.AssetExecutionContext, rfm_metrics):
-        yield from rfm_scores_step(graph, context, rfm_metrics)
+        yield from week_by_week(graph, context, rfm_scores_step,
+                                weekly={"rfm_metrics": rfm_metrics})  # fmt: skip
 
     @dg.asset(ins=graph.ins("rfm_scores"), description=customer_segments_step.__doc__,
               **graph.table_asset("customer_segments"))  # fmt: skip
     @naming_memory_failures
     def customer_segments(context: dg.AssetExecutionContext, rfm_scores):
-        yield from customer_segments_step(graph, context, rfm_scores)
+        yield from week_by_week(graph, context, customer_segments_step,
+                                weekly={"rfm_scores": rfm_scores})  # fmt: skip
 
     analytics_ins = graph.ins("customer_segments")
     if graph.partitions is not None:
@@ -374,7 +394,14 @@ def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
         @naming_memory_failures
         def segment_analytics(context: dg.AssetExecutionContext, customer_segments,
                               earlier_weeks):  # fmt: skip
-            yield from segment_analytics_step(graph, context, customer_segments, earlier_weeks)
+            yield from week_by_week(
+                graph,
+                context,
+                segment_analytics_step,
+                weekly={"customer_segments": customer_segments},
+                spanning={"earlier_weeks": (earlier_weeks, 1 - TREND_WEEKS, -1)},
+                own="earlier_weeks",
+            )
 
     else:
 

@@ -28,14 +28,23 @@ from rfm_assets.settings import RFMSettings
 
 GROUP = "rfm"
 
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, (pd.DataFrame, StoredTable, HeldTable)) or is_spark_dataframe(value)
+
+
 RFM_TABLE = dg.DagsterType(
     name="RFMTable",
-    description="An RFM table: a pandas or Spark DataFrame, or a handle on its stored value.",
+    description="An RFM table: a pandas or Spark DataFrame, or a handle on its stored value "
+    "(for a range of weeks run as one, a {week: table} mapping).",
     type_check_fn=lambda _, value: (
-        isinstance(value, (pd.DataFrame, StoredTable, HeldTable)) or is_spark_dataframe(value)
+        _is_table(value) or (isinstance(value, dict) and all(map(_is_table, value.values())))
     ),
     typing_type=StoredTable,
 )
+# A range of weeks (`dagster asset materialize --partition-range A...B`, or a backfill from
+# the UI) runs as one run: each step reads its inputs once and computes week after week.
+WEEKS_IN_ONE_RUN = dg.BackfillPolicy.single_run()
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,10 @@ class RFMGraph:
         return engine_for(self.settings_of(context).engine, context.resources.spark)
 
     @property
+    def backfill_policy(self) -> Optional[dg.BackfillPolicy]:
+        return WEEKS_IN_ONE_RUN if self.partitions is not None else None
+
+    @property
     def resource_keys(self) -> set[str]:
         return {self.settings_key, "spark", self.io_manager_key}
 
@@ -74,6 +87,7 @@ class RFMGraph:
             kinds={self.engine},
             dagster_type=RFM_TABLE,
             partitions_def=self.partitions,
+            backfill_policy=self.backfill_policy,
             required_resource_keys=self.resource_keys,
             io_manager_key=self.io_manager_key,
             metadata={"dagster/column_schema": declared_schema(name)},
@@ -266,3 +280,131 @@ def judged(graph: RFMGraph, asset: str, verdicts: dict):
             f"{asset}: blocking check {names} failed, so this value was not stored and the "
             f"previous one stays: {failed[0].description}"
         )
+
+
+# --- a range of weeks in one step ----------------------------------------------------------
+
+
+class WeekContext:
+    """The run's context as one week of a range sees it: that week's partition key and time
+    window; the resources, log and run are the run's."""
+
+    has_partition_key = True
+
+    def __init__(self, context, partitions: dg.PartitionsDefinition, week: str):
+        self._context = context
+        self.partition_key = week
+        self.partition_keys = [week]
+        self.partition_time_window = partitions.time_window_for_partition_key(week)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def week_by_week(
+    graph: RFMGraph,
+    context,
+    step: Callable,
+    weekly: Optional[dict] = None,
+    spanning: Optional[dict] = None,
+    own: Optional[str] = None,
+    **fixed: Any,
+):
+    """Run `step(graph, context, **inputs)` for the run's week; for a range of weeks, once
+    per week in order, then hand on the range's value, its metadata and its checks.
+
+    `weekly` inputs are one table a week (a range brings `{week: table}`, and each week gets
+    its own); `spanning` ones are `weeks_in(upstream, first, last)` mappings, given as
+    `(value, first, last)` (each week gets the weeks its own mapping would); `fixed` ones are
+    the same for every week. `own` names the spanning input that maps this asset's own
+    earlier weeks: the weeks computed earlier in the range join it as they are made.
+
+    Each week's value is checked as a run of that week alone would check it; a check result
+    of the range passes when every week passed, and names the weeks that did not. A week
+    whose blocking check fails fails the step, after every week has been judged: nothing of
+    the range is stored.
+    """
+    weekly = dict(weekly or {})
+    bounds = {name: (first, last) for name, (_, first, last) in (spanning or {}).items()}
+    spanning = {name: dict(value or {}) for name, (value, _, _) in (spanning or {}).items()}
+    if graph.partitions is None or context.has_partition_key:
+        events = step(graph, context, **weekly, **spanning, **fixed)
+        yield from [events] if isinstance(events, dg.Output) else (events or ())
+        return
+    keys = list(graph.partitions.get_partition_keys())
+    outputs: dict[str, dg.Output] = {}
+    results: dict[str, dict[str, dg.AssetCheckResult]] = {}
+    failures: dict[str, str] = {}
+    for week in sorted(context.partition_keys):
+        inputs = {name: value[week] for name, value in weekly.items()}
+        at = keys.index(week)
+        for name, (first, last) in bounds.items():
+            mapped = set(keys[max(at + first, 0) : at + last + 1])
+            inputs[name] = {k: v for k, v in spanning[name].items() if k in mapped}
+        try:
+            events = step(graph, WeekContext(context, graph.partitions, week), **inputs,
+                          **fixed)  # fmt: skip
+            for event in [events] if isinstance(events, dg.Output) else (events or ()):
+                if isinstance(event, dg.AssetCheckResult):
+                    results.setdefault(event.check_name, {})[week] = event
+                else:
+                    outputs[week] = event
+        except dg.Failure as failure:
+            failures[week] = failure.description or str(failure)
+            continue
+        if own is not None and week in outputs:
+            table_context = outputs[week].metadata.get(CONTEXT_METADATA)
+            spanning[own][week] = HeldTable(
+                outputs[week].value, dict(table_context.value) if table_context else {}
+            )
+    yield from (range_check(by_week) for by_week in results.values())
+    if failures:
+        shown = "; ".join(f"week {week}: {why}" for week, why in list(failures.items())[:3])
+        raise dg.Failure(
+            f"{len(failures)} of {len(context.partition_keys)} weeks failed, so no week of "
+            f"this range was stored: {shown}"
+        )
+    if not outputs:
+        return
+    for week, week_output in outputs.items():
+        context.add_asset_metadata(dict(week_output.metadata), partition_key=week)
+    first = next(iter(outputs.values()))
+    yield dg.Output(
+        {
+            week: HeldTable(
+                week_output.value,
+                dict(week_output.metadata[CONTEXT_METADATA].value)
+                if CONTEXT_METADATA in week_output.metadata
+                else {},
+            )
+            for week, week_output in outputs.items()
+        },
+        output_name=first.output_name,
+    )
+
+
+def range_check(by_week: dict[str, dg.AssetCheckResult]) -> dg.AssetCheckResult:
+    """One check result for a range of weeks: passed when every week passed."""
+    first = next(iter(by_week.values()))
+    failed = [week for week, result in by_week.items() if not result.passed]
+    shown = failed[0] if failed else max(by_week)
+    if failed:
+        description = (
+            f"failed in {len(failed)} of {len(by_week)} weeks ({', '.join(failed)}): "
+            f"week {shown}: {by_week[shown].description}"
+        )
+    else:
+        description = f"passed in all {len(by_week)} weeks"
+    return dg.AssetCheckResult(
+        asset_key=first.asset_key,
+        check_name=first.check_name,
+        passed=not failed,
+        severity=first.severity,
+        description=description,
+        metadata={
+            **by_week[shown].metadata,
+            "weeks": len(by_week),
+            "failed_weeks": dg.MetadataValue.json(failed),
+            "week_shown": shown,
+        },
+    )

@@ -11,6 +11,7 @@ from rfm_assets.assets.graph import (
     needed,
     output,
     small_to_pandas,
+    week_by_week,
 )
 from rfm_assets.engines.dispatch import CLUSTER_PICTURE_CUSTOMERS
 from rfm_assets.errors import naming_memory_failures
@@ -113,7 +114,8 @@ def build_outputs(graph: RFMGraph) -> list[dg.AssetsDefinition]:
               **graph.table_asset("high_value_customers"))  # fmt: skip
     @naming_memory_failures
     def high_value_customers(context: dg.AssetExecutionContext, customer_segments):
-        return high_value_customers_step(graph, context, customer_segments)
+        yield from week_by_week(graph, context, high_value_customers_step,
+                                weekly={"customer_segments": customer_segments})  # fmt: skip
 
     # A multi-asset only so that its output and its check may be absent (can_subset): grid
     # runs have no model to store or check.
@@ -131,13 +133,15 @@ def build_outputs(graph: RFMGraph) -> list[dg.AssetsDefinition]:
         },
         ins=graph.ins("customer_segments"),
         partitions_def=graph.partitions,
+        backfill_policy=graph.backfill_policy,
         required_resource_keys=graph.resource_keys,
         can_subset=True,
         check_specs=graph.check_specs("cluster_model", checks.CHECKS["cluster_model"]),
     )
     @naming_memory_failures
     def cluster_model(context: dg.AssetExecutionContext, customer_segments):
-        yield from cluster_model_step(graph, context, customer_segments)
+        yield from week_by_week(graph, context, cluster_model_step,
+                                weekly={"customer_segments": customer_segments})  # fmt: skip
 
     @dg.asset(
         key=graph.key("rfm_report"),
@@ -147,13 +151,16 @@ def build_outputs(graph: RFMGraph) -> list[dg.AssetsDefinition]:
         group_name=graph.group,
         kinds={"html"},
         partitions_def=graph.partitions,
+        backfill_policy=graph.backfill_policy,
         required_resource_keys=graph.resource_keys,
         io_manager_key=graph.io_manager_key,
     )  # fmt: skip
     @naming_memory_failures
     def rfm_report(context: dg.AssetExecutionContext, customer_segments, segment_analytics,
                    segment_migration, slipping_customers):  # fmt: skip
-        return rfm_report_step(graph, context, customer_segments, segment_analytics,
-                               segment_migration, slipping_customers)  # fmt: skip
+        weekly = {"customer_segments": customer_segments, "segment_analytics": segment_analytics,
+                  "segment_migration": segment_migration,
+                  "slipping_customers": slipping_customers}  # fmt: skip
+        yield from week_by_week(graph, context, rfm_report_step, weekly=weekly)
 
     return [high_value_customers, cluster_model, rfm_report]

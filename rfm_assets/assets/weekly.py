@@ -15,6 +15,7 @@ from rfm_assets.assets.graph import (
     rule_set_of,
     small_to_pandas,
     split_weeks,
+    week_by_week,
 )
 from rfm_assets.assets.markdown import migration_markdown
 from rfm_assets.engines.shared import (
@@ -101,12 +102,14 @@ def build_weekly(graph: RFMGraph) -> list[dg.AssetsDefinition]:
               **graph.table_asset("segment_migration"))  # fmt: skip
     @naming_memory_failures
     def segment_migration(context: dg.AssetExecutionContext, weeks):
-        yield from segment_migration_step(graph, context, weeks)
+        yield from week_by_week(graph, context, segment_migration_step,
+                                spanning={"weeks": (weeks, -1, 0)})  # fmt: skip
 
     @dg.asset(ins=weeks, description=slipping_customers_step.__doc__,
               **graph.table_asset("slipping_customers"))  # fmt: skip
     @naming_memory_failures
     def slipping_customers(context: dg.AssetExecutionContext, weeks):
-        return slipping_customers_step(graph, context, weeks)
+        yield from week_by_week(graph, context, slipping_customers_step,
+                                spanning={"weeks": (weeks, -1, 0)})  # fmt: skip
 
     return [segment_migration, slipping_customers]

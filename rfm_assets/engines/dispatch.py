@@ -70,7 +70,7 @@ class PandasEngine:
     compute = pandas_compute
 
     def load(self, value: Any) -> pd.DataFrame:
-        return value.to_pandas() if isinstance(value, StoredTable) else value
+        return value.to_pandas() if isinstance(value, (StoredTable, HeldTable)) else value
 
     def read(self, spec: RunSpec) -> tuple[pd.DataFrame, SourceListing]:
         """The canonical frame and the listing of the files it came from."""

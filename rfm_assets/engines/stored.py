@@ -189,11 +189,19 @@ class StoredTable:
 
 @dataclass(frozen=True)
 class HeldTable:
-    """A Spark DataFrame handed from step to step in one process (the command line's runs),
-    with the run context a stored table would carry beside it."""
+    """A value held in the process with the run context a stored table would carry beside
+    it: a Spark DataFrame handed from step to step (the command line's runs), or one week's
+    value of a range of weeks computed in one step (a single-run backfill), before it is
+    stored."""
 
     frame: object
     context: dict = field(default_factory=dict)
 
     def to_spark(self, spark):
         return self.frame
+
+    def to_pandas(self, columns: Optional[list[str]] = None) -> pd.DataFrame:
+        if isinstance(self.frame, pd.DataFrame):
+            return self.frame if columns is None else self.frame[columns]
+        chosen = self.frame.select(*columns) if columns else self.frame  # a few Spark rows
+        return pd.DataFrame([row.asDict() for row in chosen.collect()], columns=chosen.columns)

@@ -1,0 +1,175 @@
+"""A range of weeks in one run (a single-run backfill): each week of the range is what the
+same week run alone stores, and what a from-scratch run as of the week's end computes.
+
+The Spark engine's range is compared with this module's pandas range in test_spark.py.
+"""
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from rfm_assets.assets.core import SEGMENTED_AT_TAG
+from rfm_assets.assets.graph import RFMGraph, week_by_week
+from rfm_assets.component import build_rfm_definitions
+from rfm_assets.io_manager import RFMParquetIOManager
+from rfm_assets.runner import run
+from rfm_assets.settings import RFMSettings
+from rfm_assets.synthetic import generate_transactions
+
+PARTITIONED = ("2024-10-07", "2024-12-30")
+RANGE = ("2024-11-18", "2024-12-02")
+WEEKS_OF_RANGE = ("2024-11-18", "2024-11-25", "2024-12-02")
+SEGMENTED_AT = "2024-12-10T00:00:00+00:00"
+# Every table a week stores (the report is a page, compared apart).
+TABLES = ("transactions", "rfm_metrics", "rfm_scores", "customer_segments", "segment_analytics",
+          "high_value_customers", "segment_migration", "slipping_customers")  # fmt: skip
+
+
+def write_source(folder: Path) -> str:
+    path = folder / "tx.parquet"
+    generate_transactions(6_000, customers=600, seed=8).to_parquet(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> str:
+    return write_source(tmp_path_factory.mktemp("ranges"))
+
+
+def settings(source: str, **extra) -> RFMSettings:
+    return RFMSettings(input_path=source, columns={"order_id": "order_id"}, **extra)
+
+
+def run_weeks(source: str, store: Path, weeks, **extra) -> dg.ExecuteInProcessResult:
+    """One run of the whole graph for one week (a key) or a range of weeks (first, last), as
+    `dagster asset materialize --partition[-range]` makes it."""
+    definitions = build_rfm_definitions(
+        settings(source, **extra), weeks_start=PARTITIONED[0], weeks_end=PARTITIONED[1]
+    )
+    resources = {**definitions.resources, "io_manager": RFMParquetIOManager(base_dir=str(store))}
+    tags = {SEGMENTED_AT_TAG: SEGMENTED_AT}
+    if isinstance(weeks, tuple):
+        tags |= {"dagster/asset_partition_range_start": weeks[0],
+                 "dagster/asset_partition_range_end": weeks[1]}  # fmt: skip
+    return dg.materialize(
+        [*definitions.assets, *definitions.asset_checks],
+        partition_key=None if isinstance(weeks, tuple) else weeks,
+        tags=tags,
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+
+
+def current_version(store: Path, asset: str, week: str) -> str:
+    location = store / asset / week
+    return str(location / (location / "CURRENT").read_text().strip())
+
+
+def stored(store: Path, asset: str, week: str) -> pd.DataFrame:
+    return pd.read_parquet(current_version(store, asset, week))
+
+
+def stored_context(store: Path, asset: str, week: str) -> str:
+    location = store / asset / week
+    return (location / f"{(location / 'CURRENT').read_text().strip()}.context.json").read_text()
+
+
+@pytest.fixture(scope="module")
+def range_store(source, tmp_path_factory) -> Path:
+    return store_range(source, tmp_path_factory.mktemp("range_store"))
+
+
+def store_range(source: str, store: Path, **extra) -> Path:
+    """The range's run, checked: one run stored every table of every week, checks passed."""
+    result = run_weeks(source, store, RANGE, **extra)
+    assert result.success
+    materialized = {
+        (event.asset_key.path[-1], event.partition)
+        for event in result.get_asset_materialization_events()
+    }
+    assert {(table, week) for table in TABLES for week in WEEKS_OF_RANGE} <= materialized
+    assert {("rfm_report", week) for week in WEEKS_OF_RANGE} <= materialized
+    evaluations = result.get_asset_check_evaluations()
+    assert evaluations and all(e.passed for e in evaluations if e.check_name != "dominant_segment")
+    return store
+
+
+def test_a_range_of_weeks_stores_what_each_week_run_alone_stores(source, range_store, tmp_path):
+    alone = tmp_path / "alone"
+    for week in WEEKS_OF_RANGE:  # in order: each week compares with the one before
+        assert run_weeks(source, alone, week).success
+    for week in WEEKS_OF_RANGE:
+        for table in TABLES:
+            pd.testing.assert_frame_equal(
+                stored(range_store, table, week), stored(alone, table, week), obj=f"{table} {week}"
+            )
+            assert stored_context(range_store, table, week) == stored_context(alone, table, week)
+        # The week before the range's first is not stored: its movement is empty, as alone.
+        pages = [(store / "rfm_report" / week / "report.html").read_text()
+                 for store in (range_store, alone)]  # fmt: skip
+        assert pages[0] == pages[1]
+    assert stored(range_store, "segment_migration", WEEKS_OF_RANGE[0]).empty
+    assert not stored(range_store, "segment_migration", WEEKS_OF_RANGE[1]).empty
+
+
+def test_each_week_of_a_range_equals_a_run_as_of_the_week_end(source, range_store):
+    """What `rfm-assets analyze --reference-date <week end>` computes, customer for customer."""
+    for week in WEEKS_OF_RANGE:
+        week_end = dt.date.fromisoformat(week) + dt.timedelta(days=7)
+        alone = run(
+            settings(source, reference_date=week_end.isoformat()),
+            segmented_at=dt.datetime.fromisoformat(SEGMENTED_AT),
+            keep=("customer_segments", "segment_analytics"),
+        )
+        for table in ("customer_segments", "segment_analytics"):
+            pd.testing.assert_frame_equal(
+                stored(range_store, table, week),
+                alone.tables[table],
+                check_dtype=False,
+                check_categorical=False,
+                obj=f"{table} {week}",
+            )
+
+
+class FakeRangeContext:
+    """What week_by_week reads of a range run's context."""
+
+    has_partition_key = False
+
+    def __init__(self, weeks):
+        self.partition_keys = list(weeks)
+        self.metadata = {}
+
+    def add_asset_metadata(self, metadata, partition_key=None):
+        self.metadata[partition_key] = metadata
+
+
+def test_a_range_with_a_failing_week_names_it_and_hands_on_nothing():
+    weekly = dg.WeeklyPartitionsDefinition(start_date=PARTITIONED[0], day_offset=1)
+    graph = RFMGraph(partitions=weekly)
+    key = dg.AssetKey("rfm_scores")
+
+    def step(graph, context, **_):
+        passed = context.partition_key != "2024-11-25"
+        yield dg.AssetCheckResult(
+            asset_key=key,
+            check_name="scores_on_scale",
+            passed=passed,
+            description=None if passed else "2 scores off the scale",
+        )
+        if not passed:
+            raise dg.Failure("rfm_scores: blocking check scores_on_scale failed")
+        yield dg.Output(pd.DataFrame({"week": [context.partition_key]}))
+
+    events = []
+    with pytest.raises(dg.Failure, match=r"1 of 3 weeks failed.*week 2024-11-25"):
+        for event in week_by_week(graph, FakeRangeContext(WEEKS_OF_RANGE), step):
+            events.append(event)
+    assert [type(event) for event in events] == [dg.AssetCheckResult]  # no value handed on
+    (result,) = events
+    assert not result.passed and "2024-11-25" in result.description
+    assert result.metadata["failed_weeks"].value == ["2024-11-25"]
+    assert result.metadata["weeks"].value == 3
