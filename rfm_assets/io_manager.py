@@ -63,6 +63,12 @@ VERSION_NAME = re.compile(r"v\d+-[0-9a-f]{8}\.(?:parquet|json)")
 WEEK_NAME = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
+def held(value: Any, metadata: dict) -> HeldTable:
+    """`value` with the run context its step's output metadata gives it (CONTEXT_METADATA)."""
+    table_context = metadata.get(CONTEXT_METADATA)
+    return HeldTable(value, dict(table_context.value) if table_context else {})
+
+
 def default_base_dir() -> str:
     """Where asset values live when `base_dir` is not set.
 
@@ -455,8 +461,7 @@ class HeldIOManager(dg.InMemoryIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         self._release_read(context.op_def.name)
         if is_spark_dataframe(obj):
-            table_context = context.output_metadata.get(CONTEXT_METADATA)
-            obj = HeldTable(obj, dict(table_context.value) if table_context else {})
+            obj = held(obj, context.output_metadata)
         super().handle_output(context, obj)
 
     def load_input(self, context: dg.InputContext) -> Any:

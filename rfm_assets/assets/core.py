@@ -13,6 +13,7 @@ from rfm_assets.assets.graph import (
     RFMGraph,
     WeekContext,
     context_of,
+    in_range,
     judged,
     needed,
     output,
@@ -45,7 +46,7 @@ def read_source(graph: RFMGraph, context, source_table) -> tuple:
     else:
         source = f"asset {'/'.join(graph.source_asset)}"
         raw, listing = engine.read_table(source_table, spec, source)
-    if graph.partitions is not None and not context.has_partition_key:
+    if in_range(graph, context):
         raw = engine.cached(raw)
     return raw, listing, source
 

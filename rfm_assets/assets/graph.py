@@ -10,7 +10,7 @@ input, mapped by Dagster (see `RFMGraph.weeks_in`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -22,7 +22,7 @@ from rfm_assets.contract import COLUMN_DESCRIPTIONS, COLUMN_TYPES, COLUMNS_OF
 from rfm_assets.engines.dispatch import PandasEngine, engine_for
 from rfm_assets.engines.stored import HeldTable, StoredTable, is_spark_dataframe
 from rfm_assets.errors import RFMConfigError
-from rfm_assets.io_manager import CONTEXT_METADATA, WEEKS_INPUT
+from rfm_assets.io_manager import CONTEXT_METADATA, WEEKS_INPUT, held
 from rfm_assets.segments import RuleSet, load_rule_set
 from rfm_assets.settings import RFMSettings
 
@@ -301,6 +301,16 @@ class WeekContext:
         return getattr(self._context, name)
 
 
+def in_range(graph: RFMGraph, context) -> bool:
+    """Whether the step computes a range of weeks (a single-run backfill), not one week."""
+    return graph.partitions is not None and not context.has_partition_key
+
+
+def _events(result) -> Iterable:
+    """What a step body gave: a generator of events, one Output, or nothing."""
+    return [result] if isinstance(result, dg.Output) else (result or ())
+
+
 def week_by_week(
     graph: RFMGraph,
     context,
@@ -327,12 +337,12 @@ def week_by_week(
     weekly = dict(weekly or {})
     bounds = {name: (first, last) for name, (_, first, last) in (spanning or {}).items()}
     spanning = {name: dict(value or {}) for name, (value, _, _) in (spanning or {}).items()}
-    if graph.partitions is None or context.has_partition_key:
-        events = step(graph, context, **weekly, **spanning, **fixed)
-        yield from [events] if isinstance(events, dg.Output) else (events or ())
+    if not in_range(graph, context):
+        yield from _events(step(graph, context, **weekly, **spanning, **fixed))
         return
     keys = list(graph.partitions.get_partition_keys())
     outputs: dict[str, dg.Output] = {}
+    values: dict[str, HeldTable] = {}
     results: dict[str, dict[str, dg.AssetCheckResult]] = {}
     failures: dict[str, str] = {}
     for week in sorted(context.partition_keys):
@@ -342,9 +352,8 @@ def week_by_week(
             mapped = set(keys[max(at + first, 0) : at + last + 1])
             inputs[name] = {k: v for k, v in spanning[name].items() if k in mapped}
         try:
-            events = step(graph, WeekContext(context, graph.partitions, week), **inputs,
-                          **fixed)  # fmt: skip
-            for event in [events] if isinstance(events, dg.Output) else (events or ()):
+            week_context = WeekContext(context, graph.partitions, week)
+            for event in _events(step(graph, week_context, **inputs, **fixed)):
                 if isinstance(event, dg.AssetCheckResult):
                     results.setdefault(event.check_name, {})[week] = event
                 else:
@@ -352,11 +361,10 @@ def week_by_week(
         except dg.Failure as failure:
             failures[week] = failure.description or str(failure)
             continue
-        if own is not None and week in outputs:
-            table_context = outputs[week].metadata.get(CONTEXT_METADATA)
-            spanning[own][week] = HeldTable(
-                outputs[week].value, dict(table_context.value) if table_context else {}
-            )
+        if week in outputs:
+            values[week] = held(outputs[week].value, outputs[week].metadata)
+            if own is not None:
+                spanning[own][week] = values[week]
     yield from (range_check(by_week) for by_week in results.values())
     if failures:
         shown = "; ".join(f"week {week}: {why}" for week, why in list(failures.items())[:3])
@@ -368,19 +376,7 @@ def week_by_week(
         return
     for week, week_output in outputs.items():
         context.add_asset_metadata(dict(week_output.metadata), partition_key=week)
-    first = next(iter(outputs.values()))
-    yield dg.Output(
-        {
-            week: HeldTable(
-                week_output.value,
-                dict(week_output.metadata[CONTEXT_METADATA].value)
-                if CONTEXT_METADATA in week_output.metadata
-                else {},
-            )
-            for week, week_output in outputs.items()
-        },
-        output_name=first.output_name,
-    )
+    yield dg.Output(values, output_name=next(iter(outputs.values())).output_name)
 
 
 def range_check(by_week: dict[str, dg.AssetCheckResult]) -> dg.AssetCheckResult:
