@@ -44,9 +44,10 @@ def settings(source: str, **extra) -> RFMSettings:
     return RFMSettings(input_path=source, columns={"order_id": "order_id"}, **extra)
 
 
-def run_weeks(source: str, store: Path, weeks, **extra) -> dg.ExecuteInProcessResult:
-    """One run of the whole graph for one week (a key) or a range of weeks (first, last), as
-    `dagster asset materialize --partition[-range]` makes it."""
+def run_weeks(source: str, store: Path, weeks, selection=None, raise_on_error=True,
+              **extra) -> dg.ExecuteInProcessResult:  # fmt: skip
+    """One run of the graph (or of `selection`) for one week (a key) or a range of weeks
+    (first, last), as `dagster asset materialize --partition[-range]` makes it."""
     definitions = build_rfm_definitions(
         settings(source, **extra), weeks_start=PARTITIONED[0], weeks_end=PARTITIONED[1]
     )
@@ -61,6 +62,8 @@ def run_weeks(source: str, store: Path, weeks, **extra) -> dg.ExecuteInProcessRe
         tags=tags,
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
+        selection=selection,
+        raise_on_error=raise_on_error,
     )
 
 

@@ -2,7 +2,9 @@
 segment_analytics. Each body reads its settings, calls one engine step, judges the result
 (rfm_assets.assets.checks) and hands the value on with its run context."""
 
+import dataclasses
 import datetime as dt
+from typing import Optional
 
 import dagster as dg
 import pandas as pd
@@ -26,7 +28,7 @@ from rfm_assets.assets.graph import (
 from rfm_assets.assets.markdown import segment_table_markdown, segment_trends
 from rfm_assets.contract import CUSTOMER_FILTERS, exclusion_reasons
 from rfm_assets.engines.dispatch import CLUSTER_PICTURE_CUSTOMERS
-from rfm_assets.errors import naming_memory_failures
+from rfm_assets.errors import RFMInputError, naming_memory_failures
 
 # A run tag that pins customer_segments' segmented_at (rfm_assets.run), so that two runs
 # can be compared column for column.
@@ -51,7 +53,72 @@ def read_source(graph: RFMGraph, context, source_table) -> tuple:
     return raw, listing, source
 
 
-def transactions_step(graph: RFMGraph, context, read: tuple):
+
+
+def every_earlier_week(graph: RFMGraph) -> int:
+    """How far back rfm_metrics of a week looks for the weeks that keep its window's rows:
+    every earlier week, for weeks up to as many years after the first as it is after 1970
+    (Dagster's time windows cannot start before 1970)."""
+    first = graph.partitions.start.date()
+    return -((first - dt.date(1970, 1, 5)).days // 7)
+
+
+def keeps_weekly_history(graph: RFMGraph, settings) -> bool:
+    """Whether each week's transactions keeps only rows the weeks before it do not (weekly
+    partitions of transaction lines); customer-level input is a whole snapshot each week."""
+    return graph.partitions is not None and settings.input_level == "transactions"
+
+
+def cleaning_of(settings, engine, source: str) -> dict:
+    """What decides which rows a week keeps, and how they are stored: a week builds on the
+    week before it only when these are the same."""
+    spec = settings.run_spec()
+    return {
+        "source": source,
+        "columns": dataclasses.asdict(spec.columns),
+        "table_columns": dataclasses.asdict(spec.table_columns),
+        "valid_dates": [day.isoformat() for day in spec.valid_dates],
+        "returns_policy": spec.returns_policy,
+        "cancelled_order_prefix": spec.cancelled_order_prefix,
+        "engine": engine.name,
+    }
+
+
+def week_history(graph: RFMGraph, context, settings, engine, source: str,
+                 earlier: Optional[dict]) -> dict:  # fmt: skip
+    """Where this week's kept rows begin (`kept_from`), and from what day its history holds
+    rows (`history_from`, None: all of it).
+
+    A week builds on the week before it when that week is stored with the same cleaning and
+    its history reaches back to this week's window start: then it keeps its own days only.
+    Otherwise (the first week, a gap, changed settings, a longer window) it keeps its whole
+    window, as a run from scratch does.
+    """
+    week = context.partition_time_window
+    days = settings.analysis_period_days
+    window_start = week.end.date() - dt.timedelta(days=days) if days else None
+    cleaning = cleaning_of(settings, engine, source)
+    before = graph.partitions.get_prev_partition_window(week.start)
+    previous = (earlier or {}).get(before.start.strftime("%Y-%m-%d")) if before else None
+    reason = None
+    if previous is None:
+        reason = "the week before it is not stored"
+    else:
+        stored = context_of(previous)
+        held_from = stored.get("history_from", "no history")
+        if stored.get("cleaning") != cleaning:
+            reason = "the week before it was kept with other settings"
+        elif held_from is not None and (window_start is None or held_from > window_start.isoformat()):
+            reason = "the week before it holds too short a history for this window"
+    if reason is None:
+        return {"kept_from": week.start.date(), "history_from": held_from, "cleaning": cleaning}
+    context.log.info(f"transactions keeps this week's whole window: {reason}")
+    return {"kept_from": None,
+            "history_from": window_start.isoformat() if window_start else None,
+            "cleaning": cleaning}  # fmt: skip
+
+
+def transactions_step(graph: RFMGraph, context, read: tuple, earlier: Optional[dict] = None):
     """Source transaction lines mapped to `customer_id, transaction_date, amount[, order_id]`
     (with `input_level: customers`, one row per customer: `customer_id, recency,
     last_purchase_date[, first_purchase_date], frequency, monetary`).
@@ -67,7 +134,14 @@ def transactions_step(graph: RFMGraph, context, read: tuple):
     # of one week is done with the source rows as they are kept: let them go as it goes (a
     # range of weeks keeps them for the next week).
     alone = not isinstance(context, WeekContext)
-    kept, account = engine.prepare(raw, spec, listing, reference_date=week_end, consume=alone)
+    history = {}
+    if keeps_weekly_history(graph, settings):
+        history = week_history(graph, context, settings, engine, source, earlier)
+    kept_from = history.get("kept_from")
+    kept, account = engine.prepare(
+        raw, spec, listing, reference_date=week_end, consume=alone, kept_from=kept_from,
+        net_by_window=bool(history),
+    )  # fmt: skip
     del raw
     rows_kept, excluded = engine.kept_rows(kept, account), sum(account.rows_excluded.values())
     context.log.info(
@@ -86,6 +160,7 @@ def transactions_step(graph: RFMGraph, context, read: tuple):
         "engine": engine.name,
         "customers": account.customers,
         "input_level": settings.input_level,
+        **(history and {**history, "kept_from": kept_from and kept_from.isoformat()}),
     }  # fmt: skip
     rules = exclusion_reasons(settings.input_level).items()
     yield output(
@@ -111,10 +186,32 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions):
     Also first and last purchase dates, tenure in days and average order value.
     """
     settings, engine = graph.settings_of(context), graph.engine_of(context)
+    if graph.partitions is not None:  # {week: table}: this week and the weeks before it
+        weeks = transactions
+        transactions = weeks.get(context.partition_key)
+        if transactions is None:
+            raise dg.Failure(f"rfm_metrics: transactions of week {context.partition_key} is "
+                             "not stored: materialize it first")  # fmt: skip
     upstream = context_of(transactions)
     reference_date = dt.date.fromisoformat(needed(upstream, "reference_date", "transactions"))
-    loaded = engine.load(transactions)
     input_level = upstream.get("input_level", "transactions")
+    weekly_history = "history_from" in upstream
+    if weekly_history:
+        window = window_weeks(graph, context, weeks, upstream)
+        start = upstream.get("window_start")
+        loaded = engine.window_rows(window, start and dt.date.fromisoformat(start))
+        if upstream["cleaning"]["returns_policy"] == "net":
+            loaded, not_positive = engine.net_positive(loaded)
+            upstream["window_rows_excluded"] = {"customer_monetary_not_positive": not_positive}
+        # Counted here, as the transactions step counts a run's kept rows.
+        upstream["customers"] = engine.customers_of(loaded)
+        if not upstream["customers"]:
+            raise RFMInputError(f"rfm_metrics: no transactions in the window of week "
+                                f"{context.partition_key} ({upstream.get('window_rows_excluded')})")
+        upstream["window_weeks"] = [min(context_of(w)["partition_key"] for w in window),
+                                    context.partition_key]  # fmt: skip
+    else:
+        loaded = engine.load(transactions)
     metrics = engine.cached(engine.metrics(loaded, reference_date, input_level))
     metrics, held_out = engine.filter_customers(metrics, settings.run_spec())
     metrics = engine.cached(metrics)
@@ -131,6 +228,8 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions):
         {
             "reference_date": reference_date.isoformat(),
             "customers_held_out": dg.MetadataValue.json(held_out),
+            **({"window_rows_excluded": dg.MetadataValue.json(upstream["window_rows_excluded"])}
+               if "window_rows_excluded" in upstream else {}),
             **pictured(
                 settings,
                 "distributions",
@@ -143,6 +242,29 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions):
         },
         rows=tally.rows,  # counted for the check above (a Spark job saved)
     )
+
+
+def window_weeks(graph: RFMGraph, context, weeks: dict, upstream: dict) -> list:
+    """The stored weeks of transactions whose rows make this week's window: this week, and
+    the weeks before it back to the one that keeps the window's start (see week_history)."""
+    keys = graph.partitions.get_partition_keys()
+    at = keys.index(context.partition_key)
+    window_start = upstream.get("window_start")
+    chain, part = [weeks[context.partition_key]], upstream
+    while part.get("kept_from") and (window_start is None or part["kept_from"] > window_start):
+        at -= 1
+        earlier = weeks.get(keys[at]) if at >= 0 else None
+        if earlier is None or context_of(earlier).get("cleaning") != upstream["cleaning"]:
+            why = "is not stored" if earlier is None else "was kept with other settings since"
+            raise dg.Failure(
+                f"rfm_metrics: the window of week {context.partition_key} needs the rows that "
+                f"transactions of week {keys[max(at, 0)]} keeps, and that week {why}: "
+                f"materialize weeks {keys[max(at, 0)]} to {context.partition_key} again, in one "
+                f"run: --select '*' --partition-range {keys[max(at, 0)]}...{context.partition_key}"
+            )
+        chain.append(earlier)
+        part = context_of(earlier)
+    return chain
 
 
 def rfm_scores_step(graph: RFMGraph, context, rfm_metrics):
@@ -346,30 +468,52 @@ def share_trend(context, settings, analytics: pd.DataFrame, earlier: dict) -> di
 def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
     """transactions, rfm_metrics, rfm_scores, customer_segments and segment_analytics of one
     graph instance."""
+    earlier_in = {}
+    if graph.partitions is not None:
+        # The week before this one: a week keeps only its own rows when that one is stored.
+        earlier_in["earlier"] = graph.weeks_in("transactions", -1, -1)
+    def transactions_by_week(context, read: tuple, earlier: dict):
+        if not earlier:
+            yield from week_by_week(graph, context, transactions_step, read=read)
+            return
+        yield from week_by_week(graph, context, transactions_step, read=read, own="earlier",
+                                spanning={"earlier": (earlier["earlier"], -1, -1)})  # fmt: skip
+
     if graph.source_asset:
-        source_in = {"source_table": dg.AssetIn(key=dg.AssetKey(list(graph.source_asset)))}
+        source_in = {"source_table": dg.AssetIn(key=dg.AssetKey(list(graph.source_asset))),
+                     **earlier_in}  # fmt: skip
 
         @dg.asset(ins=source_in, description=transactions_step.__doc__,
                   **graph.table_asset("transactions"))  # fmt: skip
         @naming_memory_failures
-        def transactions(context: dg.AssetExecutionContext, source_table):
+        def transactions(context: dg.AssetExecutionContext, source_table, **earlier):
             read = read_source(graph, context, source_table)
-            yield from week_by_week(graph, context, transactions_step, read=read)
+            yield from transactions_by_week(context, read, earlier)
 
     else:
 
-        @dg.asset(description=transactions_step.__doc__, **graph.table_asset("transactions"))
+        @dg.asset(ins=earlier_in, description=transactions_step.__doc__,
+                  **graph.table_asset("transactions"))  # fmt: skip
         @naming_memory_failures
-        def transactions(context: dg.AssetExecutionContext):
+        def transactions(context: dg.AssetExecutionContext, **earlier):
             read = read_source(graph, context, None)
-            yield from week_by_week(graph, context, transactions_step, read=read)
+            yield from transactions_by_week(context, read, earlier)
 
-    @dg.asset(ins=graph.ins("transactions"), description=rfm_metrics_step.__doc__,
+    if graph.partitions is not None:
+        # This week and every week before it: the weeks that keep the window's rows.
+        metrics_ins = {"transactions": graph.weeks_in("transactions", every_earlier_week(graph), 0)}
+    else:
+        metrics_ins = graph.ins("transactions")
+
+    @dg.asset(ins=metrics_ins, description=rfm_metrics_step.__doc__,
               **graph.table_asset("rfm_metrics"))  # fmt: skip
     @naming_memory_failures
     def rfm_metrics(context: dg.AssetExecutionContext, transactions):
-        yield from week_by_week(graph, context, rfm_metrics_step,
-                                weekly={"transactions": transactions})  # fmt: skip
+        if graph.partitions is None:
+            yield from rfm_metrics_step(graph, context, transactions)
+            return
+        yield from week_by_week(graph, context, rfm_metrics_step, spanning={
+            "transactions": (transactions, every_earlier_week(graph), 0)})  # fmt: skip
 
     @dg.asset(ins=graph.ins("rfm_metrics"), description=rfm_scores_step.__doc__,
               **graph.table_asset("rfm_scores"))  # fmt: skip

@@ -92,9 +92,13 @@ class PandasEngine:
         listing: Optional[SourceListing] = None,
         reference_date: Optional[dt.date] = None,
         consume: bool = False,
+        kept_from: Optional[dt.date] = None,
+        net_by_window: bool = False,
     ) -> tuple[Any, RowAccount]:
         """The counted cleaning rules; `reference_date` (a week's end) overrides the setting.
-        With `consume` the caller is done with `raw`: the rules may empty it as they go."""
+        With `consume` the caller is done with `raw`: the rules may empty it as they go.
+        `kept_from` and `net_by_window`: one week of a weekly history (transaction lines
+        only; see pandas_compute.prepare_transactions)."""
         if spec.input_level == "customers":
             kept, account = self.compute.prepare_customers(
                 raw,
@@ -111,6 +115,8 @@ class PandasEngine:
                 cancelled_order_prefix=spec.cancelled_order_prefix,
                 valid_dates=spec.valid_dates,
                 consume=consume,
+                kept_from=kept_from,
+                net_by_window=net_by_window,
                 **self._read_along(listing),
             )
         if listing is not None and listing.listed:
@@ -128,6 +134,20 @@ class PandasEngine:
         if input_level == "customers":
             return self.compute.customer_metrics(kept, reference_date)
         return self.compute.compute_metrics(kept, reference_date)
+
+    def window_rows(self, weeks: list, window_start: Optional[dt.date]):
+        """The kept rows of a window, from the stored weeks of a weekly history that keep
+        them (any order): one table, without the rows dated before `window_start`."""
+        return self.compute.window_rows([self.load(week) for week in weeks], window_start)
+
+    def customers_of(self, kept) -> int:
+        """Distinct customers of kept rows."""
+        return self.compute.distinct_customers(kept)
+
+    def net_positive(self, kept) -> tuple[Any, int]:
+        """The rows of customers whose netted monetary is above zero, and how many rows are
+        not: the net rule, applied to a window's rows when a week's rows cannot judge it."""
+        return self.compute.net_positive(kept)
 
     def filter_customers(self, metrics, spec: RunSpec) -> tuple[Any, dict[str, int]]:
         """Customers held out before scoring (min_frequency, exclude_recent_days), counted."""

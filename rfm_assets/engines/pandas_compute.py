@@ -82,8 +82,16 @@ def prepare_transactions(
     cancelled_order_prefix: str = "C",
     valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
     consume: bool = False,
+    kept_from: Optional[dt.date] = None,
+    net_by_window: bool = False,
 ) -> tuple[pd.DataFrame, RowAccount]:
     """Apply the counted cleaning rules (docs/contract.md) to the frame.
+
+    With `kept_from` (one week of a weekly history whose earlier days the weeks before it
+    keep), rows dated before it count as `kept_by_earlier_weeks` and the week may keep no
+    row. With `net_by_window` the net rule, which judges a customer by the whole window, is
+    left to the step that reads the window (`net_positive`): a weekly history keeps each
+    week's rows for every later window.
 
     Returns the kept rows (columns `customer_id, transaction_date, amount, is_return
     [, order_id]`, where a kept return's amount is negative) and the account of every row.
@@ -134,6 +142,8 @@ def prepare_transactions(
             days < window_start_day if window_start_day is not None else np.zeros_like(finite),
         ),
     ]
+    if kept_from is not None:
+        rules.append(("kept_by_earlier_weeks", days < day_number(kept_from)))
     if returns_policy == "exclude":
         rules += [
             ("cancelled_order", cancelled),
@@ -150,17 +160,14 @@ def prepare_transactions(
     signed_amount = amount[kept]
     signed_amount[is_return] = -np.abs(signed_amount[is_return])
     del amount
-    if returns_policy == "net":
-        codes, uniques = pd.factorize(frame["customer_id"].array[kept])
-        net_micro = np.zeros(len(uniques), dtype=np.int64)
-        np.add.at(net_micro, codes, to_micro_units(signed_amount))
-        positive = net_micro[codes] > 0
+    if returns_policy == "net" and not net_by_window:
+        positive = _net_positive_rows(frame["customer_id"].array[kept], signed_amount)
         counts["customer_monetary_not_positive"] = int((~positive).sum())
         kept[kept] = positive
         signed_amount, is_return = signed_amount[positive], is_return[positive]
 
     rows_kept = int(kept.sum())
-    if rows_kept == 0:
+    if rows_kept == 0 and kept_from is None:
         removed = ", ".join(f"{reason}: {n}" for reason, n in counts.items() if n)
         raise RFMInputError(f"no transactions left after filtering ({removed})")
 
@@ -489,6 +496,36 @@ def compute_metrics(transactions: pd.DataFrame, reference_date: dt.date) -> pd.D
             / np.maximum(ref_day - first_day, DAYS_PER_MONTH),
         }
     )
+
+
+def window_rows(frames: list[pd.DataFrame], window_start: Optional[dt.date]) -> pd.DataFrame:
+    """The kept rows of several weeks as one frame, from `window_start` on (see dispatch)."""
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    if window_start is None:
+        return frame
+    in_window = to_day_numbers(frame["transaction_date"]) >= day_number(window_start)
+    return frame if in_window.all() else frame[in_window].reset_index(drop=True)
+
+
+def distinct_customers(kept: pd.DataFrame) -> int:
+    return _distinct_count(kept["customer_id"])
+
+
+def _net_positive_rows(customer_ids, signed_amount: np.ndarray) -> np.ndarray:
+    """Which rows belong to a customer whose exact netted sum is above zero."""
+    codes, uniques = pd.factorize(customer_ids)
+    net_micro = np.zeros(len(uniques), dtype=np.int64)
+    np.add.at(net_micro, codes, to_micro_units(signed_amount))
+    return net_micro[codes] > 0
+
+
+def net_positive(kept: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The kept rows of customers whose netted monetary is above zero, and how many rows
+    are not (the net rule of prepare_transactions, applied to a window's rows)."""
+    positive = _net_positive_rows(kept["customer_id"].array, kept["amount"].to_numpy())
+    if positive.all():
+        return kept, 0
+    return kept[positive].reset_index(drop=True), int((~positive).sum())
 
 
 def customer_metrics(customers: pd.DataFrame, reference_date: dt.date) -> pd.DataFrame:

@@ -560,6 +560,8 @@ def prepare_transactions(
     valid_dates: tuple[dt.date, dt.date] = (EARLIEST_VALID_DATE, LATEST_VALID_DATE),
     consume: bool = False,
     date_statistics: Optional[tuple] = None,
+    kept_from: Optional[dt.date] = None,
+    net_by_window: bool = False,
 ) -> tuple[DataFrame, RowAccount]:
     """The counted cleaning rules (see pandas_compute.prepare_transactions). `consume` has
     nothing to release here: `frame` is a plan, not rows. `date_statistics`: what the reader
@@ -607,6 +609,8 @@ def prepare_transactions(
     ]
     if window_start_day is not None:
         rules.append(("before_analysis_window", day < window_start_day))
+    if kept_from is not None:
+        rules.append(("kept_by_earlier_weeks", day < F.lit(day_number(kept_from))))
     if returns_policy == "exclude":
         rules += [
             ("cancelled_order", cancelled),
@@ -620,7 +624,8 @@ def prepare_transactions(
         is_return.alias("is_return"),
         F.when(is_return, -F.abs(amount)).otherwise(amount).alias("signed_amount"),
     )
-    if returns_policy == "net":
+    net_rule = returns_policy == "net" and not net_by_window
+    if net_rule:
         # The guard comes first: the net sums below are exactly what could overflow.
         kept_before_net = flagged.filter(F.col("reason").isNull())
         _check_customer_totals(flagged, kept_before_net.agg(F.sum(F.abs("amount"))).first()[0])
@@ -639,11 +644,11 @@ def prepare_transactions(
     # holding every row in the JVM's memory, which is what ran out at 10M rows).
     counted = _reason_counts(flagged, EXCLUSION_REASONS, extra=_customer_aggregates())
     rows_kept = counted.pop(None, 0)
-    if returns_policy != "net":
+    if not net_rule:
         _check_customer_totals(flagged, counted["kept_abs_total"])
     counted.pop("kept_abs_total")
     customers = counted.pop("kept_customers")
-    if rows_kept == 0:
+    if rows_kept == 0 and kept_from is None:
         removed = ", ".join(f"{r}: {counted[r]}" for r in EXCLUSION_REASONS if counted.get(r))
         raise RFMInputError(f"no transactions left after filtering ({removed})")
     kept_columns = [
@@ -911,6 +916,27 @@ def _check_customer_totals(flagged: DataFrame, total: Optional[float]) -> None:
     )
     if worst["total"] >= MAX_CUSTOMER_TOTAL:
         raise customer_total_error(worst["customer_id"], float(worst["total"]))
+
+
+def window_rows(frames: list[DataFrame], window_start: Optional[dt.date]) -> DataFrame:
+    """The kept rows of several weeks as one plan (see pandas_compute.window_rows)."""
+    frame = functools.reduce(lambda a, b: a.unionByName(b), frames)
+    if window_start is None:
+        return frame
+    return frame.filter(day_of(F.col("transaction_date")) >= F.lit(day_number(window_start)))
+
+
+def distinct_customers(kept: DataFrame) -> int:
+    return kept.select("customer_id").distinct().count()
+
+
+def net_positive(kept: DataFrame) -> tuple[DataFrame, int]:
+    """The kept rows of customers whose netted monetary is above zero, and how many rows
+    are not (see pandas_compute.net_positive)."""
+    net = kept.groupBy("customer_id").agg(F.sum(micro_units(F.col("amount"))).alias("net_micro"))
+    flagged = kept.join(net, "customer_id", "left")
+    not_positive = flagged.filter(F.col("net_micro") <= 0).count()
+    return flagged.filter(F.col("net_micro") > 0).drop("net_micro"), not_positive
 
 
 def compute_metrics(transactions: DataFrame, reference_date: dt.date) -> DataFrame:
