@@ -53,8 +53,6 @@ def read_source(graph: RFMGraph, context, source_table) -> tuple:
     return raw, listing, source
 
 
-
-
 def every_earlier_week(graph: RFMGraph) -> int:
     """How far back rfm_metrics of a week looks for the weeks that keep its window's rows:
     every earlier week, for weeks up to as many years after the first as it is after 1970
@@ -472,6 +470,7 @@ def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
     if graph.partitions is not None:
         # The week before this one: a week keeps only its own rows when that one is stored.
         earlier_in["earlier"] = graph.weeks_in("transactions", -1, -1)
+
     def transactions_by_week(context, read: tuple, earlier: dict):
         if not earlier:
             yield from week_by_week(graph, context, transactions_step, read=read)
@@ -501,7 +500,8 @@ def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
 
     if graph.partitions is not None:
         # This week and every week before it: the weeks that keep the window's rows.
-        metrics_ins = {"transactions": graph.weeks_in("transactions", every_earlier_week(graph), 0)}
+        reach = every_earlier_week(graph)
+        metrics_ins = {"transactions": graph.weeks_in("transactions", reach, 0)}
     else:
         metrics_ins = graph.ins("transactions")
 
@@ -513,7 +513,7 @@ def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
             yield from rfm_metrics_step(graph, context, transactions)
             return
         yield from week_by_week(graph, context, rfm_metrics_step, spanning={
-            "transactions": (transactions, every_earlier_week(graph), 0)})  # fmt: skip
+            "transactions": (transactions, reach, 0)})  # fmt: skip
 
     @dg.asset(ins=graph.ins("rfm_metrics"), description=rfm_scores_step.__doc__,
               **graph.table_asset("rfm_scores"))  # fmt: skip
