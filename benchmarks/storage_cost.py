@@ -94,11 +94,13 @@ def main() -> None:
         "first_week_mib": {a: round(s[weeks[0]] / 2**20, 2) for a, s in per_week.items()},
         "further_week_median_mib": {
             a: round(statistics.median(s[w] for w in weeks[1:]) / 2**20, 2)
-            for a, s in per_week.items() if len(weeks) > 1
+            for a, s in per_week.items()
+            if len(weeks) > 1
         },  # fmt: skip
         "further_week_transactions_to_first_max": round(max(further, default=0.0), 3),
         "further_week_transactions_to_first_median": round(
-            statistics.median(further) if further else 0.0, 3),
+            statistics.median(further) if further else 0.0, 3
+        ),
         "transactions_all_weeks_mib": round(sum(transactions.values()) / 2**20, 1),
         "one_copy_of_kept_rows_mib": round(one_copy / 2**20, 1),
         "transactions_all_weeks_to_one_copy": round(sum(transactions.values()) / one_copy, 3),

@@ -14,7 +14,7 @@ EXCLUSION_REASONS = {
     "on_or_after_reference_date": "dated on or after the reference date",
     "before_analysis_window": "dated before reference_date - analysis_period_days",
     "kept_by_earlier_weeks": "dated before this week, whose rows the weeks before it keep "
-    "(weekly partitions: see docs/contract.md, \"A week's rows\")",
+    '(weekly partitions: see docs/contract.md, "A week\'s rows")',
     "cancelled_order": "order id starts with the cancellation prefix (returns_policy exclude)",
     "non_positive_amount": "amount <= 0 (returns_policy exclude)",
     "customer_monetary_not_positive": "the customer's netted monetary is <= 0 (returns_policy net)",

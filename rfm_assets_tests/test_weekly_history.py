@@ -116,7 +116,9 @@ def test_each_week_keeps_its_own_days_and_equals_a_run_from_scratch(tmp_path, ex
 def test_an_order_in_two_weeks_counts_once_and_net_judges_the_window(tmp_path):
     source, store = write(tmp_path), tmp_path / "store"
     assert run_weeks(source, store, RANGE, returns_policy="net").success
-    metrics = {week: stored(store, "rfm_metrics", week).set_index("customer_id") for week in WEEKS[:3]}
+    metrics = {
+        week: stored(store, "rfm_metrics", week).set_index("customer_id") for week in WEEKS[:3]
+    }
     rows = pd.read_parquet(source)
     for week in WEEKS[1:3]:
         # The oracle: distinct purchase orders of customer 10001 before the week's end.
@@ -139,7 +141,10 @@ def test_late_rows_for_an_old_week_reach_the_weeks_after_it_by_the_documented_ra
     source, store = write(tmp_path), tmp_path / "store"
     assert run_weeks(source, store, RANGE).success
     # Rows arrive late for the range's first week: a new customer and a big order.
-    late = [(77777, "2024-11-19 12:00", 900.0, "LATE-1"), (10001, "2024-11-21 12:00", 5000.0, "LATE-2")]
+    late = [
+        (77777, "2024-11-19 12:00", 900.0, "LATE-1"),
+        (10001, "2024-11-21 12:00", 5000.0, "LATE-2"),
+    ]
     (tmp_path / "late").mkdir()
     shutil.copy(write(tmp_path / "late", late), source)
     with pytest.raises(AssertionError):  # what is stored no longer holds

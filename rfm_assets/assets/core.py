@@ -106,7 +106,9 @@ def week_history(graph: RFMGraph, context, settings, engine, source: str,
         held_from = stored.get("history_from", "no history")
         if stored.get("cleaning") != cleaning:
             reason = "the week before it was kept with other settings"
-        elif held_from is not None and (window_start is None or held_from > window_start.isoformat()):
+        elif held_from is not None and (
+            window_start is None or held_from > window_start.isoformat()
+        ):
             reason = "the week before it holds too short a history for this window"
     if reason is None:
         return {"kept_from": week.start.date(), "history_from": held_from, "cleaning": cleaning}
@@ -204,8 +206,10 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions):
         # Counted here, as the transactions step counts a run's kept rows.
         upstream["customers"] = engine.customers_of(loaded)
         if not upstream["customers"]:
-            raise RFMInputError(f"rfm_metrics: no transactions in the window of week "
-                                f"{context.partition_key} ({upstream.get('window_rows_excluded')})")
+            raise RFMInputError(
+                f"rfm_metrics: no transactions in the window of week "
+                f"{context.partition_key} ({upstream.get('window_rows_excluded')})"
+            )
         upstream["window_weeks"] = [min(context_of(w)["partition_key"] for w in window),
                                     context.partition_key]  # fmt: skip
     else:
@@ -226,8 +230,11 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions):
         {
             "reference_date": reference_date.isoformat(),
             "customers_held_out": dg.MetadataValue.json(held_out),
-            **({"window_rows_excluded": dg.MetadataValue.json(upstream["window_rows_excluded"])}
-               if "window_rows_excluded" in upstream else {}),
+            **(
+                {"window_rows_excluded": dg.MetadataValue.json(upstream["window_rows_excluded"])}
+                if "window_rows_excluded" in upstream
+                else {}
+            ),
             **pictured(
                 settings,
                 "distributions",
