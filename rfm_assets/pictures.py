@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pandas as pd
@@ -35,9 +36,37 @@ HEAT = "Blues"
 MARGINS = {"left": 0.08, "right": 0.97, "bottom": 0.11, "top": 0.9, "wspace": 0.3}
 
 
+# matplotlib's import and its first picture (the font, the text layout) take most of a
+# second. A run that draws pictures starts them on a thread at its first step, so they overlap
+# the steps' reading, writing and event log (which release the GIL) instead of waiting for the
+# first picture; a run that draws none (the command line keeps only tables) never pays.
+_warming: Optional[threading.Thread] = None
+
+
+def warm_up() -> None:
+    """Import matplotlib and draw a throwaway picture on a background thread (once)."""
+    global _warming
+    if _warming is None:
+        _warming = threading.Thread(target=_draw_nothing, name="rfm-pictures-warm-up", daemon=True)
+        _warming.start()
+
+
+def _draw_nothing() -> None:
+    try:
+        figure = _new_figure()
+        figure.add_subplot().set_title("warm-up")
+        _png(figure)
+    except Exception:  # noqa: BLE001 - the first real picture raises it where it is reported
+        pass
+
+
 def _figure(**margins: float) -> Figure:
-    # Imported here: matplotlib takes most of a second to import, and a run that draws no
-    # pictures (the command line keeps only tables) should not pay for it.
+    if _warming is not None:
+        _warming.join()  # matplotlib's state is not shared between threads mid-draw
+    return _new_figure(**margins)
+
+
+def _new_figure(**margins: float) -> Figure:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI)
