@@ -21,6 +21,7 @@ value stays readable. Spark versions are written by the executors, never collect
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -40,6 +41,7 @@ from rfm_assets.engines.stored import (
     POINTER,
     HeldTable,
     StoredTable,
+    WeeksReadOnUse,
     is_local,
     is_spark_dataframe,
     plain,
@@ -213,7 +215,12 @@ class RFMStore(dg.UPathIOManager):
         paths = self._get_paths_for_partitions(context)
         if len(paths) == 1:
             return self.load_from_path(context, *paths.values())
-        return {week: self.load_from_path(context, path) for week, path in paths.items()}
+        # A range of weeks: each week's table is read when that week is computed, so a range
+        # step holds one week of its input at a time, not all of them.
+        return WeeksReadOnUse(
+            {week: functools.partial(self.load_from_path, context, path)
+             for week, path in paths.items()}
+        )  # fmt: skip
 
     def _weeks(self, context: dg.InputContext) -> dict[str, StoredTable]:
         """The stored weeks a `weeks_in` input asks for, by partition key (see WEEKS_INPUT)."""

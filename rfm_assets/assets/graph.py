@@ -20,7 +20,7 @@ import pandas as pd
 from rfm_assets import pictures
 from rfm_assets.contract import COLUMN_DESCRIPTIONS, COLUMN_TYPES, COLUMNS_OF
 from rfm_assets.engines.dispatch import PandasEngine, engine_for
-from rfm_assets.engines.stored import HeldTable, StoredTable, is_spark_dataframe
+from rfm_assets.engines.stored import HeldTable, StoredTable, WeeksReadOnUse, is_spark_dataframe
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.io_manager import CONTEXT_METADATA, WEEKS_INPUT, held
 from rfm_assets.segments import RuleSet, load_rule_set
@@ -38,7 +38,9 @@ RFM_TABLE = dg.DagsterType(
     description="An RFM table: a pandas or Spark DataFrame, or a handle on its stored value "
     "(for a range of weeks run as one, a {week: table} mapping).",
     type_check_fn=lambda _, value: (
-        _is_table(value) or (isinstance(value, dict) and all(map(_is_table, value.values())))
+        _is_table(value)
+        or isinstance(value, WeeksReadOnUse)  # stored weeks, read when used: tables as stored
+        or (isinstance(value, dict) and all(map(_is_table, value.values())))
     ),
     typing_type=StoredTable,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -205,3 +206,19 @@ class HeldTable:
             return self.frame if columns is None else self.frame[columns]
         chosen = self.frame.select(*columns) if columns else self.frame  # a few Spark rows
         return pd.DataFrame([row.asDict() for row in chosen.collect()], columns=chosen.columns)
+
+
+class WeeksReadOnUse(Mapping[str, Any]):
+    """{week: table} whose tables are read from the store each time one is asked for."""
+
+    def __init__(self, readers: dict[str, Callable[[], Any]]):
+        self._readers = readers
+
+    def __getitem__(self, week: str) -> Any:
+        return self._readers[week]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._readers)
+
+    def __len__(self) -> int:
+        return len(self._readers)
