@@ -232,6 +232,12 @@ def migration_heatmap(migration: pd.DataFrame, order: list[str]) -> bytes:
     """Customers from each segment (rows, last week) to each segment (columns, this week)."""
     sources = [n for n in [*order, NEW_CUSTOMERS] if n in set(migration["from_segment"])]
     targets = [n for n in [*order, LAPSED_CUSTOMERS] if n in set(migration["to_segment"])]
+    key = ("migration_heatmap", _rows(migration[["from_segment", "to_segment", "customers"]]),
+           tuple(sources), tuple(targets))  # fmt: skip
+    return _drawn_once(key, lambda: _migration_heatmap(migration, sources, targets))
+
+
+def _migration_heatmap(migration: pd.DataFrame, sources: list, targets: list) -> bytes:
     values = np.zeros((len(sources), len(targets)))
     for row in migration.itertuples(index=False):
         if row.from_segment in sources and row.to_segment in targets:
