@@ -37,10 +37,13 @@ from rfm_assets_tests.test_corpus import CASES, write_input
 from rfm_assets_tests.test_customer_level import CASES as CUSTOMER_CASES
 from rfm_assets_tests.test_customer_level import customer_settings, messy_customer_rows, write_csv
 from rfm_assets_tests.test_week_ranges import (
+    RANGE,
     WEEKS_OF_RANGE,
     current_version,
+    run_weeks,
     store_range,
     stored,
+    stored_context,
     write_source,
 )
 
@@ -332,6 +335,30 @@ def test_a_range_of_weeks_on_spark_stores_what_pandas_stores(spark, tmp_path):
     for name, (counts, edges) in pandas_engine.histograms(segments).items():
         assert list(histograms_spark[name][0]) == list(counts), name
         assert list(histograms_spark[name][1]) == list(edges), name
+
+
+def test_a_range_under_net_on_spark_judges_the_window_as_pandas_does(spark, tmp_path):
+    """Under `net` a week keeps its returns and rfm_metrics drops the customers whose net
+    over the window is <= 0 (test_weekly_history checks pandas against runs from scratch).
+    A 10-day window: the week's rows come from two stored weeks, and a customer's returns
+    in the window outweigh their purchases in one week of the range but not in another."""
+    source = write_source(tmp_path)
+    policy = {"returns_policy": "net", "analysis_period_days": 10}
+    # A 10-day window moves segment shares more than the weekly warning allows: only the
+    # run's success is asserted here, not that every warning passed.
+    on_pandas, on_spark = tmp_path / "pandas", tmp_path / "spark"
+    assert run_weeks(source, on_pandas, RANGE, **policy).success
+    assert run_weeks(source, on_spark, RANGE, engine="spark", **policy).success
+    dropped = {}
+    for week in WEEKS_OF_RANGE:
+        for table, key in ROW_KEYS.items():
+            assert_same_rows(stored(on_spark, table, week), stored(on_pandas, table, week), key)
+        contexts = [json.loads(stored_context(store, "rfm_metrics", week))
+                    for store in (on_pandas, on_spark)]  # fmt: skip
+        assert contexts[0]["window_weeks"] == contexts[1]["window_weeks"]
+        assert contexts[0]["window_rows_excluded"] == contexts[1]["window_rows_excluded"]
+        dropped[week] = contexts[0]["window_rows_excluded"]["customer_monetary_not_positive"]
+    assert any(dropped.values()) and not all(dropped.values()), dropped
 
 
 def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path):
