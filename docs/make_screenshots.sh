@@ -51,6 +51,7 @@ shoot() {  # shoot NAME URL-PATH
     --virtual-time-budget=20000 --screenshot="docs/$1.png" "http://127.0.0.1:$PORT$2" \
     >/dev/null 2>&1
 }
+shoot ui-lineage "/asset-groups/rfm"
 shoot ui-partitions "/assets/customer_segments?view=partitions"
 shoot ui-checks "/assets/segment_analytics?view=checks"
 shoot ui-trends "/assets/segment_analytics?view=events"
