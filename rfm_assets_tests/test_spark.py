@@ -39,6 +39,7 @@ from rfm_assets_tests.test_customer_level import customer_settings, messy_custom
 from rfm_assets_tests.test_week_ranges import (
     RANGE,
     WEEKS_OF_RANGE,
+    assert_week_equals_a_run_from_scratch,
     current_version,
     run_weeks,
     store_range,
@@ -46,6 +47,7 @@ from rfm_assets_tests.test_week_ranges import (
     stored_context,
     write_source,
 )
+from rfm_assets_tests.test_weekly_history import write as write_history_source
 
 pytestmark = pytest.mark.skipif(
     shutil.which("java") is None, reason="Java is not installed: Spark needs Java 17"
@@ -337,18 +339,27 @@ def test_a_range_of_weeks_on_spark_stores_what_pandas_stores(spark, tmp_path):
         assert list(histograms_spark[name][1]) == list(edges), name
 
 
+@pytest.mark.heavy
 def test_a_range_under_net_on_spark_judges_the_window_as_pandas_does(spark, tmp_path):
     """Under `net` a week keeps its returns and rfm_metrics drops the customers whose net
-    over the window is <= 0 (test_weekly_history checks pandas against runs from scratch).
-    A 10-day window: the week's rows come from two stored weeks, and a customer's returns
-    in the window outweigh their purchases in one week of the range but not in another."""
-    source = write_source(tmp_path)
+    over the window is <= 0. A 10-day window: the week's rows come from two stored weeks, and
+    customer 99999's return in the window outweighs their purchases in week 2024-11-25 but
+    not in the weeks either side (test_weekly_history's rows, where pandas is checked the same
+    way). Each week of one range on Spark stores what the range on pandas stores, and what a
+    run from scratch as of the week's end computes, its net exclusions counted."""
+    source = write_history_source(tmp_path)
     policy = {"returns_policy": "net", "analysis_period_days": 10}
     # A 10-day window moves segment shares more than the weekly warning allows: only the
     # run's success is asserted here, not that every warning passed.
     on_pandas, on_spark = tmp_path / "pandas", tmp_path / "spark"
     assert run_weeks(source, on_pandas, RANGE, **policy).success
-    assert run_weeks(source, on_spark, RANGE, engine="spark", **policy).success
+    result = run_weeks(source, on_spark, RANGE, engine="spark", **policy)
+    assert result.success
+    reported = {
+        event.partition: event.event_specific_data.materialization.metadata
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == dg.AssetKey("rfm_metrics")
+    }
     dropped = {}
     for week in WEEKS_OF_RANGE:
         for table, key in ROW_KEYS.items():
@@ -357,8 +368,21 @@ def test_a_range_under_net_on_spark_judges_the_window_as_pandas_does(spark, tmp_
                     for store in (on_pandas, on_spark)]  # fmt: skip
         assert contexts[0]["window_weeks"] == contexts[1]["window_weeks"]
         assert contexts[0]["window_rows_excluded"] == contexts[1]["window_rows_excluded"]
-        dropped[week] = contexts[0]["window_rows_excluded"]["customer_monetary_not_positive"]
+        # The Spark week is the run from scratch (on pandas) as of its end, and its context
+        # counts the rows the net rule dropped as that run counts them.
+        alone = assert_week_equals_a_run_from_scratch(source, on_spark, week, **policy)
+        dropped[week] = alone.account.rows_excluded["customer_monetary_not_positive"]
+        # The materialization reports the count too (Dagster's UI shows it).
+        assert reported[week]["window_rows_excluded"].value == contexts[1]["window_rows_excluded"]
     assert any(dropped.values()) and not all(dropped.values()), dropped
+    # The customer is judged by the window: out in the week its net is below zero, back in
+    # the week after, with only that week's purchase in its window.
+    customers = {week: stored(on_spark, "rfm_metrics", week).set_index("customer_id")
+                 for week in WEEKS_OF_RANGE}  # fmt: skip
+    assert dropped["2024-11-25"] > 0
+    assert 99999 in customers["2024-11-18"].index
+    assert 99999 not in customers["2024-11-25"].index
+    assert customers["2024-12-02"].loc[99999, "monetary"] == 100.0
 
 
 def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path):

@@ -5,6 +5,7 @@ The Spark engine's range is compared with this module's pandas range in test_spa
 """
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rfm_assets.assets.core import SEGMENTED_AT_TAG
 from rfm_assets.assets.graph import RFMGraph, week_by_week
 from rfm_assets.component import build_rfm_definitions
 from rfm_assets.io_manager import RFMParquetIOManager
-from rfm_assets.runner import run
+from rfm_assets.runner import RFMRun, run
 from rfm_assets.settings import RFMSettings
 from rfm_assets.synthetic import generate_transactions
 
@@ -27,6 +28,8 @@ SEGMENTED_AT = "2024-12-10T00:00:00+00:00"
 # Every table a week stores (the report is a page, compared apart).
 TABLES = ("transactions", "rfm_metrics", "rfm_scores", "customer_segments", "segment_analytics",
           "high_value_customers", "segment_migration", "slipping_customers")  # fmt: skip
+# The tables a stored week is compared by with a run from scratch as of its end.
+FROM_SCRATCH = ("rfm_metrics", "customer_segments", "segment_analytics")
 
 
 def write_source(folder: Path) -> str:
@@ -81,6 +84,39 @@ def stored_context(store: Path, asset: str, week: str) -> str:
     return (location / f"{(location / 'CURRENT').read_text().strip()}.context.json").read_text()
 
 
+def week_end(week: str) -> dt.date:
+    """The week's reference date: the day after its last day."""
+    return dt.date.fromisoformat(week) + dt.timedelta(days=7)
+
+
+def assert_week_equals_a_run_from_scratch(source: str, store: Path, week: str, **extra) -> RFMRun:
+    """The week as stored (by either engine) is what `rfm-assets analyze --reference-date
+    <week end>` computes on pandas, customer for customer; and under `net` the rows the net
+    rule drops from the week's window are the rows the run drops, counted in rfm_metrics'
+    context (`window_rows_excluded`). `extra`: the settings both were run with (not the
+    engine). rfm_metrics is compared in customer_id order (its row order is the engine's);
+    the other tables in the order they are stored in. Returns the run from scratch."""
+    alone = run(
+        settings(source, reference_date=week_end(week).isoformat(), **extra),
+        segmented_at=dt.datetime.fromisoformat(SEGMENTED_AT),
+        keep=FROM_SCRATCH,
+    )
+    for table in FROM_SCRATCH:
+        got, want = stored(store, table, week), alone.tables[table]
+        if table == "rfm_metrics":
+            got, want = (f.sort_values("customer_id", ignore_index=True) for f in (got, want))
+        pd.testing.assert_frame_equal(
+            got, want, check_dtype=False, check_categorical=False, obj=f"{table} {week} {extra}"
+        )
+    metrics = json.loads(stored_context(store, "rfm_metrics", week))
+    dropped = alone.account.rows_excluded["customer_monetary_not_positive"]
+    if settings(source, **extra).returns_policy == "net":
+        assert metrics["window_rows_excluded"] == {"customer_monetary_not_positive": dropped}, week
+    else:
+        assert "window_rows_excluded" not in metrics and dropped == 0, week
+    return alone
+
+
 @pytest.fixture(scope="module")
 def range_store(source, tmp_path_factory) -> Path:
     return store_range(source, tmp_path_factory.mktemp("range_store"))
@@ -123,20 +159,7 @@ def test_a_range_of_weeks_stores_what_each_week_run_alone_stores(source, range_s
 def test_each_week_of_a_range_equals_a_run_as_of_the_week_end(source, range_store):
     """What `rfm-assets analyze --reference-date <week end>` computes, customer for customer."""
     for week in WEEKS_OF_RANGE:
-        week_end = dt.date.fromisoformat(week) + dt.timedelta(days=7)
-        alone = run(
-            settings(source, reference_date=week_end.isoformat()),
-            segmented_at=dt.datetime.fromisoformat(SEGMENTED_AT),
-            keep=("customer_segments", "segment_analytics"),
-        )
-        for table in ("customer_segments", "segment_analytics"):
-            pd.testing.assert_frame_equal(
-                stored(range_store, table, week),
-                alone.tables[table],
-                check_dtype=False,
-                check_categorical=False,
-                obj=f"{table} {week}",
-            )
+        assert_week_equals_a_run_from_scratch(source, range_store, week)
 
 
 class FakeRangeContext:

@@ -5,7 +5,6 @@ under both return policies, with a window in days that is not whole weeks, with 
 whose lines fall in two weeks, and after late rows for an old week.
 """
 
-import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -16,11 +15,12 @@ import pytest
 from rfm_assets.runner import run
 from rfm_assets.synthetic import generate_transactions
 from rfm_assets_tests.test_week_ranges import (
-    SEGMENTED_AT,
+    assert_week_equals_a_run_from_scratch,
     current_version,
     run_weeks,
     settings,
     stored,
+    week_end,
 )
 
 RANGE = ("2024-11-18", "2024-12-02")
@@ -47,26 +47,6 @@ def write(folder: Path, extra_rows=()) -> str:
     path = folder / "tx.parquet"
     frame.to_parquet(path)
     return str(path)
-
-
-def week_end(week: str) -> dt.date:
-    return dt.date.fromisoformat(week) + dt.timedelta(days=7)
-
-
-def assert_week_equals_a_run_from_scratch(source: str, store: Path, week: str, **extra):
-    alone = run(
-        settings(source, reference_date=week_end(week).isoformat(), **extra),
-        segmented_at=dt.datetime.fromisoformat(SEGMENTED_AT),
-        keep=("customer_segments", "segment_analytics"),
-    )
-    for table in ("customer_segments", "segment_analytics"):
-        pd.testing.assert_frame_equal(
-            stored(store, table, week),
-            alone.tables[table],
-            check_dtype=False,
-            check_categorical=False,
-            obj=f"{table} {week} {extra}",
-        )
 
 
 def stored_context(store: Path, asset: str, week: str) -> dict:
