@@ -629,9 +629,7 @@ def prepare_transactions(
         # The guard comes first: the net sums below are exactly what could overflow.
         kept_before_net = flagged.filter(F.col("reason").isNull())
         _check_customer_totals(flagged, kept_before_net.agg(F.sum(F.abs("amount"))).first()[0])
-        net = kept_before_net.groupBy("customer_id").agg(
-            F.sum(micro_units(F.col("signed_amount"))).alias("net_micro")
-        )
+        net = _net_micro_by_customer(kept_before_net, "signed_amount")
         flagged = flagged.join(net, "customer_id", "left").withColumn(
             "reason",
             F.when(
@@ -930,11 +928,17 @@ def distinct_customers(kept: DataFrame) -> int:
     return kept.select("customer_id").distinct().count()
 
 
+def _net_micro_by_customer(rows: DataFrame, signed_amount: str) -> DataFrame:
+    """`customer_id, net_micro`: each customer's exact netted sum (the net rule's judge)."""
+    return rows.groupBy("customer_id").agg(
+        F.sum(micro_units(F.col(signed_amount))).alias("net_micro")
+    )
+
+
 def net_positive(kept: DataFrame) -> tuple[DataFrame, int]:
     """The kept rows of customers whose netted monetary is above zero, and how many rows
     are not (see pandas_compute.net_positive)."""
-    net = kept.groupBy("customer_id").agg(F.sum(micro_units(F.col("amount"))).alias("net_micro"))
-    flagged = kept.join(net, "customer_id", "left")
+    flagged = kept.join(_net_micro_by_customer(kept, "amount"), "customer_id", "left")
     not_positive = flagged.filter(F.col("net_micro") <= 0).count()
     return flagged.filter(F.col("net_micro") > 0).drop("net_micro"), not_positive
 
