@@ -69,6 +69,8 @@ class ReportInputs:
     slipping: Optional[int] = None  # customers in slipping_customers
     clustering: Optional[dict] = None  # what k-means measured (segmentation_method kmeans)
     cluster_sample: Optional[pd.DataFrame] = None  # customers drawn in the clusters picture
+    # Why the page draws no pictures (a week of a range run that drew its last week's only).
+    pictures_left_out: Optional[str] = None
 
 
 # --- values to page text: the only ways onto the page ------------------------------------------
@@ -268,7 +270,9 @@ def movement_section(inputs: ReportInputs) -> Html:
         for r in top.itertuples(index=False)
     )
     order = list(inputs.analytics["segment"].astype(str))
-    picture = _image(pictures.migration_heatmap(migration, order), "movement")
+    picture = Html("")
+    if inputs.pictures_left_out is None:
+        picture = _image(pictures.migration_heatmap(migration, order), "movement")
     return markup("{}{}{}", facts, _table(["from", "to", "customers", "revenue"], rows), picture)
 
 
@@ -384,7 +388,11 @@ def clustering_section(inputs: ReportInputs) -> Html:
             _table(["method", "silhouette", "Davies-Bouldin", "Calinski-Harabasz"], lines),
         )
     picture = Html("")
-    if inputs.cluster_sample is not None and len(inputs.cluster_sample):
+    if (
+        inputs.pictures_left_out is None
+        and inputs.cluster_sample is not None
+        and len(inputs.cluster_sample)
+    ):
         png = pictures.clusters(inputs.cluster_sample, cluster_picture_input(clustering))
         picture = _image(png, "k-means clusters")
     return markup("{}{}{}{}", facts, clusters, comparison, picture)
@@ -425,11 +433,14 @@ def report_html(inputs: ReportInputs, generated: Optional[dt.datetime] = None) -
         drawn.append((inputs.migration, ["customers"], "segment_migration", "the movement"))
     for frame, columns, table, picture in drawn:
         require_numbers(frame, columns, table, picture)
-    images = [
-        (pictures.segment_sizes(analytics), "Segment sizes and revenue share"),
-        (pictures.score_heatmaps(inputs.score_grid, inputs.scale), "R x FM heatmaps"),
-        (pictures.distributions(inputs.histograms), "Distributions"),
-    ]
+    if inputs.pictures_left_out is None:
+        shown = _join("", (_image(png, title) for png, title in (
+            (pictures.segment_sizes(analytics), "Segment sizes and revenue share"),
+            (pictures.score_heatmaps(inputs.score_grid, inputs.scale), "R x FM heatmaps"),
+            (pictures.distributions(inputs.histograms), "Distributions"),
+        )))  # fmt: skip
+    else:
+        shown = markup('<p class="muted">Pictures {}.</p>', inputs.pictures_left_out)
     clusters = Html("")
     if inputs.clustering:
         clusters = markup(
@@ -442,7 +453,7 @@ def report_html(inputs: ReportInputs, generated: Optional[dt.datetime] = None) -
         generated=generated.strftime("%Y-%m-%d %H:%M"),
         run=summary_section(inputs.summary),
         segments=segment_section(analytics),
-        shown=_join("", (_image(png, title) for png, title in images)),
+        shown=shown,
         clusters=clusters,
         movement=movement_section(inputs),
         thresholds=thresholds_section(analytics),

@@ -353,6 +353,13 @@ class RFMSettings(dg.ConfigurableResource):
         "seconds a run at millions of customers; `rfm-assets analyze`, which keeps only the "
         "tables, leaves them out).",
     )
+    range_pictures: Literal["last_week", "every_week"] = Field(
+        default="last_week",
+        description="In a run over a range of weeks (a backfill), draw the pictures (in the "
+        "UI and in rfm_report) for the range's last week only, or for every week. Drawing "
+        "them is most of a range's time (about 0.6 s a week); a week left without them says "
+        "so where they would be, and a run of that week alone draws them.",
+    )
 
     @field_validator(
         "reference_date", "earliest_valid_date", "latest_valid_date", "thresholds_from_week"

@@ -117,6 +117,10 @@ def assert_week_equals_a_run_from_scratch(source: str, store: Path, week: str, *
     return alone
 
 
+# Each materialization's metadata, by (asset, week), of every range run stored here.
+RANGE_METADATA: dict[Path, dict[tuple[str, str], dict]] = {}
+
+
 @pytest.fixture(scope="module")
 def range_store(source, tmp_path_factory) -> Path:
     return store_range(source, tmp_path_factory.mktemp("range_store"))
@@ -125,6 +129,10 @@ def range_store(source, tmp_path_factory) -> Path:
 def store_range(source: str, store: Path, **extra) -> Path:
     """The range's run, checked: one run stored every table of every week, checks passed."""
     result = run_weeks(source, store, RANGE, **extra)
+    RANGE_METADATA[store] = {
+        (event.asset_key.path[-1], event.partition): event.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
     assert result.success
     materialized = {
         (event.asset_key.path[-1], event.partition)
@@ -148,12 +156,53 @@ def test_a_range_of_weeks_stores_what_each_week_run_alone_stores(source, range_s
             )
             assert stored_context(range_store, table, week) == stored_context(alone, table, week)
         # The week before the range's first is not stored: its movement is empty, as alone.
-        # The same page but for the minute it was generated in.
+        # The same page but for the minute it was generated in; the range draws the pictures
+        # of its last week only, and says so where the other weeks' would be.
         pages = [re.sub(r"generated [^<]* UTC", "generated", (store / "rfm_report" / week /
                         "report.html").read_text()) for store in (range_store, alone)]  # fmt: skip
-        assert pages[0] == pages[1]
+        if week == WEEKS_OF_RANGE[-1]:
+            assert pages[0] == pages[1] and "<img" in pages[0]
+        else:
+            assert "<img" not in pages[0] and "Pictures not drawn" in pages[0]
+            assert without_pictures(pages[0]) == without_pictures(pages[1])
+            # Sizes, heatmaps and distributions, and the movement after the range's first week.
+            assert pages[1].count("<img") == (3 if week == WEEKS_OF_RANGE[0] else 4)
     assert stored(range_store, "segment_migration", WEEKS_OF_RANGE[0]).empty
     assert not stored(range_store, "segment_migration", WEEKS_OF_RANGE[1]).empty
+
+
+def without_pictures(page: str) -> str:
+    """A report page without its pictures, or without the note that stands in for them."""
+    page = re.sub(r"<p><img [^>]*></p>", "", page)
+    return re.sub(r'<p class="muted">Pictures not drawn[^<]*</p>', "", page)
+
+
+def test_a_range_draws_the_pictures_of_its_last_week_only(source, range_store, tmp_path):
+    """Drawing is most of a range's time: the weeks before the last say why they have none
+    where each picture would be; `range_pictures: every_week` draws every week's."""
+    metadata = RANGE_METADATA[range_store]
+    pictured = {"rfm_metrics": "distributions", "segment_analytics": "segment_sizes",
+                "segment_migration": "movement"}  # fmt: skip
+    for asset, name in pictured.items():
+        for week in WEEKS_OF_RANGE:
+            value = metadata[(asset, week)][name]
+            if week == WEEKS_OF_RANGE[-1]:
+                assert isinstance(value, dg.MarkdownMetadataValue), (asset, week)
+                assert "data:image/png;base64," in value.value
+            else:
+                assert isinstance(value, dg.TextMetadataValue), (asset, week)
+                assert f"drew the pictures of its last week ({WEEKS_OF_RANGE[-1]})" in value.value
+                assert f"materialize week {week} alone" in value.value
+    assert "pictures" in metadata[("rfm_report", WEEKS_OF_RANGE[0])]
+    assert "pictures" not in metadata[("rfm_report", WEEKS_OF_RANGE[-1])]
+
+    every = store_range(source, tmp_path / "every", range_pictures="every_week")
+    for week in WEEKS_OF_RANGE:
+        page = (every / "rfm_report" / week / "report.html").read_text()
+        assert "Pictures not drawn" not in page and "<img" in page
+        for asset, name in pictured.items():
+            value = RANGE_METADATA[every][(asset, week)][name]
+            assert isinstance(value, dg.MarkdownMetadataValue), (asset, week)
 
 
 def test_each_week_of_a_range_equals_a_run_as_of_the_week_end(source, range_store):

@@ -19,7 +19,6 @@ from rfm_assets.assets.graph import (
     judged,
     needed,
     output,
-    picture,
     pictured,
     rule_set_of,
     small_to_pandas,
@@ -242,7 +241,8 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions):
                 else {}
             ),
             **pictured(
-                settings,
+                graph,
+                context,
                 "distributions",
                 "Recency, frequency and monetary distributions",
                 lambda: pictures.distributions(engine.histograms(metrics)),
@@ -366,7 +366,7 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
         )
         clustering = {
             "clustering": dg.MetadataValue.json(summary),
-            **pictured(settings, "clusters", "k-means clusters",
+            **pictured(graph, context, "clusters", "k-means clusters",
                        lambda: pictures.clusters(sample(), summary)),
         }  # fmt: skip
     else:
@@ -444,11 +444,11 @@ def segment_analytics_step(graph: RFMGraph, context, customer_segments, earlier_
     )
     metadata = {
         "segment_distribution": dg.MetadataValue.md(segment_table_markdown(shown)),
-        **pictured(settings, "segment_sizes", "Segment sizes",
+        **pictured(graph, context, "segment_sizes", "Segment sizes",
                    lambda: pictures.segment_sizes(shown)),
-        **pictured(settings, "score_heatmaps", "Customers and average monetary by R x FM",
+        **pictured(graph, context, "score_heatmaps", "Customers and average monetary by R x FM",
                    lambda: pictures.score_heatmaps(engine.score_grid(segmented), rule_set.scale)),
-        **share_trend(context, settings, shown, earlier),
+        **share_trend(graph, context, shown, earlier),
         **segment_trends(shown),
     }  # fmt: skip
     yield output(engine, analytics, upstream, metadata)
@@ -466,14 +466,17 @@ def share_moves(analytics: pd.DataFrame, earlier: dict[str, pd.DataFrame]) -> li
     ]
 
 
-def share_trend(context, settings, analytics: pd.DataFrame, earlier: dict) -> dict:
+def share_trend(graph: RFMGraph, context, analytics: pd.DataFrame, earlier: dict) -> dict:
     """The share_trend picture over the stored weeks up to this one (weekly only)."""
-    if not earlier or not settings.pictures:
+    if not earlier:
         return {}
-    frames = [analytics.assign(week=context.partition_key)]
-    frames += [frame.assign(week=week) for week, frame in earlier.items()]
-    history = pd.concat(frames)[["week", "segment", "customer_share"]]
-    return {"share_trend": picture(pictures.share_trend(history), "Segment shares by week")}
+
+    def draw() -> bytes:
+        frames = [analytics.assign(week=context.partition_key)]
+        frames += [frame.assign(week=week) for week, frame in earlier.items()]
+        return pictures.share_trend(pd.concat(frames)[["week", "segment", "customer_share"]])
+
+    return pictured(graph, context, "share_trend", "Segment shares by week", draw)
 
 
 def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:

@@ -240,10 +240,32 @@ def picture(png: bytes, title: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(pictures.markdown_image(png, title))
 
 
-def pictured(settings: RFMSettings, name: str, title: str, draw: Callable[[], bytes]) -> dict:
-    """{name: the picture `draw` makes}, or nothing when the settings draw no pictures (then
-    neither the picture nor the aggregates behind it are computed)."""
-    return {name: picture(draw(), title)} if settings.pictures else {}
+def pictures_left_out(graph: RFMGraph, context) -> Optional[str]:
+    """Why this week draws no pictures, or None when it draws them: a run of one week draws
+    them; a run over a range of weeks draws them for its last week only, unless
+    `range_pictures: every_week` (at about 0.6 s a week, drawing is most of a range's time)."""
+    last = getattr(context, "last_week_of_range", None)
+    if last is None or context.partition_key == last:
+        return None
+    if graph.settings_of(context).range_pictures == "every_week":
+        return None
+    return (
+        f"not drawn: this run covered a range of weeks and drew the pictures of its last "
+        f"week ({last}) only; materialize week {context.partition_key} alone to draw them, "
+        f"or set range_pictures: every_week"
+    )
+
+
+def pictured(graph: RFMGraph, context, name: str, title: str, draw: Callable[[], bytes]) -> dict:
+    """{name: the picture `draw` makes}; nothing when the settings draw no pictures (then
+    neither the picture nor the aggregates behind it are computed); in a week of a range
+    that draws none, the reason, where the picture would be."""
+    if not graph.settings_of(context).pictures:
+        return {}
+    left_out = pictures_left_out(graph, context)
+    if left_out is not None:
+        return {name: dg.MetadataValue.text(left_out)}
+    return {name: picture(draw(), title)}
 
 
 def small_to_pandas(frame) -> pd.DataFrame:
@@ -293,9 +315,10 @@ class WeekContext:
 
     has_partition_key = True
 
-    def __init__(self, context, partitions: dg.PartitionsDefinition, week: str):
+    def __init__(self, context, partitions: dg.PartitionsDefinition, week: str, last_week: str):
         self._context = context
         self.partition_key = week
+        self.last_week_of_range = last_week
         self.partition_keys = [week]
         self.partition_time_window = partitions.time_window_for_partition_key(week)
 
@@ -347,14 +370,15 @@ def week_by_week(
     values: dict[str, HeldTable] = {}
     results: dict[str, dict[str, dg.AssetCheckResult]] = {}
     failures: dict[str, str] = {}
-    for week in sorted(context.partition_keys):
+    weeks = sorted(context.partition_keys)
+    for week in weeks:
         inputs = {name: value[week] for name, value in weekly.items()}
         at = keys.index(week)
         for name, (first, last) in bounds.items():
             mapped = set(keys[max(at + first, 0) : at + last + 1])
             inputs[name] = {k: v for k, v in spanning[name].items() if k in mapped}
         try:
-            week_context = WeekContext(context, graph.partitions, week)
+            week_context = WeekContext(context, graph.partitions, week, weeks[-1])
             for event in _events(step(graph, week_context, **inputs, **fixed)):
                 if isinstance(event, dg.AssetCheckResult):
                     results.setdefault(event.check_name, {})[week] = event

@@ -10,6 +10,7 @@ from rfm_assets.assets.graph import (
     judged,
     needed,
     output,
+    pictures_left_out,
     small_to_pandas,
     week_by_week,
 )
@@ -87,6 +88,7 @@ def rfm_report_step(graph: RFMGraph, context, customer_segments, segment_analyti
     }
     clustered = upstream.get("clustering")
     seed = graph.settings_of(context).cluster_seed
+    left_out = pictures_left_out(graph, context)  # the page draws them whatever `pictures` says
     page = report_html(
         ReportInputs(
             analytics=small_to_pandas(engine.load(segment_analytics)),
@@ -99,11 +101,13 @@ def rfm_report_step(graph: RFMGraph, context, customer_segments, segment_analyti
             slipping=engine.row_count(engine.load(slipping_customers)),
             clustering=clustered,
             cluster_sample=engine.cluster_sample(segments, CLUSTER_PICTURE_CUSTOMERS, seed)
-            if clustered
+            if clustered and left_out is None
             else None,
+            pictures_left_out=left_out,
         )
     )
-    metadata = {"bytes": len(page.encode("utf-8")), "reference_date": summary["reference_date"]}
+    metadata = {"bytes": len(page.encode("utf-8")), "reference_date": summary["reference_date"],
+                **({"pictures": left_out} if left_out else {})}  # fmt: skip
     return dg.Output(page, metadata=metadata)
 
 

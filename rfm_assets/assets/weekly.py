@@ -69,7 +69,7 @@ def segment_migration_step(graph: RFMGraph, context, weeks):
         "previous": label,
         **movement_counts(table),
         "largest_moves": dg.MetadataValue.md(migration_markdown(moves_between_segments(table))),
-        **pictured(graph.settings_of(context), "movement", "Segment movement",
+        **pictured(graph, context, "movement", "Segment movement",
                    lambda: pictures.migration_heatmap(table, segments)),
     }  # fmt: skip
     yield output(engine, migration, {**upstream, "previous": label}, metadata)
