@@ -185,7 +185,7 @@ def transactions_step(graph: RFMGraph, context, read: tuple, earlier: Optional[d
     )
 
 
-def rfm_metrics_step(graph: RFMGraph, context, transactions):
+def rfm_metrics_step(graph: RFMGraph, context, transactions, read_weeks: Optional[dict] = None):
     """One row per customer: recency (days to the reference date), frequency, monetary.
 
     Also first and last purchase dates, tenure in days and average order value.
@@ -204,7 +204,7 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions):
     if weekly_history:
         window = window_weeks(graph, context, weeks, upstream)
         start = upstream.get("window_start")
-        loaded = engine.window_rows(window, start and dt.date.fromisoformat(start))
+        loaded = engine.window_rows(window, start and dt.date.fromisoformat(start), read_weeks)
         if upstream["cleaning"]["returns_policy"] == "net":
             loaded, not_positive = engine.net_positive(loaded)
             upstream["window_rows_excluded"] = {"customer_monetary_not_positive": not_positive}
@@ -528,8 +528,9 @@ def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
         if graph.partitions is None:
             yield from rfm_metrics_step(graph, context, transactions)
             return
+        # A range of weeks reads each stored week of transactions once, not once a window.
         yield from week_by_week(graph, context, rfm_metrics_step, spanning={
-            "transactions": (transactions, reach, 0)})  # fmt: skip
+            "transactions": (transactions, reach, 0)}, read_weeks={})  # fmt: skip
 
     @dg.asset(ins=graph.ins("rfm_metrics"), description=rfm_scores_step.__doc__,
               **graph.table_asset("rfm_scores"))  # fmt: skip

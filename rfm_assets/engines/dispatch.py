@@ -135,10 +135,30 @@ class PandasEngine:
             return self.compute.customer_metrics(kept, reference_date)
         return self.compute.compute_metrics(kept, reference_date)
 
-    def window_rows(self, weeks: list, window_start: Optional[dt.date]):
+    def window_rows(self, weeks: list, window_start: Optional[dt.date],
+                    read: Optional[dict] = None):  # fmt: skip
         """The kept rows of a window, from the stored weeks of a weekly history that keep
-        them (any order): one table, without the rows dated before `window_start`."""
-        return self.compute.window_rows([self.load(week) for week in weeks], window_start)
+        them (any order): one table, without the rows dated before `window_start`.
+
+        `read` ({stored path: table}) keeps the stored weeks read for one window for the
+        next: the windows of a range of weeks overlap, so each stored week is read once. It
+        is left holding this window's weeks only."""
+        if read is None:
+            return self.compute.window_rows([self.load(week) for week in weeks], window_start)
+        paths = [getattr(week, "path", None) for week in weeks]
+        for path in set(read) - set(paths):
+            del read[path]
+        tables = []
+        for path, week in zip(paths, weeks):
+            if path is None:  # held in this run, not stored
+                tables.append(self.load(week))
+                continue
+            if path not in read:
+                read[path] = self.load(week)
+            tables.append(read[path])
+        if len(tables) == 1 and isinstance(tables[0], pd.DataFrame):  # kept: not the caller's
+            tables = [tables[0].copy(deep=False)]
+        return self.compute.window_rows(tables, window_start)
 
     def customers_of(self, kept) -> int:
         """Distinct customers of kept rows."""
