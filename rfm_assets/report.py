@@ -193,6 +193,12 @@ def summary_section(summary: dict) -> Html:
         ("engine", summary.get("engine")),
         ("reference date", summary.get("reference_date")),
         ("window starts", summary.get("window_start") or "all history"),
+        *(
+            # A week of a weekly history: its rows are this week's, its customers the window's.
+            [("window's weeks", _join(" to ", summary["window_weeks"]))]
+            if isinstance(summary.get("window_weeks"), list)
+            else []
+        ),
         ("scoring", markup("{} ({}-point)", summary.get("scoring_method"), summary.get("scale"))),
         (
             "weights R/F/M",
@@ -206,6 +212,8 @@ def summary_section(summary: dict) -> Html:
         _row(["rows read", _number(summary.get("rows_read"))], {1}),
         _row(["rows kept", _number(summary.get("rows_kept"))], {1}),
         *_counted("excluded", summary.get("rows_excluded")),
+        # Rows the weeks before kept that the window's own rules leave out (net policy).
+        *_counted("excluded from the window", summary.get("window_rows_excluded")),
         *_counted("customers held out", summary.get("customers_held_out")),
     ]
     return markup(

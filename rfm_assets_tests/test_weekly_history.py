@@ -5,6 +5,7 @@ under both return policies, with a window in days that is not whole weeks, with 
 whose lines fall in two weeks, and after late rows for an old week.
 """
 
+import re
 import shutil
 from pathlib import Path
 
@@ -114,6 +115,13 @@ def test_an_order_in_two_weeks_counts_once_and_net_judges_the_window(tmp_path):
     # Its rows are excluded from that window, and counted (the return and the purchase).
     excluded = stored_context(store, "rfm_metrics", "2024-11-25")["window_rows_excluded"]
     assert excluded["customer_monetary_not_positive"] >= 2
+    # The week's report counts them with the rest of its rows, and names the window's weeks.
+    page = (store / "rfm_report" / "2024-11-25" / "report.html").read_text()
+    count = f"{excluded['customer_monetary_not_positive']:,}"
+    assert re.search(r"excluded from the window: customer_monetary_not_positive</td>"
+                     rf"<td[^>]*>{count}</td>", page)  # fmt: skip
+    first = stored_context(store, "rfm_metrics", "2024-11-25")["window_weeks"][0]
+    assert f"{first} to 2024-11-25" in page
     assert metrics["2024-12-02"].loc[99999, "monetary"] == pytest.approx(70.0)
 
 

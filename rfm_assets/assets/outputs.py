@@ -29,6 +29,7 @@ CLUSTER_MODEL_DESCRIPTION = (
 REPORT_FACTS = (
     "input_level", "engine", "reference_date", "window_start", "scoring_method", "scale",
     "weights", "rows_read", "rows_kept", "rows_excluded", "customers_held_out",
+    "window_weeks", "window_rows_excluded",
 )  # fmt: skip
 
 
