@@ -211,6 +211,17 @@ def test_each_week_of_a_range_equals_a_run_as_of_the_week_end(source, range_stor
         assert_week_equals_a_run_from_scratch(source, range_store, week)
 
 
+class FakeLog:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message):
+        self.lines.append(("info", message))
+
+    def warning(self, message):
+        self.lines.append(("warning", message))
+
+
 class FakeRangeContext:
     """What week_by_week reads of a range run's context."""
 
@@ -219,6 +230,7 @@ class FakeRangeContext:
     def __init__(self, weeks):
         self.partition_keys = list(weeks)
         self.metadata = {}
+        self.log = FakeLog()
 
     def add_asset_metadata(self, metadata, partition_key=None):
         self.metadata[partition_key] = metadata
@@ -250,3 +262,23 @@ def test_a_range_with_a_failing_week_names_it_and_hands_on_nothing():
     assert not result.passed and "2024-11-25" in result.description
     assert result.metadata["failed_weeks"].value == ["2024-11-25"]
     assert result.metadata["weeks"].value == 3
+
+
+def test_a_line_every_week_of_a_range_logs_alike_is_logged_once():
+    """Each log line is an event the run stores: a step with nothing to do says so once for
+    the range; lines that differ by week, and warnings, are all logged."""
+    graph = RFMGraph(partitions=dg.WeeklyPartitionsDefinition(start_date=PARTITIONED[0],
+                                                              day_offset=1))  # fmt: skip
+
+    def step(graph, context, **_):
+        context.log.info("segmentation_method is grid; no model to store")
+        context.log.info(f"week {context.partition_key}: 10 rows read")
+        context.log.warning("a warning")
+        yield dg.Output(pd.DataFrame({"week": [context.partition_key]}))
+
+    context = FakeRangeContext(WEEKS_OF_RANGE)
+    list(week_by_week(graph, context, step))
+    expected = [("info", "segmentation_method is grid; no model to store")]
+    for week in WEEKS_OF_RANGE:
+        expected += [("info", f"week {week}: 10 rows read"), ("warning", "a warning")]
+    assert context.log.lines == expected

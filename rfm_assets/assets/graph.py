@@ -315,15 +315,34 @@ class WeekContext:
 
     has_partition_key = True
 
-    def __init__(self, context, partitions: dg.PartitionsDefinition, week: str, last_week: str):
+    def __init__(self, context, partitions: dg.PartitionsDefinition, week: str, last_week: str,
+                 logged: set[str]):  # fmt: skip
         self._context = context
         self.partition_key = week
         self.last_week_of_range = last_week
+        self.log = OncePerRange(context.log, logged)
         self.partition_keys = [week]
         self.partition_time_window = partitions.time_window_for_partition_key(week)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+
+class OncePerRange:
+    """The run's log as the weeks of a range share it: an info line that an earlier week of
+    the range logged word for word is not logged again (each line is an event the run
+    stores; a step that has nothing to do says so once, not once a week)."""
+
+    def __init__(self, log, logged: set[str]):
+        self._log, self._logged = log, logged
+
+    def info(self, message: str, *args, **kwargs) -> None:
+        if message not in self._logged:
+            self._logged.add(message)
+            self._log.info(message, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
 
 
 def in_range(graph: RFMGraph, context) -> bool:
@@ -370,7 +389,7 @@ def week_by_week(
     values: dict[str, HeldTable] = {}
     results: dict[str, dict[str, dg.AssetCheckResult]] = {}
     failures: dict[str, str] = {}
-    weeks = sorted(context.partition_keys)
+    weeks, logged = sorted(context.partition_keys), set()
     for week in weeks:
         inputs = {name: value[week] for name, value in weekly.items()}
         at = keys.index(week)
@@ -378,7 +397,7 @@ def week_by_week(
             mapped = set(keys[max(at + first, 0) : at + last + 1])
             inputs[name] = {k: v for k, v in spanning[name].items() if k in mapped}
         try:
-            week_context = WeekContext(context, graph.partitions, week, weeks[-1])
+            week_context = WeekContext(context, graph.partitions, week, weeks[-1], logged)
             for event in _events(step(graph, week_context, **inputs, **fixed)):
                 if isinstance(event, dg.AssetCheckResult):
                     results.setdefault(event.check_name, {})[week] = event
