@@ -40,6 +40,7 @@ from rfm_assets.engines.stored import (
     LATEST_PARTITION,
     POINTER,
     HeldTable,
+    StagedTable,
     StoredTable,
     WeeksReadOnUse,
     is_local,
@@ -143,7 +144,10 @@ class RFMStore(dg.UPathIOManager):
             asset_path = self._base_path.joinpath(*context.asset_key.path)
             for week in context.asset_partition_keys:
                 held = obj[week]
-                self._store(context, held.frame, asset_path / week, held.context, week)
+                if isinstance(held, StagedTable):  # written already: made current now
+                    self._make_current(asset_path / week, UPath(held.path).name, week)
+                else:
+                    self._store(context, held.frame, asset_path / week, held.context, week)
             return
         super().handle_output(context, obj)
 
@@ -194,11 +198,41 @@ class RFMStore(dg.UPathIOManager):
             self._remove(target)
             self._remove(path / f"{version}{CONTEXT_SUFFIX}")
             raise
+        self._make_current(path, version, week, previous)
+
+    def _make_current(self, path: UPath, version: str, week: Optional[str],
+                      previous: Optional[str] = None) -> None:  # fmt: skip
+        """Point `path` at `version` (written beside it), and drop what is older than the
+        version it replaces."""
+        if previous is None:
+            pointer = path / POINTER
+            previous = pointer.read_text().strip() if pointer.exists() else None
         self._point_to(path, version)
         if week is not None:
             self._note_partition(path.parent, week)
         if previous:
             self._remove_older_than(path, previous)
+
+    def stage(self, asset_key: dg.AssetKey, week: str, frame: pd.DataFrame,
+              table_context: dict) -> StagedTable:  # fmt: skip
+        """Write one week of a range as a new version that is not current yet."""
+        path = self._base_path.joinpath(*asset_key.path) / week
+        path.mkdir(parents=True, exist_ok=True)
+        version = f"v{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        staged = StagedTable(plain(path / version), dict(path.storage_options), table_context)
+        try:
+            self._write_pandas(frame, path / version)
+            _write_durably(path / f"{version}{CONTEXT_SUFFIX}", json.dumps(table_context) + "\n")
+        except BaseException:
+            self.discard(staged)
+            raise
+        return staged
+
+    def discard(self, staged: StagedTable) -> None:
+        """Remove a staged week that will not become current (its range failed)."""
+        target = UPath(staged.path, **staged.storage_options)
+        self._remove(target)
+        self._remove(target.with_name(f"{target.name}{CONTEXT_SUFFIX}"))
 
     def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict:
         if isinstance(obj, str):  # the report's own file, not its folder

@@ -5,9 +5,12 @@ The Spark engine's range is compared with this module's pandas range in test_spa
 """
 
 import datetime as dt
+import gc
 import json
 import re
+import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import pandas as pd
@@ -16,6 +19,7 @@ import pytest
 from rfm_assets.assets.core import SEGMENTED_AT_TAG
 from rfm_assets.assets.graph import RFMGraph, week_by_week
 from rfm_assets.component import build_rfm_definitions
+from rfm_assets.engines.stored import StagedTable
 from rfm_assets.io_manager import RFMParquetIOManager
 from rfm_assets.runner import RFMRun, run
 from rfm_assets.settings import RFMSettings
@@ -142,6 +146,10 @@ def store_range(source: str, store: Path, **extra) -> Path:
     assert {("rfm_report", week) for week in WEEKS_OF_RANGE} <= materialized
     evaluations = result.get_asset_check_evaluations()
     assert evaluations and all(e.passed for e in evaluations if e.check_name != "dominant_segment")
+    for table in TABLES:  # each week holds its current version and nothing staged beside it
+        for week in WEEKS_OF_RANGE:
+            versions = sorted(p.name for p in (store / table / week).glob("*.parquet"))
+            assert versions == [Path(current_version(store, table, week)).name], (table, week)
     return store
 
 
@@ -227,10 +235,13 @@ class FakeRangeContext:
 
     has_partition_key = False
 
-    def __init__(self, weeks):
+    asset_key = dg.AssetKey("rfm_scores")
+
+    def __init__(self, weeks, store=None):
         self.partition_keys = list(weeks)
         self.metadata = {}
         self.log = FakeLog()
+        self.resources = SimpleNamespace(io_manager=store)
 
     def add_asset_metadata(self, metadata, partition_key=None):
         self.metadata[partition_key] = metadata
@@ -282,3 +293,62 @@ def test_a_line_every_week_of_a_range_logs_alike_is_logged_once():
     for week in WEEKS_OF_RANGE:
         expected += [("info", f"week {week}: 10 rows read"), ("warning", "a warning")]
     assert context.log.lines == expected
+
+
+class FakeStore:
+    """What week_by_week asks of the Parquet store: stage a week, discard a staged one."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.staged, self.discarded = folder, [], []
+
+    def stage(self, asset_key, week, frame, table_context):
+        path = self.folder / f"{asset_key.path[-1]}-{week}.parquet"
+        frame.to_parquet(path)
+        self.staged.append(StagedTable(str(path), {}, dict(table_context)))
+        return self.staged[-1]
+
+    def discard(self, staged):
+        self.discarded.append(staged)
+        Path(staged.path).unlink()
+
+
+def weekly_frames(made: list, fail_in: str = ""):
+    """A step that makes a table a week (kept in `made` by weak reference only)."""
+
+    def step(graph, context, **_):
+        if context.partition_key == fail_in:
+            raise dg.Failure("rfm_scores: blocking check scores_on_scale failed")
+        frame = pd.DataFrame({"week": [context.partition_key] * 1000, "n": range(1000)})
+        made.append(weakref.ref(frame))
+        yield dg.Output(frame, metadata={"rfm/context": dg.MetadataValue.json({"w": 1})})
+
+    return step
+
+
+def test_a_range_writes_each_week_as_it_goes_and_holds_none_of_them(tmp_path):
+    """The range's tables are staged in the store week by week and handed on as handles:
+    no week's table stays in memory, and each handle reads back what its week made."""
+    graph = RFMGraph(partitions=dg.WeeklyPartitionsDefinition(start_date=PARTITIONED[0],
+                                                              day_offset=1))  # fmt: skip
+    store, made = FakeStore(tmp_path), []
+    (output,) = week_by_week(graph, FakeRangeContext(WEEKS_OF_RANGE, store),
+                             weekly_frames(made))  # fmt: skip
+    gc.collect()
+    assert len(made) == 3 and all(ref() is None for ref in made)
+    assert list(output.value) == list(WEEKS_OF_RANGE) and store.discarded == []
+    for week, staged in output.value.items():
+        assert isinstance(staged, StagedTable) and staged.context == {"w": 1}
+        assert set(staged.to_pandas()["week"]) == {week}
+
+
+def test_a_range_that_fails_leaves_nothing_staged(tmp_path):
+    graph = RFMGraph(partitions=dg.WeeklyPartitionsDefinition(start_date=PARTITIONED[0],
+                                                              day_offset=1))  # fmt: skip
+    (tmp_path / "staged").mkdir()
+    store = FakeStore(tmp_path / "staged")
+    steps = week_by_week(graph, FakeRangeContext(WEEKS_OF_RANGE, store),
+                         weekly_frames([], fail_in=WEEKS_OF_RANGE[-1]))  # fmt: skip
+    with pytest.raises(dg.Failure, match="1 of 3 weeks failed"):
+        list(steps)
+    assert len(store.staged) == 2 and store.discarded == store.staged
+    assert list((tmp_path / "staged").iterdir()) == []

@@ -20,7 +20,13 @@ import pandas as pd
 from rfm_assets import pictures
 from rfm_assets.contract import COLUMN_DESCRIPTIONS, COLUMN_TYPES, COLUMNS_OF
 from rfm_assets.engines.dispatch import PandasEngine, engine_for
-from rfm_assets.engines.stored import HeldTable, StoredTable, WeeksReadOnUse, is_spark_dataframe
+from rfm_assets.engines.stored import (
+    HeldTable,
+    StagedTable,
+    StoredTable,
+    WeeksReadOnUse,
+    is_spark_dataframe,
+)
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.io_manager import CONTEXT_METADATA, WEEKS_INPUT, held
 from rfm_assets.segments import RuleSet, load_rule_set
@@ -385,38 +391,55 @@ def week_by_week(
         yield from _events(step(graph, context, **weekly, **spanning, **fixed))
         return
     keys = list(graph.partitions.get_partition_keys())
-    outputs: dict[str, dg.Output] = {}
-    values: dict[str, HeldTable] = {}
+    outputs: dict[str, dg.Output] = {}  # each week's output, its table in `values`
+    values: dict[str, Any] = {}  # each week's table: staged in the store, or held
     results: dict[str, dict[str, dg.AssetCheckResult]] = {}
     failures: dict[str, str] = {}
     weeks, logged = sorted(context.partition_keys), set()
-    for week in weeks:
-        inputs = {name: value[week] for name, value in weekly.items()}
-        at = keys.index(week)
-        for name, (first, last) in bounds.items():
-            mapped = set(keys[max(at + first, 0) : at + last + 1])
-            inputs[name] = {k: v for k, v in spanning[name].items() if k in mapped}
-        try:
-            week_context = WeekContext(context, graph.partitions, week, weeks[-1], logged)
-            for event in _events(step(graph, week_context, **inputs, **fixed)):
-                if isinstance(event, dg.AssetCheckResult):
-                    results.setdefault(event.check_name, {})[week] = event
-                else:
-                    outputs[week] = event
-        except dg.Failure as failure:
-            failures[week] = failure.description or str(failure)
-            continue
-        if week in outputs:
-            values[week] = held(outputs[week].value, outputs[week].metadata)
-            if own is not None:
-                spanning[own][week] = values[week]
-    yield from (range_check(by_week) for by_week in results.values())
-    if failures:
-        shown = "; ".join(f"week {week}: {why}" for week, why in list(failures.items())[:3])
-        raise dg.Failure(
-            f"{len(failures)} of {len(context.partition_keys)} weeks failed, so no week of "
-            f"this range was stored: {shown}"
-        )
+    store = getattr(context.resources, graph.io_manager_key, None)
+    staging = hasattr(store, "stage")  # the Parquet store (the CLI's in-memory one holds)
+    try:
+        for week in weeks:
+            inputs = {name: value[week] for name, value in weekly.items()}
+            at = keys.index(week)
+            for name, (first, last) in bounds.items():
+                mapped = set(keys[max(at + first, 0) : at + last + 1])
+                inputs[name] = {k: v for k, v in spanning[name].items() if k in mapped}
+            try:
+                week_context = WeekContext(context, graph.partitions, week, weeks[-1], logged)
+                for event in _events(step(graph, week_context, **inputs, **fixed)):
+                    if isinstance(event, dg.AssetCheckResult):
+                        results.setdefault(event.check_name, {})[week] = event
+                    else:
+                        outputs[week] = event
+            except dg.Failure as failure:
+                failures[week] = failure.description or str(failure)
+                continue
+            if week in outputs:
+                week_output = outputs.pop(week)
+                value = held(week_output.value, week_output.metadata)
+                if staging and isinstance(value.frame, pd.DataFrame):
+                    # Written now, made current when the range is stored: the step holds
+                    # one week's table, not the range's.
+                    value = store.stage(context.asset_key, week, value.frame, value.context)
+                values[week] = value
+                outputs[week] = dg.Output(None, output_name=week_output.output_name,
+                                          metadata=week_output.metadata)  # fmt: skip
+                del week_output
+                if own is not None:
+                    spanning[own][week] = values[week]
+        yield from (range_check(by_week) for by_week in results.values())
+        if failures:
+            shown = "; ".join(f"week {week}: {why}" for week, why in list(failures.items())[:3])
+            raise dg.Failure(
+                f"{len(failures)} of {len(context.partition_keys)} weeks failed, so no week "
+                f"of this range was stored: {shown}"
+            )
+    except BaseException:
+        for value in values.values():
+            if isinstance(value, StagedTable):
+                store.discard(value)
+        raise
     if not outputs:
         return
     for week, week_output in outputs.items():

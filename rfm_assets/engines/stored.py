@@ -189,6 +189,14 @@ class StoredTable:
 
 
 @dataclass(frozen=True)
+class StagedTable(StoredTable):
+    """A week of a range of weeks written to the store but not current yet: a range's step
+    writes each week as it computes it, so it holds one week's table in memory and not the
+    range's, and the IO manager makes the weeks current only once every week has passed its
+    checks (see rfm_assets.assets.graph.week_by_week)."""
+
+
+@dataclass(frozen=True)
 class HeldTable:
     """A value held in the process with the run context a stored table would carry beside
     it: a Spark DataFrame handed from step to step (the command line's runs), or one week's
