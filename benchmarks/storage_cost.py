@@ -9,10 +9,9 @@ transactions together against one copy of the kept rows (README, "History on dis
 One copy of the kept rows is what a from-scratch week stores as transactions: the last
 week's, materialized alone in a store of its own.
 
-A range run holds the tables of its weeks in memory until every week has passed its checks
-(nothing of a failed range is stored), so `--range-weeks N` runs the further weeks as ranges
-of at most N weeks, as a year at millions of customers is best backfilled. Each run is its own
-process; its peak memory is printed with it.
+`--range-weeks N` runs the further weeks as ranges of at most N weeks (a range step writes
+each week as it computes it and makes the weeks current once all have passed, so a range's
+memory is one week's). Each run is its own process; its peak memory is printed with it.
 """
 
 import argparse
