@@ -62,6 +62,12 @@ WEEKS_INPUT = "rfm/weeks"
 REPORT_FILE = "report.html"
 # What `dump_to_path` names a version: v<nanoseconds>-<8 hex>.parquet or .json.
 VERSION_NAME = re.compile(r"v\d+-[0-9a-f]{8}\.(?:parquet|json)")
+# A week of a range written before the range is stored (RFMStore.stage): not a version, so no
+# other write removes it; named as a version when the range is stored.
+STAGED_NAME = re.compile(r"staged-(\d+)-[0-9a-f]{8}\.parquet")
+# Staged weeks older than this are leftovers of a range that was killed: removed when the
+# same week is staged again.
+STAGED_LEFTOVER_NS = 24 * 3600 * 10**9
 # A partition key of a weekly asset (YYYY-MM-DD), as LATEST holds it.
 WEEK_NAME = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -142,12 +148,21 @@ class RFMStore(dg.UPathIOManager):
         if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
             # A range of weeks computed in one step: {week: HeldTable(value, run context)}.
             asset_path = self._base_path.joinpath(*context.asset_key.path)
-            for week in context.asset_partition_keys:
-                held = obj[week]
-                if isinstance(held, StagedTable):  # written already: made current now
-                    self._make_current(asset_path / week, UPath(held.path).name, week)
-                else:
-                    self._store(context, held.frame, asset_path / week, held.context, week)
+            weeks = list(context.asset_partition_keys)
+            try:
+                while weeks:
+                    held = obj[weeks[0]]
+                    if isinstance(held, StagedTable):  # written already: made current now
+                        self._commit(asset_path / weeks[0], held, weeks[0])
+                    else:
+                        self._store(context, held.frame, asset_path / weeks[0], held.context,
+                                    weeks[0])  # fmt: skip
+                    weeks.pop(0)
+            except BaseException:
+                for week in weeks:  # not current, and never will be
+                    if isinstance(obj[week], StagedTable):
+                        self.discard(obj[week])
+                raise
             return
         super().handle_output(context, obj)
 
@@ -215,18 +230,39 @@ class RFMStore(dg.UPathIOManager):
 
     def stage(self, asset_key: dg.AssetKey, week: str, frame: pd.DataFrame,
               table_context: dict) -> StagedTable:  # fmt: skip
-        """Write one week of a range as a new version that is not current yet."""
+        """Write one week of a range beside its current version, under a name no other
+        write touches (see `_commit`, `discard`)."""
         path = self._base_path.joinpath(*asset_key.path) / week
         path.mkdir(parents=True, exist_ok=True)
-        version = f"v{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        staged = StagedTable(plain(path / version), dict(path.storage_options), table_context)
+        now = time.time_ns()
+        for entry in path.iterdir():  # what a killed range left
+            found = STAGED_NAME.fullmatch(entry.name.removesuffix(CONTEXT_SUFFIX))
+            if found and int(found.group(1)) < now - STAGED_LEFTOVER_NS:
+                self._remove(entry)
+        name = f"staged-{now}-{uuid.uuid4().hex[:8]}.parquet"
+        staged = StagedTable(plain(path / name), dict(path.storage_options), table_context)
         try:
-            self._write_pandas(frame, path / version)
-            _write_durably(path / f"{version}{CONTEXT_SUFFIX}", json.dumps(table_context) + "\n")
+            self._write_pandas(frame, path / name)
+            _write_durably(path / f"{name}{CONTEXT_SUFFIX}", json.dumps(table_context) + "\n")
         except BaseException:
             self.discard(staged)
             raise
         return staged
+
+    def _commit(self, path: UPath, staged: StagedTable, week: str) -> None:
+        """Make a staged week current: renamed as a new version (so it is the newest, even
+        when another run wrote the week meanwhile), then pointed at."""
+        source = path / UPath(staged.path).name
+        if not source.exists():
+            raise dg.Failure(
+                f"{plain(path)}: the week this range wrote ({source.name}) is gone (removed "
+                f"while the range ran?); materialize week {week} again"
+            )
+        version = f"v{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        path.fs.mv(source.path, (path / version).path)
+        path.fs.mv((path / f"{source.name}{CONTEXT_SUFFIX}").path,
+                   (path / f"{version}{CONTEXT_SUFFIX}").path)  # fmt: skip
+        self._make_current(path, version, week)
 
     def discard(self, staged: StagedTable) -> None:
         """Remove a staged week that will not become current (its range failed)."""

@@ -15,12 +15,14 @@ from types import SimpleNamespace
 import dagster as dg
 import pandas as pd
 import pytest
+from upath import UPath
 
+from rfm_assets.assets import graph as graph_module
 from rfm_assets.assets.core import SEGMENTED_AT_TAG
-from rfm_assets.assets.graph import RFMGraph, week_by_week
+from rfm_assets.assets.graph import STAGED_FROM_ROWS, RFMGraph, week_by_week
 from rfm_assets.component import build_rfm_definitions
 from rfm_assets.engines.stored import StagedTable
-from rfm_assets.io_manager import RFMParquetIOManager
+from rfm_assets.io_manager import RFMParquetIOManager, RFMStore
 from rfm_assets.runner import RFMRun, run
 from rfm_assets.settings import RFMSettings
 from rfm_assets.synthetic import generate_transactions
@@ -131,8 +133,12 @@ def range_store(source, tmp_path_factory) -> Path:
 
 
 def store_range(source: str, store: Path, **extra) -> Path:
-    """The range's run, checked: one run stored every table of every week, checks passed."""
-    result = run_weeks(source, store, RANGE, **extra)
+    """The range's run, checked: one run stored every table of every week, checks passed.
+    Every table is staged as its week is computed, however small (the product stages tables
+    of STAGED_FROM_ROWS rows and more), so the range is stored as a big one is."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(graph_module, "STAGED_FROM_ROWS", 0)
+        result = run_weeks(source, store, RANGE, **extra)
     RANGE_METADATA[store] = {
         (event.asset_key.path[-1], event.partition): event.materialization.metadata
         for event in result.get_asset_materialization_events()
@@ -318,7 +324,8 @@ def weekly_frames(made: list, fail_in: str = ""):
     def step(graph, context, **_):
         if context.partition_key == fail_in:
             raise dg.Failure("rfm_scores: blocking check scores_on_scale failed")
-        frame = pd.DataFrame({"week": [context.partition_key] * 1000, "n": range(1000)})
+        rows = STAGED_FROM_ROWS
+        frame = pd.DataFrame({"week": [context.partition_key] * rows, "n": range(rows)})
         made.append(weakref.ref(frame))
         yield dg.Output(frame, metadata={"rfm/context": dg.MetadataValue.json({"w": 1})})
 
@@ -352,3 +359,43 @@ def test_a_range_that_fails_leaves_nothing_staged(tmp_path):
         list(steps)
     assert len(store.staged) == 2 and store.discarded == store.staged
     assert list((tmp_path / "staged").iterdir()) == []
+
+
+WEEK = WEEKS_OF_RANGE[0]
+
+
+def test_a_staged_week_is_current_even_when_other_runs_wrote_the_week_meanwhile(tmp_path):
+    """A range stores its weeks at its end: runs of one of its weeks alone in the meantime
+    neither remove what it staged nor outlive it (the range ends last, its week is current)."""
+    store = RFMStore(base_path=UPath(tmp_path / "store"))
+    key, path = dg.AssetKey("rfm_scores"), UPath(tmp_path / "store" / "rfm_scores" / WEEK)
+    staged = store.stage(key, WEEK, pd.DataFrame({"x": [1]}), {"run": "range"})
+    for value in (2, 3):  # two runs of the week alone, while the range runs
+        store._store(None, pd.DataFrame({"x": [value]}), path, {"run": value}, WEEK)
+    assert staged.to_pandas()["x"].tolist() == [1]
+    store._commit(path, staged, WEEK)
+    current = store.stored(key, WEEK)
+    assert current.to_pandas()["x"].tolist() == [1] and current.context == {"run": "range"}
+    assert not [entry for entry in path.iterdir() if entry.name.startswith("staged-")]
+
+
+def test_a_range_whose_storing_fails_leaves_no_week_staged(tmp_path, monkeypatch):
+    store = RFMStore(base_path=UPath(tmp_path / "store"))
+    key = dg.AssetKey("rfm_scores")
+    weeks = {week: store.stage(key, week, pd.DataFrame({"x": [1]}), {}) for week in WEEKS_OF_RANGE}
+    commit = store._commit
+
+    def commit_then_fail(path, staged, week):
+        if week == WEEKS_OF_RANGE[1]:
+            raise OSError("the store went away")
+        commit(path, staged, week)
+
+    monkeypatch.setattr(store, "_commit", commit_then_fail)
+    context = SimpleNamespace(has_asset_partitions=True, asset_partition_keys=WEEKS_OF_RANGE,
+                              asset_key=key)  # fmt: skip
+    with pytest.raises(OSError):
+        store.handle_output(context, weeks)
+    folder = tmp_path / "store" / "rfm_scores"
+    assert store.stored(key, WEEKS_OF_RANGE[0]) is not None  # stored before the failure
+    for week in WEEKS_OF_RANGE:
+        assert not list((folder / week).glob("staged-*")), week

@@ -351,6 +351,12 @@ class OncePerRange:
         return getattr(self._log, name)
 
 
+# A range writes a week's table to the store as it computes it from this many rows: smaller
+# tables (segment_analytics, segment_migration: a row a segment) stay in memory, where they
+# cost nothing and the next weeks of the range read them without a file read each.
+STAGED_FROM_ROWS = 10_000
+
+
 def in_range(graph: RFMGraph, context) -> bool:
     """Whether the step computes a range of weeks (a single-run backfill), not one week."""
     return graph.partitions is not None and not context.has_partition_key
@@ -418,7 +424,8 @@ def week_by_week(
             if week in outputs:
                 week_output = outputs.pop(week)
                 value = held(week_output.value, week_output.metadata)
-                if staging and isinstance(value.frame, pd.DataFrame):
+                if (staging and isinstance(value.frame, pd.DataFrame)
+                        and len(value.frame) >= STAGED_FROM_ROWS):  # fmt: skip
                     # Written now, made current when the range is stored: the step holds
                     # one week's table, not the range's.
                     value = store.stage(context.asset_key, week, value.frame, value.context)
