@@ -389,6 +389,10 @@ def week_by_week(
     of the range passes when every week passed, and names the weeks that did not. A week
     whose blocking check fails fails the step, after every week has been judged: nothing of
     the range is stored.
+
+    On the Parquet store a week's table of STAGED_FROM_ROWS rows or more is written (staged)
+    as soon as it is made, and handed on as a handle the store makes current with the rest
+    of the range: the step holds one week's table, not the range's.
     """
     weekly = dict(weekly or {})
     bounds = {name: (first, last) for name, (_, first, last) in (spanning or {}).items()}

@@ -1,5 +1,6 @@
 """The store as the engines see it, without Dagster: handles on an asset value (`StoredTable`
-for a stored one, `HeldTable` for one held in the process), the names of the store's layout
+for a stored one, `StagedTable` for a week of a range written but not yet current,
+`HeldTable` for one held in the process), the names of the store's layout
 (see rfm_assets.io_manager, which writes it), and the reading of a stored cluster model. The
 IO managers hand the handles out."""
 
