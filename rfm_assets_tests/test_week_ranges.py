@@ -399,3 +399,24 @@ def test_a_range_whose_storing_fails_leaves_no_week_staged(tmp_path, monkeypatch
     assert store.stored(key, WEEKS_OF_RANGE[0]) is not None  # stored before the failure
     for week in WEEKS_OF_RANGE:
         assert not list((folder / week).glob("staged-*")), week
+
+
+def test_a_range_that_fails_midway_stores_nothing_of_the_failed_step(tmp_path):
+    """A real range whose rfm_metrics fails in its second week (its 7-day window has no
+    rows) after staging the first: nothing of rfm_metrics is left in the store, while the
+    transactions step, which passed, stored every week."""
+    rows = [(1, "2024-11-19 10:00", 10.0, "O-1"), (2, "2024-11-20 10:00", 20.0, "O-2"),
+            (1, "2024-12-03 10:00", 30.0, "O-3")]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["customer_id", "transaction_date", "amount", "order_id"])
+    frame.astype({"transaction_date": "datetime64[s]"}).to_parquet(tmp_path / "tx.parquet")
+    store = tmp_path / "store"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(graph_module, "STAGED_FROM_ROWS", 0)
+        result = run_weeks(str(tmp_path / "tx.parquet"), store, RANGE, raise_on_error=False,
+                           analysis_period_days=7)  # fmt: skip
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "rfm_metrics"
+    assert "no transactions in the window of week 2024-11-25" in str(failure.event_specific_data)
+    assert not [p for p in (store / "rfm_metrics").rglob("*") if p.is_file()]
+    assert [stored(store, "transactions", week).shape[0] for week in WEEKS_OF_RANGE] == [2, 0, 1]
