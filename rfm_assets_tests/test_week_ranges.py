@@ -420,3 +420,27 @@ def test_a_range_that_fails_midway_stores_nothing_of_the_failed_step(tmp_path):
     assert "no transactions in the window of week 2024-11-25" in str(failure.event_specific_data)
     assert not [p for p in (store / "rfm_metrics").rglob("*") if p.is_file()]
     assert [stored(store, "transactions", week).shape[0] for week in WEEKS_OF_RANGE] == [2, 0, 1]
+
+
+def test_the_weeks_of_a_range_aggregate_in_one_duckdb_database_with_the_same_results(
+    monkeypatch,
+):
+    """`one_duckdb` (a range's rfm_metrics) opens DuckDB once for every week, not once a
+    week, and each week's metrics are those a database of its own computes."""
+    import duckdb
+
+    from rfm_assets.engines import pandas_compute
+
+    rows = generate_transactions(3_000, customers=300, seed=3).assign(is_return=False)
+    weeks = [rows[rows["transaction_date"] < day] for day in ("2024-06-01", "2024-12-01")]
+    alone = [pandas_compute.compute_metrics(w, dt.date(2024, 12, 2)) for w in weeks]
+    opened = []
+    connect = duckdb.connect
+    monkeypatch.setattr(duckdb, "connect", lambda *a, **k: opened.append(1) or connect(*a, **k))
+    with pandas_compute.one_duckdb():
+        together = [pandas_compute.compute_metrics(w, dt.date(2024, 12, 2)) for w in weeks]
+    assert len(opened) == 1
+    for got, want in zip(together, alone):
+        pd.testing.assert_frame_equal(got, want)
+    pandas_compute.compute_metrics(weeks[0], dt.date(2024, 12, 2))  # after it: its own again
+    assert len(opened) == 2

@@ -528,9 +528,11 @@ def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
         if graph.partitions is None:
             yield from rfm_metrics_step(graph, context, transactions)
             return
-        # A range of weeks reads each stored week of transactions once, not once a window.
-        yield from week_by_week(graph, context, rfm_metrics_step, spanning={
-            "transactions": (transactions, reach, 0)}, read_weeks={})  # fmt: skip
+        # A range of weeks reads each stored week of transactions once, not once a window,
+        # and aggregates every week in one DuckDB database.
+        with graph.engine_of(context).one_session():
+            yield from week_by_week(graph, context, rfm_metrics_step, spanning={
+                "transactions": (transactions, reach, 0)}, read_weeks={})  # fmt: skip
 
     @dg.asset(ins=graph.ins("rfm_metrics"), description=rfm_scores_step.__doc__,
               **graph.table_asset("rfm_scores"))  # fmt: skip

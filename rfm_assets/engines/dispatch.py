@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 from typing import Any, Optional
@@ -134,6 +135,12 @@ class PandasEngine:
         if input_level == "customers":
             return self.compute.customer_metrics(kept, reference_date)
         return self.compute.compute_metrics(kept, reference_date)
+
+    def one_session(self):
+        """A block whose steps share what each would open for itself (DuckDB on pandas;
+        nothing on Spark, whose session is shared already): a range of weeks."""
+        share = getattr(self.compute, "one_duckdb", None)
+        return share() if share is not None else contextlib.nullcontext()
 
     def window_rows(self, weeks: list, window_start: Optional[dt.date],
                     read: Optional[dict] = None):  # fmt: skip
