@@ -149,11 +149,18 @@ def transactions_step(graph: RFMGraph, context, read: tuple, earlier: Optional[d
     )  # fmt: skip
     del raw
     rows_kept, excluded = engine.kept_rows(kept, account), sum(account.rows_excluded.values())
-    context.log.info(
-        f"{account.rows_read:,} rows read from {account.files_read:,} files "
-        f"({account.files_skipped:,} skipped: names starting with _ or .), "
-        f"{account.rows_kept:,} kept, {excluded:,} excluded: {account.rows_excluded}"
-    )
+    if alone:
+        context.log.info(
+            f"{account.rows_read:,} rows read from {account.files_read:,} files "
+            f"({account.files_skipped:,} skipped: names starting with _ or .), "
+            f"{account.rows_kept:,} kept, {excluded:,} excluded: {account.rows_excluded}"
+        )
+    else:  # one line for the range (each line is a stored event), the counts in each week's
+        context.log.info(  # metadata
+            f"{account.rows_read:,} rows read from {account.files_read:,} files for each week "
+            "of this range; each week's rows kept and excluded, by reason, are in its "
+            "metadata (rows_kept, rows_excluded)"
+        )
     verdict = checks.rows_accounted_for(account.rows_read, rows_kept, excluded)
     yield from judged(graph, "transactions", {"rows_accounted_for": verdict})
     summary = account.as_metadata()
