@@ -27,15 +27,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-WEEK, REFERENCE_DATE = "2011-11-28", "2011-12-05"
-ALL_WEEKS = "2010-11-29...2011-12-05"
+# The same weeks, and one way to time a run, for both benchmarks.
+from dagster_week import ALL_WEEKS, BIN, REFERENCE_DATE, WEEK, fresh_home, timed
 
 
 def shape_of_rfm_assets() -> dict:
@@ -76,7 +73,6 @@ def shape_of_rfm_assets() -> dict:
 
 def empty_shape(shape: dict):
     """Definitions of `shape` (see shape_of_rfm_assets) whose bodies do nothing."""
-    import datetime as dt
     import warnings
 
     import dagster as dg
@@ -84,25 +80,9 @@ def empty_shape(shape: dict):
     warnings.simplefilter("ignore", dg.BetaWarning)
     assets = []
     for name, asset in shape.items():
-        weeks = asset["partitions"]
-        partitions = dg.TimeWindowPartitionsDefinition(
-            start=dt.datetime.fromisoformat(weeks["start"]),
-            end=dt.datetime.fromisoformat(weeks["end"]),
-            cron_schedule=weeks["cron_schedule"],
-            fmt=weeks["fmt"],
-            timezone=weeks["timezone"],
-        )
-        deps = [
-            dg.AssetDep(parent, partition_mapping=None if offsets is None else
-                        dg.TimeWindowPartitionMapping(start_offset=offsets[0],
-                                                      end_offset=offsets[1],
-                                                      allow_nonexistent_upstream_partitions=True))
-            for parent, offsets in asset["parents"].items()
-        ]  # fmt: skip
-        checks = [dg.AssetCheckSpec(check, asset=name, blocking=blocking)
-                  for check, blocking in asset["checks"].items()]  # fmt: skip
         policy = dg.BackfillPolicy.single_run() if asset["single_run"] else None
-        assets.append(_empty_asset(dg, name, deps, partitions, checks, policy))
+        assets.append(_empty_asset(dg, name, _deps(dg, asset), _partitions(dg, asset),
+                                   _checks(dg, name, asset), policy))  # fmt: skip
     tables = [a for a in assets if a.key.path[-1] != "rfm_report"]
     return dg.Definitions(
         assets=assets,
@@ -114,34 +94,19 @@ def empty_shape(shape: dict):
 def empty_shape_in_one_step(shape: dict):
     """The same assets and checks as one subsettable multi-asset step (as dagster-dbt builds a
     project): what fewer steps would save."""
-    import datetime as dt
     import warnings
 
     import dagster as dg
 
     warnings.simplefilter("ignore", dg.BetaWarning)
-    weeks = next(iter(shape.values()))["partitions"]
-    partitions = dg.TimeWindowPartitionsDefinition(
-        start=dt.datetime.fromisoformat(weeks["start"]),
-        end=dt.datetime.fromisoformat(weeks["end"]),
-        cron_schedule=weeks["cron_schedule"],
-        fmt=weeks["fmt"],
-        timezone=weeks["timezone"],
-    )
+    partitions = _partitions(dg, next(iter(shape.values())))
     specs, checks = [], []
     for name in ONE_STEP_ORDER:  # a multi-asset yields its assets in the order of the edges
         asset = shape[name]
-        deps = [
-            dg.AssetDep(parent, partition_mapping=None if offsets is None else
-                        dg.TimeWindowPartitionMapping(start_offset=offsets[0],
-                                                      end_offset=offsets[1],
-                                                      allow_nonexistent_upstream_partitions=True))
-            for parent, offsets in asset["parents"].items()
-            if parent != name  # an asset's own earlier weeks: one step holds them anyway
-        ]  # fmt: skip
+        # An asset's own earlier weeks are no edge: one step holds them anyway.
+        deps = [dep for dep in _deps(dg, asset) if dep.asset_key.path[-1] != name]
         specs.append(dg.AssetSpec(name, deps=deps, partitions_def=partitions))
-        checks += [dg.AssetCheckSpec(check, asset=name, blocking=blocking)
-                   for check, blocking in asset["checks"].items()]  # fmt: skip
+        checks += _checks(dg, name, asset)
 
     @dg.multi_asset(specs=specs, check_specs=checks, partitions_def=partitions,
                     backfill_policy=dg.BackfillPolicy.single_run(), can_subset=True)  # fmt: skip
@@ -158,6 +123,33 @@ def empty_shape_in_one_step(shape: dict):
         asset_checks=list(dg.build_column_schema_change_checks(assets=[rfm])),
         executor=dg.in_process_executor,
     )
+
+
+def _partitions(dg, asset: dict):
+    import datetime as dt
+
+    weeks = asset["partitions"]
+    return dg.TimeWindowPartitionsDefinition(
+        start=dt.datetime.fromisoformat(weeks["start"]),
+        end=dt.datetime.fromisoformat(weeks["end"]),
+        cron_schedule=weeks["cron_schedule"],
+        fmt=weeks["fmt"],
+        timezone=weeks["timezone"],
+    )
+
+
+def _deps(dg, asset: dict) -> list:
+    return [
+        dg.AssetDep(parent, partition_mapping=None if offsets is None else
+                    dg.TimeWindowPartitionMapping(start_offset=offsets[0], end_offset=offsets[1],
+                                                  allow_nonexistent_upstream_partitions=True))
+        for parent, offsets in asset["parents"].items()
+    ]  # fmt: skip
+
+
+def _checks(dg, name: str, asset: dict) -> list:
+    return [dg.AssetCheckSpec(check, asset=name, blocking=blocking)
+            for check, blocking in asset["checks"].items()]  # fmt: skip
 
 
 ONE_STEP_ORDER = ("transactions", "rfm_metrics", "rfm_scores", "customer_segments",
@@ -208,18 +200,6 @@ def commands(folder: Path) -> dict[str, tuple[list[str], str]]:
         "dagster_all_weeks": ([*materialize, "-m", "rfm_assets", *weeks], "cli_all_weeks"),
         "cli_all_weeks": (analyze, "cli_all_weeks"),
     }
-
-
-def fresh_home(folder: Path) -> dict:
-    home = Path(tempfile.mkdtemp(dir=folder, prefix="dagster_home_"))
-    (home / "dagster.yaml").touch()
-    return {**os.environ, "DAGSTER_HOME": str(home)}
-
-
-def timed(command: list[str], env: dict) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, env=env, check=True, capture_output=True)
-    return time.perf_counter() - started
 
 
 def main() -> None:

@@ -124,6 +124,12 @@ def path_exists_and_is_document(path: UPath) -> bool:
     return pointer.exists() and pointer.read_text().strip().endswith(".json")
 
 
+def _new_name(prefix: str, suffix: str, now: Optional[int] = None) -> str:
+    """<prefix><nanoseconds>-<8 hex>.<suffix>: names sort by when they were made (see
+    VERSION_NAME, STAGED_NAME)."""
+    return f"{prefix}{now or time.time_ns()}-{uuid.uuid4().hex[:8]}.{suffix}"
+
+
 class RFMStore(dg.UPathIOManager):
     """Stores pandas or Spark DataFrames as versioned Parquet; loads by the consumer's type.
 
@@ -149,17 +155,17 @@ class RFMStore(dg.UPathIOManager):
             # A range of weeks computed in one step: {week: HeldTable(value, run context)}.
             asset_path = self._base_path.joinpath(*context.asset_key.path)
             weeks = list(context.asset_partition_keys)
+            stored = 0
             try:
-                while weeks:
-                    held = obj[weeks[0]]
+                for week in weeks:
+                    held = obj[week]
                     if isinstance(held, StagedTable):  # written already: made current now
-                        self._commit(asset_path / weeks[0], held, weeks[0])
+                        self._commit(asset_path / week, held, week)
                     else:
-                        self._store(context, held.frame, asset_path / weeks[0], held.context,
-                                    weeks[0])  # fmt: skip
-                    weeks.pop(0)
+                        self._store(context, held.frame, asset_path / week, held.context, week)
+                    stored += 1
             except BaseException:
-                for week in weeks:  # not current, and never will be
+                for week in weeks[stored:]:  # not current, and never will be
                     if isinstance(obj[week], StagedTable):
                         self.discard(obj[week])
                 raise
@@ -185,8 +191,7 @@ class RFMStore(dg.UPathIOManager):
             _write_durably(path / REPORT_FILE, obj)
             self._written_page = path / REPORT_FILE  # for get_metadata, which comes next
             return
-        suffix = "json" if isinstance(obj, dict) else "parquet"
-        version = f"v{time.time_ns()}-{uuid.uuid4().hex[:8]}.{suffix}"
+        version = _new_name("v", "json" if isinstance(obj, dict) else "parquet")
         target = path / version
         if not (isinstance(obj, (pd.DataFrame, dict)) or is_spark_dataframe(obj)):
             raise TypeError(
@@ -239,7 +244,7 @@ class RFMStore(dg.UPathIOManager):
             found = STAGED_NAME.fullmatch(entry.name.removesuffix(CONTEXT_SUFFIX))
             if found and int(found.group(1)) < now - STAGED_LEFTOVER_NS:
                 self._remove(entry)
-        name = f"staged-{now}-{uuid.uuid4().hex[:8]}.parquet"
+        name = _new_name("staged-", "parquet", now)
         staged = StagedTable(plain(path / name), dict(path.storage_options), table_context)
         try:
             self._write_pandas(frame, path / name)
@@ -258,7 +263,7 @@ class RFMStore(dg.UPathIOManager):
                 f"{plain(path)}: the week this range wrote ({source.name}) is gone (removed "
                 f"while the range ran?); materialize week {week} again"
             )
-        version = f"v{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        version = _new_name("v", "parquet")
         path.fs.mv(source.path, (path / version).path)
         path.fs.mv((path / f"{source.name}{CONTEXT_SUFFIX}").path,
                    (path / f"{version}{CONTEXT_SUFFIX}").path)  # fmt: skip

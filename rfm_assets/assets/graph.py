@@ -401,8 +401,9 @@ def week_by_week(
         yield from _events(step(graph, context, **weekly, **spanning, **fixed))
         return
     keys = list(graph.partitions.get_partition_keys())
-    outputs: dict[str, dg.Output] = {}  # each week's output, its table in `values`
+    metadata: dict[str, dict] = {}  # each week's output metadata
     values: dict[str, Any] = {}  # each week's table: staged in the store, or held
+    output_name = None
     results: dict[str, dict[str, dg.AssetCheckResult]] = {}
     failures: dict[str, str] = {}
     weeks, logged = sorted(context.partition_keys), set()
@@ -415,30 +416,29 @@ def week_by_week(
             for name, (first, last) in bounds.items():
                 mapped = set(keys[max(at + first, 0) : at + last + 1])
                 inputs[name] = {k: v for k, v in spanning[name].items() if k in mapped}
+            week_output = None
             try:
                 week_context = WeekContext(context, graph.partitions, week, weeks[-1], logged)
                 for event in _events(step(graph, week_context, **inputs, **fixed)):
                     if isinstance(event, dg.AssetCheckResult):
                         results.setdefault(event.check_name, {})[week] = event
                     else:
-                        outputs[week] = event
+                        week_output = event
             except dg.Failure as failure:
                 failures[week] = failure.description or str(failure)
                 continue
-            if week in outputs:
-                week_output = outputs.pop(week)
+            if week_output is not None:
                 value = held(week_output.value, week_output.metadata)
+                metadata[week], output_name = week_output.metadata, week_output.output_name
+                event = week_output = None  # `value` alone holds the table now
                 if (staging and isinstance(value.frame, pd.DataFrame)
                         and len(value.frame) >= STAGED_FROM_ROWS):  # fmt: skip
                     # Written now, made current when the range is stored: the step holds
                     # one week's table, not the range's.
                     value = store.stage(context.asset_key, week, value.frame, value.context)
                 values[week] = value
-                outputs[week] = dg.Output(None, output_name=week_output.output_name,
-                                          metadata=week_output.metadata)  # fmt: skip
-                del week_output
                 if own is not None:
-                    spanning[own][week] = values[week]
+                    spanning[own][week] = value
         yield from (range_check(by_week) for by_week in results.values())
         if failures:
             shown = "; ".join(f"week {week}: {why}" for week, why in list(failures.items())[:3])
@@ -451,11 +451,11 @@ def week_by_week(
             if isinstance(value, StagedTable):
                 store.discard(value)
         raise
-    if not outputs:
+    if not values:
         return
-    for week, week_output in outputs.items():
-        context.add_asset_metadata(dict(week_output.metadata), partition_key=week)
-    yield dg.Output(values, output_name=next(iter(outputs.values())).output_name)
+    for week, week_metadata in metadata.items():
+        context.add_asset_metadata(dict(week_metadata), partition_key=week)
+    yield dg.Output(values, output_name=output_name)
 
 
 def range_check(by_week: dict[str, dg.AssetCheckResult]) -> dg.AssetCheckResult:

@@ -435,18 +435,31 @@ def one_duckdb():
     """One DuckDB database for the aggregations of the block (a range of weeks), closed at
     its end: opening one costs about 12 ms, which a range of the 54 bundled weeks paid 54
     times (0.7 s). Closed, it gives back what it held, as a database per aggregation does."""
-    import duckdb
-
     if getattr(_SHARED_DUCKDB, "connection", None) is not None:  # an outer block shares one
         yield
         return
+    with _duckdb() as connection:
+        _SHARED_DUCKDB.connection = connection
+        try:
+            yield
+        finally:
+            _SHARED_DUCKDB.connection = None
+
+
+@contextlib.contextmanager
+def _duckdb():
+    """A cursor on the shared database of a `one_duckdb()` block, or a database of its own
+    that spills to a temporary directory and is gone at the end."""
+    import duckdb
+
+    shared = getattr(_SHARED_DUCKDB, "connection", None)
+    if shared is not None:
+        with shared.cursor() as cursor:
+            yield cursor
+        return
     with tempfile.TemporaryDirectory(prefix="rfm-duckdb-") as spill:
         with duckdb.connect(config={"temp_directory": spill}) as connection:
-            _SHARED_DUCKDB.connection = connection
-            try:
-                yield
-            finally:
-                _SHARED_DUCKDB.connection = None
+            yield connection
 
 
 def _per_customer(transactions: pd.DataFrame) -> pa.Table:
@@ -463,7 +476,6 @@ def _per_customer(transactions: pd.DataFrame) -> pa.Table:
     directory): unbounded, its hash tables add more than the rows they group, and this step
     sets the pandas engine's peak (benchmarks/README.md, "Large data shape").
     """
-    import duckdb
 
     columns = {
         "customer_id": pa.array(transactions["customer_id"]),
@@ -478,18 +490,10 @@ def _per_customer(transactions: pd.DataFrame) -> pa.Table:
         orders = _ORDERS
     lines = pa.table(columns)
     limit = max(DUCKDB_LEAST_MEMORY, lines.nbytes // 2)
-    query = _PER_CUSTOMER.format(orders=orders)
-    shared = getattr(_SHARED_DUCKDB, "connection", None)
-    if shared is not None:
-        with shared.cursor() as cursor:
-            cursor.execute(f"SET memory_limit = '{limit // 2**20}MiB'")
-            cursor.register("lines", lines)
-            return cursor.sql(query).to_arrow_table()
-    with tempfile.TemporaryDirectory(prefix="rfm-duckdb-") as spill:
-        config = {"memory_limit": f"{limit // 2**20}MiB", "temp_directory": spill}
-        with duckdb.connect(config=config) as connection:
-            connection.register("lines", lines)
-            return connection.sql(query).to_arrow_table()
+    with _duckdb() as connection:
+        connection.execute(f"SET memory_limit = '{limit // 2**20}MiB'")
+        connection.register("lines", lines)
+        return connection.sql(_PER_CUSTOMER.format(orders=orders)).to_arrow_table()
 
 
 def compute_metrics(transactions: pd.DataFrame, reference_date: dt.date) -> pd.DataFrame:
