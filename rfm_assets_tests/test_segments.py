@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rfm_assets.bounded_files import read_yaml
 from rfm_assets.engines.pandas_compute import assign_segments, segment_analytics
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.segments import default_catalog, default_rule_set, load_rule_set, slugify
@@ -122,6 +123,19 @@ def test_user_grid_loads_with_its_own_catalog_entry(tmp_path):
     grid = load_rule_set(path, 4)
     assert grid.segment_of(4, 4, 4) == "VIP" and grid.segment_of(1, 1, 1) == "Lost"
     assert [e.name for e in grid.segments] == ["VIP", "Lost"]
+
+
+def test_a_rule_set_edited_between_two_loads_is_read_anew(tmp_path):
+    """Parsing is kept per text (a range reads the rule set every week), so an edit, even of
+    the same length within the same clock tick, is what the next load sees."""
+    grid = "grid:\n" + "".join(f"  {r}: [{{0}}, Lost, Lost, Lost]\n" for r in range(1, 5))
+    path = write(tmp_path, "scale: 4\n" + grid.format("Hibernating"))
+    assert load_rule_set(path, 4).segment_of(1, 1, 1) == "Hibernating"
+    path.write_text("scale: 4\n" + grid.format("Need Attention"))
+    assert load_rule_set(path, 4).segment_of(1, 1, 1) == "Need Attention"
+    first = read_yaml(path, "segment_rules")
+    first["grid"][1][0] = "Champions"  # a caller changing what it read
+    assert read_yaml(path, "segment_rules")["grid"][1][0] == "Need Attention"
 
 
 def test_user_grid_with_holes_lists_the_uncovered_cells(tmp_path):
