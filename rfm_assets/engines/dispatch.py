@@ -298,7 +298,9 @@ class PandasEngine:
         scores are null or off the 1..`off_scale` scale."""
         return Tally(
             rows=len(frame),
-            distinct=None if distinct_of is None else int(frame[distinct_of].nunique()),
+            distinct=None
+            if distinct_of is None
+            else self.compute.distinct_count(frame[distinct_of]),
             micro_sum=None if money_of is None else self.monetary_micro_sum(frame, money_of),
             off_scale=None if off_scale is None else self._scores_off_scale(frame, off_scale),
         )

