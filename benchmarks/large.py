@@ -23,7 +23,8 @@ Variants:
 - rfm_spark_200: rfm_spark with Spark's fixed 200 shuffle partitions (adaptive execution
               merging them by size) in place of the engine's scaled default; not in the
               default --variants
-- duckdb, polars, tutorial, io_floor, spark: benchmarks/peers.py (see its docstring)
+- duckdb, duckdb_after_imports, polars, tutorial, io_floor, spark: benchmarks/peers.py (see its
+              docstring); duckdb_after_imports is the least the command line could cost
 
 Writes benchmarks/results/large.json (table, per-run figures, agreement, machine, commit).
 """
@@ -50,6 +51,7 @@ SEED = 42
 VARIANTS = (
     "rfm",
     "duckdb",
+    "duckdb_after_imports",
     "polars",
     "tutorial",
     "io_floor",
@@ -57,7 +59,7 @@ VARIANTS = (
     "spark",
     "rfm_spark_200",
 )
-PEERS = ("duckdb", "polars", "tutorial", "io_floor", "spark")
+PEERS = ("duckdb", "duckdb_after_imports", "polars", "tutorial", "io_floor", "spark")
 KEY = ["customer_id"]
 COMPARED = [
     "recency",
