@@ -369,6 +369,36 @@ def test_consuming_the_source_keeps_the_same_rows_and_account(tmp_path, returns_
     assert list(raw.columns) == []  # nothing of the source is left held
 
 
+def test_text_of_either_arrow_width_reads_alike(tmp_path):
+    """Parquet text comes as string or large_string (pandas writes the latter); dates and
+    amounts written as text, blanks and padded ids included, read the same either way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rfm_assets.engines.pandas_read import read_transactions
+    from rfm_assets.settings import RFMSettings
+
+    text = {
+        "customer_id": [" C1", "C2 ", "", "C1", "C3"],
+        "transaction_date": ["2024-01-02", " 2024-01-03 ", "2024-01-04", "", "2024-01-05"],
+        "amount": ["10.5", " 3", "7", "1e2", ""],
+        "order_id": ["o1", "o2", "o3", "o4", "o5"],
+    }
+    columns = RFMSettings(columns={"order_id": "order_id"}).source_columns(bundled=False)
+    read = {}
+    for width in (pa.string(), pa.large_string()):
+        path = tmp_path / f"{width}.parquet"
+        pq.write_table(pa.table({k: pa.array(v, width) for k, v in text.items()}), path)
+        with pytest.raises(RFMInputError, match="transaction_date.*1 values are not dates"):
+            read_transactions(str(path), columns)
+        pq.write_table(pa.table({k: pa.array(v[:3] + v[4:], width) for k, v in text.items()}), path)
+        read[str(width)], _ = read_transactions(str(path), columns)
+    pd.testing.assert_frame_equal(read["string"], read["large_string"])
+    frame = read["string"]
+    assert frame["customer_id"].tolist()[:2] == ["C1", "C2"] and pd.isna(frame["customer_id"][2])
+    assert frame["amount"].tolist()[:3] == [10.5, 3.0, 7.0] and np.isnan(frame["amount"][3])
+
+
 def test_money_values_add_up_exactly_at_any_size():
     from rfm_assets.engines.shared import amounts_add_up
 
