@@ -149,6 +149,10 @@ class RFMStore(dg.UPathIOManager):
         super().__init__(base_path=base_path)
         self._spark = spark
         self._load_as = load_as
+        # The pandas table this store wrote last, by its path: a step of the same run that
+        # loads it next (the steps of a run share one process) gets the frame itself instead
+        # of reading back what was just written (10M transactions are a second's read).
+        self._last_written: Optional[tuple[str, pd.DataFrame]] = None
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
@@ -193,6 +197,7 @@ class RFMStore(dg.UPathIOManager):
             return
         version = _new_name("v", "json" if isinstance(obj, dict) else "parquet")
         target = path / version
+        self._last_written = None
         if not (isinstance(obj, (pd.DataFrame, dict)) or is_spark_dataframe(obj)):
             raise TypeError(
                 f"{context.asset_key.to_user_string()}: expected a pandas or Spark DataFrame "
@@ -219,6 +224,8 @@ class RFMStore(dg.UPathIOManager):
             self._remove(path / f"{version}{CONTEXT_SUFFIX}")
             raise
         self._make_current(path, version, week, previous)
+        if isinstance(obj, pd.DataFrame):
+            self._last_written = (plain(target), obj)
 
     def _make_current(self, path: UPath, version: str, week: Optional[str],
                       previous: Optional[str] = None) -> None:  # fmt: skip
@@ -332,6 +339,8 @@ class RFMStore(dg.UPathIOManager):
                     "the io_manager to be given the `spark` resource"
                 )
             return stored.to_spark(self._spark.spark_session)
+        if self._last_written is not None and self._last_written[0] == stored.path:
+            return self._last_written[1]
         return stored.to_pandas()
 
     def stored_at(self, path: UPath, what: str, version: Optional[str] = None) -> StoredTable:

@@ -197,6 +197,36 @@ def test_failed_write_leaves_the_previous_value_readable(tmp_path):
     assert len(list((folder / "fragile").iterdir())) == 2  # CURRENT and one version, no debris
 
 
+_SEEN: dict[str, pd.DataFrame] = {}
+
+
+@dg.asset
+def written() -> pd.DataFrame:
+    frame = pd.DataFrame({"x": [1, 2, 3]})
+    _SEEN["written"] = frame
+    return frame
+
+
+@dg.asset
+def reads_written(written: pd.DataFrame) -> pd.DataFrame:
+    _SEEN["read"] = written
+    return written.assign(y=written["x"] * 2)
+
+
+def test_a_step_gets_the_frame_stored_just_before_it_and_a_later_run_reads_it_back(tmp_path):
+    store = RFMParquetIOManager(base_dir=str(tmp_path / "store"))
+    assert dg.materialize([written, reads_written], resources={"io_manager": store}).success
+    assert _SEEN["read"] is _SEEN["written"]  # not read back from the Parquet just written
+    stored = stored_frame(tmp_path / "store", "reads_written")
+    assert stored.to_dict("list") == {"x": [1, 2, 3], "y": [2, 4, 6]}
+
+    _SEEN.clear()
+    assert dg.materialize(
+        [written, reads_written], selection=[reads_written], resources={"io_manager": store}
+    ).success
+    assert "written" not in _SEEN and _SEEN["read"]["x"].tolist() == [1, 2, 3]
+
+
 @pytest.mark.parametrize("module", ["rfm_assets", "rfm_assets.definitions"])
 def test_defs_is_importable_from_both_documented_modules(module):
     imported = __import__(module, fromlist=["defs"])
