@@ -113,6 +113,27 @@ def test_weeks_with_different_id_types_still_match_by_id(two_weeks):
     )
 
 
+def test_migration_revenue_is_exact_beyond_the_int64_range():
+    """Each customer's monetary fits int64 micro-units; a segment's total may not."""
+    big = 9_000_000_000_000.25  # 9e18 micro-units: two of them pass 2**63
+    previous = pd.DataFrame(
+        {"customer_id": ["a", "b", "c"], "segment": ["Champions"] * 3, "monetary": [big, big, 1.5]}
+    )
+    current = pd.DataFrame(
+        {"customer_id": ["a", "b", "d"], "segment": ["Champions"] * 3, "monetary": [big, big, 2.0]}
+    )
+    migration = PandasEngine().migration(previous, current, RFMSettings().rule_set())
+    want = plain_migration(previous, current)
+    assert want[("Champions", "Champions")][1] > 2**63  # an int64 sum would wrap around
+    got = migration.set_index(["from_segment", "to_segment"])
+    assert {pair: int(got.loc[pair, "customers"]) for pair in want} == {
+        pair: customers for pair, (customers, _) in want.items()
+    }
+    assert {pair: float(got.loc[pair, "revenue"]) for pair in want} == {
+        pair: micro / 1_000_000 for pair, (_, micro) in want.items()
+    }
+
+
 WEEKS = ("2011-10-31", "2011-12-12")  # the weeks of conftest.materialize_bundled_week
 materialize_week = materialize_bundled_week
 

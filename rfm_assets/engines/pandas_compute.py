@@ -235,7 +235,7 @@ def distinct_count(values: pd.Series) -> int:
     (0.57 s for 29M ids on two, where Arrow's one-threaded hash kernel takes 1.53 s)."""
     if isinstance(values.array, pd.arrays.ArrowStringArray):
         ids = pa.table({"id": values.array.__arrow_array__()})
-        return _aggregated(ids, "ids", "SELECT count(DISTINCT id) FROM ids")[0][0].as_py()
+        return _aggregated("SELECT count(DISTINCT id) FROM ids", ids=ids)[0][0].as_py()
     return int(values.nunique())
 
 
@@ -486,17 +486,18 @@ def _per_customer(transactions: pd.DataFrame) -> pa.Table:
     if "order_id" in transactions:
         columns["order_id"] = pa.array(transactions["order_id"])
         orders = _ORDERS
-    return _aggregated(pa.table(columns), "lines", _PER_CUSTOMER.format(orders=orders))
+    return _aggregated(_PER_CUSTOMER.format(orders=orders), lines=pa.table(columns))
 
 
-def _aggregated(table: pa.Table, name: str, sql: str) -> pa.Table:
-    """The result of `sql` over `table` (called `name` in it), in DuckDB with its working
-    memory held to half the table's size, at least 256 MiB."""
-    limit = max(DUCKDB_LEAST_MEMORY, table.nbytes // 2)
+def _aggregated(sql: str, parameters: Optional[dict] = None, **tables: pa.Table) -> pa.Table:
+    """The result of `sql` (with its `$parameters`) over `tables` (by their names), in DuckDB
+    with its working memory held to half the tables' size, at least 256 MiB."""
+    limit = max(DUCKDB_LEAST_MEMORY, sum(table.nbytes for table in tables.values()) // 2)
     with _duckdb() as connection:
         connection.execute(f"SET memory_limit = '{limit // 2**20}MiB'")
-        connection.register(name, table)
-        return connection.sql(sql).to_arrow_table()
+        for name, table in tables.items():
+            connection.register(name, table)
+        return connection.execute(sql, parameters).to_arrow_table()
 
 
 def compute_metrics(transactions: pd.DataFrame, reference_date: dt.date) -> pd.DataFrame:
@@ -819,34 +820,40 @@ def segment_migration(
     per to-segment to this week's.
     """
     before_ids, now_ids = _joinable_ids(previous["customer_id"], current["customer_id"])
-    before = pd.DataFrame(
-        {
-            "customer_id": before_ids.array,
-            "from_segment": previous["segment"].astype("str").array,
-            "before_micro": to_micro_units(previous["monetary"].to_numpy()),
-        }
-    )
-    now = pd.DataFrame(
-        {
-            "customer_id": now_ids.array,
-            "to_segment": current["segment"].astype("str").array,
-            "now_micro": to_micro_units(current["monetary"].to_numpy()),
-        }
-    )
-    joined = before.merge(now, on="customer_id", how="outer", sort=False)
-    from_segment = joined["from_segment"].fillna(NEW_CUSTOMERS).to_numpy(dtype=object)
-    to_segment = joined["to_segment"].fillna(LAPSED_CUSTOMERS).to_numpy(dtype=object)
-    has_now = joined["to_segment"].notna().to_numpy()
-    micro = np.where(
-        has_now,
-        joined["now_micro"].fillna(0).to_numpy(dtype=np.int64),
-        joined["before_micro"].fillna(0).to_numpy(dtype=np.int64),
-    )
-    pair_codes, pairs = pd.factorize(pd.MultiIndex.from_arrays([from_segment, to_segment]))
-    customers = np.bincount(pair_codes, minlength=len(pairs))
-    revenue = exact_micro_sums(pair_codes, micro, len(pairs))
-    aggregates = {pair: (int(customers[i]), revenue[i]) for i, pair in enumerate(pairs)}
+
+    def week(ids: pd.Series, segmented: pd.DataFrame) -> pa.Table:
+        return pa.table(
+            {
+                "customer_id": pa.array(ids),
+                "segment": pa.array(segmented["segment"].astype("str")),
+                "micro": to_micro_units(segmented["monetary"].to_numpy()),
+            }
+        )
+
+    # DuckDB joins 2M customers on both cores in a tenth of the time of pandas' outer merge
+    # and factorized pairs (0.55 s against 6.1 s); the sums stay exact (128-bit, as text).
+    pairs = _aggregated(
+        _MIGRATION,
+        {"new": NEW_CUSTOMERS, "lapsed": LAPSED_CUSTOMERS},
+        before=week(before_ids, previous),
+        now=week(now_ids, current),
+    ).to_pylist()
+    aggregates = {
+        (pair["from_segment"], pair["to_segment"]): (pair["customers"], int(pair["micro"]))
+        for pair in pairs
+    }
     return migration_from_aggregates(aggregates, order)
+
+
+# A segmented table has no missing customer id (missing_customer_id is excluded first), so
+# a NULL of the join means "absent that week" and nothing else.
+_MIGRATION = """
+    SELECT coalesce(b.segment, $new) AS from_segment, coalesce(n.segment, $lapsed) AS to_segment,
+           count(*) AS customers,
+           CAST(sum(CASE WHEN n.segment IS NULL THEN b.micro ELSE n.micro END) AS VARCHAR) AS micro
+    FROM before AS b FULL OUTER JOIN now AS n ON b.customer_id = n.customer_id
+    GROUP BY ALL
+"""
 
 
 def slipping_customers(
