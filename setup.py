@@ -1,12 +1,12 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # Metadata and dependencies live in pyproject.toml. This file maps the repository's `config/`
 # (run-config presets and the segment catalog) into the package as `rfm_assets.config`, so an
 # installed wheel carries the same files as a clone.
+# Every package under rfm_assets/ is found, so a new one cannot be left out of the wheel.
 setup(
     packages=[
-        "rfm_assets",
-        "rfm_assets.engines",
+        *find_packages(include=["rfm_assets", "rfm_assets.*"]),
         "rfm_assets.config",
         "rfm_assets.config.rule_sets",
     ],

@@ -54,3 +54,36 @@ def test_no_engine_module_imports_a_layer_above_it(module):
     ] + [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
          for alias in node.names]  # fmt: skip
     assert not [name for name in imported if name.startswith(above)]
+
+
+def test_the_wheel_carries_every_module_and_file_of_the_package(tmp_path):
+    """What `pip install` of a built wheel puts in place is the whole package: every module
+    under rfm_assets/, the bundled data and the config presets and rule sets."""
+    import shutil
+    import zipfile
+
+    repository = PACKAGE.parent
+    # Built from a copy of what packaging reads: a build/ folder left in the checkout would
+    # hand the wheel stale modules that the package list leaves out.
+    source = tmp_path / "source"
+    skipped = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for folder in ("rfm_assets", "config"):
+        shutil.copytree(repository / folder, source / folder, ignore=skipped)
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(repository / name, source / name)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("rfm_assets-*.whl")
+    carried = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {
+        str(path.relative_to(repository)) for path in PACKAGE.rglob("*.py")
+        if "__pycache__" not in path.parts
+    }  # fmt: skip
+    wanted |= {f"rfm_assets/data/{p.name}" for p in (PACKAGE / "data").iterdir()}
+    config = repository / "config"
+    wanted |= {f"rfm_assets/config/{p.relative_to(config)}" for p in config.rglob("*.yaml")}
+    assert wanted - carried == set()
