@@ -198,22 +198,6 @@ def jvm_stderr_to(path: Path):
         os.close(saved)
 
 
-def spark_row_order(frame, name: str, settings):
-    """A stored Spark table read back has lost its row order (Spark plans file splits by
-    size): sort it again as the engine did, so the files read as pandas's do."""
-    from pyspark.sql import functions as F
-
-    if name == "segment_analytics":
-        return frame.orderBy("priority").coalesce(1)
-    if name == "high_value_customers":
-        return frame.orderBy("high_value_rank", "customer_id")
-    priority = {entry.name: entry.priority for entry in settings.rule_set().segments}
-    rank = F.create_map(*[F.lit(x) for pair in priority.items() for x in pair])
-    return frame.orderBy(
-        F.element_at(rank, F.col("segment")), F.col("RFM_score").desc(), "customer_id"
-    )
-
-
 def run_summary(settings, metadata: dict[str, Any]) -> dict:
     tx = metadata["transactions"]
     return {
@@ -402,15 +386,16 @@ def movement_line(metadata: dict) -> str:
     )
 
 
-def write_result_table(frame, name: str, target: Path, file_format: str, settings) -> None:
+def write_result_table(frame, target: Path, file_format: str) -> None:
     """A table of the run into `target`, by the engine that made it."""
     from rfm_assets.engines.stored import is_spark_dataframe
 
     if not is_spark_dataframe(frame):
         write_table(frame, target, file_format)
         return
-    if name in (*OUTPUT_TABLES, *OPTIONAL_TABLES):
-        frame = spark_row_order(frame, name, settings)
+    # The run's own frames, held in memory: each is in the engine's row order already, one
+    # sorted range per partition, and Spark writes partition i to part file i, so the files
+    # read in name order (as pandas reads a folder) come in that order without a new sort.
     write_spark_table(frame, target, file_format)
 
 
@@ -462,7 +447,7 @@ def command_analyze(args: argparse.Namespace) -> int:
         try:
             for name in tables:
                 target = result.files / f"{name}.{args.format}"
-                write_result_table(outcome.tables[name], name, target, args.format, settings)
+                write_result_table(outcome.tables[name], target, args.format)
             if args.split_by_segment:
                 write_campaigns(result.files, args, settings)
             if previous is not None:

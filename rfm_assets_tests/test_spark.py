@@ -434,9 +434,17 @@ def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path
 
 
 def test_cli_spark_output_equals_pandas_output(spark, tmp_path):
+    # Spark left to keep its sort's partitions apart (adaptive execution would merge the
+    # bundled data's into one), so the row order must hold across several part files.
+    merging = "spark.sql.adaptive.coalescePartitions.enabled"
     for engine in ("pandas", "spark"):
         output = str(tmp_path / engine)
-        assert main(["analyze", "--engine", engine, "--output", output, "--high-value"]) == 0
+        spark.conf.set(merging, "false")
+        try:
+            assert main(["analyze", "--engine", engine, "--output", output, "--high-value"]) == 0
+        finally:
+            spark.conf.unset(merging)
+    assert len(list((tmp_path / "spark" / "customer_segments.parquet").glob("part-*"))) > 1
     lists = [
         pd.read_parquet(tmp_path / engine / "high_value_customers.parquet")
         for engine in ("pandas", "spark")
@@ -814,3 +822,28 @@ def test_segment_revenue_beyond_int64_micro_units_on_both_engines(spark, tmp_pat
         revenue[engine] = analytics.set_index("segment")["revenue"].to_dict()
     assert revenue["pandas"] == revenue["spark"]
     assert max(revenue["pandas"].values()) == 89_000_000_000_002.5 + 10
+
+
+@pytest.mark.parametrize("returns_policy", ["exclude", "net"])
+def test_metrics_taken_with_the_accounting_equal_metrics_of_the_kept_rows(spark, returns_policy):
+    """The accounting aggregates every row per customer, and the metrics step takes the
+    metrics of those very kept rows from it (no second pass over the source). On the bundled
+    data, with rows excluded for up to five reasons, they equal the metrics computed from the kept
+    rows, and the customers counted equal the kept rows' distinct ids."""
+    from rfm_assets.engines import spark_compute
+
+    settings = RFMSettings(
+        reference_date="2011-10-01", analysis_period_days=300, returns_policy=returns_policy
+    )
+    spec, engine = settings.run_spec(), SparkEngine(spark)
+    raw, listing = engine.read(spec)
+    kept, account = engine.prepare(raw, spec, listing)
+    reasons = {reason for reason, rows in account.rows_excluded.items() if rows}
+    assert len(reasons) >= (5 if returns_policy == "exclude" else 3), reasons
+    assert kept in spark_compute._TOTALS_OF_KEPT  # the metrics will come from the totals
+    reference = dt.date(2011, 10, 1)
+    along = engine.metrics(kept, reference).orderBy("customer_id").collect()
+    from_rows = spark_compute.compute_metrics(kept.select("*"), reference)  # another frame
+    assert along == from_rows.orderBy("customer_id").collect()
+    assert account.customers == kept.select("customer_id").distinct().count() == len(along)
+    assert account.rows_kept == kept.count()

@@ -17,6 +17,7 @@ import functools
 import itertools
 import os
 import re
+import weakref
 from typing import Optional
 
 import pyarrow as pa
@@ -637,10 +638,13 @@ def prepare_transactions(
                 F.lit("customer_monetary_not_positive"),
             ).otherwise(F.col("reason")),
         )
-    # All of the accounting in one pass over the rows, and nothing row-level cached: the
-    # kept rows are computed again by whoever reads them (a Parquet scan is cheaper than
-    # holding every row in the JVM's memory, which is what ran out at 10M rows).
-    counted = _reason_counts(flagged, EXCLUSION_REASONS, extra=_customer_aggregates())
+    # The accounting and the metrics in one aggregation of every row, and nothing row-level
+    # cached (holding every row in the JVM's memory is what ran out at 10M rows): the
+    # per-customer totals are cached instead, and the metrics of these kept rows are taken
+    # from them (compute_metrics); whoever reads the kept rows otherwise computes them again.
+    totals = _per_customer_totals(flagged, "signed_amount", accounted=True)
+    totals = totals.persist(StorageLevel.MEMORY_AND_DISK)
+    counted = _account_of(totals, EXCLUSION_REASONS)
     rows_kept = counted.pop(None, 0)
     if not net_rule:
         _check_customer_totals(flagged, counted["kept_abs_total"])
@@ -656,6 +660,8 @@ def prepare_transactions(
         "is_return",
     ] + (["order_id"] if has_orders else [])
     kept = flagged.filter(F.col("reason").isNull()).select(*kept_columns)
+    _TOTALS_OF_KEPT[kept] = (totals, ref_day)
+    weakref.finalize(kept, totals.unpersist)  # the cache lives as long as the rows it sums
     account = RowAccount(
         rows_read=int(stats["rows"]),
         rows_kept=int(rows_kept),
@@ -874,30 +880,88 @@ def customer_metrics(customers: DataFrame, reference_date: dt.date) -> DataFrame
     )
 
 
-def _reason_counts(
-    flagged: DataFrame, reasons: tuple[str, ...], extra: Optional[dict[str, Column]] = None
-) -> dict:
-    """Rows per exclusion reason (None: kept rows), and any `extra` aggregates, in one
-    aggregation: conditional sums need no shuffle, where a group-by on the reason needs one."""
+# The per-customer totals of kept rows that prepare_transactions computed along with their
+# accounting, and the reference day they were taken at: {kept rows: (totals, day)}.
+_TOTALS_OF_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _reason_counts(flagged: DataFrame, reasons: tuple[str, ...]) -> dict:
+    """Rows per exclusion reason (None: kept rows) in one aggregation: conditional sums need
+    no shuffle, where a group-by on the reason needs one."""
     reason = F.col("reason")
     sums = {None: F.sum(F.when(reason.isNull(), 1).otherwise(0))}
     sums.update({name: F.sum(F.when(reason == name, 1).otherwise(0)) for name in reasons})
-    columns = [value.alias(f"c{i}") for i, value in enumerate(sums.values())]
-    columns += [value.alias(name) for name, value in (extra or {}).items()]
-    row = flagged.agg(*columns).first()
-    counted = {name: int(row[f"c{i}"] or 0) for i, name in enumerate(sums)}
-    counted.update({name: row[name] for name in extra or {}})
+    row = flagged.agg(*[value.alias(f"c{i}") for i, value in enumerate(sums.values())]).first()
+    return {name: int(row[f"c{i}"] or 0) for i, name in enumerate(sums)}
+
+
+def _order_key() -> Column:
+    """The order of a line; a missing order id counts as one order per customer."""
+    return F.coalesce(F.col("order_id").cast("string"), F.lit(MISSING_ORDER))
+
+
+def _per_customer_totals(rows: DataFrame, signed_amount: str, accounted: bool) -> DataFrame:
+    """One row per customer id of `rows` (missing ids as one row): over its kept lines, what
+    the metrics sum (exact micro-units of `signed_amount`, first and last purchase day,
+    orders with a purchase). With `accounted`, `rows` are every row with its `reason` (null:
+    kept), and each customer also carries its lines per exclusion reason, its kept lines
+    and the sum of |amount| over them (the overflow guard's).
+
+    Frequency counts orders with a purchase: one group-by per order (and reason, so an
+    order's excluded lines stay apart from its kept ones), then one per customer, which
+    shuffles far less than count(DISTINCT order) inside the second."""
+    reason = F.col("reason") if accounted else F.lit(None).cast("string")
+    kept = reason.isNull()
+    purchase = kept & ~F.col("is_return")
+    day = F.when(purchase, day_of(F.col("transaction_date")))
+    has_orders = "order_id" in rows.columns
+    lines = rows.select(
+        "customer_id",
+        reason.alias("reason"),
+        F.when(kept, micro_units(F.col(signed_amount))).alias("micro"),
+        day.alias("last_day"),
+        day.alias("first_day"),
+        purchase.cast("long").alias("purchases"),
+        *([F.when(kept, F.abs("amount")).alias("abs_amount"), F.lit(1).alias("lines")]
+          if accounted else []),
+        *([_order_key().alias("order")] if has_orders else []),
+    )  # fmt: skip
+    # Accounted, the guard against sums beyond a long judges these totals after they are
+    # taken: a sum that overflows is null (try_sum) rather than an error, and is refused.
+    sums = {"micro": F.try_sum if accounted else F.sum, "last_day": F.max, "first_day": F.min}
+    if accounted:
+        sums.update(abs_amount=F.sum, lines=F.sum)
+    if has_orders:
+        lines = lines.groupBy("customer_id", "order", "reason").agg(
+            *[total(name).alias(name) for name, total in sums.items()],
+            F.max("purchases").alias("purchases"),
+        )
+    accounting = [
+        F.sum(F.when(kept, F.col("lines"))).alias("kept_lines"),
+        *[F.sum(F.when(reason == name, F.col("lines"))).alias(name) for name in EXCLUSION_REASONS],
+    ]
+    return lines.groupBy("customer_id").agg(
+        *[total(name).alias(name) for name, total in sums.items() if name != "lines"],
+        F.sum("purchases").cast("long").alias("frequency"),
+        *(accounting if accounted else []),
+    )
+
+
+def _account_of(totals: DataFrame, reasons: tuple[str, ...]) -> dict:
+    """Rows per exclusion reason (None: kept rows), the customers with a kept row and the
+    sum of |amount| over kept rows (`kept_abs_total`), added up from per-customer totals."""
+    has_kept = F.col("kept_lines") > 0
+    row = totals.agg(
+        F.sum("kept_lines").alias("kept"),
+        *[F.sum(name).alias(name) for name in reasons],
+        F.count(F.when(has_kept, 1)).alias("kept_customers"),
+        F.sum("abs_amount").alias("kept_abs_total"),
+    ).first()
+    counted = {None: int(row["kept"] or 0)}
+    counted.update({name: int(row[name] or 0) for name in reasons})
+    counted.update(kept_customers=int(row["kept_customers"]),
+                   kept_abs_total=row["kept_abs_total"])  # fmt: skip
     return counted
-
-
-def _customer_aggregates() -> dict[str, Column]:
-    """Of the kept rows: the distinct customers, and the sum of |amount| for the overflow
-    guard (a single distinct aggregate: Spark plans it as one shuffle on customer_id)."""
-    kept = F.col("reason").isNull()
-    return {
-        "kept_customers": F.count_distinct(F.when(kept, F.col("customer_id"))),
-        "kept_abs_total": F.sum(F.when(kept, F.abs("amount"))),
-    }
 
 
 def _check_customer_totals(flagged: DataFrame, total: Optional[float]) -> None:
@@ -944,35 +1008,16 @@ def net_positive(kept: DataFrame) -> tuple[DataFrame, int]:
 
 
 def compute_metrics(transactions: DataFrame, reference_date: dt.date) -> DataFrame:
-    """One row per customer (see pandas_compute.compute_metrics for the definitions)."""
-    purchase = ~F.col("is_return")
-    purchase_day = F.when(purchase, day_of(F.col("transaction_date")))
-    lines = transactions.select(
-        "customer_id",
-        micro_units(F.col("amount")).alias("micro"),
-        purchase_day.alias("last_day"),
-        purchase_day.alias("first_day"),
-        purchase.cast("long").alias("purchases"),
-        *([F.coalesce(F.col("order_id").cast("string"), F.lit(MISSING_ORDER)).alias("order")]
-          if "order_id" in transactions.columns else []),
-    )  # fmt: skip
-    if "order" in lines.columns:
-        # Frequency counts orders with a purchase: one group-by per order, then one per
-        # customer, which shuffles far less than count(DISTINCT order) inside the second.
-        lines = lines.groupBy("customer_id", "order").agg(
-            F.sum("micro").alias("micro"),
-            F.max("last_day").alias("last_day"),
-            F.min("first_day").alias("first_day"),
-            F.max("purchases").alias("purchases"),
-        )
+    """One row per customer (see pandas_compute.compute_metrics for the definitions): from
+    the per-customer totals the accounting of these very rows took, when it took them at
+    this reference date, else from the rows."""
     ref_day = day_number(reference_date)
-    per_customer = lines.groupBy("customer_id").agg(
-        F.sum("micro").alias("monetary_micro"),
-        F.max("last_day").alias("last_day"),
-        F.min("first_day").alias("first_day"),
-        F.sum("purchases").cast("long").alias("frequency"),
-    )
-    monetary = F.col("monetary_micro").cast("double") / F.lit(float(MICRO_UNITS))
+    totals, day = _TOTALS_OF_KEPT.get(transactions, (None, None))
+    if totals is not None and day == ref_day:
+        per_customer = totals.filter(F.col("kept_lines") > 0)
+    else:
+        per_customer = _per_customer_totals(transactions, "amount", accounted=False)
+    monetary = F.col("micro").cast("double") / F.lit(float(MICRO_UNITS))
     return per_customer.select(
         "customer_id",
         (F.lit(ref_day) - F.col("last_day")).cast("long").alias("recency"),
