@@ -6,6 +6,7 @@ order (monetary is an exact micro-unit sum divided once), so no tolerance is nee
 """
 
 import datetime as dt
+import gc
 import json
 import shutil
 import subprocess
@@ -847,3 +848,9 @@ def test_metrics_taken_with_the_accounting_equal_metrics_of_the_kept_rows(spark,
     assert along == from_rows.orderBy("customer_id").collect()
     assert account.customers == kept.select("customer_id").distinct().count() == len(along)
     assert account.rows_kept == kept.count()
+    # The cached totals go with the kept rows they sum.
+    totals = spark_compute._TOTALS_OF_KEPT[kept][0]
+    assert totals.is_cached
+    del kept, from_rows
+    gc.collect()
+    assert not totals.is_cached

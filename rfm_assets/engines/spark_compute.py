@@ -661,7 +661,8 @@ def prepare_transactions(
     ] + (["order_id"] if has_orders else [])
     kept = flagged.filter(F.col("reason").isNull()).select(*kept_columns)
     _TOTALS_OF_KEPT[kept] = (totals, ref_day)
-    weakref.finalize(kept, totals.unpersist)  # the cache lives as long as the rows it sums
+    # The cache lives as long as the rows it sums (not at exit: the JVM goes with the process).
+    weakref.finalize(kept, totals.unpersist).atexit = False
     account = RowAccount(
         rows_read=int(stats["rows"]),
         rows_kept=int(rows_kept),
