@@ -849,7 +849,7 @@ def test_metrics_taken_with_the_accounting_equal_metrics_of_the_kept_rows(spark,
     assert account.customers == kept.select("customer_id").distinct().count() == len(along)
     assert account.rows_kept == kept.count()
     # The cached totals go with the kept rows they sum.
-    totals = spark_compute._TOTALS_OF_KEPT[kept][0]
+    totals = spark_compute._TOTALS_OF_KEPT[kept]
     assert totals.is_cached
     del kept, from_rows
     gc.collect()

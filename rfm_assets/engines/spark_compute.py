@@ -660,7 +660,7 @@ def prepare_transactions(
         "is_return",
     ] + (["order_id"] if has_orders else [])
     kept = flagged.filter(F.col("reason").isNull()).select(*kept_columns)
-    _TOTALS_OF_KEPT[kept] = (totals, ref_day)
+    _TOTALS_OF_KEPT[kept] = totals
     # The cache lives as long as the rows it sums (not at exit: the JVM goes with the process).
     weakref.finalize(kept, totals.unpersist).atexit = False
     account = RowAccount(
@@ -882,7 +882,8 @@ def customer_metrics(customers: DataFrame, reference_date: dt.date) -> DataFrame
 
 
 # The per-customer totals of kept rows that prepare_transactions computed along with their
-# accounting, and the reference day they were taken at: {kept rows: (totals, day)}.
+# accounting: {kept rows: totals}. Kept rows are the same rows whatever reference date their
+# metrics are measured at, so their totals serve any.
 _TOTALS_OF_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -911,41 +912,39 @@ def _per_customer_totals(rows: DataFrame, signed_amount: str, accounted: bool) -
     Frequency counts orders with a purchase: one group-by per order (and reason, so an
     order's excluded lines stay apart from its kept ones), then one per customer, which
     shuffles far less than count(DISTINCT order) inside the second."""
-    reason = F.col("reason") if accounted else F.lit(None).cast("string")
-    kept = reason.isNull()
+    reason = F.col("reason")
+    kept = reason.isNull() if accounted else F.lit(True)
     purchase = kept & ~F.col("is_return")
     day = F.when(purchase, day_of(F.col("transaction_date")))
-    has_orders = "order_id" in rows.columns
-    lines = rows.select(
-        "customer_id",
-        reason.alias("reason"),
-        F.when(kept, micro_units(F.col(signed_amount))).alias("micro"),
-        day.alias("last_day"),
-        day.alias("first_day"),
-        purchase.cast("long").alias("purchases"),
-        *([F.when(kept, F.abs("amount")).alias("abs_amount"), F.lit(1).alias("lines")]
-          if accounted else []),
-        *([_order_key().alias("order")] if has_orders else []),
-    )  # fmt: skip
+    columns = {
+        "micro": F.when(kept, micro_units(F.col(signed_amount))),
+        "last_day": day,
+        "first_day": day,
+        "purchases": purchase.cast("long"),
+    }
     # Accounted, the guard against sums beyond a long judges these totals after they are
     # taken: a sum that overflows is null (try_sum) rather than an error, and is refused.
-    sums = {"micro": F.try_sum if accounted else F.sum, "last_day": F.max, "first_day": F.min}
+    totals = {"micro": F.try_sum if accounted else F.sum, "last_day": F.max, "first_day": F.min}
     if accounted:
-        sums.update(abs_amount=F.sum, lines=F.sum)
-    if has_orders:
-        lines = lines.groupBy("customer_id", "order", "reason").agg(
-            *[total(name).alias(name) for name, total in sums.items()],
+        columns.update(abs_amount=F.when(kept, F.abs("amount")), lines=F.lit(1))
+        totals.update(abs_amount=F.sum, lines=F.sum)
+    keys = ["customer_id", *(["reason"] if accounted else [])]
+    if "order_id" in rows.columns:
+        lines = rows.select(*keys, _order_key().alias("order"),
+                            *[value.alias(name) for name, value in columns.items()])  # fmt: skip
+        lines = lines.groupBy(*keys, "order").agg(
+            *[total(name).alias(name) for name, total in totals.items()],
             F.max("purchases").alias("purchases"),
         )
-    accounting = [
-        F.sum(F.when(kept, F.col("lines"))).alias("kept_lines"),
-        *[F.sum(F.when(reason == name, F.col("lines"))).alias(name) for name in EXCLUSION_REASONS],
-    ]
-    return lines.groupBy("customer_id").agg(
-        *[total(name).alias(name) for name, total in sums.items() if name != "lines"],
-        F.sum("purchases").cast("long").alias("frequency"),
-        *(accounting if accounted else []),
-    )
+    else:
+        lines = rows.select(*keys, *[value.alias(name) for name, value in columns.items()])
+    per_customer = [total(name).alias(name) for name, total in totals.items() if name != "lines"]
+    per_customer.append(F.sum("purchases").cast("long").alias("frequency"))
+    if accounted:
+        per_customer.append(F.sum(F.when(kept, F.col("lines"))).alias("kept_lines"))
+        per_customer += [F.sum(F.when(reason == name, F.col("lines"))).alias(name)
+                         for name in EXCLUSION_REASONS]  # fmt: skip
+    return lines.groupBy("customer_id").agg(*per_customer)
 
 
 def _account_of(totals: DataFrame, reasons: tuple[str, ...]) -> dict:
@@ -1010,11 +1009,10 @@ def net_positive(kept: DataFrame) -> tuple[DataFrame, int]:
 
 def compute_metrics(transactions: DataFrame, reference_date: dt.date) -> DataFrame:
     """One row per customer (see pandas_compute.compute_metrics for the definitions): from
-    the per-customer totals the accounting of these very rows took, when it took them at
-    this reference date, else from the rows."""
+    the per-customer totals the accounting of these very rows took, else from the rows."""
     ref_day = day_number(reference_date)
-    totals, day = _TOTALS_OF_KEPT.get(transactions, (None, None))
-    if totals is not None and day == ref_day:
+    totals = _TOTALS_OF_KEPT.get(transactions)
+    if totals is not None:
         per_customer = totals.filter(F.col("kept_lines") > 0)
     else:
         per_customer = _per_customer_totals(transactions, "amount", accounted=False)
