@@ -517,6 +517,74 @@ def command_predict(args: argparse.Namespace) -> int:
     return command_analyze(args)
 
 
+def command_validate_clv(args: argparse.Namespace) -> int:
+    """Print (and with --output write) how the purchase model fitted before the holdout
+    predicted the purchase days in it."""
+    from rfm_assets.engines import clv
+    from rfm_assets.engines.dispatch import PandasEngine
+
+    if args.holdout_days < 1:
+        raise RFMConfigError(f"--holdout-days: must be at least 1, got {args.holdout_days}")
+    settings = build_settings(settings_from_args(args))
+    if settings.engine != "pandas" or settings.input_level != "transactions":
+        raise RFMConfigError(
+            "validate-clv: reads transactions on the pandas engine (--engine pandas, "
+            "--input-level transactions)"
+        )
+    spec, engine = settings.run_spec(), PandasEngine()
+    raw, listing = engine.read(spec)
+    kept, account = engine.prepare(raw, spec, listing, consume=True)
+    checked = clv.validate(kept, account.reference_date, args.holdout_days)
+    print(clv_validation_text(checked))
+    if args.output:
+        directory = Path(args.output)
+        directory.mkdir(parents=True, exist_ok=True)
+        document = {
+            "cutoff": checked.cutoff.isoformat(),
+            "end": checked.end.isoformat(),
+            "holdout_days": args.holdout_days,
+            "customers": checked.customers,
+            "predicted_purchase_days": checked.predicted_total,
+            "actual_purchase_days": checked.actual_total,
+            "ratio": checked.ratio,
+            "spearman": checked.spearman,
+            "parameters": checked.parameters,
+            "by_calibration_purchases": checked.by_calibration_purchases.to_dict("records"),
+        }
+        target = directory / "clv_validation.json"
+        text = json.dumps(document, indent=2)
+        write_atomically(target, lambda path: path.write_text(text))
+        print(f"wrote {target}")
+    return 0
+
+
+def clv_validation_text(checked) -> str:
+    """The holdout check as a user reads it."""
+    p = checked.parameters
+    chart = checked.by_calibration_purchases
+    rows = [
+        f"  {('%d+' if g == chart['calibration_purchases'].max() and g >= 7 else '%d') % g:>5}"
+        f"  {n:>9,}  {pred:>9.2f}  {act:>6.2f}"
+        for g, n, pred, act in chart[["calibration_purchases", "customers", "predicted",
+                                      "actual"]].itertuples(index=False)
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            f"CLV holdout check: purchase model fitted on {checked.customers:,} customers' "
+            f"purchase days before {checked.cutoff}, compared over the "
+            f"{(checked.end - checked.cutoff).days} days to {checked.end}",
+            f"  predicted purchase days {checked.predicted_total:,.0f}, actual "
+            f"{checked.actual_total:,}: ratio {checked.ratio:.3f}",
+            f"  Spearman rank correlation per customer: {checked.spearman:.3f}",
+            f"  BG/NBD: r {p['r']:.3f}, alpha {p['alpha']:.2f} days "
+            f"({p['alpha'] / 7:.2f} weeks), a {p['a']:.3f}, b {p['b']:.3f}",
+            "  mean purchase days in the holdout, by repeat purchase days in calibration:",
+            "   days  customers  predicted  actual",
+            *rows,
+        ]
+    )
+
+
 REPORT_FORMATS = (".md", ".csv", ".html")
 
 
@@ -628,8 +696,8 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_analysis_arguments(analyze: argparse.ArgumentParser) -> None:
-    """The options of `analyze`, which `predict` shares."""
+def add_analysis_arguments(analyze: argparse.ArgumentParser, output_required: bool = True) -> None:
+    """The options of `analyze`, which `predict` and `validate-clv` share."""
     analyze.add_argument(
         "--input",
         help="transactions (.parquet, .csv, Parquet directory); "
@@ -641,7 +709,7 @@ def add_analysis_arguments(analyze: argparse.ArgumentParser) -> None:
         help="customers: --input holds one row per customer (recency or last purchase date, "
         "frequency, monetary); default: transactions",
     )
-    analyze.add_argument("--output", required=True, help="directory for the result")
+    analyze.add_argument("--output", required=output_required, help="directory for the result")
     analyze.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     analyze.add_argument(
         "--config", help=f"run-config YAML or preset ({', '.join(preset_names())})"
@@ -764,6 +832,22 @@ def parser() -> argparse.ArgumentParser:
     )
     add_analysis_arguments(predict)
     predict.set_defaults(handler=command_predict)
+
+    holdout = commands.add_parser(
+        "validate-clv",
+        help="fit the lifetime-value purchase model before a holdout and compare its "
+        "predictions with what followed",
+        parents=[debug],
+    )
+    holdout.add_argument(
+        "--holdout-days",
+        type=int,
+        required=True,
+        metavar="N",
+        help="fit on purchases before reference date - N days, compare over the N days after",
+    )
+    add_analysis_arguments(holdout, output_required=False)
+    holdout.set_defaults(handler=command_validate_clv)
 
     report = commands.add_parser("report", help="summarise a finished result", parents=[debug])
     report.add_argument("--input", required=True, help="directory written by analyze")

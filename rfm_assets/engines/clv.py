@@ -1,0 +1,268 @@
+"""Customer lifetime value: who is still alive, how often they will buy, what they will spend.
+
+The standard models of the field, fitted by pymc-marketing (the `clv` extra) with a MAP fit:
+BG/NBD for the purchases (`BetaGeoModel`) and Gamma-Gamma for the spend of a purchase
+(`GammaGammaModel`). This module prepares what they fit on, fits, predicts over a horizon,
+and checks the purchase model against what followed a calibration period (`validate`).
+
+Purchases count as in the models' literature, by day: a customer's purchase days are the
+days with at least one kept purchase line (returns are never purchases), and
+
+- `frequency`: repeat purchase days (all but the first);
+- `recency`: days from the first purchase day to the last;
+- `T`: days from the first purchase day to the end of the observation period;
+- `monetary_value`: the mean spend of the repeat purchase days (0 without one), what
+  Gamma-Gamma fits on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from rfm_assets.engines.pandas_compute import to_day_numbers
+from rfm_assets.engines.shared import day_number
+from rfm_assets.errors import RFMConfigError, RFMInputError
+
+# Below this many customers with a repeat purchase day the purchase model has nothing to
+# learn the repeat rate from; below it for positive repeat spend, nor has the spend model.
+MIN_REPEAT_CUSTOMERS = 20
+SUMMARY_COLUMNS = ["customer_id", "frequency", "recency", "T", "monetary_value"]
+CLV_COLUMNS = ["customer_id", "probability_alive", "expected_purchases",
+               "expected_average_value", "predicted_clv"]  # fmt: skip
+# Discounting runs over periods of this many days (the last one may be shorter).
+DISCOUNT_PERIOD_DAYS = 30
+INSTALL_HINT = 'customer lifetime value needs pymc-marketing: pip install "rfm_assets[clv]"'
+
+
+def purchase_days(transactions: pd.DataFrame, end: dt.date) -> pd.DataFrame:
+    """(customer_id, day, spend): one row per customer and purchase day before `end`, from
+    kept transactions (`customer_id, transaction_date, amount, is_return`)."""
+    purchases = ~transactions["is_return"].to_numpy(dtype=bool)
+    days = to_day_numbers(transactions["transaction_date"])
+    chosen = purchases & (days < day_number(end))
+    lines = pd.DataFrame(
+        {
+            "customer_id": transactions["customer_id"].array[chosen],
+            "day": days[chosen],
+            "spend": transactions["amount"].to_numpy(dtype=np.float64)[chosen],
+        }
+    )
+    by_day = lines.groupby(["customer_id", "day"], sort=True, observed=True)["spend"].sum()
+    return by_day.reset_index()
+
+
+def purchase_summary(transactions: pd.DataFrame, end: dt.date) -> pd.DataFrame:
+    """One row per customer with a purchase day before `end`: `SUMMARY_COLUMNS`, by id."""
+    days = purchase_days(transactions, end)
+    per_customer = days.groupby("customer_id", sort=True, observed=True)
+    first = per_customer["day"].min()
+    count = per_customer["day"].size()
+    repeats = (count - 1).to_numpy()
+    # The first purchase day's spend is the first row of each customer (days are sorted).
+    first_spend = per_customer["spend"].first().to_numpy()
+    repeat_spend = per_customer["spend"].sum().to_numpy() - first_spend
+    with np.errstate(invalid="ignore", divide="ignore"):
+        monetary = np.where(repeats > 0, repeat_spend / np.maximum(repeats, 1), 0.0)
+    return pd.DataFrame(
+        {
+            "customer_id": first.index.to_numpy(),
+            "frequency": repeats.astype(np.int64),
+            "recency": (per_customer["day"].max() - first).to_numpy().astype(np.int64),
+            "T": (day_number(end) - first).to_numpy().astype(np.int64),
+            "monetary_value": monetary,
+        }
+    )
+
+
+@dataclasses.dataclass
+class FittedCLV:
+    """The fitted models and what a reader of the result needs to know about them."""
+
+    purchases: object  # pymc_marketing.clv.BetaGeoModel
+    spend: Optional[object]  # pymc_marketing.clv.GammaGammaModel, None when not fitted
+    parameters: dict[str, float]
+    diagnostics: dict[str, int | float]
+
+
+def _models():
+    try:
+        from pymc_marketing.clv import BetaGeoModel, GammaGammaModel
+    except ImportError:
+        raise RFMConfigError(INSTALL_HINT) from None
+    return BetaGeoModel, GammaGammaModel
+
+
+def _map_values(model, names: tuple[str, ...], what: str) -> dict[str, float]:
+    """The MAP point of a fitted model; a fit that ended off the parameter space (not finite,
+    not positive) is refused in one line."""
+    posterior = model.idata.posterior
+    values = {name: float(posterior[name].values.ravel()[0]) for name in names}
+    bad = {k: v for k, v in values.items() if not (np.isfinite(v) and v > 0)}
+    if bad:
+        raise RFMInputError(f"clv: the {what} model did not converge ({bad})")
+    return values
+
+
+def fit(summary: pd.DataFrame, spend: bool = True) -> FittedCLV:
+    """BG/NBD on every customer of `summary`, and (with `spend`) Gamma-Gamma on those with
+    a repeat purchase day of positive mean spend. Too few repeat customers is one line."""
+    BetaGeoModel, GammaGammaModel = _models()
+    repeaters = int((summary["frequency"] > 0).sum())
+    if repeaters < MIN_REPEAT_CUSTOMERS:
+        raise RFMInputError(
+            f"clv: {repeaters} of {len(summary)} customers bought on more than one day; the "
+            f"purchase model needs at least {MIN_REPEAT_CUSTOMERS}"
+        )
+    purchases = BetaGeoModel()
+    data = summary[["customer_id", "frequency", "recency", "T"]]
+    _quietly(lambda: purchases.fit(data, method="map", progressbar=False))
+    parameters = _map_values(purchases, ("r", "alpha", "a", "b"), "purchase (BG/NBD)")
+    diagnostics = {"customers": len(summary), "repeat_customers": repeaters}
+    spend_model = None
+    if spend:
+        spenders = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
+        if len(spenders) < MIN_REPEAT_CUSTOMERS:
+            raise RFMInputError(
+                f"clv: {len(spenders)} customers have a repeat purchase day of positive "
+                f"spend; the spend model needs at least {MIN_REPEAT_CUSTOMERS}"
+            )
+        spend_model = GammaGammaModel()
+        spend_data = spenders[["customer_id", "frequency", "monetary_value"]]
+        _quietly(lambda: spend_model.fit(spend_data, method="map", progressbar=False))
+        parameters.update(_map_values(spend_model, ("p", "q", "v"), "spend (Gamma-Gamma)"))
+        diagnostics["spend_customers"] = len(spenders)
+    return FittedCLV(purchases, spend_model, parameters, diagnostics)
+
+
+def _quietly(work):
+    """Run a fit without PyTensor's and PyMC's notices (BLAS, sampler), which are not the
+    user's to act on."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("pymc", "pytensor", "pymc_marketing")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return work()
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _point(values) -> np.ndarray:
+    """A model's prediction as one value per customer (the MAP fit has one chain, one draw)."""
+    return np.asarray(values.mean(("chain", "draw")).values, dtype=np.float64)
+
+
+def expected_purchases(fitted: FittedCLV, summary: pd.DataFrame, days: float) -> np.ndarray:
+    """Expected purchase days of each customer of `summary` over the next `days`."""
+    data = summary[["customer_id", "frequency", "recency", "T"]]
+    return _quietly(lambda: _point(fitted.purchases.expected_purchases(data, future_t=days)))
+
+
+def predict(fitted: FittedCLV, summary: pd.DataFrame, horizon_days: int,
+            annual_discount_rate: float = 0.0) -> pd.DataFrame:  # fmt: skip
+    """`CLV_COLUMNS` for every customer of `summary`, in its order.
+
+    predicted_clv = expected_average_value x the expected purchases of each period of
+    `DISCOUNT_PERIOD_DAYS` up to the horizon, each discounted at `annual_discount_rate` to
+    the period's end: (1 + rate) ** -(end_day / 365). Without a discount rate this is the
+    expected average value times the expected purchases over the horizon.
+    """
+    if horizon_days <= 0:
+        raise RFMConfigError(f"clv_horizon_days: must be at least 1, got {horizon_days}")
+    if fitted.spend is None:
+        raise RFMConfigError("clv: predict needs the spend model (fit with spend=True)")
+    data = summary[["customer_id", "frequency", "recency", "T"]]
+    alive = _quietly(lambda: _point(fitted.purchases.expected_probability_alive(data)))
+    spend_data = summary[["customer_id", "frequency", "monetary_value"]]
+    # Gamma-Gamma's expected spend of a customer's next purchase: their own mean shrunk
+    # toward the population's, or the population's for a customer without a repeat day.
+    average = _quietly(lambda: _point(fitted.spend.expected_customer_spend(spend_data)))
+    ends = list(range(DISCOUNT_PERIOD_DAYS, horizon_days, DISCOUNT_PERIOD_DAYS)) + [horizon_days]
+    value, before = np.zeros(len(summary)), np.zeros(len(summary))
+    for end in ends if annual_discount_rate else [horizon_days]:
+        upto = expected_purchases(fitted, summary, end)
+        value += average * (upto - before) / (1.0 + annual_discount_rate) ** (end / 365.0)
+        before = upto
+    return pd.DataFrame(
+        {
+            "customer_id": summary["customer_id"].to_numpy(),
+            "probability_alive": alive,
+            "expected_purchases": before,
+            "expected_average_value": average,
+            "predicted_clv": value,
+        }
+    )
+
+
+@dataclasses.dataclass
+class Validation:
+    """How the purchase model fitted before a cutoff predicted the days after it."""
+
+    cutoff: dt.date
+    end: dt.date
+    customers: int
+    predicted_total: float
+    actual_total: int
+    spearman: float
+    parameters: dict[str, float]
+    by_calibration_purchases: pd.DataFrame  # the classic chart's table
+
+    @property
+    def ratio(self) -> float:
+        return self.predicted_total / self.actual_total if self.actual_total else float("nan")
+
+
+# The classic chart groups customers by repeat purchase days in calibration, 0..6 and 7+.
+CHART_GROUPS = 7
+
+
+def validate(transactions: pd.DataFrame, end: dt.date, holdout_days: int) -> Validation:
+    """Fit the purchase model on the purchase days before `end - holdout_days`, predict each
+    of those customers' purchase days in the holdout (up to `end`), and compare with what
+    they did: totals, Spearman rank correlation, and mean predicted against mean actual by
+    number of repeat purchase days in calibration."""
+    if holdout_days <= 0:
+        raise RFMConfigError(f"holdout_days: must be at least 1, got {holdout_days}")
+    cutoff = end - dt.timedelta(days=holdout_days)
+    calibration = purchase_summary(transactions, cutoff)
+    if calibration.empty:
+        raise RFMInputError(f"clv: no purchase before the holdout starts ({cutoff})")
+    fitted = fit(calibration, spend=False)
+    predicted = expected_purchases(fitted, calibration, holdout_days)
+    after = purchase_days(transactions, end)
+    after = after[after["day"] >= day_number(cutoff)]
+    actual = (
+        after.groupby("customer_id", observed=True)["day"].size()
+        .reindex(calibration["customer_id"], fill_value=0).to_numpy()
+    )  # fmt: skip
+    from scipy.stats import spearmanr
+
+    group = np.minimum(calibration["frequency"].to_numpy(), CHART_GROUPS)
+    chart = (
+        pd.DataFrame({"calibration_purchases": group, "predicted": predicted, "actual": actual})
+        .groupby("calibration_purchases")
+        .agg(customers=("actual", "size"), predicted=("predicted", "mean"),
+             actual=("actual", "mean"))
+        .reset_index()
+    )  # fmt: skip
+    return Validation(
+        cutoff=cutoff,
+        end=end,
+        customers=len(calibration),
+        predicted_total=float(predicted.sum()),
+        actual_total=int(actual.sum()),
+        spearman=float(spearmanr(predicted, actual).statistic),
+        parameters=fitted.parameters,
+        by_calibration_purchases=chart,
+    )
