@@ -554,7 +554,12 @@ def command_validate_clv(args: argparse.Namespace) -> int:
         target = directory / "clv_validation.json"
         text = json.dumps(document, indent=2)
         write_atomically(target, lambda path: path.write_text(text))
-        print(f"wrote {target}")
+        chart = pictures.clv_holdout(
+            checked.by_calibration_purchases, str(checked.cutoff), str(checked.end)
+        )
+        picture = directory / "clv_validation.png"
+        write_atomically(picture, lambda path: path.write_bytes(chart))
+        print(f"wrote {target} and {picture.name}")
     return 0
 
 

@@ -338,3 +338,24 @@ def clusters(sample: pd.DataFrame, summary: dict) -> bytes:
         twin.set_ylabel("inertia", fontsize=8, color=ACCENT)
         twin.tick_params(labelsize=7)
     return _png(figure)
+
+
+def clv_holdout(chart: pd.DataFrame, cutoff: str, end: str) -> bytes:
+    """The classic check of a purchase model: mean predicted against mean actual purchase
+    days in the holdout, by repeat purchase days in calibration (`calibration_purchases,
+    customers, predicted, actual`; the last group holds that many and more)."""
+    figure = _figure(bottom=0.13)
+    axes = figure.add_subplot()
+    groups = chart["calibration_purchases"].to_numpy()
+    labels = [str(g) for g in groups]
+    if len(labels) and groups[-1] >= 7:
+        labels[-1] += "+"
+    axes.plot(labels, chart["actual"], marker="o", color=BAR, label="actual")
+    axes.plot(labels, chart["predicted"], marker="s", linestyle="--", color=ACCENT,
+              label="predicted (BG/NBD)")  # fmt: skip
+    axes.set_xlabel("repeat purchase days before the holdout")
+    axes.set_ylabel("mean purchase days in the holdout")
+    axes.set_title(f"Purchase model fitted before {cutoff}, checked to {end}")
+    axes.legend(loc="upper left")
+    axes.spines[["top", "right"]].set_visible(False)
+    return _png(figure)

@@ -116,6 +116,8 @@ def test_cdnow_holdout_from_the_command_line_is_close_to_what_followed(tmp_path,
     assert chart["customers"].sum() == document["customers"]
     assert chart["actual"].is_monotonic_increasing and chart["predicted"].is_monotonic_increasing
     assert "ratio 0.8" in printed and "7+" in printed
+    # The same table drawn: a PNG beside the document.
+    assert (tmp_path / "clv_validation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def bgnbd_expected(p: dict, x, tx, T, t):
