@@ -854,3 +854,34 @@ def test_metrics_taken_with_the_accounting_equal_metrics_of_the_kept_rows(spark,
     del kept, from_rows
     gc.collect()
     assert not totals.is_cached
+
+
+# --- lifetime value: the purchase-day summary on Spark -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"input_path": str(CDNOW), "reference_date": "1997-10-01",
+         "columns": {"transaction_date": "date", "amount": "dollar_value"}},
+        {"returns_policy": "net"},  # the bundled data: kept returns are never purchase days
+    ],
+    ids=["cdnow calibration", "bundled data under net"],
+)  # fmt: skip
+def test_lifetime_value_summary_is_the_same_to_the_bit_on_both_engines(spark, tmp_path, settings):
+    from rfm_assets.engines import clv, spark_compute
+
+    summaries = []
+    for engine in (PandasEngine(), SparkEngine(spark)):
+        spec = RFMSettings(**settings).run_spec()
+        raw, listing = engine.read(spec)
+        kept, account = engine.prepare(raw, spec, listing)
+        if isinstance(engine, SparkEngine):
+            assert int(kept.filter("is_return").count() > 0) == ("returns_policy" in settings)
+            summary = spark_compute.purchase_summary(kept, account.reference_date)
+            summaries.append(as_pandas(summary, tmp_path))
+        else:
+            summaries.append(clv.purchase_summary(kept, account.reference_date))
+    on_spark, on_pandas = summaries
+    assert_same_rows(on_spark, on_pandas, ["customer_id"])  # exact, float columns included
+    assert (on_pandas["frequency"] > 0).sum() > 1_000

@@ -24,7 +24,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from rfm_assets.engines.pandas_compute import to_day_numbers
+from rfm_assets.contract import MICRO_UNITS
+from rfm_assets.engines.pandas_compute import to_day_numbers, to_micro_units
 from rfm_assets.engines.shared import day_number
 from rfm_assets.errors import RFMConfigError, RFMInputError
 
@@ -40,8 +41,9 @@ INSTALL_HINT = 'customer lifetime value needs pymc-marketing: pip install "rfm_a
 
 
 def purchase_days(transactions: pd.DataFrame, end: dt.date) -> pd.DataFrame:
-    """(customer_id, day, spend): one row per customer and purchase day before `end`, from
-    kept transactions (`customer_id, transaction_date, amount, is_return`)."""
+    """(customer_id, day, micro): one row per customer and purchase day before `end`, with
+    the day's spend in exact micro-units, from kept transactions (`customer_id,
+    transaction_date, amount, is_return`). Sorted by customer and day."""
     purchases = ~transactions["is_return"].to_numpy(dtype=bool)
     days = to_day_numbers(transactions["transaction_date"])
     chosen = purchases & (days < day_number(end))
@@ -49,25 +51,26 @@ def purchase_days(transactions: pd.DataFrame, end: dt.date) -> pd.DataFrame:
         {
             "customer_id": transactions["customer_id"].array[chosen],
             "day": days[chosen],
-            "spend": transactions["amount"].to_numpy(dtype=np.float64)[chosen],
+            "micro": to_micro_units(transactions["amount"].to_numpy(dtype=np.float64)[chosen]),
         }
     )
-    by_day = lines.groupby(["customer_id", "day"], sort=True, observed=True)["spend"].sum()
+    by_day = lines.groupby(["customer_id", "day"], sort=True, observed=True)["micro"].sum()
     return by_day.reset_index()
 
 
 def purchase_summary(transactions: pd.DataFrame, end: dt.date) -> pd.DataFrame:
-    """One row per customer with a purchase day before `end`: `SUMMARY_COLUMNS`, by id."""
+    """One row per customer with a purchase day before `end`: `SUMMARY_COLUMNS`, by id.
+    Spend is added in micro-units, so both engines give the same `monetary_value` to the bit
+    (spark_compute.purchase_summary)."""
     days = purchase_days(transactions, end)
     per_customer = days.groupby("customer_id", sort=True, observed=True)
     first = per_customer["day"].min()
-    count = per_customer["day"].size()
-    repeats = (count - 1).to_numpy()
+    repeats = (per_customer["day"].size() - 1).to_numpy()
     # The first purchase day's spend is the first row of each customer (days are sorted).
-    first_spend = per_customer["spend"].first().to_numpy()
-    repeat_spend = per_customer["spend"].sum().to_numpy() - first_spend
-    with np.errstate(invalid="ignore", divide="ignore"):
-        monetary = np.where(repeats > 0, repeat_spend / np.maximum(repeats, 1), 0.0)
+    repeat_micro = per_customer["micro"].sum().to_numpy() - per_customer["micro"].first().to_numpy()
+    monetary = np.where(
+        repeats > 0, repeat_micro.astype(np.float64) / MICRO_UNITS / np.maximum(repeats, 1), 0.0
+    )
     return pd.DataFrame(
         {
             "customer_id": first.index.to_numpy(),

@@ -1057,6 +1057,45 @@ def filter_customers(
     return metrics.filter(reason.isNull()), counts
 
 
+# --- lifetime value ---------------------------------------------------------------------------
+
+
+def purchase_summary(kept: DataFrame, end: dt.date) -> DataFrame:
+    """clv.purchase_summary on Spark (see engines/clv.py for the definitions): one row per
+    customer with a purchase day before `end`, from kept rows. Spend is added in
+    micro-units and divided as pandas divides it, so `monetary_value` is the same to the bit.
+    The result is one row per customer: small enough for the models to fit on the driver."""
+    end_day = day_number(end)
+    days = (
+        kept.filter(~F.col("is_return"))
+        .select("customer_id", day_of(F.col("transaction_date")).alias("day"),
+                micro_units(F.col("amount")).alias("micro"))
+        .filter(F.col("day") < F.lit(end_day))
+        .groupBy("customer_id", "day")
+        .agg(F.sum("micro").alias("micro"))
+    )  # fmt: skip
+    per_customer = days.groupBy("customer_id").agg(
+        F.min("day").alias("first_day"),
+        F.max("day").alias("last_day"),
+        F.count(F.lit(1)).alias("days"),
+        (F.sum("micro") - F.min_by("micro", "day")).alias("repeat_micro"),
+    )
+    repeats = F.col("days") - 1
+    # As pandas: the division by max(repeats, 1), whose result a one-day customer drops.
+    mean = (
+        F.col("repeat_micro").cast("double")
+        / F.lit(float(MICRO_UNITS))
+        / F.greatest(repeats, F.lit(1))
+    )
+    return per_customer.select(
+        "customer_id",
+        repeats.cast("long").alias("frequency"),
+        (F.col("last_day") - F.col("first_day")).cast("long").alias("recency"),
+        (F.lit(end_day) - F.col("first_day")).cast("long").alias("T"),
+        F.when(repeats > 0, mean).otherwise(F.lit(0.0)).alias("monetary_value"),
+    )
+
+
 # --- scores ---------------------------------------------------------------------------------
 
 # Accuracy of the first pass's approximate quantiles (Spark's default): a value it returns
