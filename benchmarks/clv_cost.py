@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import sys
 import time
@@ -80,12 +82,10 @@ def main() -> None:
     peak = peak_mib()
     print(f"  peak RSS {peak:,.0f} MiB; {fitted.diagnostics}; {fitted.parameters}")
     if args.results:
-        import platform
-
         document = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "date": time.strftime("%Y-%m-%d"),
-            "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "rows_kept": account.rows_kept,
             "customers": len(summary),
             "warm_up_s": warm_up,

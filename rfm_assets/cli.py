@@ -521,7 +521,6 @@ def command_validate_clv(args: argparse.Namespace) -> int:
     """Print (and with --output write) how the purchase model fitted before the holdout
     predicted the purchase days in it."""
     from rfm_assets.engines import clv
-    from rfm_assets.engines.dispatch import PandasEngine
 
     if args.holdout_days < 1:
         raise RFMConfigError(f"--holdout-days: must be at least 1, got {args.holdout_days}")
@@ -531,10 +530,11 @@ def command_validate_clv(args: argparse.Namespace) -> int:
             "validate-clv: reads transactions on the pandas engine (--engine pandas, "
             "--input-level transactions)"
         )
-    spec, engine = settings.run_spec(), PandasEngine()
-    raw, listing = engine.read(spec)
-    kept, account = engine.prepare(raw, spec, listing, consume=True)
-    checked = clv.validate(kept, account.reference_date, args.holdout_days)
+    # The kept rows as the graph's transactions step makes and checks them.
+    outcome = run(settings, keep=("transactions",))
+    checked = clv.validate(
+        outcome.tables["transactions"], outcome.account.reference_date, args.holdout_days
+    )
     print(clv_validation_text(checked))
     if args.output:
         directory = Path(args.output)
@@ -565,11 +565,12 @@ def command_validate_clv(args: argparse.Namespace) -> int:
 
 def clv_validation_text(checked) -> str:
     """The holdout check as a user reads it."""
+    from rfm_assets.engines.clv import chart_label
+
     p = checked.parameters
     chart = checked.by_calibration_purchases
     rows = [
-        f"  {('%d+' if g == chart['calibration_purchases'].max() and g >= 7 else '%d') % g:>5}"
-        f"  {n:>9,}  {pred:>9.2f}  {act:>6.2f}"
+        f"  {chart_label(g):>5}  {n:>9,}  {pred:>9.2f}  {act:>6.2f}"
         for g, n, pred, act in chart[["calibration_purchases", "customers", "predicted",
                                       "actual"]].itertuples(index=False)
     ]  # fmt: skip

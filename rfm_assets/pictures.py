@@ -344,12 +344,11 @@ def clv_holdout(chart: pd.DataFrame, cutoff: str, end: str) -> bytes:
     """The classic check of a purchase model: mean predicted against mean actual purchase
     days in the holdout, by repeat purchase days in calibration (`calibration_purchases,
     customers, predicted, actual`; the last group holds that many and more)."""
+    from rfm_assets.engines.clv import chart_label
+
     figure = _figure(bottom=0.13)
     axes = figure.add_subplot()
-    groups = chart["calibration_purchases"].to_numpy()
-    labels = [str(g) for g in groups]
-    if len(labels) and groups[-1] >= 7:
-        labels[-1] += "+"
+    labels = [chart_label(g) for g in chart["calibration_purchases"]]
     axes.plot(labels, chart["actual"], marker="o", color=BAR, label="actual")
     axes.plot(labels, chart["predicted"], marker="s", linestyle="--", color=ACCENT,
               label="predicted (BG/NBD)")  # fmt: skip

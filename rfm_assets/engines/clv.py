@@ -33,6 +33,9 @@ from rfm_assets.errors import RFMConfigError, RFMInputError
 # learn the repeat rate from; below it for positive repeat spend, nor has the spend model.
 MIN_REPEAT_CUSTOMERS = 20
 SUMMARY_COLUMNS = ["customer_id", "frequency", "recency", "T", "monetary_value"]
+# What each model reads of the summary.
+PURCHASE_INPUTS = ["customer_id", "frequency", "recency", "T"]
+SPEND_INPUTS = ["customer_id", "frequency", "monetary_value"]
 CLV_COLUMNS = ["customer_id", "probability_alive", "expected_purchases",
                "expected_average_value", "predicted_clv"]  # fmt: skip
 # Discounting runs over periods of this many days (the last one may be shorter).
@@ -62,7 +65,11 @@ def purchase_summary(transactions: pd.DataFrame, end: dt.date) -> pd.DataFrame:
     """One row per customer with a purchase day before `end`: `SUMMARY_COLUMNS`, by id.
     Spend is added in micro-units, so both engines give the same `monetary_value` to the bit
     (spark_compute.purchase_summary)."""
-    days = purchase_days(transactions, end)
+    return _summary_of(purchase_days(transactions, end), end)
+
+
+def _summary_of(days: pd.DataFrame, end: dt.date) -> pd.DataFrame:
+    """`purchase_summary` of the purchase days (`purchase_days`), all before `end`."""
     per_customer = days.groupby("customer_id", sort=True, observed=True)
     first = per_customer["day"].min()
     repeats = (per_customer["day"].size() - 1).to_numpy()
@@ -122,7 +129,7 @@ def fit(summary: pd.DataFrame, spend: bool = True) -> FittedCLV:
             f"purchase model needs at least {MIN_REPEAT_CUSTOMERS}"
         )
     purchases = BetaGeoModel()
-    data = summary[["customer_id", "frequency", "recency", "T"]]
+    data = summary[PURCHASE_INPUTS]
     _quietly(lambda: purchases.fit(data, method="map", progressbar=False))
     parameters = _map_values(purchases, ("r", "alpha", "a", "b"), "purchase (BG/NBD)")
     diagnostics = {"customers": len(summary), "repeat_customers": repeaters}
@@ -135,7 +142,7 @@ def fit(summary: pd.DataFrame, spend: bool = True) -> FittedCLV:
                 f"spend; the spend model needs at least {MIN_REPEAT_CUSTOMERS}"
             )
         spend_model = GammaGammaModel()
-        spend_data = spenders[["customer_id", "frequency", "monetary_value"]]
+        spend_data = spenders[SPEND_INPUTS]
         _quietly(lambda: spend_model.fit(spend_data, method="map", progressbar=False))
         parameters.update(_map_values(spend_model, ("p", "q", "v"), "spend (Gamma-Gamma)"))
         diagnostics["spend_customers"] = len(spenders)
@@ -168,7 +175,7 @@ def _point(values) -> np.ndarray:
 
 def expected_purchases(fitted: FittedCLV, summary: pd.DataFrame, days: float) -> np.ndarray:
     """Expected purchase days of each customer of `summary` over the next `days`."""
-    data = summary[["customer_id", "frequency", "recency", "T"]]
+    data = summary[PURCHASE_INPUTS]
     return _quietly(lambda: _point(fitted.purchases.expected_purchases(data, future_t=days)))
 
 
@@ -185,15 +192,17 @@ def predict(fitted: FittedCLV, summary: pd.DataFrame, horizon_days: int,
         raise RFMConfigError(f"clv_horizon_days: must be at least 1, got {horizon_days}")
     if fitted.spend is None:
         raise RFMConfigError("clv: predict needs the spend model (fit with spend=True)")
-    data = summary[["customer_id", "frequency", "recency", "T"]]
+    data = summary[PURCHASE_INPUTS]
     alive = _quietly(lambda: _point(fitted.purchases.expected_probability_alive(data)))
-    spend_data = summary[["customer_id", "frequency", "monetary_value"]]
+    spend_data = summary[SPEND_INPUTS]
     # Gamma-Gamma's expected spend of a customer's next purchase: their own mean shrunk
     # toward the population's, or the population's for a customer without a repeat day.
     average = _quietly(lambda: _point(fitted.spend.expected_customer_spend(spend_data)))
-    ends = list(range(DISCOUNT_PERIOD_DAYS, horizon_days, DISCOUNT_PERIOD_DAYS)) + [horizon_days]
+    ends = [horizon_days]
+    if annual_discount_rate:
+        ends = [*range(DISCOUNT_PERIOD_DAYS, horizon_days, DISCOUNT_PERIOD_DAYS), horizon_days]
     value, before = np.zeros(len(summary)), np.zeros(len(summary))
-    for end in ends if annual_discount_rate else [horizon_days]:
+    for end in ends:
         upto = expected_purchases(fitted, summary, end)
         value += average * (upto - before) / (1.0 + annual_discount_rate) ** (end / 365.0)
         before = upto
@@ -230,6 +239,11 @@ class Validation:
 CHART_GROUPS = 7
 
 
+def chart_label(group: int) -> str:
+    """How a group of the chart is named: its repeat purchase days, the last one with a +."""
+    return f"{group}+" if group == CHART_GROUPS else str(group)
+
+
 def validate(transactions: pd.DataFrame, end: dt.date, holdout_days: int) -> Validation:
     """Fit the purchase model on the purchase days before `end - holdout_days`, predict each
     of those customers' purchase days in the holdout (up to `end`), and compare with what
@@ -238,13 +252,16 @@ def validate(transactions: pd.DataFrame, end: dt.date, holdout_days: int) -> Val
     if holdout_days <= 0:
         raise RFMConfigError(f"holdout_days: must be at least 1, got {holdout_days}")
     cutoff = end - dt.timedelta(days=holdout_days)
-    calibration = purchase_summary(transactions, cutoff)
+    # One pass over the rows: the purchase days before the cutoff calibrate, those after it
+    # are what happened.
+    days = purchase_days(transactions, end)
+    in_holdout = days["day"].to_numpy() >= day_number(cutoff)
+    calibration = _summary_of(days[~in_holdout], cutoff)
     if calibration.empty:
         raise RFMInputError(f"clv: no purchase before the holdout starts ({cutoff})")
     fitted = fit(calibration, spend=False)
     predicted = expected_purchases(fitted, calibration, holdout_days)
-    after = purchase_days(transactions, end)
-    after = after[after["day"] >= day_number(cutoff)]
+    after = days[in_holdout]
     actual = (
         after.groupby("customer_id", observed=True)["day"].size()
         .reindex(calibration["customer_id"], fill_value=0).to_numpy()
