@@ -39,6 +39,8 @@ from rfm_assets.settings import build_settings
 OUTPUT_TABLES = ("customer_segments", "segment_analytics")
 # Tables the graph computes that the CLI writes only when asked (--high-value).
 OPTIONAL_TABLES = ("high_value_customers",)
+# Written with --clv.
+LIFETIME_TABLES = ("customer_lifetime_value",)
 # Written when the output directory holds an earlier result to compare with.
 MOVEMENT_TABLES = ("segment_migration", "slipping_customers")
 # What the segment sizes picture is drawn from (numbers, or the report is refused).
@@ -106,6 +108,10 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "clusters": args.clusters,
         "cluster_model_path": getattr(args, "model", None),
         "engine": args.engine,
+        "clv": getattr(args, "clv", None) or None,
+        "clv_horizon_days": getattr(args, "clv_horizon_days", None),
+        "clv_discount_rate": getattr(args, "clv_discount_rate", None),
+        "clv_holdout_days": getattr(args, "clv_holdout_days", None),
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     columns = {
@@ -221,7 +227,43 @@ def run_summary(settings, metadata: dict[str, Any]) -> dict:
         "segmentation_method": settings.segmentation_method,
         # k, silhouette, Davies-Bouldin, Calinski-Harabasz, per-k scores, clusters
         "clustering": metadata["customer_segments"].get("clustering"),
+        # clv: the fit, its parameters, the value by segment and the holdout check
+        **({"lifetime_value": lifetime_of(metadata)} if settings.clv else {}),
     }
+
+
+def lifetime_of(metadata: dict[str, Any]) -> dict:
+    """What customer_lifetime_value's step found (its table's context)."""
+    from rfm_assets.io_manager import CONTEXT_METADATA
+
+    return metadata["customer_lifetime_value"][CONTEXT_METADATA]["lifetime_value"]
+
+
+def lifetime_lines(lifetime: dict) -> list[str]:
+    """The terminal's account of the lifetime value: the total predicted, or why there is
+    none, and the holdout check."""
+    if not lifetime["fitted"]:
+        lines = [f"lifetime value not fitted, its predictions are null: {lifetime['refused']}"]
+    else:
+        total = sum(v["predicted_clv"] for v in lifetime["value_by_segment"].values())
+        parameters = ", ".join(f"{k} {v:.3g}" for k, v in lifetime["parameters"].items())
+        discount = lifetime["discount_rate"]
+        lines = [
+            f"lifetime value: {total:,.2f} predicted over the next {lifetime['horizon_days']} "
+            f"days" + (f", discounted at {discount:.1%} a year" if discount else "")
+            + f" (BG/NBD and Gamma-Gamma: {parameters})"
+        ]  # fmt: skip
+    holdout = lifetime.get("holdout")
+    if holdout and "refused" in holdout:
+        lines.append(f"holdout check could not run: {holdout['refused']}")
+    elif holdout:
+        lines.append(
+            f"holdout check: fitted before {holdout['cutoff']}, predicted "
+            f"{holdout['predicted_total']:,.0f} purchase days to {holdout['end']}, "
+            f"{holdout['actual_total']:,} happened (ratio {holdout['ratio']:.3f}; Spearman "
+            f"{holdout['spearman']:.3f})"
+        )
+    return lines
 
 
 # --- writing results ------------------------------------------------------------------------
@@ -281,9 +323,12 @@ def read_summary(directory: Path) -> Optional[dict]:
 
 def segment_table_text(analytics: pd.DataFrame) -> str:
     """A fixed-width segment table for the terminal."""
+    # With clv, the mean predicted value of the segment's customers.
+    valued = "avg_predicted_clv" in analytics
     header = (
         f"{'segment':<20} {'customers':>9} {'share':>6} {'revenue':>14} {'rev.share':>9} "
         f"{'recency':>8} {'orders':>7} {'monetary':>10}"
+        + (f" {'pred.value':>10}" if valued else "")
     )
     lines = [header, "-" * len(header)]
     for row in analytics.itertuples(index=False):
@@ -291,6 +336,7 @@ def segment_table_text(analytics: pd.DataFrame) -> str:
             f"{row.segment:<20} {row.customers:>9,} {row.customer_share:>6.1%} "
             f"{row.revenue:>14,.2f} {row.revenue_share:>9.1%} {_number(row.avg_recency, 1):>8} "
             f"{_number(row.avg_frequency, 2):>7} {_number(row.avg_monetary, 2):>10}"
+            + (f" {_number(row.avg_predicted_clv, 2):>10}" if valued else "")
         )
     return "\n".join(lines)
 
@@ -419,6 +465,7 @@ def command_analyze(args: argparse.Namespace) -> int:
     # before the graph runs.
     shows = [f"{name}.{args.format}" for name in OUTPUT_TABLES + MOVEMENT_TABLES]
     shows.append("run_summary.json")
+    shows += [f"{name}.{args.format}" for name in LIFETIME_TABLES]
     if args.high_value is not None:
         shows.append(f"high_value_customers.{args.format}")
     if settings.segmentation_method == "kmeans":
@@ -435,6 +482,7 @@ def command_analyze(args: argparse.Namespace) -> int:
             with jvm_stderr_to(result.work / "spark.log"):
                 _ = spark.spark_session  # starts the JVM now, with its stderr in the log
         tables = OUTPUT_TABLES + (OPTIONAL_TABLES if args.high_value is not None else ())
+        tables += LIFETIME_TABLES if settings.clv else ()
         if previous is not None:
             tables += MOVEMENT_TABLES
         outcome = run(
@@ -482,6 +530,10 @@ def command_analyze(args: argparse.Namespace) -> int:
         + (f"; {skipped:,} files skipped (names starting with _ or .)" if skipped else "")
     )
     print(segment_table)
+    if settings.clv:
+        lifetime = summary["lifetime_value"]
+        for line in lifetime_lines(lifetime):
+            print(line, file=sys.stdout if lifetime["fitted"] else sys.stderr)
     print(movement_note)
     from rfm_assets.engines.stored import MODEL_FILE
 
@@ -645,6 +697,7 @@ def report_inputs(directory: Path, analytics: pd.DataFrame, summary: Optional[di
         previous="the result this one replaced",
         slipping=None if moved is None else len(moved),
         clustering=summary.get("clustering"),
+        lifetime_value=summary.get("lifetime_value"),
         cluster_sample=(
             engine.cluster_sample(segments, CLUSTER_PICTURE_CUSTOMERS, 0)
             if summary.get("clustering") and "cluster" in segments
@@ -769,7 +822,11 @@ def add_analysis_arguments(analyze: argparse.ArgumentParser, output_required: bo
         metavar="SHARE",
         help="also write high_value_customers: the top SHARE (default 0.2) of customers",
     )
-    rules.add_argument("--high-value-by", choices=("monetary", "RFM_score"))
+    rules.add_argument(
+        "--high-value-by",
+        choices=("monetary", "RFM_score", "predicted_clv"),
+        help="what ranks the high-value list (predicted_clv: with --clv)",
+    )
     rules.add_argument(
         "--min-frequency", type=int, metavar="N", help="hold out customers with fewer orders"
     )
@@ -822,6 +879,29 @@ def parser() -> argparse.ArgumentParser:
         "analyze", help="run the RFM graph and write the tables", parents=[debug]
     )
     add_analysis_arguments(analyze)
+    lifetime = analyze.add_argument_group(
+        "lifetime value", 'BG/NBD and Gamma-Gamma (pip install "rfm_assets[clv]")'
+    )
+    lifetime.add_argument(
+        "--clv",
+        action="store_true",
+        help="also write customer_lifetime_value and the value per segment",
+    )
+    lifetime.add_argument(
+        "--clv-horizon-days", type=int, metavar="N", help="days predicted over (default 365)"
+    )
+    lifetime.add_argument(
+        "--clv-discount-rate",
+        type=float,
+        metavar="RATE",
+        help="annual discount rate of future value, e.g. 0.1 (default 0)",
+    )
+    lifetime.add_argument(
+        "--clv-holdout-days",
+        type=int,
+        metavar="N",
+        help="also check the purchase model on the N days before the reference date",
+    )
     analyze.set_defaults(handler=command_analyze)
 
     predict = commands.add_parser(

@@ -117,6 +117,8 @@ def build_rfm_definitions(
         engine=settings.engine,
         group=f"{GROUP}_{name}" if name else GROUP,
         source_asset=tuple(source_asset.split("/")) if source_asset else None,
+        lifetime_value=settings.clv,
+        clv_holdout_days=settings.clv_holdout_days,
     )
     assets = build_rfm_assets(graph)
     job = dg.define_asset_job(

@@ -150,6 +150,12 @@ COLUMN_TYPES = {
     "recency_thresholds": "list<float64>",
     "frequency_thresholds": "list<float64>",
     "monetary_thresholds": "list<float64>",
+    "probability_alive": "float64",
+    "expected_purchases": "float64",
+    "expected_average_value": "float64",
+    "predicted_clv": "float64",
+    "avg_predicted_clv": "float64",
+    "avg_probability_alive": "float64",
 }
 
 # Shown in the Dagster UI as the column schema of each asset.
@@ -203,8 +209,20 @@ COLUMN_DESCRIPTIONS = {
     "recency_thresholds": "Recency cut points this run used (see fixed_thresholds).",
     "frequency_thresholds": "Frequency cut points this run used.",
     "monetary_thresholds": "Monetary cut points this run used.",
+    "probability_alive": "clv: BG/NBD probability that the customer has not churned at the "
+    "reference date; null without a purchase day or a fit.",
+    "expected_purchases": "clv: expected purchase days over the next clv_horizon_days.",
+    "expected_average_value": "clv: Gamma-Gamma expected spend of a purchase day.",
+    "predicted_clv": "clv: expected_average_value x the expected purchases of each 30-day "
+    "period of clv_horizon_days, discounted at clv_discount_rate; segment_analytics: the "
+    "segment's total.",
+    "avg_predicted_clv": "clv: mean predicted_clv of the segment's customers with one.",
+    "avg_probability_alive": "clv: mean probability_alive of the segment's customers with one.",
 }
 
+
+# What segment_analytics gains with clv: true, after its own columns.
+SEGMENT_VALUE_COLUMNS = ["predicted_clv", "avg_predicted_clv", "avg_probability_alive"]
 
 # The columns of every table of the graph, in order.
 COLUMNS_OF = {
@@ -216,6 +234,21 @@ COLUMNS_OF = {
     "high_value_customers": METRIC_COLUMNS + SCORE_COLUMNS + SEGMENT_COLUMNS + ["high_value_rank"],
     "segment_migration": MIGRATION_COLUMNS,
     "slipping_customers": SLIPPING_COLUMNS,
+    "customer_lifetime_value": [
+        "customer_id",
+        "segment",
+        "probability_alive",
+        "expected_purchases",
+        "expected_average_value",
+        "predicted_clv",
+    ],
+}
+
+
+# Columns a table gains with a setting, after its own: (setting, columns).
+COLUMNS_WITH = {
+    "segment_analytics": ("clv: true", SEGMENT_VALUE_COLUMNS),
+    "high_value_customers": ("high_value_by: predicted_clv", ["predicted_clv"]),
 }
 
 
@@ -224,8 +257,10 @@ def columns_markdown() -> str:
     lines = []
     for table, columns in COLUMNS_OF.items():
         lines += [f"### `{table}`", "", "| column | type | meaning |", "|---|---|---|"]
-        for column in columns:
+        setting, added = COLUMNS_WITH.get(table, ("", []))
+        for column in [*columns, *added]:
             meaning = COLUMN_DESCRIPTIONS.get(column, "").replace("|", "\\|")
-            lines.append(f"| `{column}` | {COLUMN_TYPES[column]} | {meaning} |")
+            kind = COLUMN_TYPES[column] + (f" (with {setting})" if column in added else "")
+            lines.append(f"| `{column}` | {kind} | {meaning} |")
         lines.append("")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from rfm_assets.errors import RFMConfigError
 
-HIGH_VALUE_MEASURES = ("monetary", "RFM_score")
+HIGH_VALUE_MEASURES = ("monetary", "RFM_score", "predicted_clv")
 
 
 def check_high_value_arguments(top_percentage: float, by: str) -> None:
@@ -37,7 +37,8 @@ def identify_high_value_customers(
     `high_value_rank` (1 + customers with a strictly greater value), highest first.
     """
     check_high_value_arguments(top_percentage, by)
-    values = df[by].to_numpy(dtype=np.float64)
+    # A null value (predicted_clv of a customer without a purchase day) ranks last.
+    values = np.nan_to_num(df[by].to_numpy(dtype=np.float64), nan=-np.inf)
     ordered = np.sort(values)
     greater = len(values) - np.searchsorted(ordered, values, side="right")
     chosen = df.loc[greater < top_percentage * len(values)].copy()

@@ -358,3 +358,28 @@ def clv_holdout(chart: pd.DataFrame, cutoff: str, end: str) -> bytes:
     axes.legend(loc="upper left")
     axes.spines[["top", "right"]].set_visible(False)
     return _png(figure)
+
+
+def value_by_segment(values: pd.DataFrame, horizon_days: int) -> bytes:
+    """Predicted value per segment (`segment, priority, predicted_clv, avg_predicted_clv,
+    avg_probability_alive`): the segment's total as bars, in priority order, with the mean
+    per customer and the mean probability of being alive beside each."""
+    rows = values.sort_values("priority", ascending=False)
+    names = [_literal(name) for name in rows["segment"]]
+    figure = _figure(left=min(0.5, (_text_width(names, 10) + 20) / WIDTH), top=0.93)
+    axes = figure.add_subplot()
+    axes.barh(names, rows["predicted_clv"], color=BAR)
+    widest = max(float(rows["predicted_clv"].max()), 1.0)
+    for y, row in enumerate(rows.itertuples(index=False)):
+        axes.text(
+            row.predicted_clv + widest * 0.01,
+            y,
+            f"{row.avg_predicted_clv:,.0f} a customer · {row.avg_probability_alive:.0%} alive",
+            va="center",
+            fontsize=9,
+        )
+    axes.set_xlim(0, widest * 1.5)
+    axes.set_xlabel(f"predicted value over the next {horizon_days} days")
+    axes.set_title("Expected value by segment")
+    axes.spines[["top", "right"]].set_visible(False)
+    return _png(figure)

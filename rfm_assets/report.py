@@ -47,7 +47,7 @@ PAGE = """<!doctype html>
 <h2>Run</h2>{run}
 <h2>Segments</h2>{segments}
 <h2>Pictures</h2>{shown}
-{clusters}<h2>Movement since the previous week</h2>{movement}
+{clusters}{lifetime}<h2>Movement since the previous week</h2>{movement}
 <h2>Score thresholds used</h2>{thresholds}
 <p class="muted">Made by rfm_assets. Scores are 1 (worst) to {scale} (best); the rules
 are in the project's docs/contract.md.</p>
@@ -71,6 +71,8 @@ class ReportInputs:
     cluster_sample: Optional[pd.DataFrame] = None  # customers drawn in the clusters picture
     # Why the page draws no pictures (a week of a range run that drew its last week's only).
     pictures_left_out: Optional[str] = None
+    # What customer_lifetime_value's context holds (clv: true): fit, value by segment, holdout.
+    lifetime_value: Optional[dict] = None
 
 
 # --- values to page text: the only ways onto the page ------------------------------------------
@@ -406,6 +408,76 @@ def clustering_section(inputs: ReportInputs) -> Html:
     return markup("{}{}{}{}", facts, clusters, comparison, picture)
 
 
+def lifetime_section(inputs: ReportInputs) -> Html:
+    """clv: the models' fit, the predicted value per segment and the holdout check."""
+    lifetime = inputs.lifetime_value
+    if not _get(lifetime, "fitted"):
+        return markup(
+            "<p>Not fitted, so the predictions are null: {}</p>", _get(lifetime, "refused")
+        )
+    horizon = _get(lifetime, "horizon_days")
+    parameters = _get(lifetime, "parameters") or {}
+    facts = markup(
+        "<p>Predicted over the next {} days{}, by BG/NBD (purchases) and Gamma-Gamma (spend) "
+        "fitted on {} customers ({} with a repeat purchase day). Parameters: {}.</p>",
+        _number(horizon),
+        markup(", discounted at {} a year", _share(_get(lifetime, "discount_rate")))
+        if _get(lifetime, "discount_rate")
+        else "",
+        _number(_get(_get(lifetime, "diagnostics"), "customers")),
+        _number(_get(_get(lifetime, "diagnostics"), "repeat_customers")),
+        _join(", ", (markup("{} {}", k, _number(v, 3)) for k, v in parameters.items())),
+    )
+    by_segment = _get(lifetime, "value_by_segment") or {}
+    priority = dict(zip(inputs.analytics["segment"].astype(str), inputs.analytics["priority"]))
+    values = pd.DataFrame(
+        [{"segment": name, "priority": priority.get(name, len(priority) + 1), **v}
+         for name, v in by_segment.items()],
+        columns=["segment", "priority", "predicted_clv", "avg_predicted_clv",
+                 "avg_probability_alive"],
+    ).sort_values(["priority", "segment"])  # fmt: skip
+    rows = (
+        _row([r.segment, _number(r.predicted_clv, 2), _number(r.avg_predicted_clv, 2),
+              _share(r.avg_probability_alive)], {1, 2, 3})
+        for r in values.itertuples(index=False)
+    )  # fmt: skip
+    table = _table(["segment", "predicted value", "per customer", "probability alive"], rows)
+    picture = Html("")
+    if inputs.pictures_left_out is None and not values.empty:
+        require_numbers(values, ["predicted_clv", "avg_predicted_clv", "avg_probability_alive"],
+                        "customer_lifetime_value", "the expected value by segment")  # fmt: skip
+        picture = _image(pictures.value_by_segment(values, int(horizon)), "Expected value")
+    return markup("{}{}{}{}", facts, table, picture, holdout_section(inputs))
+
+
+def holdout_section(inputs: ReportInputs) -> Html:
+    holdout = _get(inputs.lifetime_value, "holdout")
+    if holdout is None:
+        return Html("")
+    if "refused" in holdout:
+        return markup("<h3>Holdout check</h3><p>Could not run: {}</p>", holdout["refused"])
+    facts = markup(
+        "<h3>Holdout check</h3><p>Fitted on the purchases before {}, the purchase model "
+        "predicted {} purchase days up to {}; {} happened (ratio {}). Spearman rank "
+        "correlation over {} customers: {}.</p>",
+        _get(holdout, "cutoff"),
+        _number(_get(holdout, "predicted_total")),
+        _get(holdout, "end"),
+        _number(_get(holdout, "actual_total")),
+        _number(_get(holdout, "ratio"), 3),
+        _number(_get(holdout, "customers")),
+        _number(_get(holdout, "spearman"), 3),
+    )
+    chart = pd.DataFrame(_records(_get(holdout, "by_calibration_purchases")))
+    picture = Html("")
+    if inputs.pictures_left_out is None and not chart.empty:
+        require_numbers(chart, ["calibration_purchases", "predicted", "actual"],
+                        "customer_lifetime_value", "the holdout chart")  # fmt: skip
+        png = pictures.clv_holdout(chart, str(holdout["cutoff"]), str(holdout["end"]))
+        picture = _image(png, "Predicted and actual purchases")
+    return markup("{}{}", facts, picture)
+
+
 def _cut_points(cuts) -> Html:
     if isinstance(cuts, str):  # read back from CSV, where lists are JSON text
         try:
@@ -454,6 +526,9 @@ def report_html(inputs: ReportInputs, generated: Optional[dt.datetime] = None) -
         clusters = markup(
             "<h2>Clusters (segmentation_method kmeans)</h2>{}", clustering_section(inputs)
         )
+    lifetime = Html("")
+    if inputs.lifetime_value is not None:
+        lifetime = markup("<h2>Customer lifetime value</h2>{}", lifetime_section(inputs))
     return markup(
         PAGE,
         reference=_get(inputs.summary, "reference_date") or "",
@@ -463,6 +538,7 @@ def report_html(inputs: ReportInputs, generated: Optional[dt.datetime] = None) -
         segments=segment_section(analytics),
         shown=shown,
         clusters=clusters,
+        lifetime=lifetime,
         movement=movement_section(inputs),
         thresholds=thresholds_section(analytics),
         scale=inputs.scale,

@@ -19,8 +19,9 @@ from rfm_assets.errors import RFMError
 
 # The graph's tables, in its order. A run computes all of them but those it is told to leave
 # out; the two that compare with a previous result need one.
-TABLES = ("transactions", "rfm_metrics", "rfm_scores", "customer_segments", "segment_analytics",
-          "high_value_customers", "segment_migration", "slipping_customers")  # fmt: skip
+TABLES = ("transactions", "rfm_metrics", "rfm_scores", "customer_segments",
+          "customer_lifetime_value", "segment_analytics", "high_value_customers",
+          "segment_migration", "slipping_customers")  # fmt: skip
 COMPARING = ("segment_migration", "slipping_customers")
 
 
@@ -75,7 +76,11 @@ def run(
 
     if settings.pictures != pictures:
         settings = settings.changed(pictures=pictures)
-    graph = RFMGraph(source_asset=("rfm_source",) if source is not None else None)
+    graph = RFMGraph(
+        source_asset=("rfm_source",) if source is not None else None,
+        lifetime_value=settings.clv,
+        clv_holdout_days=settings.clv_holdout_days,
+    )
     assets = build_rfm_assets(graph)
     left_out = set(leave_out) | {"rfm_report"} | (set(COMPARING) if previous is None else set())
     if settings.segmentation_method != "kmeans":

@@ -323,10 +323,36 @@ class RFMSettings(dg.ConfigurableResource):
         description="Share of customers in high_value_customers (0.2 = the top 20%); ties at "
         "the cut are all in.",
     )
-    high_value_by: Literal["monetary", "RFM_score"] = Field(
+    high_value_by: Literal["monetary", "RFM_score", "predicted_clv"] = Field(
         default="monetary",
-        description="Measure that ranks high_value_customers: monetary, or the weighted "
-        "RFM_score (so the weights decide who is on the list).",
+        description="Measure that ranks high_value_customers: monetary, the weighted "
+        "RFM_score (so the weights decide who is on the list), or predicted_clv (clv: true).",
+    )
+    clv: bool = Field(
+        default=False,
+        description="Add customer_lifetime_value: each customer's probability of being alive, "
+        "expected purchases and predicted value over clv_horizon_days (BG/NBD and Gamma-Gamma "
+        'by pymc-marketing: pip install "rfm_assets[clv]"); segment_analytics and the report '
+        "gain predicted value per segment.",
+    )
+    clv_horizon_days: int = Field(
+        default=365,
+        ge=1,
+        description="clv: days ahead the purchases and value are predicted over.",
+    )
+    clv_discount_rate: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="clv: annual discount rate of future value (0.1 = 10% a year), applied "
+        "to each 30-day period at its end. 0: undiscounted.",
+    )
+    clv_holdout_days: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="clv: also fit the purchase model on the data before reference_date - N "
+        "and check its predictions against the N days that followed (asset check "
+        "predictions_match_holdout). Unset: no holdout check.",
     )
     max_segment_share: float = Field(
         default=0.5,
@@ -402,6 +428,21 @@ class RFMSettings(dg.ConfigurableResource):
             raise ValueError(
                 "clusters: the stored model in cluster_model_path fixes k; unset clusters"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _lifetime_value_is_possible(self):
+        if self.high_value_by == "predicted_clv" and not self.clv:
+            raise ValueError("high_value_by: predicted_clv needs clv: true")
+        if self.clv and self.input_level != "transactions":
+            raise ValueError(
+                "clv: the lifetime-value models count purchase days, which need transaction "
+                "lines (input_level: transactions)"
+            )
+        given = {"clv_horizon_days", "clv_discount_rate", "clv_holdout_days"}
+        given &= self.model_fields_set
+        if given and not self.clv:
+            raise ValueError(f"{min(given)}: applies with clv: true")
         return self
 
     @property

@@ -22,6 +22,7 @@ import dagster as dg
 
 from rfm_assets.assets.core import build_core
 from rfm_assets.assets.graph import GROUP, RFM_TABLE, RFMGraph, context_of
+from rfm_assets.assets.lifetime import build_lifetime_value
 from rfm_assets.assets.outputs import build_outputs
 from rfm_assets.assets.weekly import build_weekly
 from rfm_assets.contract import COLUMNS_OF
@@ -32,8 +33,12 @@ __all__ = ["COLUMNS_OF", "GROUP", "RFM_ASSETS", "RFM_TABLE", "RFMGraph", "build_
 
 def build_rfm_assets(graph: Optional[RFMGraph] = None) -> list[dg.AssetsDefinition]:
     """The ten assets of one graph instance (default: the unprefixed, unpartitioned one),
-    with their checks."""
+    with their checks; eleven with customer_lifetime_value (`RFMGraph.lifetime_value`)."""
     graph = graph or RFMGraph()
+    if graph.lifetime_value:
+        from rfm_assets.engines.clv import require_models
+
+        require_models()  # refused when the definitions load, not at the week's end
     # `backfill_policy` (a range of weeks in one run) is a beta parameter: Dagster's notice,
     # not the user's.
     with warnings.catch_warnings():
@@ -41,8 +46,10 @@ def build_rfm_assets(graph: Optional[RFMGraph] = None) -> list[dg.AssetsDefiniti
         core = build_core(graph)
         high_value, cluster_model, report = build_outputs(graph)
         migration, slipping = build_weekly(graph)
+        lifetime = [build_lifetime_value(graph)] if graph.lifetime_value else []
     # The order the UI and `materialize` list them in.
-    return [*core[:4], cluster_model, core[4], high_value, migration, slipping, report]
+    return [*core[:4], cluster_model, *lifetime, core[4], high_value, migration, slipping,
+            report]  # fmt: skip
 
 
 def build_rfm_checks(assets: list[dg.AssetsDefinition]) -> list:

@@ -95,6 +95,27 @@ CHECKS: dict[str, tuple[Check, ...]] = {
             blocking=False,
         ),
     ),
+    "customer_lifetime_value": (
+        Check(
+            "one_row_per_customer",
+            "As many rows as customer_segments has customers, each customer id once.",
+        ),
+        Check(
+            "lifetime_value_fitted",
+            "Warns when the models could not be fitted (too few repeat customers, a fit "
+            "that did not converge): the predictions are then null, and the rest of the "
+            "graph publishes as without clv.",
+            blocking=False,
+        ),
+        Check(
+            "predictions_match_holdout",
+            "With clv_holdout_days N: the purchase model fitted on the data before "
+            "reference_date - N predicts the purchase days of the N days that followed "
+            "within 20% in total (metadata: Spearman rank correlation and the expected-vs-"
+            "actual chart by calibration purchases).",
+            blocking=False,
+        ),
+    ),
     "segment_migration": (
         Check(
             "margins_match_both_weeks",
@@ -211,3 +232,41 @@ def margins_match_both_weeks(out_sizes: dict, sizes_before: dict, into_sizes: di
         f"vs {revenue_now_micro / MICRO_UNITS:,.2f}",
         {"previous": previous},
     )
+
+
+def one_lifetime_row_per_customer(rows: int, distinct: int, segmented: int) -> Verdict:
+    return Verdict(
+        rows == distinct == segmented,
+        f"{rows:,} rows for {distinct:,} distinct ids; customer_segments has {segmented:,} "
+        "customers",
+        {"rows": rows, "distinct_ids": distinct, "customers_segmented": segmented},
+    )
+
+
+def lifetime_value_fitted(refused: Optional[str]) -> Verdict:
+    return Verdict(refused is None, f"not fitted, predictions are null: {refused}",
+                   {"fitted": refused is None})  # fmt: skip
+
+
+# How far the predicted total of the holdout may be from what happened.
+HOLDOUT_TOLERANCE = 0.20
+
+
+def predictions_match_holdout(predicted: float, actual: int, spearman: float,
+                              customers: int) -> Verdict:  # fmt: skip
+    ratio = predicted / actual if actual else float("nan")
+    said = (
+        f"predicted {predicted:,.0f} purchase days in the holdout, {actual:,} happened "
+        f"(ratio {ratio:.3f}; Spearman {spearman:.3f} over {customers:,} customers)"
+    )
+    return Verdict(
+        abs(ratio - 1) <= HOLDOUT_TOLERANCE,
+        f"{said}: more than {HOLDOUT_TOLERANCE:.0%} off",
+        {"predicted": predicted, "actual": actual, "ratio": ratio, "spearman": spearman,
+         "customers": customers},
+        note=said,
+    )  # fmt: skip
+
+
+def holdout_not_fitted(why: str) -> Verdict:
+    return Verdict(False, f"the holdout check could not run: {why}", {})

@@ -198,34 +198,9 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions, read_weeks: Optiona
     Also first and last purchase dates, tenure in days and average order value.
     """
     settings, engine = graph.settings_of(context), graph.engine_of(context)
-    if graph.partitions is not None:  # {week: table}: this week and the weeks before it
-        weeks = transactions
-        transactions = weeks.get(context.partition_key)
-        if transactions is None:
-            raise dg.Failure(f"rfm_metrics: transactions of week {context.partition_key} is "
-                             "not stored: materialize it first")  # fmt: skip
-    upstream = context_of(transactions)
-    reference_date = dt.date.fromisoformat(needed(upstream, "reference_date", "transactions"))
+    loaded, upstream = rows_of_window(graph, context, transactions, "rfm_metrics", read_weeks)
+    reference_date = dt.date.fromisoformat(upstream["reference_date"])
     input_level = upstream.get("input_level", "transactions")
-    weekly_history = "history_from" in upstream
-    if weekly_history:
-        window = window_weeks(graph, context, weeks, upstream)
-        start = upstream.get("window_start")
-        loaded = engine.window_rows(window, start and dt.date.fromisoformat(start), read_weeks)
-        if upstream["cleaning"]["returns_policy"] == "net":
-            loaded, not_positive = engine.net_positive(loaded)
-            upstream["window_rows_excluded"] = {"customer_monetary_not_positive": not_positive}
-        # Counted here, as the transactions step counts a run's kept rows.
-        upstream["customers"] = engine.customers_of(loaded)
-        if not upstream["customers"]:
-            raise RFMInputError(
-                f"rfm_metrics: no transactions in the window of week "
-                f"{context.partition_key} ({upstream.get('window_rows_excluded')})"
-            )
-        upstream["window_weeks"] = [min(context_of(w)["partition_key"] for w in window),
-                                    context.partition_key]  # fmt: skip
-    else:
-        loaded = engine.load(transactions)
     metrics = engine.cached(engine.metrics(loaded, reference_date, input_level))
     metrics, held_out = engine.filter_customers(metrics, settings.run_spec())
     metrics = engine.cached(metrics)
@@ -262,7 +237,43 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions, read_weeks: Optiona
     )
 
 
-def window_weeks(graph: RFMGraph, context, weeks: dict, upstream: dict) -> list:
+def rows_of_window(graph: RFMGraph, context, transactions, step: str,
+                   read_weeks: Optional[dict] = None) -> tuple:  # fmt: skip
+    """(the kept rows of the week's window, the context of its transactions with what
+    loading them counted). Unpartitioned, the rows of `transactions`; on weekly partitions
+    (`transactions` is {week: table}), the rows the window's stored weeks keep, read once a
+    range when `read_weeks` is given (see window_weeks)."""
+    engine = graph.engine_of(context)
+    if graph.partitions is not None:  # {week: table}: this week and the weeks before it
+        weeks = transactions
+        transactions = weeks.get(context.partition_key)
+        if transactions is None:
+            raise dg.Failure(f"{step}: transactions of week {context.partition_key} is "
+                             "not stored: materialize it first")  # fmt: skip
+    upstream = context_of(transactions)
+    needed(upstream, "reference_date", "transactions")
+    if "history_from" not in upstream:
+        return engine.load(transactions), upstream
+    window = window_weeks(graph, context, weeks, upstream, step)
+    start = upstream.get("window_start")
+    loaded = engine.window_rows(window, start and dt.date.fromisoformat(start), read_weeks)
+    if upstream["cleaning"]["returns_policy"] == "net":
+        loaded, not_positive = engine.net_positive(loaded)
+        upstream["window_rows_excluded"] = {"customer_monetary_not_positive": not_positive}
+    # Counted here, as the transactions step counts a run's kept rows.
+    upstream["customers"] = engine.customers_of(loaded)
+    if not upstream["customers"]:
+        raise RFMInputError(
+            f"{step}: no transactions in the window of week "
+            f"{context.partition_key} ({upstream.get('window_rows_excluded')})"
+        )
+    upstream["window_weeks"] = [min(context_of(w)["partition_key"] for w in window),
+                                context.partition_key]  # fmt: skip
+    return loaded, upstream
+
+
+def window_weeks(graph: RFMGraph, context, weeks: dict, upstream: dict,
+                 step: str = "rfm_metrics") -> list:  # fmt: skip
     """The stored weeks of transactions whose rows make this week's window: this week, and
     the weeks before it back to the one that keeps the window's start (see week_history)."""
     keys = graph.partitions.get_partition_keys()
@@ -275,7 +286,7 @@ def window_weeks(graph: RFMGraph, context, weeks: dict, upstream: dict) -> list:
         if earlier is None or context_of(earlier).get("cleaning") != upstream["cleaning"]:
             why = "is not stored" if earlier is None else "was kept with other settings since"
             raise dg.Failure(
-                f"rfm_metrics: the window of week {context.partition_key} needs the rows that "
+                f"{step}: the window of week {context.partition_key} needs the rows that "
                 f"transactions of week {keys[max(at, 0)]} keeps, and that week {why}: "
                 f"materialize weeks {keys[max(at, 0)]} to {context.partition_key} again, in one "
                 f"run: --select '*' --partition-range {keys[max(at, 0)]}...{context.partition_key}"
@@ -415,17 +426,30 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
     yield output(engine, segmented, table_context, metadata, rows=rows)
 
 
-def segment_analytics_step(graph: RFMGraph, context, customer_segments, earlier_weeks):
+def segment_analytics_step(graph: RFMGraph, context, customer_segments, earlier_weeks,
+                           customer_lifetime_value=None):  # fmt: skip
     """Per segment: customers, revenue, their shares, average R/F/M, average order value and
-    the recommendation, in priority order, with the score thresholds the run used.
+    the recommendation, in priority order, with the score thresholds the run used. With
+    `clv: true`, also the segment's total and mean predicted value and mean probability of
+    being alive (customer_lifetime_value; null when the models could not be fitted).
     """
     settings, engine = graph.settings_of(context), graph.engine_of(context)
+    if settings.clv and not graph.lifetime_value:
+        raise dg.Failure(
+            "clv: true, but this graph was built without customer_lifetime_value: build it "
+            "from these settings (build_rfm_definitions, RFMSegmentation) or with "
+            "RFMGraph(lifetime_value=True)"
+        )
     upstream = context_of(customer_segments)
     rule_set = rule_set_of(upstream, settings, "customer_segments")
     segmented = engine.load(customer_segments)
     analytics = engine.analytics(
         segmented, rule_set, needed(upstream, "thresholds", "customer_segments")
     )
+    if customer_lifetime_value is not None:
+        lifetime = needed(context_of(customer_lifetime_value), "lifetime_value",
+                          "customer_lifetime_value")  # fmt: skip
+        analytics = engine.with_segment_values(analytics, lifetime["value_by_segment"])
     shown = small_to_pandas(analytics)  # a dozen rows at most
     if "monetary_micro_sum" in upstream:  # counted on this table when it was made
         customers, micro_sum = upstream["customers_segmented"], int(upstream["monetary_micro_sum"])
@@ -556,6 +580,10 @@ def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
                                 weekly={"rfm_scores": rfm_scores})  # fmt: skip
 
     analytics_ins = graph.ins("customer_segments")
+    # The value per segment, when the graph has it: customer_lifetime_value always hands on
+    # a table (null predictions when it could not fit), so this step never waits in vain.
+    if graph.lifetime_value:
+        analytics_ins |= graph.ins("customer_lifetime_value")
     if graph.partitions is not None:
         # The weeks before this one, for the share change and the share trend.
         analytics_ins["earlier_weeks"] = graph.weeks_in("segment_analytics", 1 - TREND_WEEKS, -1)
@@ -564,12 +592,12 @@ def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
                   **graph.table_asset("segment_analytics"))  # fmt: skip
         @naming_memory_failures
         def segment_analytics(context: dg.AssetExecutionContext, customer_segments,
-                              earlier_weeks):  # fmt: skip
+                              earlier_weeks, **lifetime):  # fmt: skip
             yield from week_by_week(
                 graph,
                 context,
                 segment_analytics_step,
-                weekly={"customer_segments": customer_segments},
+                weekly={"customer_segments": customer_segments, **lifetime},
                 spanning={"earlier_weeks": (earlier_weeks, 1 - TREND_WEEKS, -1)},
                 own="earlier_weeks",
             )
@@ -579,7 +607,9 @@ def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
         @dg.asset(ins=analytics_ins, description=segment_analytics_step.__doc__,
                   **graph.table_asset("segment_analytics"))  # fmt: skip
         @naming_memory_failures
-        def segment_analytics(context: dg.AssetExecutionContext, customer_segments):
-            yield from segment_analytics_step(graph, context, customer_segments, None)
+        def segment_analytics(context: dg.AssetExecutionContext, customer_segments,
+                              **lifetime):  # fmt: skip
+            yield from segment_analytics_step(graph, context, customer_segments, None,
+                                              **lifetime)  # fmt: skip
 
     return [transactions, rfm_metrics, rfm_scores, customer_segments, segment_analytics]

@@ -67,6 +67,10 @@ class RFMGraph:
     group: str = GROUP
     # An upstream asset whose value is the source table, instead of settings.input_path.
     source_asset: Optional[tuple[str, ...]] = None
+    # customer_lifetime_value in the graph (settings `clv`), and the days of its holdout
+    # check (`clv_holdout_days`; None: no such check).
+    lifetime_value: bool = False
+    clv_holdout_days: Optional[int] = None
 
     def key(self, name: str) -> dg.AssetKey:
         return dg.AssetKey([*self.key_prefix, name])
@@ -87,8 +91,6 @@ class RFMGraph:
 
     def table_asset(self, name: str) -> dict:
         """The keyword arguments of `dg.asset` for the table `name`: key, schema, checks."""
-        from rfm_assets.assets.checks import CHECKS
-
         return dict(
             key=self.key(name),
             group_name=self.group,
@@ -99,8 +101,17 @@ class RFMGraph:
             required_resource_keys=self.resource_keys,
             io_manager_key=self.io_manager_key,
             metadata={"dagster/column_schema": declared_schema(name)},
-            check_specs=self.check_specs(name, CHECKS.get(name, ())),
+            check_specs=self.check_specs(name, self.checks_of(name)),
         )
+
+    def checks_of(self, asset: str) -> tuple:
+        """The checks (`checks.CHECKS`) this instance declares on `asset`."""
+        from rfm_assets.assets.checks import CHECKS
+
+        entries = CHECKS.get(asset, ())
+        if asset == "customer_lifetime_value" and not self.clv_holdout_days:
+            entries = tuple(c for c in entries if c.name != "predictions_match_holdout")
+        return entries
 
     def check_specs(self, asset: str, entries) -> list[dg.AssetCheckSpec]:
         return [
@@ -283,12 +294,11 @@ def small_to_pandas(frame) -> pd.DataFrame:
 
 
 def judged(graph: RFMGraph, asset: str, verdicts: dict):
-    """Yield a check result per verdict (`checks.Verdict`, by check name); if a blocking one
-    failed, stop before the value is stored, so readers keep the previous one."""
-    from rfm_assets.assets.checks import CHECKS
-
+    """Yield a check result per verdict (`checks.Verdict`, by check name) of each check the
+    asset declares (`RFMGraph.checks_of`); if a blocking one failed, stop before the value
+    is stored, so readers keep the previous one."""
     results = []
-    for check in CHECKS[asset]:
+    for check in graph.checks_of(asset):
         verdict = verdicts[check.name]
         results.append(
             dg.AssetCheckResult(

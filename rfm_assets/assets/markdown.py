@@ -24,6 +24,21 @@ def segment_table_markdown(analytics: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def value_by_segment_markdown(values: pd.DataFrame) -> str:
+    """The predicted value per segment (rfm_assets.assets.lifetime.segment_values) as a
+    Markdown table."""
+    lines = [
+        "| segment | predicted value | per customer | probability alive |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in values.itertuples(index=False):
+        lines.append(
+            f"| {markdown_cell(row.segment)} | {row.predicted_clv:,.2f} "
+            f"| {row.avg_predicted_clv:,.2f} | {row.avg_probability_alive:.1%} |"
+        )
+    return "\n".join(lines)
+
+
 def migration_markdown(moved: pd.DataFrame, shown: int = 12) -> str:
     """The largest moves between two segments, by customers, as a Markdown table."""
     if moved.empty:

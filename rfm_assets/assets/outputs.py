@@ -33,13 +33,24 @@ REPORT_FACTS = (
 )  # fmt: skip
 
 
-def high_value_customers_step(graph: RFMGraph, context, customer_segments):
-    """The top share of customers (high_value_share, default 20%) by monetary or by the
-    weighted RFM_score (high_value_by), highest first, for a campaign list. Tie-safe:
-    customers tied at the cut are all on the list.
+def high_value_customers_step(graph: RFMGraph, context, customer_segments,
+                              customer_lifetime_value=None):  # fmt: skip
+    """The top share of customers (high_value_share, default 20%) by monetary, by the
+    weighted RFM_score or by predicted_clv (high_value_by), highest first, for a campaign
+    list. Tie-safe: customers tied at the cut are all on the list.
     """
     settings, engine = graph.settings_of(context), graph.engine_of(context)
-    chosen = engine.high_value(engine.load(customer_segments), settings.run_spec())
+    segmented = engine.load(customer_segments)
+    if settings.high_value_by == "predicted_clv":
+        if customer_lifetime_value is None:
+            raise dg.Failure("high_value_by: predicted_clv needs customer_lifetime_value in "
+                             "the graph (clv: true)")  # fmt: skip
+        lifetime = context_of(customer_lifetime_value)["lifetime_value"]
+        if not lifetime["fitted"]:
+            raise dg.Failure(f"high_value_by: predicted_clv, but customer_lifetime_value was "
+                             f"not fitted: {lifetime['refused']}")  # fmt: skip
+        segmented = engine.with_predicted_value(segmented, engine.load(customer_lifetime_value))
+    chosen = engine.high_value(segmented, settings.run_spec())
     chosen_by = {"high_value_share": settings.high_value_share,
                  "high_value_by": settings.high_value_by}  # fmt: skip
     return output(engine, chosen, {**context_of(customer_segments), **chosen_by}, chosen_by)
@@ -75,7 +86,8 @@ def cluster_model_step(graph: RFMGraph, context, customer_segments):
 
 
 def rfm_report_step(graph: RFMGraph, context, customer_segments, segment_analytics,
-                    segment_migration, slipping_customers) -> dg.Output:  # fmt: skip
+                    segment_migration, slipping_customers,
+                    customer_lifetime_value=None) -> dg.Output:  # fmt: skip
     """The shareable HTML report of the week: run summary and row accounting, segments
     with recommendations and example actions, every picture, movement and thresholds, in
     one self-contained file beside the stored tables (its path is in the metadata)."""
@@ -105,6 +117,9 @@ def rfm_report_step(graph: RFMGraph, context, customer_segments, segment_analyti
             if clustered and left_out is None
             else None,
             pictures_left_out=left_out,
+            lifetime_value=context_of(customer_lifetime_value).get("lifetime_value")
+            if customer_lifetime_value is not None
+            else None,
         )
     )
     metadata = {"bytes": len(page.encode("utf-8")), "reference_date": summary["reference_date"],
@@ -115,12 +130,17 @@ def rfm_report_step(graph: RFMGraph, context, customer_segments, segment_analyti
 def build_outputs(graph: RFMGraph) -> list[dg.AssetsDefinition]:
     """high_value_customers, cluster_model and rfm_report of one graph instance."""
 
-    @dg.asset(ins=graph.ins("customer_segments"), description=high_value_customers_step.__doc__,
+    # The lifetime value, when the graph has it, for high_value_by: predicted_clv.
+    lifetime_in = ("customer_lifetime_value",) if graph.lifetime_value else ()
+
+    @dg.asset(ins=graph.ins("customer_segments", *lifetime_in),
+              description=high_value_customers_step.__doc__,
               **graph.table_asset("high_value_customers"))  # fmt: skip
     @naming_memory_failures
-    def high_value_customers(context: dg.AssetExecutionContext, customer_segments):
-        yield from week_by_week(graph, context, high_value_customers_step,
-                                weekly={"customer_segments": customer_segments})  # fmt: skip
+    def high_value_customers(context: dg.AssetExecutionContext, customer_segments,
+                             **lifetime):  # fmt: skip
+        weekly = {"customer_segments": customer_segments, **lifetime}
+        yield from week_by_week(graph, context, high_value_customers_step, weekly=weekly)
 
     # A multi-asset only so that its output and its check may be absent (can_subset): grid
     # runs have no model to store or check.
@@ -151,7 +171,7 @@ def build_outputs(graph: RFMGraph) -> list[dg.AssetsDefinition]:
     @dg.asset(
         key=graph.key("rfm_report"),
         ins=graph.ins("customer_segments", "segment_analytics", "segment_migration",
-                      "slipping_customers"),
+                      "slipping_customers", *lifetime_in),
         description=rfm_report_step.__doc__,
         group_name=graph.group,
         kinds={"html"},
@@ -162,10 +182,10 @@ def build_outputs(graph: RFMGraph) -> list[dg.AssetsDefinition]:
     )  # fmt: skip
     @naming_memory_failures
     def rfm_report(context: dg.AssetExecutionContext, customer_segments, segment_analytics,
-                   segment_migration, slipping_customers):  # fmt: skip
+                   segment_migration, slipping_customers, **lifetime):  # fmt: skip
         weekly = {"customer_segments": customer_segments, "segment_analytics": segment_analytics,
                   "segment_migration": segment_migration,
-                  "slipping_customers": slipping_customers}  # fmt: skip
+                  "slipping_customers": slipping_customers, **lifetime}  # fmt: skip
         yield from week_by_week(graph, context, rfm_report_step, weekly=weekly)
 
     return [high_value_customers, cluster_model, rfm_report]

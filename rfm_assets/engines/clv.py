@@ -99,6 +99,15 @@ class FittedCLV:
     diagnostics: dict[str, int | float]
 
 
+def require_models() -> None:
+    """Refuse in one line when pymc-marketing (the `clv` extra) is not installed, without
+    importing it (PyMC takes seconds to import)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pymc_marketing") is None:
+        raise RFMConfigError(INSTALL_HINT)
+
+
 def _models():
     try:
         from pymc_marketing.clv import BetaGeoModel, GammaGammaModel
@@ -244,28 +253,43 @@ def chart_label(group: int) -> str:
     return f"{group}+" if group == CHART_GROUPS else str(group)
 
 
-def validate(transactions: pd.DataFrame, end: dt.date, holdout_days: int) -> Validation:
-    """Fit the purchase model on the purchase days before `end - holdout_days`, predict each
-    of those customers' purchase days in the holdout (up to `end`), and compare with what
-    they did: totals, Spearman rank correlation, and mean predicted against mean actual by
-    number of repeat purchase days in calibration."""
-    if holdout_days <= 0:
-        raise RFMConfigError(f"holdout_days: must be at least 1, got {holdout_days}")
-    cutoff = end - dt.timedelta(days=holdout_days)
-    # One pass over the rows: the purchase days before the cutoff calibrate, those after it
-    # are what happened.
+def holdout_summary(transactions: pd.DataFrame, end: dt.date, holdout_days: int) -> pd.DataFrame:
+    """The calibration summary (`SUMMARY_COLUMNS` of the purchase days before `end -
+    holdout_days`) of every customer who bought before it, with `holdout_purchases`: their
+    purchase days from then up to `end`. One pass over the rows."""
+    cutoff = holdout_cutoff(end, holdout_days)
     days = purchase_days(transactions, end)
     in_holdout = days["day"].to_numpy() >= day_number(cutoff)
     calibration = _summary_of(days[~in_holdout], cutoff)
+    after = days[in_holdout].groupby("customer_id", observed=True)["day"].size()
+    calibration["holdout_purchases"] = (
+        after.reindex(calibration["customer_id"], fill_value=0).to_numpy().astype(np.int64)
+    )
+    return calibration
+
+
+def holdout_cutoff(end: dt.date, holdout_days: int) -> dt.date:
+    if holdout_days <= 0:
+        raise RFMConfigError(f"holdout_days: must be at least 1, got {holdout_days}")
+    return end - dt.timedelta(days=holdout_days)
+
+
+def validate(transactions: pd.DataFrame, end: dt.date, holdout_days: int) -> Validation:
+    """`validate_summary` of the kept rows (pandas)."""
+    return validate_summary(holdout_summary(transactions, end, holdout_days), end, holdout_days)
+
+
+def validate_summary(calibration: pd.DataFrame, end: dt.date, holdout_days: int) -> Validation:
+    """Fit the purchase model on the calibration summary (`holdout_summary`), predict each
+    customer's purchase days in the holdout (up to `end`), and compare with what they did:
+    totals, Spearman rank correlation, and mean predicted against mean actual by number of
+    repeat purchase days in calibration."""
+    cutoff = holdout_cutoff(end, holdout_days)
     if calibration.empty:
         raise RFMInputError(f"clv: no purchase before the holdout starts ({cutoff})")
     fitted = fit(calibration, spend=False)
     predicted = expected_purchases(fitted, calibration, holdout_days)
-    after = days[in_holdout]
-    actual = (
-        after.groupby("customer_id", observed=True)["day"].size()
-        .reindex(calibration["customer_id"], fill_value=0).to_numpy()
-    )  # fmt: skip
+    actual = calibration["holdout_purchases"].to_numpy()
     from scipy.stats import spearmanr
 
     group = np.minimum(calibration["frequency"].to_numpy(), CHART_GROUPS)
@@ -286,3 +310,41 @@ def validate(transactions: pd.DataFrame, end: dt.date, holdout_days: int) -> Val
         parameters=fitted.parameters,
         by_calibration_purchases=chart,
     )
+
+
+# --- the customer_lifetime_value table ------------------------------------------------------
+
+
+def lifetime_table(inputs: pd.DataFrame, fitted: Optional[FittedCLV], horizon_days: int,
+                   annual_discount_rate: float = 0.0) -> pd.DataFrame:  # fmt: skip
+    """The columns of customer_lifetime_value (contract.COLUMNS_OF) for every customer of
+    `inputs` (customer_id, segment and the summary, which is null for a customer without a
+    purchase day): their predictions, or null ones where there is no purchase day to
+    predict from, or no fit (`fitted` None)."""
+    table = inputs[["customer_id", "segment"]].reset_index(drop=True)
+    for column in CLV_COLUMNS[1:]:
+        table[column] = np.nan
+    bought = inputs["frequency"].notna().to_numpy()
+    if fitted is not None and bought.any():
+        summary = inputs.loc[bought, SUMMARY_COLUMNS].astype(
+            {"frequency": np.int64, "recency": np.int64, "T": np.int64}
+        )
+        predicted = predict(fitted, summary, horizon_days, annual_discount_rate)
+        for column in CLV_COLUMNS[1:]:
+            table.loc[bought, column] = predicted[column].to_numpy()
+    return table
+
+
+def value_by_segment(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """{segment: SEGMENT_VALUE_COLUMNS}: total and mean predicted value and mean probability
+    alive of the segment's customers with a prediction; {} when nothing was predicted."""
+    predicted = table[table["predicted_clv"].notna()]
+    grouped = predicted.groupby(predicted["segment"].astype(str), observed=True)
+    return {
+        str(segment): {
+            "predicted_clv": float(group["predicted_clv"].sum()),
+            "avg_predicted_clv": float(group["predicted_clv"].mean()),
+            "avg_probability_alive": float(group["probability_alive"].mean()),
+        }
+        for segment, group in grouped
+    }

@@ -261,6 +261,43 @@ class PandasEngine:
         shown = segmented.sample(n=min(customers, len(segmented)), random_state=seed)
         return shown[list(CLUSTER_PICTURE_COLUMNS)]
 
+    def lifetime_inputs(self, kept, end: dt.date, segmented) -> pd.DataFrame:
+        """Every customer of `segmented` (customer_id, segment), by id, with the
+        lifetime-value summary of their kept rows before `end` (clv.SUMMARY_COLUMNS; null
+        for a customer without a purchase day), on the driver: the models fit there."""
+        from rfm_assets.engines import clv
+
+        customers = segmented[["customer_id", "segment"]]
+        summary = clv.purchase_summary(kept, end)
+        joined = customers.merge(summary, on="customer_id", how="left", validate="one_to_one")
+        return joined.sort_values("customer_id", ignore_index=True)
+
+    def holdout_summary(self, kept, end: dt.date, holdout_days: int) -> pd.DataFrame:
+        """clv.holdout_summary of the kept rows, on the driver."""
+        from rfm_assets.engines import clv
+
+        return clv.holdout_summary(kept, end, holdout_days)
+
+    def with_predicted_value(self, segmented, lifetime):
+        """`segmented` with each customer's predicted_clv (customer_lifetime_value)."""
+        predicted = lifetime[["customer_id", "predicted_clv"]]
+        return segmented.merge(predicted, on="customer_id", how="left", validate="one_to_one")
+
+    def with_segment_values(self, analytics, values: dict[str, dict[str, float]]):
+        """`analytics` with the columns of `values` ({segment: {column: value}}, the
+        lifetime value per segment) beside each segment; null for a segment without."""
+        from rfm_assets.contract import SEGMENT_VALUE_COLUMNS
+
+        segments = analytics["segment"].astype(str)
+        return analytics.assign(**{
+            column: segments.map({s: v[column] for s, v in values.items()}).astype(np.float64)
+            for column in SEGMENT_VALUE_COLUMNS
+        })  # fmt: skip
+
+    def from_driver(self, frame: pd.DataFrame):
+        """A table made on the driver (the lifetime-value predictions) as this engine's."""
+        return frame
+
     def cached(self, frame):
         """A step's result, computed once for its checks, metadata and write (a no-op on
         pandas, whose frames are computed already)."""
@@ -337,6 +374,38 @@ class SparkEngine(PandasEngine):
         if isinstance(value, (StoredTable, HeldTable)):
             return value.to_spark(self.session)
         return value
+
+    def lifetime_inputs(self, kept, end: dt.date, segmented) -> pd.DataFrame:
+        summary = self.compute.purchase_summary(kept, end)
+        customers = segmented.select("customer_id", "segment")
+        return _on_driver(customers.join(summary, "customer_id", "left").orderBy("customer_id"))
+
+    def holdout_summary(self, kept, end: dt.date, holdout_days: int) -> pd.DataFrame:
+        return _on_driver(self.compute.holdout_summary(kept, end, holdout_days))
+
+    def with_predicted_value(self, segmented, lifetime):
+        return segmented.join(lifetime.select("customer_id", "predicted_clv"), "customer_id",
+                              "left")  # fmt: skip
+
+    def with_segment_values(self, analytics, values: dict[str, dict[str, float]]):
+        from pyspark.sql import functions as F
+
+        from rfm_assets.contract import SEGMENT_VALUE_COLUMNS
+
+        def by_segment(column: str):
+            if not values:
+                return F.lit(None).cast("double")
+            pairs = [F.lit(x) for s, v in values.items() for x in (s, float(v[column]))]
+            return F.create_map(*pairs)[F.col("segment")].cast("double")
+
+        return analytics.select("*", *(by_segment(c).alias(c) for c in SEGMENT_VALUE_COLUMNS))
+
+    def from_driver(self, frame: pd.DataFrame):
+        import pyarrow as pa
+
+        # Through Arrow (no pandas conversion of PySpark's); categories as plain text.
+        plain = frame.astype({c: str for c in frame.columns if frame[c].dtype == "category"})
+        return self.session.createDataFrame(pa.Table.from_pandas(plain, preserve_index=False))
 
     def read(self, spec: RunSpec):
         return self.compute.read_transactions(
@@ -480,6 +549,11 @@ class SparkEngine(PandasEngine):
         shown = segmented.orderBy(F.rand(seed)).limit(customers)
         rows = shown.select(*CLUSTER_PICTURE_COLUMNS).collect()
         return pd.DataFrame([row.asDict() for row in rows], columns=CLUSTER_PICTURE_COLUMNS)
+
+
+def _on_driver(frame) -> pd.DataFrame:
+    """A small Spark result (one row per customer at most) as pandas, through Arrow."""
+    return frame.toArrow().to_pandas()
 
 
 def engine_for(name: str, spark=None) -> PandasEngine:

@@ -1096,6 +1096,26 @@ def purchase_summary(kept: DataFrame, end: dt.date) -> DataFrame:
     )
 
 
+def holdout_summary(kept: DataFrame, end: dt.date, holdout_days: int) -> DataFrame:
+    """clv.holdout_summary on Spark: the calibration summary of the purchase days before
+    `end - holdout_days`, with each of its customers' purchase days from then up to `end`
+    (`holdout_purchases`)."""
+    cutoff = end - dt.timedelta(days=holdout_days)
+    day = day_of(F.col("transaction_date"))
+    after = (
+        kept.filter(~F.col("is_return") & (day >= F.lit(day_number(cutoff)))
+                    & (day < F.lit(day_number(end))))
+        .groupBy("customer_id")
+        .agg(F.countDistinct(day).cast("long").alias("holdout_purchases"))
+    )  # fmt: skip
+    calibration = purchase_summary(kept, cutoff)
+    return (
+        calibration.join(after, "customer_id", "left")
+        .fillna(0, subset=["holdout_purchases"])
+        .orderBy("customer_id")
+    )
+
+
 # --- scores ---------------------------------------------------------------------------------
 
 # Accuracy of the first pass's approximate quantiles (Spark's default): a value it returns
