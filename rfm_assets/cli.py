@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import traceback
 import warnings
 from pathlib import Path
@@ -577,16 +578,26 @@ def command_validate_clv(args: argparse.Namespace) -> int:
     if args.holdout_days < 1:
         raise RFMConfigError(f"--holdout-days: must be at least 1, got {args.holdout_days}")
     settings = build_settings(settings_from_args(args))
-    if settings.engine != "pandas" or settings.input_level != "transactions":
+    if settings.input_level != "transactions":
         raise RFMConfigError(
-            "validate-clv: reads transactions on the pandas engine (--engine pandas, "
-            "--input-level transactions)"
+            "validate-clv: counts purchase days, which need transaction lines "
+            "(--input-level transactions)"
         )
-    # The kept rows as the graph's transactions step makes and checks them.
-    outcome = run(settings, keep=("transactions",))
-    checked = clv.validate(
-        outcome.tables["transactions"], outcome.account.reference_date, args.holdout_days
-    )
+    from rfm_assets.engines.dispatch import engine_for
+
+    spark = spark_resource_for(args, settings)
+    with tempfile.TemporaryDirectory(prefix="rfm-validate-clv-") as work:
+        if settings.engine == "spark":
+            log = contextlib.nullcontext() if args.debug else jvm_stderr_to(Path(work) / "log")
+            with log:
+                _ = spark.spark_session  # starts the JVM now, with its stderr in the log
+        # The kept rows as the graph's transactions step makes and checks them; on Spark a
+        # plan the summary's two group-bys read, and only the summary comes to the driver.
+        outcome = run(settings, spark=spark, keep=("transactions",))
+        end = outcome.account.reference_date
+        engine = engine_for(settings.engine, spark)
+        calibration = engine.holdout_summary(outcome.tables["transactions"], end, args.holdout_days)
+    checked = clv.validate_summary(calibration, end, args.holdout_days)
     print(clv_validation_text(checked))
     if args.output:
         directory = Path(args.output)

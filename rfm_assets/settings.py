@@ -443,6 +443,13 @@ class RFMSettings(dg.ConfigurableResource):
         given &= self.model_fields_set
         if given and not self.clv:
             raise ValueError(f"{min(given)}: applies with clv: true")
+        if self.clv:
+            from rfm_assets.engines.clv import require_models
+
+            try:
+                require_models()  # refused with the settings, before anything runs
+            except RFMConfigError as error:
+                raise ValueError(f"clv: {error}") from None
         return self
 
     @property

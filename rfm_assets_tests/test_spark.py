@@ -192,7 +192,14 @@ def synthetic_file(tmp_path_factory):
     "extra",
     [
         {},
-        {"returns_policy": "net", "scoring_method": "quartiles"},
+        # with the lifetime value: the summary, the fit and the holdout check on each engine
+        {
+            "returns_policy": "net",
+            "scoring_method": "quartiles",
+            "clv": True,
+            "clv_holdout_days": 60,
+            "clv_discount_rate": 0.08,
+        },
         {"weights": {"recency": 3, "frequency": 0.5, "monetary": 2}, "analysis_period_days": 400},
         {
             "scoring_method": "fixed",
@@ -212,7 +219,7 @@ def synthetic_file(tmp_path_factory):
     ],
     ids=[
         "defaults",
-        "net-quartiles",
+        "net-quartiles-clv",
         "weights-window",
         "fixed",
         "rules-over-f-and-m",
@@ -222,7 +229,14 @@ def synthetic_file(tmp_path_factory):
 )
 def test_synthetic_heavy_ties_identical(spark, synthetic_file, tmp_path, extra):
     settings = {"input_path": str(synthetic_file), "columns": {"order_id": "order_id"}, **extra}
-    pandas_result, _ = both_engines(settings, spark, tmp_path)
+    pandas_result, spark_result = both_engines(settings, spark, tmp_path)
+    if extra.get("clv"):  # every column to the bit, and the analytics' value per segment above
+        table = pandas_result.customer_lifetime_value
+        assert table["predicted_clv"].notna().all()
+        assert_same_customers(spark_result.customer_lifetime_value, table, tmp_path)
+        found = [r.metadata["customer_lifetime_value"]["rfm/context"]["lifetime_value"]
+                 for r in (pandas_result, spark_result)]  # fmt: skip
+        assert found[0]["holdout"]["actual_total"] > 0 and found[0] == found[1]
     frequency = pandas_result.customer_segments["frequency"]
     if "min_frequency" in extra:  # the filter held every one-order customer out
         assert frequency.min() >= extra["min_frequency"]
