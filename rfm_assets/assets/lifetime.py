@@ -32,9 +32,6 @@ from rfm_assets.contract import SEGMENT_VALUE_COLUMNS
 from rfm_assets.engines import clv
 from rfm_assets.errors import RFMInputError, naming_memory_failures
 
-# What the context of customer_lifetime_value carries for segment_analytics and the report.
-LIFETIME_CONTEXT = "lifetime_value"
-
 
 def customer_lifetime_value_step(graph: RFMGraph, context, transactions, customer_segments,
                                  read_weeks: Optional[dict] = None):  # fmt: skip
@@ -109,7 +106,8 @@ def customer_lifetime_value_step(graph: RFMGraph, context, transactions, custome
         ),
         **(holdout_metadata(graph, context, holdout) if holdout else {}),
     }
-    table_context = {**segments_context, LIFETIME_CONTEXT: facts}
+    # What segment_analytics, high_value_customers and the report read of this table.
+    table_context = {**segments_context, "lifetime_value": facts}
     table_context.pop("cluster_model", None)  # the model's document is cluster_model's
     yield output(engine, engine.from_driver(table), table_context, metadata, rows=len(table))
 

@@ -388,17 +388,7 @@ class SparkEngine(PandasEngine):
                               "left")  # fmt: skip
 
     def with_segment_values(self, analytics, values: dict[str, dict[str, float]]):
-        from pyspark.sql import functions as F
-
-        from rfm_assets.contract import SEGMENT_VALUE_COLUMNS
-
-        def by_segment(column: str):
-            if not values:
-                return F.lit(None).cast("double")
-            pairs = [F.lit(x) for s, v in values.items() for x in (s, float(v[column]))]
-            return F.create_map(*pairs)[F.col("segment")].cast("double")
-
-        return analytics.select("*", *(by_segment(c).alias(c) for c in SEGMENT_VALUE_COLUMNS))
+        return self.compute.with_segment_values(analytics, values)
 
     def from_driver(self, frame: pd.DataFrame):
         import pyarrow as pa

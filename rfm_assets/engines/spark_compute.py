@@ -1116,6 +1116,20 @@ def holdout_summary(kept: DataFrame, end: dt.date, holdout_days: int) -> DataFra
     )
 
 
+def with_segment_values(analytics: DataFrame, values: dict[str, dict[str, float]]) -> DataFrame:
+    """PandasEngine.with_segment_values on Spark: each column of contract.SEGMENT_VALUE_COLUMNS
+    looked up by segment in a literal map (a dozen segments), null for a segment without."""
+    from rfm_assets.contract import SEGMENT_VALUE_COLUMNS
+
+    def by_segment(column: str):
+        if not values:
+            return F.lit(None).cast("double")
+        pairs = [F.lit(x) for s, v in values.items() for x in (s, float(v[column]))]
+        return F.create_map(*pairs)[F.col("segment")].cast("double")
+
+    return analytics.select("*", *(by_segment(c).alias(c) for c in SEGMENT_VALUE_COLUMNS))
+
+
 # --- scores ---------------------------------------------------------------------------------
 
 # Accuracy of the first pass's approximate quantiles (Spark's default): a value it returns
