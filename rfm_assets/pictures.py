@@ -364,6 +364,8 @@ def value_by_segment(values: pd.DataFrame, horizon_days: int) -> bytes:
     """Predicted value per segment (`segment, priority, predicted_clv, avg_predicted_clv,
     avg_probability_alive`): the segment's total as bars, in priority order, with the mean
     per customer and the mean probability of being alive beside each."""
+    from matplotlib.ticker import FuncFormatter
+
     rows = values.sort_values("priority", ascending=False)
     names = [_literal(name) for name in rows["segment"]]
     figure = _figure(left=min(0.5, (_text_width(names, 10) + 20) / WIDTH), top=0.93)
@@ -374,11 +376,13 @@ def value_by_segment(values: pd.DataFrame, horizon_days: int) -> bytes:
         axes.text(
             row.predicted_clv + widest * 0.01,
             y,
-            f"{row.avg_predicted_clv:,.0f} a customer · {row.avg_probability_alive:.0%} alive",
+            f"{row.avg_predicted_clv:,.0f} a customer · {row.avg_probability_alive:.1%} alive",
             va="center",
             fontsize=9,
         )
     axes.set_xlim(0, widest * 1.5)
+    # Whole amounts with thousands separators, not an offset such as "1e6" in the corner.
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     axes.set_xlabel(f"predicted value over the next {horizon_days} days")
     axes.set_title("Expected value by segment")
     axes.spines[["top", "right"]].set_visible(False)
