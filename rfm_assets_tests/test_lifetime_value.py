@@ -145,6 +145,10 @@ def test_analyze_writes_the_table_and_ranks_the_high_value_list_by_it(tmp_path, 
     analytics = pd.read_parquet(out / "segment_analytics.parquet")
     assert math.fsum(analytics["predicted_clv"]) == pytest.approx(total, rel=1e-12)
     assert "pred.value" in printed  # the terminal's segment table shows it
+    # The report of the result folder shows the fit, from run_summary.json.
+    assert main(["report", "--input", str(out), "--output", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "<h2>Customer lifetime value</h2>" in page and "over the next 180 days" in page
 
 
 def test_data_the_models_cannot_fit_is_one_line_and_the_rest_publishes(tmp_path, capsys,
