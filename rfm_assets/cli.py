@@ -47,7 +47,12 @@ MOVEMENT_TABLES = ("segment_migration", "slipping_customers")
 # What the segment sizes picture is drawn from (numbers, or the report is refused).
 SIZES_DRAWN_FROM = ("priority", "customers", "revenue_share")
 # The columns `report` needs of each table it reads.
-TABLE_COLUMNS = {"segment_analytics": ANALYTICS_COLUMNS[:12]}
+TABLE_COLUMNS = {
+    "segment_analytics": ANALYTICS_COLUMNS[:12],
+    # What a report counts its segments from (a customer table given as --input).
+    "customer_segments": ["customer_id", "segment", "recency", "frequency", "monetary",
+                          "R_score", "FM_score"],
+}  # fmt: skip
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
@@ -226,6 +231,9 @@ def run_summary(settings, metadata: dict[str, Any]) -> dict:
         "returns_policy": settings.returns_policy,
         "thresholds": metadata["rfm_scores"]["thresholds"],
         "segmentation_method": settings.segmentation_method,
+        # What a report of customer_segments alone needs to count its segments as the run did.
+        "rule_set": settings.rule_set_source,
+        "display_names": dict(settings.segment_display_names),
         # k, silhouette, Davies-Bouldin, Calinski-Harabasz, per-k scores, clusters
         "clustering": metadata["customer_segments"].get("clustering"),
         # clv: the fit, its parameters, the value by segment and the holdout check
@@ -279,29 +287,67 @@ def read_table(
 ) -> Optional[pd.DataFrame]:
     """A result table of `directory` (None when absent and not `required`); a damaged or
     foreign file is one line naming it and the flag that pointed at it."""
-    readers = ((".parquet", pd.read_parquet), (".csv", lambda p: pd.read_csv(p, **RESULT_CSV)))
-    for suffix, reader in readers:
+    for suffix in (".parquet", ".csv"):
         # Resolved once: a reader that opens the link twice could see two runs' files if
         # another run switches the result in between.
         path = (directory / f"{name}{suffix}").resolve()
         if path.exists():
-            # A file, or a Spark table's folder of part files; a pipe would be waited on, a
-            # device read forever.
-            if not (path.is_file() or path.is_dir()):
-                raise RFMError(f"{flag}: {path} is not a regular file (a pipe or device?)")
-            try:
-                table = reader(path)
-            except Exception as error:  # pyarrow, pandas and OS errors alike: name the file
-                raise RFMError(f"{flag}: cannot read {path}: {first_line(error)}") from None
-            missing = [c for c in TABLE_COLUMNS.get(name, ()) if c not in table.columns]
-            if missing:
-                raise RFMError(f"{flag}: {path} is not a {name} table (no {', '.join(missing)})")
-            return table
+            return _read_result_file(path, name, flag)
     if required:
         raise RFMError(
             f"{flag}: {directory} has no {name}.parquet or {name}.csv; run analyze first"
         )
     return None
+
+
+def _read_result_file(path: Path, name: str, flag: str) -> pd.DataFrame:
+    # A file, or a Spark table's folder of part files; a pipe would be waited on, a device
+    # read forever.
+    if not (path.is_file() or path.is_dir()):
+        raise RFMError(f"{flag}: {path} is not a regular file (a pipe or device?)")
+    reader = pd.read_parquet if path.suffix.lower() == ".parquet" else (
+        lambda p: pd.read_csv(p, **RESULT_CSV))  # fmt: skip
+    try:
+        table = reader(path)
+    except Exception as error:  # pyarrow, pandas and OS errors alike: name the file
+        raise RFMError(f"{flag}: cannot read {path}: {first_line(error)}") from None
+    missing = [c for c in TABLE_COLUMNS.get(name, ()) if c not in table.columns]
+    if missing:
+        raise RFMError(f"{flag}: {path} is not a {name} table (no {', '.join(missing)})")
+    return table
+
+
+def read_table_file(path: Path, name: str) -> pd.DataFrame:
+    """A table file the user named (any name, .parquet or .csv), read as `read_table` reads."""
+    if path.suffix.lower() not in (".parquet", ".csv"):
+        raise RFMError(f"--input: {path} must be a .parquet or .csv table, or a result folder")
+    return _read_result_file(path.resolve(), name, "--input")
+
+
+def analytics_of_table(segments: pd.DataFrame, summary: dict, path: Path) -> pd.DataFrame:
+    """segment_analytics of a customer table, as the graph counts it: the rule set and the
+    thresholds of the run_summary.json beside it, else the default rule set and no
+    thresholds recorded. A segment the rule set does not name is refused, not dropped."""
+    from rfm_assets.engines.dispatch import PandasEngine
+    from rfm_assets.segments import load_rule_set
+
+    scale = _scale_of(summary, segments)
+    weights = summary.get("weights") or {}
+    rule_set = load_rule_set(
+        summary.get("rule_set") or "rfm_grid",
+        scale,
+        tuple(float(weights.get(k, 1.0)) for k in ("recency", "frequency", "monetary")),
+        dict(summary.get("display_names") or {}),
+    )
+    names = {entry.name for entry in rule_set.segments}
+    unknown = sorted(set(segments["segment"].astype(str)) - names)
+    if unknown:
+        raise RFMError(
+            f"--input: {path} holds segments that rule set {rule_set.name} does not name "
+            f"({', '.join(unknown[:3])}); report its result folder, which records its rule set"
+        )
+    thresholds = summary.get("thresholds") or {d: [] for d in ("recency", "frequency", "monetary")}
+    return PandasEngine().analytics(segments, rule_set, thresholds)
 
 
 # run_summary.json holds a few KiB; a file far larger is not one.
@@ -658,23 +704,32 @@ REPORT_FORMATS = (".md", ".csv", ".html")
 
 
 def command_report(args: argparse.Namespace) -> int:
-    directory = Path(args.input)
-    if not directory.is_dir():
-        raise RFMError(f"--input: {directory} is not a directory")
+    given = Path(args.input)
+    if not (given.is_dir() or given.is_file()):
+        raise RFMError(
+            f"--input: {given} is neither a result folder of analyze nor a customer_segments "
+            "table file (.parquet or .csv)"
+        )
+    directory = given if given.is_dir() else given.parent
     target = Path(args.output) if args.output else directory / "segment_report.md"
     if target.suffix.lower() not in REPORT_FORMATS:
         raise RFMError(
             f"--output: {target} must end in {', '.join(REPORT_FORMATS)} (the report's format)"
         )
-    analytics = read_table(directory, "segment_analytics")
     summary = read_summary(directory)
+    segments = None
+    if given.is_dir():
+        analytics = read_table(directory, "segment_analytics")
+    else:  # a customer table: its segments are counted from it
+        segments = read_table_file(given, "customer_segments")
+        analytics = analytics_of_table(segments, summary or {}, given)
     suffix = target.suffix.lower()
     if suffix == ".csv":
         write_table(analytics, target, "csv")
         print(f"wrote {target}")
         return 0
     if suffix == ".html":
-        page = report_html(report_inputs(directory, analytics, summary))
+        page = report_html(report_inputs(directory, analytics, summary, segments))
         write_atomically(target, lambda p: p.write_text(page, encoding="utf-8"))
         print(f"wrote {target}")
         return 0
@@ -689,11 +744,14 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_inputs(directory: Path, analytics: pd.DataFrame, summary: Optional[dict]):
-    """What the HTML report of a result directory shows, read from its files."""
+def report_inputs(directory: Path, analytics: pd.DataFrame, summary: Optional[dict],
+                  segments: Optional[pd.DataFrame] = None):  # fmt: skip
+    """What the HTML report of a result directory shows, read from its files; of a customer
+    table file (`segments`), that table and what lies beside it."""
     from rfm_assets.engines.dispatch import CLUSTER_PICTURE_CUSTOMERS, PandasEngine
 
-    segments = read_table(directory, "customer_segments")
+    if segments is None:
+        segments = read_table(directory, "customer_segments")
     engine = PandasEngine()
     summary = summary or {}
     migration = read_table(directory, "segment_migration", required=False)

@@ -57,6 +57,20 @@ def _is_text(series: pd.Series) -> bool:
     )
 
 
+def _is_list(value) -> bool:
+    """A list cell: a list, or the array pyarrow reads a Parquet list back as."""
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def list_text(value) -> str:
+    """A list cell (the score thresholds) as CSV text: a JSON list of numbers, written as
+    Spark's to_json writes it, so both engines' CSVs read alike."""
+    if not _is_list(value):
+        return json.dumps(value)
+    return json.dumps([v.item() if isinstance(v, np.generic) else v for v in value],
+                      separators=(",", ":"))  # fmt: skip
+
+
 def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy in which no text cell can start a spreadsheet formula; numbers are untouched.
 
@@ -67,8 +81,8 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
         values = safe[column]
         if not _is_text(values):
             continue
-        if values.dtype == object and values.map(lambda v: isinstance(v, list)).any():
-            safe[column] = values.map(json.dumps)
+        if values.dtype == object and values.map(_is_list).any():
+            safe[column] = values.map(list_text)
             continue
         if isinstance(values.dtype, pd.CategoricalDtype):
             categories = values.cat.categories.astype("str")

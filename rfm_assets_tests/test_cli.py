@@ -455,3 +455,43 @@ def test_a_yaml_path_that_is_not_a_regular_file_is_refused_without_reading(tmp_p
         assert main(argv) == 1
         said = capsys.readouterr()
         assert "is not a regular file (a pipe or device?)" in said.out + said.err
+
+
+def test_a_report_of_a_customer_table_file_counts_what_the_folder_records(tmp_path, capsys):
+    """`report --input <folder>/customer_segments.parquet`: the segments counted from the
+    table, with the rule set and thresholds of the run_summary.json beside it, equal the
+    folder's segment_analytics; the CSV report writes thresholds as JSON numbers."""
+    output = analyze(tmp_path, "--segment-rules", "score_codes")
+    from_folder, from_file = tmp_path / "folder.csv", tmp_path / "file.csv"
+    assert main(["report", "--input", str(output), "--output", str(from_folder)]) == 0
+    table = output / "customer_segments.parquet"
+    assert main(["report", "--input", str(table), "--output", str(from_file)]) == 0
+    assert from_file.read_text() == from_folder.read_text()
+    report = pd.read_csv(from_file)
+    summary = json.loads((output / "run_summary.json").read_text())
+    assert summary["rule_set"] == "score_codes"
+    for dimension in ("recency", "frequency", "monetary"):
+        cuts = report[f"{dimension}_thresholds"].iloc[0]
+        assert cuts.startswith("[") and " " not in cuts  # as Spark's to_json writes it
+        assert json.loads(cuts) == summary["thresholds"][dimension]
+    segments = pd.read_parquet(table)
+    counted = segments["segment"].astype(str).value_counts()
+    for row in report.itertuples():
+        assert row.customers == counted.get(row.segment, 0)
+    # A table alone (no run summary beside it) is counted with the default rule set; the
+    # HTML report of it draws from the table too.
+    alone = tmp_path / "alone" / "q4.parquet"
+    alone.parent.mkdir()
+    segments.to_parquet(alone)
+    assert main(["report", "--input", str(alone), "--output", str(tmp_path / "a.html")]) == 0
+    assert "<h2>Segments</h2>" in (tmp_path / "a.html").read_text()
+    # A segment the rule set does not name is refused, not dropped; so is a foreign file.
+    segments.assign(segment="VIP").to_parquet(alone)
+    capsys.readouterr()
+    assert main(["report", "--input", str(alone), "--output", str(tmp_path / "b.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "holds segments that rule set rfm_grid does not name (VIP)" in err
+    assert err.count("\n") == 1
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["report", "--input", str(tmp_path / "notes.txt")]) == 1
+    assert "must be a .parquet or .csv table, or a result folder" in capsys.readouterr().err
