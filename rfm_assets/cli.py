@@ -110,8 +110,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "returns_policy": args.returns,
         "segment_grid_file": args.segment_grid,
         "segment_rules": args.segment_rules,
-        "segmentation_method": args.segmentation,
-        "clusters": args.clusters,
+        "segmentation_method": getattr(args, "segmentation", None),
+        "clusters": getattr(args, "clusters", None),
         "cluster_model_path": getattr(args, "model", None),
         "engine": args.engine,
         "clv": getattr(args, "clv", None) or None,
@@ -388,6 +388,34 @@ def segment_table_text(analytics: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def cluster_table_text(clustering: dict) -> str:
+    """k-means for the terminal: k, how it was chosen, and one line per cluster with its
+    segment, customers and centroid (the grid's segment table would be mostly empty rows)."""
+    fitted = clustering.get("model") == "fitted"
+    tried = sorted(int(k) for k in clustering.get("silhouette_by_k") or {})
+    chosen = (f"best silhouette of k = {tried[0]}..{tried[-1]}" if len(tried) > 1
+              else "k as given") if fitted else "the stored model's k"  # fmt: skip
+    clusters = clustering["clusters"]
+    total = sum(c["customers"] for c in clusters) or 1
+    header = (
+        f"{'cluster':>7}  {'name':<22} {'segment':<20} {'customers':>9} {'share':>6} "
+        f"{'recency':>8} {'orders':>7} {'monetary':>10}"
+    )
+    lines = [
+        f"k-means: k = {clustering['k']} ({chosen}), silhouette {clustering['silhouette']:.3f}; "
+        "each cluster's centroid:",
+        header,
+        "-" * len(header),
+    ]
+    for c in clusters:
+        lines.append(
+            f"{c['cluster']:>7}  {c['name']:<22} {c['segment']:<20} {c['customers']:>9,} "
+            f"{c['customers'] / total:>6.1%} {c['recency']:>8.1f} {c['frequency']:>7.2f} "
+            f"{c['monetary']:>10,.2f}"
+        )
+    return "\n".join(lines)
+
+
 def _number(value: float, digits: int) -> str:
     return "-" if pd.isna(value) else f"{value:,.{digits}f}"
 
@@ -576,7 +604,8 @@ def command_analyze(args: argparse.Namespace) -> int:
         f"{summary['reference_date']}"
         + (f"; {skipped:,} files skipped (names starting with _ or .)" if skipped else "")
     )
-    print(segment_table)
+    clustering = summary.get("clustering")
+    print(cluster_table_text(clustering) if clustering else segment_table)
     if settings.clv:
         lifetime = summary["lifetime_value"]
         for line in lifetime_lines(lifetime):
@@ -608,11 +637,7 @@ def handed_previous(previous: Optional[pd.DataFrame], settings, work: Path):
 
 def command_predict(args: argparse.Namespace) -> int:
     """`analyze` with the stored model applied: the clusters keep their ids and names."""
-    if args.segmentation == "grid":
-        raise RFMConfigError("--segmentation: predict assigns clusters; it cannot use the grid")
-    if args.clusters is not None:
-        raise RFMConfigError("--clusters: the stored model fixes k; leave --clusters out")
-    args.segmentation = "kmeans"
+    args.segmentation, args.clusters = "kmeans", None  # the stored model fixes both
     return command_analyze(args)
 
 
@@ -824,8 +849,10 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_analysis_arguments(analyze: argparse.ArgumentParser, output_required: bool = True) -> None:
-    """The options of `analyze`, which `predict` and `validate-clv` share."""
+def add_analysis_arguments(analyze: argparse.ArgumentParser, output_required: bool = True,
+                           clustering: bool = True) -> None:  # fmt: skip
+    """The options of `analyze`, which `predict` and `validate-clv` share; `predict`, whose
+    stored model fixes the method and k, has no --segmentation or --clusters."""
     analyze.add_argument(
         "--input",
         help="transactions (.parquet, .csv, Parquet directory); "
@@ -915,14 +942,15 @@ def add_analysis_arguments(analyze: argparse.ArgumentParser, output_required: bo
         "--quartiles", dest="scoring", action="store_const", const="quartiles",
         help="same as --scoring quartiles",
     )  # fmt: skip
-    rules.add_argument(
-        "--segmentation",
-        choices=("grid", "kmeans"),
-        help="grid (default): the rule set's cells; kmeans: clusters named from the catalog",
-    )
-    rules.add_argument(
-        "--clusters", type=int, metavar="K", help="kmeans: K clusters (default: best of 3..8)"
-    )
+    if clustering:
+        rules.add_argument(
+            "--segmentation",
+            choices=("grid", "kmeans"),
+            help="grid (default): the rule set's cells; kmeans: clusters named from the catalog",
+        )
+        rules.add_argument(
+            "--clusters", type=int, metavar="K", help="kmeans: K clusters (default: best of 3..8)"
+        )
     rules.add_argument("--weights", metavar="R,F,M")
     rules.add_argument("--returns", choices=("exclude", "net"))
     rules.add_argument(
@@ -933,11 +961,22 @@ def add_analysis_arguments(analyze: argparse.ArgumentParser, output_required: bo
     rules.add_argument("--segment-grid", metavar="FILE", help="former name of --segment-rules")
 
 
+def package_version() -> str:
+    """The installed package's version (its metadata, as pip shows it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rfm_assets")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     root = _OneLineErrors(
         prog="rfm-assets", description="RFM customer segmentation as a Dagster asset graph."
     )
     root.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    root.add_argument("--version", action="version", version=f"rfm-assets {package_version()}")
     # --debug is accepted after the command too; SUPPRESS keeps the root's value otherwise.
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -985,7 +1024,7 @@ def parser() -> argparse.ArgumentParser:
         help="cluster_model.json, a folder holding one (an analyze --output), or a "
         "cluster_model location of an asset store",
     )
-    add_analysis_arguments(predict)
+    add_analysis_arguments(predict, clustering=False)
     predict.set_defaults(handler=command_predict)
 
     holdout = commands.add_parser(
@@ -1017,16 +1056,26 @@ def parser() -> argparse.ArgumentParser:
         "rules", help="check a segment rule set, one line per problem", parents=[debug]
     )
     rules_check.add_argument("rule_set", help="a shipped rule set name or a YAML file")
-    rules_check.add_argument("--scale", type=int, choices=(4, 5), default=5)
-    rules_check.add_argument("--weights", metavar="R,F,M")
+    rules_check.add_argument(
+        "--scale", type=int, choices=(4, 5), default=5, help="points of each score (default 5)"
+    )
+    rules_check.add_argument(
+        "--weights", metavar="R,F,M", help="weights of the scores, e.g. 2,1,1 (default 1,1,1)"
+    )
     rules_check.set_defaults(handler=command_rules)
 
     generate = commands.add_parser(
         "generate", help="write seeded synthetic transactions", parents=[debug]
     )
-    generate.add_argument("--rows", type=int, required=True)
-    generate.add_argument("--customers", type=int)
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--rows", type=int, required=True, metavar="N", help="transaction lines to write"
+    )
+    generate.add_argument(
+        "--customers", type=int, metavar="N", help="distinct customers (default: rows / 25)"
+    )
+    generate.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="the same seed writes the same data"
+    )
     generate.add_argument("--output", required=True, help="a .parquet or .csv file")
     generate.set_defaults(handler=command_generate)
     return root

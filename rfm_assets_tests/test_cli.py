@@ -495,3 +495,41 @@ def test_a_report_of_a_customer_table_file_counts_what_the_folder_records(tmp_pa
     (tmp_path / "notes.txt").write_text("hello")
     assert main(["report", "--input", str(tmp_path / "notes.txt")]) == 1
     assert "must be a .parquet or .csv table, or a result folder" in capsys.readouterr().err
+
+
+def test_kmeans_and_predict_print_their_clusters_and_the_help_lists_what_is_accepted(
+    tmp_path, capsys
+):
+    output = analyze(tmp_path, "--segmentation", "kmeans", "--clusters", "4")
+    printed = capsys.readouterr().out
+    clustering = json.loads((output / "run_summary.json").read_text())["clustering"]
+    assert f"k-means: k = 4 (k as given), silhouette {clustering['silhouette']:.3f}" in printed
+    segments = pd.read_parquet(output / "customer_segments.parquet")
+    for cluster in clustering["clusters"]:  # one line each, its customers counted here
+        customers = int((segments["cluster"] == cluster["cluster"]).sum())
+        assert f"{cluster['name']:<22} {cluster['segment']:<20} {customers:>9,}" in printed
+    assert "Cannot Lose Them             0" not in printed  # no empty grid rows
+    assert main(["predict", "--model", str(output), "--output", str(tmp_path / "p")]) == 0
+    assert "k-means: k = 4 (the stored model's k)" in capsys.readouterr().out
+    # predict --help lists only what predict accepts; every option of generate and rules
+    # says what it is; --version names the installed version.
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    predict_help = capsys.readouterr().out
+    assert "--segmentation" not in predict_help and "--clusters" not in predict_help
+    with pytest.raises(SystemExit) as refused:
+        main(["predict", "--model", str(output), "--output", "x", "--clusters", "4"])
+    assert refused.value.code == 2
+    assert "unrecognized arguments: --clusters 4" in capsys.readouterr().err
+    from rfm_assets.cli import parser
+
+    commands = next(a for a in parser()._actions if a.dest == "command").choices
+    for command in ("generate", "rules"):
+        for action in commands[command]._actions:
+            assert action.help, f"{command} {action.option_strings or action.dest}: no help"
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"rfm-assets {version('rfm_assets')}\n"

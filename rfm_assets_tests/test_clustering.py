@@ -306,7 +306,9 @@ def test_predict_refuses_what_it_cannot_do_in_one_line(groups_file, tmp_path, ca
     common = ["--input", str(path), "--input-level", "customers", "--reference-date",
               "2024-06-01", "--output", str(tmp_path / "o")]  # fmt: skip
     assert main(["predict", "--model", str(tmp_path / "nowhere"), *common]) == 1
-    assert main(["predict", "--model", str(tmp_path), "--clusters", "3", *common]) == 1
+    with pytest.raises(SystemExit) as usage:  # the stored model fixes k: not an option
+        main(["predict", "--model", str(tmp_path), "--clusters", "3", *common])
+    assert usage.value.code == 2
     (tmp_path / "m").mkdir()
     assert main(["analyze", "--segmentation", "kmeans", "--clusters", "3", *common[:-1],
                  str(tmp_path / "m")]) == 0  # fmt: skip
