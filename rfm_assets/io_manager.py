@@ -331,7 +331,9 @@ class RFMStore(dg.UPathIOManager):
         wanted = _wanted_type(context)
         if wanted is StoredTable:
             return stored
-        as_spark = wanted is Any and self._load_as == "spark"
+        # An input may ask for its own (the Spark graph's source_asset input does).
+        load_as = (context.definition_metadata or {}).get("load_as", self._load_as)
+        as_spark = wanted is Any and load_as == "spark"
         if as_spark or (isinstance(wanted, type) and wanted.__module__.startswith("pyspark")):
             if self._spark is None:
                 raise dg.Failure(

@@ -448,6 +448,38 @@ def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path
     assert isinstance(spark_default.load_asset_value("customer_segments"), DataFrame)
 
 
+def test_a_spark_graph_from_an_upstream_asset_reads_it_as_spark(spark, synthetic_file, tmp_path):
+    """source_asset on the Spark engine: the upstream asset's stored table reaches the
+    transactions step as a Spark DataFrame with the store's default load_as (pandas), and
+    the segments equal the pandas engine's on the same rows."""
+    from rfm_assets.component import build_rfm_definitions
+    from rfm_assets.definitions import spark as spark_resource
+    from rfm_assets.io_manager import RFMParquetIOManager
+
+    @dg.asset(key=["raw", "orders"])
+    def orders() -> pd.DataFrame:
+        return pd.read_parquet(synthetic_file).rename(columns={"customer_id": "client"})
+
+    settings = {"columns": {"customer_id": "client", "order_id": "order_id"}}
+    found = {}
+    for engine in ("pandas", "spark"):
+        definitions = build_rfm_definitions(
+            RFMSettings(**settings, engine=engine), source_asset="raw/orders", schedule_hour=None
+        )
+        store = RFMParquetIOManager(base_dir=str(tmp_path / engine), spark=spark_resource)
+        result = dg.materialize(
+            [orders, *definitions.assets],
+            resources={**definitions.resources, "io_manager": store, "spark": spark_resource},
+            instance=dg.DagsterInstance.ephemeral(),
+        )
+        assert result.success, engine
+        metadata = result.asset_materializations_for_node("transactions")[0].metadata
+        assert metadata["engine"].value == engine
+        found[engine] = stored_frame(tmp_path / engine, "customer_segments")
+    assert_same_rows(found["spark"], found["pandas"].drop(columns="segmented_at").assign(
+        segmented_at=found["spark"]["segmented_at"]), ["customer_id"])  # fmt: skip
+
+
 def test_cli_spark_output_equals_pandas_output(spark, tmp_path):
     # Spark left to keep its sort's partitions apart (adaptive execution would merge the
     # bundled data's into one), so the row order must hold across several part files.

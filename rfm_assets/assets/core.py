@@ -526,7 +526,11 @@ def build_core(graph: RFMGraph) -> list[dg.AssetsDefinition]:
                                 spanning={"earlier": (earlier["earlier"], -1, -1)})  # fmt: skip
 
     if graph.source_asset:
-        source_in = {"source_table": dg.AssetIn(key=dg.AssetKey(list(graph.source_asset))),
+        # On Spark the source is read as a Spark DataFrame whatever the store's `load_as`
+        # (the Parquet store reads this input's metadata): the engine takes no pandas frame.
+        load_as = {"load_as": "spark"} if graph.engine == "spark" else {}
+        source_in = {"source_table": dg.AssetIn(key=dg.AssetKey(list(graph.source_asset)),
+                                                metadata=load_as),
                      **earlier_in}  # fmt: skip
 
         @dg.asset(ins=source_in, description=transactions_step.__doc__,
