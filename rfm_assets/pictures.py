@@ -141,23 +141,31 @@ def segment_sizes(analytics: pd.DataFrame) -> bytes:
 
 def _segment_sizes(analytics: pd.DataFrame) -> bytes:
     rows = analytics.sort_values("priority", ascending=False)
+    shares = rows["revenue_share"].fillna(0.0)
+    labels = [f"{n:,} customers · {share:.1%} of revenue"
+              for n, share in zip(rows["customers"], shares)]  # fmt: skip
+    widest = max(int(rows["customers"].max()), 1)
+    return _segment_bars(rows, rows["customers"], labels, widest, 1.45, "customers",
+                         "Segment sizes and their share of revenue")  # fmt: skip
+
+
+def _segment_bars(rows: pd.DataFrame, values, labels: list[str], widest: float,
+                  room: float, xlabel: str, title: str, axis_format=None) -> bytes:  # fmt: skip
+    """One bar a segment (`rows`, drawn top to bottom in reverse order: the first priority
+    on top), each labelled beside its end; the x axis runs to `room` times the widest."""
     names = [_literal(name) for name in rows["segment"]]
     figure = _figure(left=min(0.5, (_text_width(names, 10) + 20) / WIDTH), top=0.93)
     axes = figure.add_subplot()
-    axes.barh(names, rows["customers"], color=BAR)
-    widest = max(int(rows["customers"].max()), 1)
-    for y, row in enumerate(rows.itertuples(index=False)):
-        revenue_share = 0.0 if pd.isna(row.revenue_share) else row.revenue_share
-        axes.text(
-            row.customers + widest * 0.01,
-            y,
-            f"{row.customers:,} customers · {revenue_share:.1%} of revenue",
-            va="center",
-            fontsize=9,
-        )
-    axes.set_xlim(0, widest * 1.45)
-    axes.set_xlabel("customers")
-    axes.set_title("Segment sizes and their share of revenue")
+    axes.barh(names, values, color=BAR)
+    for y, (value, label) in enumerate(zip(values, labels)):
+        axes.text(value + widest * 0.01, y, label, va="center", fontsize=9)
+    axes.set_xlim(0, widest * room)
+    if axis_format is not None:
+        from matplotlib.ticker import FuncFormatter
+
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: axis_format(value)))
+    axes.set_xlabel(xlabel)
+    axes.set_title(title)
     axes.spines[["top", "right"]].set_visible(False)
     return _png(figure)
 
@@ -364,26 +372,12 @@ def value_by_segment(values: pd.DataFrame, horizon_days: int) -> bytes:
     """Predicted value per segment (`segment, priority, predicted_clv, avg_predicted_clv,
     avg_probability_alive`): the segment's total as bars, in priority order, with the mean
     per customer and the mean probability of being alive beside each."""
-    from matplotlib.ticker import FuncFormatter
-
     rows = values.sort_values("priority", ascending=False)
-    names = [_literal(name) for name in rows["segment"]]
-    figure = _figure(left=min(0.5, (_text_width(names, 10) + 20) / WIDTH), top=0.93)
-    axes = figure.add_subplot()
-    axes.barh(names, rows["predicted_clv"], color=BAR)
+    means = zip(rows["avg_predicted_clv"], rows["avg_probability_alive"])
+    labels = [f"{value:,.0f} a customer · {alive:.1%} alive" for value, alive in means]
     widest = max(float(rows["predicted_clv"].max()), 1.0)
-    for y, row in enumerate(rows.itertuples(index=False)):
-        axes.text(
-            row.predicted_clv + widest * 0.01,
-            y,
-            f"{row.avg_predicted_clv:,.0f} a customer · {row.avg_probability_alive:.1%} alive",
-            va="center",
-            fontsize=9,
-        )
-    axes.set_xlim(0, widest * 1.5)
     # Whole amounts with thousands separators, not an offset such as "1e6" in the corner.
-    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
-    axes.set_xlabel(f"predicted value over the next {horizon_days} days")
-    axes.set_title("Expected value by segment")
-    axes.spines[["top", "right"]].set_visible(False)
-    return _png(figure)
+    return _segment_bars(rows, rows["predicted_clv"], labels, widest, 1.5,
+                         f"predicted value over the next {horizon_days} days",
+                         "Expected value by segment",
+                         axis_format=lambda v: f"{v:,.0f}")  # fmt: skip

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from rfm_assets import pictures
+from rfm_assets.engines.clv import segment_value_table
 from rfm_assets.engines.shared import movement_counts, moves_between_segments
 from rfm_assets.errors import RFMError
 from rfm_assets.segments import default_catalog
@@ -430,12 +431,7 @@ def lifetime_section(inputs: ReportInputs) -> Html:
     )
     by_segment = _get(lifetime, "value_by_segment") or {}
     priority = dict(zip(inputs.analytics["segment"].astype(str), inputs.analytics["priority"]))
-    values = pd.DataFrame(
-        [{"segment": name, "priority": priority.get(name, len(priority) + 1), **v}
-         for name, v in by_segment.items()],
-        columns=["segment", "priority", "predicted_clv", "avg_predicted_clv",
-                 "avg_probability_alive"],
-    ).sort_values(["priority", "segment"])  # fmt: skip
+    values = segment_value_table(by_segment if isinstance(by_segment, dict) else {}, priority)
     rows = (
         _row([r.segment, _number(r.predicted_clv, 2), _number(r.avg_predicted_clv, 2),
               _share(r.avg_probability_alive)], {1, 2, 3})

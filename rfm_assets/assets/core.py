@@ -199,6 +199,14 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions, read_weeks: Optiona
     """
     settings, engine = graph.settings_of(context), graph.engine_of(context)
     loaded, upstream = rows_of_window(graph, context, transactions, "rfm_metrics", read_weeks)
+    if "window_weeks" in upstream:  # a week's window of a weekly history
+        # Counted here, as the transactions step counts a run's kept rows.
+        upstream["customers"] = engine.customers_of(loaded)
+        if not upstream["customers"]:
+            raise RFMInputError(
+                f"rfm_metrics: no transactions in the window of week "
+                f"{context.partition_key} ({upstream.get('window_rows_excluded')})"
+            )
     reference_date = dt.date.fromisoformat(upstream["reference_date"])
     input_level = upstream.get("input_level", "transactions")
     metrics = engine.cached(engine.metrics(loaded, reference_date, input_level))
@@ -240,9 +248,10 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions, read_weeks: Optiona
 def rows_of_window(graph: RFMGraph, context, transactions, step: str,
                    read_weeks: Optional[dict] = None) -> tuple:  # fmt: skip
     """(the kept rows of the week's window, the context of its transactions with what
-    loading them counted). Unpartitioned, the rows of `transactions`; on weekly partitions
-    (`transactions` is {week: table}), the rows the window's stored weeks keep, read once a
-    range when `read_weeks` is given (see window_weeks)."""
+    loading them excluded and the window's weeks). Unpartitioned, the rows of
+    `transactions`; on weekly partitions (`transactions` is {week: table}), the rows the
+    window's stored weeks keep, read once a range when `read_weeks` is given (see
+    window_weeks)."""
     engine = graph.engine_of(context)
     if graph.partitions is not None:  # {week: table}: this week and the weeks before it
         weeks = transactions
@@ -260,13 +269,6 @@ def rows_of_window(graph: RFMGraph, context, transactions, step: str,
     if upstream["cleaning"]["returns_policy"] == "net":
         loaded, not_positive = engine.net_positive(loaded)
         upstream["window_rows_excluded"] = {"customer_monetary_not_positive": not_positive}
-    # Counted here, as the transactions step counts a run's kept rows.
-    upstream["customers"] = engine.customers_of(loaded)
-    if not upstream["customers"]:
-        raise RFMInputError(
-            f"{step}: no transactions in the window of week "
-            f"{context.partition_key} ({upstream.get('window_rows_excluded')})"
-        )
     upstream["window_weeks"] = [min(context_of(w)["partition_key"] for w in window),
                                 context.partition_key]  # fmt: skip
     return loaded, upstream

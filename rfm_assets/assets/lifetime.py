@@ -28,7 +28,6 @@ from rfm_assets.assets.graph import (
     week_by_week,
 )
 from rfm_assets.assets.markdown import value_by_segment_markdown
-from rfm_assets.contract import SEGMENT_VALUE_COLUMNS
 from rfm_assets.engines import clv
 from rfm_assets.errors import RFMInputError, naming_memory_failures
 
@@ -49,13 +48,15 @@ def customer_lifetime_value_step(graph: RFMGraph, context, transactions, custome
     end = dt.date.fromisoformat(upstream["reference_date"])
     segments_context = context_of(customer_segments)
     customers = int(needed(segments_context, "customers_segmented", "customer_segments"))
-    inputs = engine.lifetime_inputs(loaded, end, engine.load(customer_segments))
-    verdicts, holdout = {}, {}
-    if graph.clv_holdout_days:
-        verdicts["predictions_match_holdout"], holdout = holdout_check(
-            graph, context, engine.holdout_summary(loaded, end, graph.clv_holdout_days), end
-        )
+    inputs, calibration = engine.lifetime_inputs(
+        loaded, end, engine.load(customer_segments), graph.clv_holdout_days
+    )
     del loaded
+    verdicts, holdout = {}, {}
+    if calibration is not None:
+        verdicts["predictions_match_holdout"], holdout = holdout_check(
+            graph, context, calibration, end
+        )
     bought = inputs[inputs["frequency"].notna()]
     try:
         fitted, refused = clv.fit(bought), None
@@ -81,7 +82,8 @@ def customer_lifetime_value_step(graph: RFMGraph, context, transactions, custome
         "value_by_segment": by_segment,
         **({"holdout": holdout} if holdout else {}),
     }
-    shown = segment_values(by_segment, rule_set_of(segments_context, settings, "customer_segments"))
+    rule_set = rule_set_of(segments_context, settings, "customer_segments")
+    shown = clv.segment_value_table(by_segment, {e.name: e.priority for e in rule_set.segments})
     metadata = {
         "fitted": facts["fitted"],
         **({"refused": refused} if refused else {}),
@@ -110,16 +112,6 @@ def customer_lifetime_value_step(graph: RFMGraph, context, transactions, custome
     table_context = {**segments_context, "lifetime_value": facts}
     table_context.pop("cluster_model", None)  # the model's document is cluster_model's
     yield output(engine, engine.from_driver(table), table_context, metadata, rows=len(table))
-
-
-def segment_values(by_segment: dict, rule_set) -> pd.DataFrame:
-    """The value per segment as a table in the rule set's priority order (`segment,
-    priority, predicted_clv, avg_predicted_clv, avg_probability_alive`)."""
-    priority = {entry.name: entry.priority for entry in rule_set.segments}
-    rows = [{"segment": name, **values} for name, values in by_segment.items()]
-    frame = pd.DataFrame(rows, columns=["segment", *SEGMENT_VALUE_COLUMNS])
-    frame["priority"] = [priority.get(name, len(priority) + 1) for name in frame["segment"]]
-    return frame.sort_values(["priority", "segment"], ignore_index=True)
 
 
 def holdout_check(graph: RFMGraph, context, calibration: pd.DataFrame, end: dt.date) -> tuple:

@@ -45,7 +45,8 @@ def high_value_customers_step(graph: RFMGraph, context, customer_segments,
         if customer_lifetime_value is None:
             raise dg.Failure("high_value_by: predicted_clv needs customer_lifetime_value in "
                              "the graph (clv: true)")  # fmt: skip
-        lifetime = context_of(customer_lifetime_value)["lifetime_value"]
+        lifetime = needed(context_of(customer_lifetime_value), "lifetime_value",
+                          "customer_lifetime_value")  # fmt: skip
         if not lifetime["fitted"]:
             raise dg.Failure(f"high_value_by: predicted_clv, but customer_lifetime_value was "
                              f"not fitted: {lifetime['refused']}")  # fmt: skip
@@ -161,7 +162,7 @@ def build_outputs(graph: RFMGraph) -> list[dg.AssetsDefinition]:
         backfill_policy=graph.backfill_policy,
         required_resource_keys=graph.resource_keys,
         can_subset=True,
-        check_specs=graph.check_specs("cluster_model", checks.CHECKS["cluster_model"]),
+        check_specs=graph.check_specs("cluster_model", graph.checks_of("cluster_model")),
     )
     @naming_memory_failures
     def cluster_model(context: dg.AssetExecutionContext, customer_segments):

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from rfm_assets.contract import MICRO_UNITS
+from rfm_assets.contract import MICRO_UNITS, SEGMENT_VALUE_COLUMNS
 from rfm_assets.engines.pandas_compute import to_day_numbers, to_micro_units
 from rfm_assets.engines.shared import day_number
 from rfm_assets.errors import RFMConfigError, RFMInputError
@@ -65,10 +65,10 @@ def purchase_summary(transactions: pd.DataFrame, end: dt.date) -> pd.DataFrame:
     """One row per customer with a purchase day before `end`: `SUMMARY_COLUMNS`, by id.
     Spend is added in micro-units, so both engines give the same `monetary_value` to the bit
     (spark_compute.purchase_summary)."""
-    return _summary_of(purchase_days(transactions, end), end)
+    return summary_of(purchase_days(transactions, end), end)
 
 
-def _summary_of(days: pd.DataFrame, end: dt.date) -> pd.DataFrame:
+def summary_of(days: pd.DataFrame, end: dt.date) -> pd.DataFrame:
     """`purchase_summary` of the purchase days (`purchase_days`), all before `end`."""
     per_customer = days.groupby("customer_id", sort=True, observed=True)
     first = per_customer["day"].min()
@@ -132,11 +132,8 @@ def fit(summary: pd.DataFrame, spend: bool = True) -> FittedCLV:
     a repeat purchase day of positive mean spend. Too few repeat customers is one line."""
     BetaGeoModel, GammaGammaModel = _models()
     repeaters = int((summary["frequency"] > 0).sum())
-    if repeaters < MIN_REPEAT_CUSTOMERS:
-        raise RFMInputError(
-            f"clv: {repeaters} of {len(summary)} customers bought on more than one day; the "
-            f"purchase model needs at least {MIN_REPEAT_CUSTOMERS}"
-        )
+    _enough(repeaters, f"{repeaters} of {len(summary)} customers bought on more than one day",
+            "purchase")  # fmt: skip
     purchases = BetaGeoModel()
     data = summary[PURCHASE_INPUTS]
     _quietly(lambda: purchases.fit(data, method="map", progressbar=False))
@@ -145,17 +142,24 @@ def fit(summary: pd.DataFrame, spend: bool = True) -> FittedCLV:
     spend_model = None
     if spend:
         spenders = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
-        if len(spenders) < MIN_REPEAT_CUSTOMERS:
-            raise RFMInputError(
-                f"clv: {len(spenders)} customers have a repeat purchase day of positive "
-                f"spend; the spend model needs at least {MIN_REPEAT_CUSTOMERS}"
-            )
+        _enough(len(spenders),
+                f"{len(spenders)} customers have a repeat purchase day of positive spend",
+                "spend")  # fmt: skip
         spend_model = GammaGammaModel()
         spend_data = spenders[SPEND_INPUTS]
         _quietly(lambda: spend_model.fit(spend_data, method="map", progressbar=False))
         parameters.update(_map_values(spend_model, ("p", "q", "v"), "spend (Gamma-Gamma)"))
         diagnostics["spend_customers"] = len(spenders)
     return FittedCLV(purchases, spend_model, parameters, diagnostics)
+
+
+def _enough(count: int, found: str, model: str) -> None:
+    """Refuse, in one line saying what was `found`, a fit of `model` with fewer than
+    MIN_REPEAT_CUSTOMERS customers to learn from."""
+    if count < MIN_REPEAT_CUSTOMERS:
+        raise RFMInputError(
+            f"clv: {found}; the {model} model needs at least {MIN_REPEAT_CUSTOMERS}"
+        )
 
 
 def _quietly(work):
@@ -257,10 +261,14 @@ def holdout_summary(transactions: pd.DataFrame, end: dt.date, holdout_days: int)
     """The calibration summary (`SUMMARY_COLUMNS` of the purchase days before `end -
     holdout_days`) of every customer who bought before it, with `holdout_purchases`: their
     purchase days from then up to `end`. One pass over the rows."""
+    return holdout_of(purchase_days(transactions, end), end, holdout_days)
+
+
+def holdout_of(days: pd.DataFrame, end: dt.date, holdout_days: int) -> pd.DataFrame:
+    """`holdout_summary` of the purchase days (`purchase_days`), all before `end`."""
     cutoff = holdout_cutoff(end, holdout_days)
-    days = purchase_days(transactions, end)
     in_holdout = days["day"].to_numpy() >= day_number(cutoff)
-    calibration = _summary_of(days[~in_holdout], cutoff)
+    calibration = summary_of(days[~in_holdout], cutoff)
     after = days[in_holdout].groupby("customer_id", observed=True)["day"].size()
     calibration["holdout_purchases"] = (
         after.reindex(calibration["customer_id"], fill_value=0).to_numpy().astype(np.int64)
@@ -348,3 +356,17 @@ def value_by_segment(table: pd.DataFrame) -> dict[str, dict[str, float]]:
         }
         for segment, group in grouped
     }
+
+
+def segment_value_table(by_segment: dict, priority: dict[str, int]) -> pd.DataFrame:
+    """`value_by_segment` as a table in priority order (`segment, priority` and
+    SEGMENT_VALUE_COLUMNS); a segment without a priority comes last. What is not a mapping
+    of values (a hand-edited run summary) is a row of missing values."""
+    last = len(priority) + 1
+    rows = [
+        {"segment": name, "priority": priority.get(name, last),
+         **(values if isinstance(values, dict) else {})}
+        for name, values in by_segment.items()
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["segment", "priority", *SEGMENT_VALUE_COLUMNS])
+    return frame.sort_values(["priority", "segment"], ignore_index=True)

@@ -261,16 +261,21 @@ class PandasEngine:
         shown = segmented.sample(n=min(customers, len(segmented)), random_state=seed)
         return shown[list(CLUSTER_PICTURE_COLUMNS)]
 
-    def lifetime_inputs(self, kept, end: dt.date, segmented) -> pd.DataFrame:
-        """Every customer of `segmented` (customer_id, segment), by id, with the
+    def lifetime_inputs(self, kept, end: dt.date, segmented,
+                        holdout_days: Optional[int] = None) -> tuple:  # fmt: skip
+        """(every customer of `segmented` (customer_id, segment), by id, with the
         lifetime-value summary of their kept rows before `end` (clv.SUMMARY_COLUMNS; null
-        for a customer without a purchase day), on the driver: the models fit there."""
+        for a customer without a purchase day); with `holdout_days`, the holdout's
+        calibration summary (`holdout_summary`), else None), on the driver: the models fit
+        there. The rows' purchase days are taken once for both."""
         from rfm_assets.engines import clv
 
+        days = clv.purchase_days(kept, end)
         customers = segmented[["customer_id", "segment"]]
-        summary = clv.purchase_summary(kept, end)
+        summary = clv.summary_of(days, end)
         joined = customers.merge(summary, on="customer_id", how="left", validate="one_to_one")
-        return joined.sort_values("customer_id", ignore_index=True)
+        calibration = clv.holdout_of(days, end, holdout_days) if holdout_days else None
+        return joined.sort_values("customer_id", ignore_index=True), calibration
 
     def holdout_summary(self, kept, end: dt.date, holdout_days: int) -> pd.DataFrame:
         """clv.holdout_summary of the kept rows, on the driver."""
@@ -375,10 +380,13 @@ class SparkEngine(PandasEngine):
             return value.to_spark(self.session)
         return value
 
-    def lifetime_inputs(self, kept, end: dt.date, segmented) -> pd.DataFrame:
+    def lifetime_inputs(self, kept, end: dt.date, segmented,
+                        holdout_days: Optional[int] = None) -> tuple:  # fmt: skip
         summary = self.compute.purchase_summary(kept, end)
         customers = segmented.select("customer_id", "segment")
-        return _on_driver(customers.join(summary, "customer_id", "left").orderBy("customer_id"))
+        joined = customers.join(summary, "customer_id", "left").orderBy("customer_id")
+        calibration = self.holdout_summary(kept, end, holdout_days) if holdout_days else None
+        return _on_driver(joined), calibration
 
     def holdout_summary(self, kept, end: dt.date, holdout_days: int) -> pd.DataFrame:
         return _on_driver(self.compute.holdout_summary(kept, end, holdout_days))
