@@ -28,6 +28,9 @@ Variants:
               default --variants
 - duckdb, duckdb_after_imports, polars, tutorial, io_floor, spark: benchmarks/peers.py (see its
               docstring); duckdb_after_imports is the least the command line could cost
+- duckdb_in_dagster, spark_in_dagster: the DuckDB statement and the bare Spark job each as
+              one Dagster asset run in process: the least any design of the graph could cost;
+              not in the default --variants
 
 Writes benchmarks/results/large.json (table, per-run figures, agreement, machine, commit).
 """
@@ -63,11 +66,14 @@ VARIANTS = (
     "rfm_spark_200",
     "rfm_clv",
     "rfm_spark_clv",
+    "duckdb_in_dagster",
+    "spark_in_dagster",
 )
 # The variants run unless --variants names others.
 DEFAULT = ("rfm", "duckdb", "duckdb_after_imports", "polars", "tutorial", "io_floor",
            "rfm_spark", "spark")  # fmt: skip
-PEERS = ("duckdb", "duckdb_after_imports", "polars", "tutorial", "io_floor", "spark")
+PEERS = ("duckdb", "duckdb_after_imports", "polars", "tutorial", "io_floor", "spark",
+         "duckdb_in_dagster", "spark_in_dagster")  # fmt: skip
 KEY = ["customer_id"]
 COMPARED = [
     "recency",
@@ -261,7 +267,8 @@ def benchmark(sizes, customers, repeats, variants, data_dir: Path, results_file:
             seconds = [r["seconds"] for r in runs[variant]]
             peak = max(r["peak_mib"] for r in runs[variant])
             peer = {"rfm": "duckdb", "rfm_spark": "spark", "rfm_spark_200": "rfm_spark",
-                    "rfm_clv": "rfm", "rfm_spark_clv": "rfm_spark"}.get(variant)  # fmt: skip
+                    "rfm_clv": "rfm", "rfm_spark_clv": "rfm_spark",
+                    "spark_in_dagster": "spark"}.get(variant)  # fmt: skip
             results.append(
                 {
                     "rows": rows,

@@ -3,18 +3,21 @@ other tools, each run as its own process.
 
     python benchmarks/peers.py PEER INPUT.parquet OUTPUT_DIR
 
-PEER is one of duckdb, duckdb_after_imports, polars, tutorial, io_floor, spark. Each reads
-INPUT (the columns customer_id, transaction_date, amount, order_id), applies the package's
-default rules (the README's "How the numbers are computed": the reference date is the day after
-the latest timestamp; rows kept when customer_id is present, amount finite and > 0 and order_id
-not starting with "C"; recency in calendar days, frequency = distinct orders, monetary = the
-sum of amounts to the micro-unit; score = 1 + floor(5 b / n) with b the customers strictly
-worse; FM = floor((F + M) / 2 + 0.5); the default 5 x 5 grid), and writes
-OUTPUT_DIR/customers.parquet with customer_id, recency, frequency, monetary, R_score, F_score,
-M_score, FM_score, segment, which `large.py` compares with the package's customer_segments
-before any timing counts. `duckdb_after_imports` is the DuckDB statement run after importing
-what the command line imports. `io_floor` only reads the four columns (the floor under any
-engine) and writes nothing.
+PEER is one of duckdb, duckdb_after_imports, duckdb_in_dagster, polars, tutorial, io_floor,
+spark, spark_in_dagster. Each reads INPUT (the columns customer_id, transaction_date, amount,
+order_id), applies the package's default rules (the README's "How the numbers are computed":
+the reference date is the day after the latest timestamp; rows kept when customer_id is
+present, amount finite and > 0 and order_id not starting with "C"; recency in calendar days,
+frequency = distinct orders, monetary = the sum of amounts to the micro-unit; score = 1 +
+floor(5 b / n) with b the customers strictly worse; FM = floor((F + M) / 2 + 0.5); the default
+5 x 5 grid), and writes OUTPUT_DIR/customers.parquet with customer_id, recency, frequency,
+monetary, R_score, F_score, M_score, FM_score, segment, which `large.py` compares with the
+package's customer_segments before any timing counts. `duckdb_after_imports` is the DuckDB
+statement run after importing what the command line imports; `duckdb_in_dagster` and
+`spark_in_dagster` run the DuckDB statement and the bare Spark job as the body of one Dagster
+asset, materialized in process as the command line runs its graph: the least any design of the
+graph could cost. `io_floor` only reads the four columns (the floor under any engine) and
+writes nothing.
 """
 
 from __future__ import annotations
@@ -277,6 +280,36 @@ def duckdb_after_imports_peer(source: str, output: str) -> None:
     duckdb_peer(source, output)
 
 
+def _as_one_dagster_asset(peer, source: str, output: str) -> None:
+    """`peer` as the body of one asset, materialized in process the way `rfm-assets analyze`
+    runs its graph (the command line's imports, an ephemeral instance, console logs off): the
+    least any design of the asset graph could cost, whatever its steps."""
+    import dagster as dg
+
+    import rfm_assets.cli  # noqa: F401
+    import rfm_assets.runner  # noqa: F401
+
+    @dg.asset
+    def customer_segments() -> None:
+        peer(source, output)
+
+    result = dg.materialize(
+        [customer_segments],
+        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+    )
+    assert result.success
+
+
+def duckdb_in_dagster_peer(source: str, output: str) -> None:
+    """The DuckDB statement as one Dagster asset (`_as_one_dagster_asset`)."""
+    _as_one_dagster_asset(duckdb_peer, source, output)
+
+
+def spark_in_dagster_peer(source: str, output: str) -> None:
+    """The bare PySpark job as one Dagster asset (`_as_one_dagster_asset`)."""
+    _as_one_dagster_asset(spark_peer, source, output)
+
+
 PEERS = {
     "duckdb": duckdb_peer,
     "duckdb_after_imports": duckdb_after_imports_peer,
@@ -284,6 +317,8 @@ PEERS = {
     "tutorial": tutorial_peer,
     "io_floor": io_floor_peer,
     "spark": spark_peer,
+    "duckdb_in_dagster": duckdb_in_dagster_peer,
+    "spark_in_dagster": spark_in_dagster_peer,
 }
 
 if __name__ == "__main__":
