@@ -7,7 +7,7 @@ graph in this process and returns its tables.
 
 from rfm_assets.lists import identify_high_value_customers
 
-__all__ = ["defs", "identify_high_value_customers", "run"]
+__all__ = ["RFMSegmentationEngine", "defs", "identify_high_value_customers", "run"]
 
 
 def __getattr__(name: str):
@@ -21,6 +21,10 @@ def __getattr__(name: str):
         from rfm_assets.runner import run
 
         return run
+    if name == "RFMSegmentationEngine":
+        from rfm_assets.frames import RFMSegmentationEngine
+
+        return RFMSegmentationEngine
     raise AttributeError(f"module 'rfm_assets' has no attribute {name!r}")
 
 

@@ -99,6 +99,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     settings = settings_from_config_file(args.config) if args.config else {}
     flags = {
         "input_path": args.input,
+        "sheet": args.sheet,
+        "drop_duplicate_rows": args.drop_duplicate_rows or None,
         "input_level": args.input_level,
         "reference_date": args.reference_date,
         "analysis_period_days": args.analysis_period_days,
@@ -460,7 +462,7 @@ def report_markdown(analytics: pd.DataFrame, summary: Optional[dict]) -> str:
             markdown_cell(row.avg_frequency, ",.2f"),
             markdown_cell(row.avg_monetary, ",.2f"),
             markdown_cell(row.avg_order_value, ",.2f"),
-            markdown_cell(row.recommendation),
+            markdown_cell(getattr(row, "recommendation", "")),  # include_recommendations
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -472,7 +474,9 @@ def campaign_choice(args: argparse.Namespace, settings, segments: pd.DataFrame) 
     catalog = {entry.segment_id: entry.name for entry in settings.rule_set().segments}
     chosen = tuple(s.strip() for s in (args.campaign_segments or "").split(",") if s.strip())
     columns = tuple(c.strip() for c in (args.campaign_columns or "").split(",") if c.strip())
-    return campaign_lists(segments, catalog, chosen, columns or CAMPAIGN_COLUMNS)
+    # the default columns the table has (no recommendation with include_recommendations false)
+    shown = tuple(c for c in CAMPAIGN_COLUMNS if c in segments.columns)
+    return campaign_lists(segments, catalog, chosen, columns or shown)
 
 
 def write_campaigns(directory: Path, args: argparse.Namespace, settings) -> None:
@@ -855,8 +859,16 @@ def add_analysis_arguments(analyze: argparse.ArgumentParser, output_required: bo
     stored model fixes the method and k, has no --segmentation or --clusters."""
     analyze.add_argument(
         "--input",
-        help="transactions (.parquet, .csv, Parquet directory); "
+        help="transactions (.parquet, .csv, Parquet directory, Excel .xlsx/.xlsm/.xls); "
         "default: the bundled UCI Online Retail data",
+    )
+    analyze.add_argument(
+        "--sheet", metavar="NAME", help="the sheet of an Excel --input; default: its first"
+    )
+    analyze.add_argument(
+        "--drop-duplicate-rows",
+        action="store_true",
+        help="exclude lines equal to an earlier line in every column (counted as duplicate_row)",
     )
     analyze.add_argument(
         "--input-level",

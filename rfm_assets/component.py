@@ -39,6 +39,7 @@ import dagster as dg
 from pydantic import BaseModel, Field
 
 from rfm_assets.assets import GROUP, RFMGraph, build_rfm_assets, build_rfm_checks
+from rfm_assets.contract import COLUMNS_OF
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.settings import RFMSettingsModel
 
@@ -72,6 +73,7 @@ def build_rfm_definitions(
     source_asset: Optional[str] = None,
     bundled_sample: bool = False,
     bind_shared_resources: bool = True,
+    segments_asset_name: Optional[str] = None,
 ) -> dg.Definitions:
     """Assets, checks, job, schedule and resources of one RFM graph instance.
 
@@ -87,6 +89,9 @@ def build_rfm_definitions(
     required: only the package's own demo (`bundled_sample=True`) and the command line's
     default read the bundled sample, so a deployment whose source went missing fails when it
     loads instead of segmenting the sample.
+
+    `segments_asset_name` names the `customer_segments` asset (its key under `key_prefix`);
+    the other assets keep their names.
     """
     if settings.input_path and source_asset:
         raise RFMConfigError(
@@ -119,6 +124,7 @@ def build_rfm_definitions(
         source_asset=tuple(source_asset.split("/")) if source_asset else None,
         lifetime_value=settings.clv,
         clv_holdout_days=settings.clv_holdout_days,
+        renamed=(("customer_segments", segments_asset_name),) if segments_asset_name else (),
     )
     assets = build_rfm_assets(graph)
     job = dg.define_asset_job(
@@ -262,6 +268,64 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
         ),
     ] = None
 
+    # The attributes of the Dagster seed's RFM component, at the top level as it wrote them.
+    asset_name: Annotated[
+        Optional[str],
+        _described(
+            "Name of the segments asset (customer_segments by default), under key_prefix; the "
+            "other assets keep their names."
+        ),
+    ] = None
+    analysis_period_days: Annotated[
+        Optional[int], _described("As settings.analysis_period_days; give it in one place.")
+    ] = None
+    use_predefined_segments: Annotated[
+        Optional[bool],
+        _described(
+            "true: the predefined segments (settings.segmentation_method grid, the rule set "
+            "of settings.segment_rules); false: segments found in the data by k-means "
+            "(segmentation_method kmeans)."
+        ),
+    ] = None
+    include_recommendations: Annotated[
+        Optional[bool],
+        _described("As settings.include_recommendations; false drops the recommendation columns."),
+    ] = None
+    recency_weight: Annotated[
+        Optional[float], _described("As settings.weights.recency; give it in one place.")
+    ] = None
+    frequency_weight: Annotated[
+        Optional[float], _described("As settings.weights.frequency; give it in one place.")
+    ] = None
+    monetary_weight: Annotated[
+        Optional[float], _described("As settings.weights.monetary; give it in one place.")
+    ] = None
+
+    def _top_level_settings(self, where: str, settings: dict) -> dict:
+        """The settings the top-level attributes give, refused where `settings` gives the
+        same one too (two places for one value is one too many)."""
+        given = {
+            name: getattr(self, name)
+            for name in (
+                "analysis_period_days",
+                "include_recommendations",
+                "recency_weight",
+                "frequency_weight",
+                "monetary_weight",
+            )  # fmt: skip
+            if getattr(self, name) is not None
+        }
+        if self.use_predefined_segments is not None:
+            given["segmentation_method"] = "grid" if self.use_predefined_segments else "kmeans"
+        weights = {f"{w}_weight" for w in settings.get("weights") or {}}
+        both = sorted(n for n in given if n in settings or n in weights)
+        if both:
+            top = "use_predefined_segments" if both == ["segmentation_method"] else both[0]
+            raise RFMConfigError(
+                f"{where}: {top} is given at the top level and under settings ({both[0]}); keep one"
+            )
+        return given
+
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         from rfm_assets.settings import build_settings
 
@@ -284,10 +348,23 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
                 f"{where}: no source; set source (a path or URI, e.g. "
                 '"{{ env.MY_TRANSACTIONS }}") or source_asset'
             )
+        if self.asset_name is not None and not re.fullmatch(r"[A-Za-z0-9_]+", self.asset_name):
+            raise RFMConfigError(
+                f"{where}: asset_name: {self.asset_name!r} is not an asset name (letters, "
+                "digits and _)"
+            )
+        taken = (set(COLUMNS_OF) | {"cluster_model", "rfm_report"}) - {"customer_segments"}
+        if self.asset_name in taken:
+            raise RFMConfigError(
+                f"{where}: asset_name: {self.asset_name!r} is the name of another asset of "
+                "the graph; choose another"
+            )
+        given = self.settings.model_dump(exclude_unset=True)
         try:
             settings = build_settings(
                 {
-                    **self.settings.model_dump(exclude_unset=True),
+                    **given,
+                    **self._top_level_settings(where, given),
                     "input_path": self.source or self.settings.input_path,
                 }
             )
@@ -304,6 +381,7 @@ class RFMSegmentation(dg.Component, dg.Resolvable, dg.Model):
             source_asset=self.source_asset,
             # The code location binds shared_resources() once for all its instances.
             bind_shared_resources=False,
+            segments_asset_name=self.asset_name,
         )
 
 

@@ -7,6 +7,8 @@ MICRO_UNITS = 10**6
 # Why a transaction row is not used, in the order the rules are applied: a row is counted
 # under the first reason that applies to it.
 EXCLUSION_REASONS = {
+    "duplicate_row": "every column equal to an earlier line's: an exact duplicate of a source "
+    "line (drop_duplicate_rows)",
     "missing_customer_id": "customer id is null or blank",
     "invalid_amount": "amount is NaN or infinite",
     "date_out_of_range": "dated before earliest_valid_date or after latest_valid_date "

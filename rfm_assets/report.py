@@ -243,7 +243,8 @@ def segment_section(analytics: pd.DataFrame) -> Html:
                     _number(row.avg_recency, 1),
                     _number(row.avg_frequency, 2),
                     _number(row.avg_monetary, 2),
-                    row.recommendation,
+                    # the catalog's where the table has none (include_recommendations false)
+                    getattr(row, "recommendation", entry.recommendation if entry else ""),
                     markup('<ul class="actions">{}</ul>', _join("", actions)),
                 ],
                 {1, 2, 3, 4, 5, 6, 7},

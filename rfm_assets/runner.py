@@ -145,15 +145,16 @@ def _collected(result, wanted: list[str], settings) -> RFMRun:
         files_skipped=tx["files_skipped"],
     )
     model = None
-    if settings.segmentation_method == "kmeans":
+    if settings.segmentation_method == "kmeans" and "cluster_model" in metadata:
         model = result.output_for_node("cluster_model", "cluster_model")
     return RFMRun(
         tables={name: result.output_for_node(name) for name in wanted if name in metadata},
         metadata=metadata,
         account=account,
-        thresholds=metadata["rfm_scores"]["thresholds"],
+        # (a run that stops before the scores, or the segments, has none of theirs)
+        thresholds=metadata.get("rfm_scores", {}).get("thresholds", {}),
         customers_held_out=dict(metadata["rfm_metrics"]["customers_held_out"]),
-        clustering=metadata["customer_segments"].get("clustering"),
+        clustering=metadata.get("customer_segments", {}).get("clustering"),
         cluster_model=model,
     )
 

@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from rfm_assets.engines.excel import is_excel
 from rfm_assets.engines.spec import (
     CUSTOMER_FIELDS,
     TRANSACTION_FIELDS,
@@ -189,8 +190,26 @@ class RFMSettings(dg.ConfigurableResource):
 
     input_path: Optional[str] = Field(
         default=None,
-        description="Transactions: a .parquet file, a .csv file or a directory of Parquet "
-        "files. Unset: the bundled UCI Online Retail data.",
+        description="Transactions: a .parquet file, a .csv file, a directory of Parquet "
+        "files or an Excel workbook (.xlsx, .xlsm, .xls). Unset: the bundled UCI Online "
+        "Retail data.",
+    )
+    include_recommendations: bool = Field(
+        default=True,
+        description="false: the tables carry no recommendation column (customer_segments, "
+        "segment_analytics, high_value_customers, slipping_customers); the catalog's text "
+        "stays in the report.",
+    )
+    drop_duplicate_rows: bool = Field(
+        default=False,
+        description="Exclude a transaction line whose every column (not only the mapped ones) "
+        "equals an earlier line's, counted as duplicate_row: an export that repeats lines. "
+        "Off by default: two equal lines can be two real purchases.",
+    )
+    sheet: Optional[str] = Field(
+        default=None,
+        description="Excel input: the name of the sheet to read. Unset: the workbook's first "
+        "sheet.",
     )
     input_level: Literal["transactions", "customers"] = Field(
         default="transactions",
@@ -415,6 +434,23 @@ class RFMSettings(dg.ConfigurableResource):
         return self
 
     @model_validator(mode="after")
+    def _duplicates_of_transaction_lines(self):
+        if self.drop_duplicate_rows and self.input_level != "transactions":
+            raise ValueError(
+                "drop_duplicate_rows: applies to transaction lines (input_level: "
+                "transactions); customer-level input refuses a repeated customer id"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sheet_of_a_workbook(self):
+        if self.sheet is not None and not is_excel(self.input_path or ""):
+            raise ValueError(
+                "sheet: applies to an Excel workbook (input_path ending in .xlsx, .xlsm or .xls)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _clustering_is_possible(self):
         bounds = list(self.cluster_range)
         if len(bounds) != 2 or not 2 <= bounds[0] <= bounds[1] <= 20:
@@ -564,6 +600,7 @@ class RFMSettings(dg.ConfigurableResource):
         defaults = BUNDLED_COLUMNS if bundled else {}
         by_quantity = bool(mapped.quantity) or (not mapped.amount and "quantity" in defaults)
         return SourceColumns(
+            every_column=self.drop_duplicate_rows,
             customer_id=mapped.customer_id or defaults.get("customer_id", "customer_id"),
             transaction_date=mapped.transaction_date
             or defaults.get("transaction_date", "transaction_date"),
@@ -628,6 +665,7 @@ class RFMSettings(dg.ConfigurableResource):
             cluster_model_path=self.cluster_model_path,
             high_value_share=self.high_value_share,
             high_value_by=self.high_value_by,
+            sheet=self.sheet,
         )
 
     def fixed_cut_points(self) -> Optional[dict[str, list[float]]]:

@@ -337,3 +337,88 @@ def test_post_processing_gives_every_asset_owners_tags_and_an_automation_conditi
     assert definitions.resolve_schedule_def("rfm_shop_weekly").job_name == "rfm_shop_job"
     checked = {check.asset_key for check in graph.asset_check_keys}
     assert checked and checked <= keys
+
+
+# --- the Dagster seed's defs.yaml, as it was written ------------------------------------------
+
+
+def seed_attributes(source: str, **more) -> dict:
+    """The attributes the Dagster seed's RFM component took, at the top level."""
+    return {
+        "source": source,
+        "asset_name": "rfm_customer_segments",
+        "analysis_period_days": 365,
+        "use_predefined_segments": True,
+        "include_recommendations": False,
+        "recency_weight": 2.0,
+        "frequency_weight": 1.0,
+        "monetary_weight": 0.5,
+        **more,
+    }
+
+
+def test_the_seed_defs_yaml_loads_as_written_and_means_what_it_says(tmp_path):
+    import pandas as pd
+
+    from rfm_assets import run
+
+    source = tmp_path / "orders.parquet"  # the seed's default column names
+    frame = pd.read_parquet(SAMPLE).rename(columns={"date": "transaction_date",
+                                                  "dollar_value": "amount"})  # fmt: skip
+    frame.to_parquet(source)
+    definitions = load(seed_attributes(str(source)))
+    settings = definitions.resources["rfm_settings_shop"]
+    assert settings.analysis_period_days == 365
+    assert settings.weight_tuple() == (2.0, 1.0, 0.5)
+    assert settings.segmentation_method == "grid"
+    assert settings.include_recommendations is False
+    storage = RFMParquetIOManager(base_dir=str(tmp_path / "store"))
+    definitions = dg.Definitions.merge(
+        definitions, dg.Definitions(resources={**shared_resources(), "io_manager": storage})
+    )
+    keys = {key.to_user_string() for key in definitions.resolve_asset_graph().get_all_asset_keys()}
+    assert "shop/rfm_customer_segments" in keys and "shop/customer_segments" not in keys
+    assert {"shop/rfm_scores", "shop/segment_analytics"} <= keys  # the others keep their names
+    job = definitions.resolve_job_def("rfm_shop_job")
+    assert job.execute_in_process().success
+    segments = definitions.load_asset_value(["shop", "rfm_customer_segments"])
+    analytics = definitions.load_asset_value(["shop", "segment_analytics"])
+    assert "recommendation" not in segments.columns
+    assert "recommendation" not in analytics.columns
+    # The same numbers as the settings give with recommendations: only the column differs.
+    wanted = run(settings.changed(include_recommendations=True))
+    expected = wanted.customer_segments.drop(columns=["recommendation", "segmented_at"])
+    pd.testing.assert_frame_equal(segments.drop(columns="segmented_at"), expected,
+                                  check_dtype=False)  # fmt: skip
+    pd.testing.assert_frame_equal(
+        analytics, wanted.segment_analytics.drop(columns="recommendation"), check_dtype=False
+    )
+    assert wanted.customer_segments["recency"].max() <= 365  # the window applied
+    assert wanted.account.rows_excluded["before_analysis_window"] > 0
+
+
+def test_the_seed_attributes_refuse_a_second_place_and_a_taken_name():
+    clusters = seed_attributes(SAMPLE, use_predefined_segments=False, settings={"columns": COLUMNS})
+    assert load(clusters).resources["rfm_settings_shop"].segmentation_method == "kmeans"
+    cases = {
+        "analysis_period_days is given at the top level and under settings": {
+            "settings": {"columns": COLUMNS, "analysis_period_days": 90}
+        },
+        "recency_weight is given at the top level and under settings": {
+            "settings": {"columns": COLUMNS, "weights": {"recency": 3}}
+        },
+        "use_predefined_segments is given at the top level and under settings": {
+            "settings": {"columns": COLUMNS, "segmentation_method": "kmeans"}
+        },
+        "asset_name: 'rfm_scores' is the name of another asset": {
+            "asset_name": "rfm_scores",
+            "settings": {"columns": COLUMNS},
+        },
+        "asset_name: 'my segments' is not an asset name": {
+            "asset_name": "my segments",
+            "settings": {"columns": COLUMNS},
+        },
+    }
+    for expected, more in cases.items():
+        message = failure(seed_attributes(SAMPLE, **more))
+        assert expected in message and "defs.yaml" in message, (expected, message)

@@ -37,6 +37,10 @@ from rfm_assets_tests.conftest import (
 from rfm_assets_tests.test_corpus import CASES, write_input
 from rfm_assets_tests.test_customer_level import CASES as CUSTOMER_CASES
 from rfm_assets_tests.test_customer_level import customer_settings, messy_customer_rows, write_csv
+from rfm_assets_tests.test_duplicates import LINES as DUPLICATE_LINES
+from rfm_assets_tests.test_duplicates import write_lines
+from rfm_assets_tests.test_excel import COLUMNS as EXCEL_COLUMNS
+from rfm_assets_tests.test_excel import online_retail_workbook
 from rfm_assets_tests.test_week_ranges import (
     RANGE,
     WEEKS_OF_RANGE,
@@ -256,6 +260,92 @@ def test_cdnow_without_orders_identical(spark, tmp_path):
                     "amount": "dollar_value"},
     }  # fmt: skip
     both_engines(settings, spark, tmp_path)
+
+
+def test_the_notebook_engine_gives_spark_frames_for_a_spark_frame(spark, tmp_path):
+    """Every method of RFMSegmentationEngine on a Spark DataFrame returns a Spark DataFrame
+    (identify_high_value_customers raised a TypeError on one), equal to pandas' tables."""
+    from pyspark.sql import DataFrame
+
+    from rfm_assets import RFMSegmentationEngine
+    from rfm_assets.packaged import BUNDLED_DATASET
+    from rfm_assets_tests.test_frames import COLUMNS as BUNDLED_COLUMNS
+
+    on_spark = spark.read.parquet(str(BUNDLED_DATASET))
+    on_pandas = pd.read_parquet(BUNDLED_DATASET)
+    engines = [RFMSegmentationEngine(columns=BUNDLED_COLUMNS) for _ in range(2)]
+    spark_profiles = engines[0].generate_customer_profiles(on_spark)
+    pandas_profiles = engines[1].generate_customer_profiles(on_pandas)
+    assert engines[0].last_run.account == engines[1].last_run.account
+    tables = {
+        "profiles": (spark_profiles, pandas_profiles),
+        "summary": tuple(
+            e.get_segment_summary(p) for e, p in zip(engines, (spark_profiles, pandas_profiles))
+        ),  # fmt: skip
+        "top": tuple(
+            e.identify_high_value_customers(p, 0.1)
+            for e, p in zip(engines, (spark_profiles, pandas_profiles))
+        ),  # fmt: skip
+    }
+    steps = RFMSegmentationEngine(columns=BUNDLED_COLUMNS)
+    metrics = steps.calculate_rfm_metrics(on_spark)
+    scores = steps.assign_rfm_scores(metrics)
+    segments = steps.assign_customer_segments(scores)
+    assert steps.thresholds == engines[1].thresholds
+    for table in (metrics, scores, segments, *(pair[0] for pair in tables.values())):
+        assert isinstance(table, DataFrame)
+    key = ["customer_id"]
+    for got in (spark_profiles, segments):
+        want = pandas_profiles.drop(columns="segmented_at")
+        assert_same_rows(as_pandas(got.drop("segmented_at"), tmp_path), want, key)
+    assert_same_segment_rows(as_pandas(tables["summary"][0], tmp_path), tables["summary"][1])
+    top = as_pandas(tables["top"][0], tmp_path)
+    assert_same_rows(top.drop(columns="segmented_at"),
+                     tables["top"][1].drop(columns="segmented_at"), key)  # fmt: skip
+    actions = engines[0].recommend_actions(spark_profiles)
+    assert isinstance(actions, DataFrame)
+    pd.testing.assert_frame_equal(
+        as_pandas(actions, tmp_path),
+        engines[1].recommend_actions(pandas_profiles),
+        check_dtype=False,
+    )
+    row = pandas_profiles.iloc[3]
+    assert engines[0].segment_of(row["customer_id"])["segment"] == row["segment"]
+    drift = engines[0].detect_drift(spark_profiles, pandas_profiles)
+    assert not drift["drifted"].any() and (drift["share_change"] == 0).all()
+
+
+def test_duplicate_lines_are_the_same_on_both_engines(spark, tmp_path):
+    """Whole lines compared on Spark as on pandas: CSV text as written, typed Parquet values
+    with missing ids and NaN amounts (NaN equals NaN in both), and the bundled sample."""
+    both_engines({"drop_duplicate_rows": True}, spark, tmp_path)
+    csv = write_lines(tmp_path / "tx.csv", "customer,day,total,order,note", DUPLICATE_LINES)
+    columns = {"customer_id": "customer", "transaction_date": "day", "amount": "total",
+               "order_id": "order"}  # fmt: skip
+    settings = {"input_path": str(csv), "columns": columns, "drop_duplicate_rows": True}
+    pandas_result, _ = both_engines(settings, spark, tmp_path)
+    assert pandas_result.account.rows_excluded["duplicate_row"] == 3
+    frame = pd.DataFrame(
+        {
+            "customer_id": [1, 1, None, None, 2, 2, 2],
+            "transaction_date": pd.to_datetime(["2024-01-02"] * 4 + ["2024-01-03"] * 3),
+            "amount": [5.0, 5.0, 7.0, 7.0, float("nan"), float("nan"), 4.0],
+        }
+    )
+    frame.to_parquet(tmp_path / "typed.parquet")
+    typed = {"input_path": str(tmp_path / "typed.parquet"), "drop_duplicate_rows": True}
+    pandas_result, _ = both_engines(typed, spark, tmp_path)
+    excluded = {k: v for k, v in pandas_result.account.rows_excluded.items() if v}
+    assert excluded == {"duplicate_row": 3, "missing_customer_id": 1, "invalid_amount": 1}
+
+
+def test_an_excel_workbook_reads_the_same_on_both_engines(spark, tmp_path):
+    """Numbers, dates, text and mixed columns from the sheet's cells: the same rows
+    excluded by reason and the same customers on Spark as on pandas."""
+    path = online_retail_workbook(tmp_path / "Online Retail.xlsx")
+    settings = {"input_path": str(path), "sheet": "Online Retail", "columns": EXCEL_COLUMNS}
+    pandas_result, _ = both_engines(settings, spark, tmp_path)
+    assert pandas_result.account.rows_excluded["missing_customer_id"] > 0
 
 
 @pytest.mark.parametrize("name", list(CUSTOMER_CASES))

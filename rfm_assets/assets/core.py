@@ -46,7 +46,8 @@ def read_source(graph: RFMGraph, context, source_table) -> tuple:
         source = settings.source_path
     else:
         source = f"asset {'/'.join(graph.source_asset)}"
-        raw, listing = engine.read_table(source_table, spec, source)
+        # (a Spark DataFrame an in-memory run hands on comes with its run context: unwrapped)
+        raw, listing = engine.read_table(engine.load(source_table), spec, source)
     if in_range(graph, context):
         raw = engine.cached(raw)
     return raw, listing, source
@@ -391,6 +392,8 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
         }  # fmt: skip
     else:
         segmented = engine.segments(scores, rule_set, segmented_at)
+    if not settings.include_recommendations:
+        segmented = engine.without(segmented, "recommendation")
     segmented = engine.cached(segmented)
     # Rows, ids and the exact revenue of the segmented customers in one pass: the revenue is
     # what segment_analytics' revenues must add up to.
@@ -448,6 +451,8 @@ def segment_analytics_step(graph: RFMGraph, context, customer_segments, earlier_
     analytics = engine.analytics(
         segmented, rule_set, needed(upstream, "thresholds", "customer_segments")
     )
+    if not settings.include_recommendations:
+        analytics = engine.without(analytics, "recommendation")
     if customer_lifetime_value is not None:
         lifetime = needed(context_of(customer_lifetime_value), "lifetime_value",
                           "customer_lifetime_value")  # fmt: skip

@@ -71,9 +71,11 @@ class RFMGraph:
     # check (`clv_holdout_days`; None: no such check).
     lifetime_value: bool = False
     clv_holdout_days: Optional[int] = None
+    # (asset, the name its key takes): the component's `asset_name` renames customer_segments
+    renamed: tuple[tuple[str, str], ...] = ()
 
     def key(self, name: str) -> dg.AssetKey:
-        return dg.AssetKey([*self.key_prefix, name])
+        return dg.AssetKey([*self.key_prefix, dict(self.renamed).get(name, name)])
 
     def settings_of(self, context) -> RFMSettings:
         return getattr(context.resources, self.settings_key)

@@ -75,7 +75,7 @@ class PandasEngine:
 
     def read(self, spec: RunSpec) -> tuple[pd.DataFrame, SourceListing]:
         """The canonical frame and the listing of the files it came from."""
-        return pandas_read.read_transactions(_source_path(spec), spec.columns)
+        return pandas_read.read_transactions(_source_path(spec), spec.columns, spec.sheet)
 
     def read_table(self, table, spec: RunSpec, name: str):
         """The canonical frame of a table another asset produced and Dagster loaded."""
@@ -299,6 +299,12 @@ class PandasEngine:
             for column in SEGMENT_VALUE_COLUMNS
         })  # fmt: skip
 
+    def without(self, frame, column: str):
+        """`frame` without `column` (a pandas or a Spark DataFrame)."""
+        if isinstance(frame, pd.DataFrame):
+            return frame.drop(columns=[column])
+        return frame.drop(column)
+
     def from_driver(self, frame: pd.DataFrame):
         """A table made on the driver (the lifetime-value predictions) as this engine's."""
         return frame
@@ -407,7 +413,7 @@ class SparkEngine(PandasEngine):
 
     def read(self, spec: RunSpec):
         return self.compute.read_transactions(
-            self.session, _source_path(spec), spec.columns, spec.valid_dates
+            self.session, _source_path(spec), spec.columns, spec.valid_dates, spec.sheet
         )
 
     def _read_along(self, listing: Optional[SourceListing]) -> dict:

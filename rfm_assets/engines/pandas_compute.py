@@ -150,6 +150,8 @@ def prepare_transactions(
             ("cancelled_order", cancelled),
             ("non_positive_amount", amount <= LARGEST_ZERO_AMOUNT),
         ]
+    if "duplicate_row" in frame:  # drop_duplicate_rows: the reader marked repeated lines
+        rules.insert(0, ("duplicate_row", frame["duplicate_row"].to_numpy(dtype=bool)))
     excluded, counts = first_reasons(rules, rows_read)
 
     del rules, days, in_range, finite
@@ -497,7 +499,8 @@ def _aggregated(sql: str, parameters: Optional[dict] = None, **tables: pa.Table)
         connection.execute(f"SET memory_limit = '{limit // 2**20}MiB'")
         for name, table in tables.items():
             connection.register(name, table)
-        return connection.execute(sql, parameters).to_arrow_table()
+        # A relation, not execute(): DuckDB copies a DB-API result once more into Arrow.
+        return connection.sql(sql, params=parameters).to_arrow_table()
 
 
 def compute_metrics(transactions: pd.DataFrame, reference_date: dt.date) -> pd.DataFrame:
@@ -873,7 +876,8 @@ def slipping_customers(
     now = current[is_slipping].assign(key=now_ids.array[is_slipping])
     moved = now.merge(before, on="key", how="inner").drop(columns="key")
     moved = moved.sort_values(["monetary", "customer_id"], ascending=[False, True])
-    return moved[SLIPPING_COLUMNS].reset_index(drop=True)
+    # (no recommendation where include_recommendations is false)
+    return moved[[c for c in SLIPPING_COLUMNS if c in moved]].reset_index(drop=True)
 
 
 def high_value_customers(segmented: pd.DataFrame, top_percentage: float, by: str) -> pd.DataFrame:

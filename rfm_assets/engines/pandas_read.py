@@ -7,6 +7,8 @@ order column is mapped.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -46,12 +48,15 @@ PARQUET = pads.ParquetFileFormat(
 )
 
 
-def read_transactions(path: str, columns: SourceColumns) -> tuple[pd.DataFrame, SourceListing]:
-    """Read `path` (.parquet, .csv or a directory of Parquet) into the canonical frame.
+def read_transactions(
+    path: str, columns: SourceColumns, sheet: Optional[str] = None
+) -> tuple[pd.DataFrame, SourceListing]:
+    """Read `path` (.parquet, .csv, a directory of Parquet or a sheet of an Excel workbook)
+    into the canonical frame.
 
     Returns the frame and the listing of what was read (files read and skipped).
     """
-    listing = list_source(path, columns)
+    listing = list_source(path, columns, sheet)
     return _canonical(_read_table(listing, columns), columns, path), listing
 
 
@@ -60,12 +65,13 @@ def read_frame(
 ) -> tuple[pd.DataFrame, SourceListing]:
     """The canonical frame of a table another asset produced (`name` says which)."""
     check_columns(name, columns, [str(c) for c in frame.columns])
-    table = pa.Table.from_pandas(frame[columns.needed], preserve_index=False)
+    read = list(frame.columns) if columns.every_column else columns.needed
+    table = pa.Table.from_pandas(frame[read], preserve_index=False)
     types = {}
     for field in table.schema:
         types[field.name] = unify_types(field.name, {name: field.type}, name, "")
     check_types(types, columns)
-    table = _cast_columns(table, pa.schema([(n, types[n]) for n in columns.needed]))
+    table = _cast_columns(table, pa.schema([(n, types[n]) for n in read]))
     return _canonical(table, columns, name), SourceListing(path=name, is_csv=False, listed=False)
 
 
@@ -87,7 +93,15 @@ def _canonical(table: pa.Table, columns: SourceColumns, path: str) -> pd.DataFra
         )
     if columns.order_id:
         frame["order_id"] = _order_ids(table[columns.order_id])
+    if columns.every_column:
+        frame["duplicate_row"] = duplicate_lines(table)
     return pd.DataFrame(frame, copy=False)
+
+
+def duplicate_lines(table: pa.Table) -> np.ndarray:
+    """True for each line whose every column equals an earlier line's (missing equals
+    missing), as read: CSV text as written, typed columns by value."""
+    return table.to_pandas().duplicated(keep="first").to_numpy()
 
 
 def _customer_rows(table: pa.Table, columns: SourceColumns) -> pd.DataFrame:
@@ -104,6 +118,9 @@ def _customer_rows(table: pa.Table, columns: SourceColumns) -> pd.DataFrame:
 
 def _read_table(listing: SourceListing, columns: SourceColumns) -> pa.Table:
     """The needed columns of every listed file, each cast to the listing's one type."""
+    if listing.table is not None:  # an Excel sheet, read by the listing
+        return listing.table
+    read = list(listing.read_columns) or columns.needed
     try:
         if listing.is_csv:
             return pacsv.read_csv(
@@ -112,10 +129,10 @@ def _read_table(listing: SourceListing, columns: SourceColumns) -> pa.Table:
                 # multiLine reader takes them.
                 parse_options=pacsv.ParseOptions(newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(
-                    include_columns=columns.needed,
+                    include_columns=read,
                     # Every column stays text and is parsed by the rules both engines share:
                     # ids keep leading zeros, dates and numbers follow one grammar.
-                    column_types={name: pa.string() for name in columns.needed},
+                    column_types={name: pa.string() for name in read},
                     # Only an empty field is missing, as in Spark's CSV reader; "NA" or
                     # "n/a" in an amount column are reported, not guessed.
                     null_values=[""],
@@ -128,7 +145,7 @@ def _read_table(listing: SourceListing, columns: SourceColumns) -> pa.Table:
                 pa.schema([(name, pa.string()) for name in listing.partition_columns]),
                 flavor="hive",
             )
-        target = pa.schema([(name, listing.types[name]) for name in columns.needed])
+        target = pa.schema([(name, listing.types[name]) for name in read])
         parts = []
         for group in listing.groups:
             dataset = pads.dataset(
@@ -137,7 +154,7 @@ def _read_table(listing: SourceListing, columns: SourceColumns) -> pa.Table:
                 partitioning=partitioning,
                 partition_base_dir=listing.root if partitioning else None,
             )
-            part = dataset.to_table(columns=columns.needed)
+            part = dataset.to_table(columns=read)
             parts.append(_cast_columns(part, target))
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     except (OSError, pa.ArrowException) as error:

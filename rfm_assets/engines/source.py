@@ -10,6 +10,7 @@ and Spark engines read the same table. The rules are in docs/contract.md.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import stat
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rfm_assets.engines.excel import is_excel, read_sheet
 from rfm_assets.errors import RFMInputError
 
 if TYPE_CHECKING:
@@ -55,6 +57,12 @@ class SourceListing:
     # (valid dates, {rows, first_day, last_day, large}): date statistics a reader took along
     # while it validated the source, so that the cleaning step need not pass over it again.
     date_statistics: Optional[tuple] = None
+    # the columns the readers read, in order: the mapped ones, or every column of the source
+    # (SourceColumns.every_column); empty where not listed
+    read_columns: tuple[str, ...] = ()
+    # An Excel source: the sheet read and its needed columns, read once (engines/excel.py).
+    sheet: Optional[str] = None
+    table: Optional[pa.Table] = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def files_read(self) -> int:
@@ -138,10 +146,13 @@ def check_columns(path: str, columns: SourceColumns, available: list[str]) -> No
         )
 
 
-def list_source(path: str, columns: SourceColumns) -> SourceListing:
-    """Files, directory columns and unified column types of `path` (see the module doc)."""
+def list_source(path: str, columns: SourceColumns, sheet: Optional[str] = None) -> SourceListing:
+    """Files, directory columns and unified column types of `path` (see the module doc);
+    `sheet` names the sheet of an Excel workbook (default: its first)."""
     check_input_path(path)
     is_csv = path.lower().endswith(".csv")
+    if is_excel(path):
+        return _excel_listing(path, columns, sheet)
     if not is_local(path):
         return SourceListing(path=path, is_csv=is_csv, listed=False)
     source = local_path(path)
@@ -149,7 +160,8 @@ def list_source(path: str, columns: SourceColumns) -> SourceListing:
         header = csv_header(path)
         check_columns(path, columns, header)
         file = str(source)
-        text = {name: pa.string() for name in columns.needed}
+        read = header if columns.every_column else columns.needed
+        text = {name: pa.string() for name in read}
         return SourceListing(
             path=path,
             is_csv=True,
@@ -158,6 +170,7 @@ def list_source(path: str, columns: SourceColumns) -> SourceListing:
             types=dict.fromkeys(header, pa.string()) | text,
             groups=((file,),),
             file_types={file: text},
+            read_columns=tuple(read),
         )
     if source.is_dir():
         files, skipped, partitions = _data_files(source, path)
@@ -169,26 +182,32 @@ def list_source(path: str, columns: SourceColumns) -> SourceListing:
     available = list(dict.fromkeys(n for s in schemas.values() for n in s.names))
     available += [c for c in partition_columns if c not in available]
     check_columns(path, columns, available)
+    read = available if columns.every_column else columns.needed
     file_types: dict[str, dict[str, pa.DataType]] = {}
     for file, schema in schemas.items():
         own = {}
-        for name in columns.needed:
+        for name in read:
             if name in partition_columns:
                 own[name] = pa.string()
             elif name in schema.names:
                 own[name] = schema.field(name).type
             else:
+                every = (
+                    "every column, to compare whole lines (drop_duplicate_rows)"
+                    if name not in columns.needed
+                    else "every mapped column"
+                )
                 raise RFMInputError(
                     f"input_path: {_relative(file, root)} in {path} has no column {name!r}; "
-                    "every file needs every mapped column"
+                    f"every file needs {every}"
                 )
         file_types[file] = own
     types = {name: unify_types(name, {f: t[name] for f, t in file_types.items()}, path, root)
-             for name in columns.needed}  # fmt: skip
+             for name in read}  # fmt: skip
     check_types(types, columns)
     groups: dict[tuple, list[str]] = {}
     for file in files:
-        signature = tuple(str(file_types[file][name]) for name in columns.needed)
+        signature = tuple(str(file_types[file][name]) for name in read)
         groups.setdefault(signature, []).append(file)
     return SourceListing(
         path=path,
@@ -200,6 +219,34 @@ def list_source(path: str, columns: SourceColumns) -> SourceListing:
         types=types,
         groups=tuple(tuple(g) for g in groups.values()),
         file_types=file_types,
+        read_columns=tuple(read),
+    )
+
+
+def _excel_listing(path: str, columns: SourceColumns, sheet: Optional[str]) -> SourceListing:
+    """An Excel workbook's sheet, read once here: its cells' types are only known by reading
+    them, and both engines read the table from the listing."""
+    if not is_local(path):
+        raise RFMInputError(
+            f"input_path: {path}: Excel workbooks are read from a local path; copy it here "
+            "or export the sheet to Parquet"
+        )
+    file = str(local_path(path))
+    sheet, header, table = read_sheet(file, sheet, None if columns.every_column else columns.needed)
+    check_columns(f"sheet {sheet!r} of {path}", columns, header)
+    types = {name: table.schema.field(name).type for name in table.column_names}
+    check_types(types, columns)
+    return SourceListing(
+        path=path,
+        is_csv=False,
+        root=str(local_path(path).parent),
+        files=(file,),
+        types=types,
+        groups=((file,),),
+        file_types={file: types},
+        sheet=sheet,
+        table=table,
+        read_columns=tuple(table.column_names),
     )
 
 

@@ -143,8 +143,10 @@ def read_transactions(
     path: str,
     columns: SourceColumns,
     valid_dates: Optional[tuple[dt.date, dt.date]] = None,
+    sheet: Optional[str] = None,
 ) -> tuple[DataFrame, SourceListing]:
-    """Read `path` (.parquet, .csv or a directory of Parquet) into the canonical frame.
+    """Read `path` (.parquet, .csv, a directory of Parquet or a sheet of an Excel workbook)
+    into the canonical frame.
 
     Local sources are read file by file as `list_source` found them, with the types it chose,
     so Spark reads the same table as pandas. Validation runs as one aggregation over the
@@ -152,7 +154,7 @@ def read_transactions(
     With `valid_dates`, that aggregation also takes the date statistics prepare_transactions
     starts from (see _SOURCE_STATISTICS).
     """
-    listing = list_source(path, columns)
+    listing = list_source(path, columns, sheet)
     scale_shuffle_partitions(spark, listing)
     source = _read_source(spark, listing, columns)
     frame, statistics = _canonical(spark, source, columns, listing, valid_dates)
@@ -170,7 +172,8 @@ def read_frame(
     check_columns(name, columns, frame.columns)
     listing = SourceListing(path=name, is_csv=False, listed=False)
     scale_shuffle_partitions(frame.sparkSession, listing)
-    source = frame.select(*[col(n).alias(n) for n in columns.needed])
+    read = frame.columns if columns.every_column else columns.needed
+    source = frame.select(*[col(n).alias(n) for n in read])
     canonical, statistics = _canonical(frame.sparkSession, source, columns, listing, valid_dates)
     return canonical, dataclasses.replace(listing, date_statistics=statistics)
 
@@ -241,10 +244,20 @@ def _canonical(
                 bad = bad & F.col("raw").isNotNull()
             _raise_for_bad_dates(parsed.filter(bad), name)
     _raise_for_numbers(stats, source)
+    if columns.every_column:
+        canonical["duplicate_row"] = duplicate_lines(source)
     frame = source.select(*[column.alias(name) for name, column in canonical.items()])
     if not along:
         return frame, None
     return frame, (tuple(valid_dates), {k: stats[k] for k in _DATE_STATISTICS})
+
+
+def duplicate_lines(source: DataFrame) -> Column:
+    """True for each line whose every column equals an earlier line's (missing equals
+    missing; see pandas_read.duplicate_lines). Which of equal lines is the first does not
+    matter: they are equal in every column."""
+    every = Window.partitionBy(*[col(name) for name in source.columns]).orderBy(F.lit(0))
+    return F.row_number().over(every) > 1
 
 
 def _typed_date(
@@ -274,20 +287,32 @@ def _blank_as_null(text: Column) -> Column:
 
 
 def _read_source(spark: SparkSession, listing: SourceListing, columns: SourceColumns) -> DataFrame:
-    """The needed columns, from the listed files with the listed types where there is a listing."""
+    """The columns to read (the mapped ones, or every column: SourceColumns.every_column),
+    from the listed files with the listed types where there is a listing."""
+
+    def read_of(raw: DataFrame) -> list[str]:
+        if listing.listed:
+            return list(listing.read_columns)
+        check_columns(listing.path, columns, raw.columns)
+        return list(raw.columns) if columns.every_column else columns.needed
+
     try:
+        if listing.table is not None:
+            # An Excel sheet, read on the driver by the listing (Spark has no reader of its
+            # own); it crosses to Spark through Arrow, in the listing's types.
+            raw = spark.createDataFrame(listing.table)
+            return raw.select(
+                *[col(n).cast(_spark_type_of(listing.types[n])).alias(n) for n in read_of(raw)]
+            )
         if listing.is_csv:
             # RFC 4180 as pyarrow reads it: doubled quotes inside quotes, line breaks inside
             # quoted fields. Every column stays text: ids keep leading zeros, dates are ours.
             reader = spark.read.options(header=True, mode="PERMISSIVE", multiLine=True, escape='"')
             raw = reader.csv(listing.files[0] if listing.listed else listing.path)
-            if not listing.listed:
-                check_columns(listing.path, columns, raw.columns)
-            return raw.select(*[col(name).alias(name) for name in columns.needed])
+            return raw.select(*[col(name).alias(name) for name in read_of(raw)])
         if not listing.listed:
             raw = spark.read.parquet(listing.path)
-            check_columns(listing.path, columns, raw.columns)
-            return raw.select(*[col(name).alias(name) for name in columns.needed])
+            return raw.select(*[col(name).alias(name) for name in read_of(raw)])
         parts = [_read_group(spark, listing, group, columns) for group in listing.groups]
         return functools.reduce(DataFrame.unionByName, parts)
     except RFMInputError:
@@ -317,7 +342,7 @@ def _read_group(
         spark.conf.set(_INFER_PARTITION_TYPES, inferring)
     own = listing.file_types[group[0]]
     selected = []
-    for name in columns.needed:
+    for name in listing.read_columns:
         wanted = listing.types[name]
         column = col(name)
         if own[name] != wanted:
@@ -617,6 +642,8 @@ def prepare_transactions(
             ("cancelled_order", cancelled),
             ("non_positive_amount", amount <= F.lit(LARGEST_ZERO_AMOUNT)),
         ]
+    if "duplicate_row" in frame.columns:  # drop_duplicate_rows: the reader marked them
+        rules.insert(0, ("duplicate_row", F.col("duplicate_row")))
     reason = first_reason(rules)
     is_return = (cancelled | (amount <= F.lit(LARGEST_ZERO_AMOUNT))) & reason.isNull()
     flagged = frame.select(
@@ -1721,7 +1748,8 @@ def slipping_customers(
     )
     now = current.filter(F.col("segment_id").isin(slipping)).withColumn("key", key)
     moved = now.join(before, on="key", how="inner")
-    return moved.select(*SLIPPING_COLUMNS).orderBy(F.col("monetary").desc(), "customer_id")
+    shown = [c for c in SLIPPING_COLUMNS if c in moved.columns]  # see pandas_compute
+    return moved.select(*shown).orderBy(F.col("monetary").desc(), "customer_id")
 
 
 def high_value_customers(segmented: DataFrame, top_percentage: float, by: str) -> DataFrame:

@@ -36,6 +36,9 @@ class SourceColumns:
     frequency: Optional[str] = None
     monetary: Optional[str] = None
     level: str = "transactions"
+    # Read every column of the source, not only the mapped ones: drop_duplicate_rows compares
+    # whole lines.
+    every_column: bool = False
 
     @property
     def mapping(self) -> dict[str, Optional[str]]:
@@ -90,3 +93,4 @@ class RunSpec:
     cluster_model_path: Optional[str]
     high_value_share: float
     high_value_by: str
+    sheet: Optional[str] = None
