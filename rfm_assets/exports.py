@@ -13,6 +13,8 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from rfm_assets.errors import RFMError
 
@@ -95,55 +97,108 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     return safe
 
 
+# --- one set of column types and one CSV text, whichever engine wrote ------------------------
+# The Spark engine's types are the published ones (Spark writes what it holds): text, not
+# categories; 64-bit integers; timestamps in microseconds. The pandas engine's tables are
+# written in them, so a table reads back the same whichever engine wrote it.
+
+
+def published_types(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` in the published column types: categories as text, nullable integers without
+    a missing value as int64, timestamps in microseconds (pandas keeps days as ms)."""
+    changed = {}
+    for name, column in frame.items():
+        dtype = column.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            changed[name] = column.astype("str")
+        elif isinstance(dtype, pd.Int64Dtype) and not column.isna().any():
+            changed[name] = column.astype("int64")
+        elif isinstance(dtype, (np.dtype, pd.DatetimeTZDtype)) and dtype.kind == "M":
+            changed[name] = column.dt.as_unit("us")
+    return frame.assign(**changed) if changed else frame
+
+
+def published_arrow(frame: pd.DataFrame) -> pa.Table:
+    """The frame as the Arrow table both engines write (text as `string`, as Spark's)."""
+    table = pa.Table.from_pandas(published_types(frame), preserve_index=False)
+    fields = [
+        field.with_type(pa.string()) if pa.types.is_large_string(field.type) else field
+        for field in table.schema
+    ]
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
+def write_parquet(frame: pd.DataFrame, target) -> None:
+    """A pandas table as Parquet in the published types (`target`: a path or a handle)."""
+    pq.write_table(published_arrow(frame), target)
+
+
+# Zone-less timestamps (the purchase dates) as CSV text; a zoned one (segmented_at) is written
+# as Python's isoformat writes it ("2024-01-01 06:00:00+00:00").
+NAIVE_TEXT = "%Y-%m-%d %H:%M:%S"
+
+
+def csv_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` as `write_csv` hands it to pandas' writer: the published types, text made
+    spreadsheet-safe and lists as JSON (`neutralise_formulas`), booleans as true / false,
+    zoned timestamps as text. Numbers keep pandas' text: Python's shortest exact form."""
+    safe = neutralise_formulas(published_types(frame))
+    changed = {}
+    for name, column in safe.items():
+        if pd.api.types.is_bool_dtype(column.dtype):
+            changed[name] = column.map({True: "true", False: "false"})
+        elif isinstance(column.dtype, pd.DatetimeTZDtype):
+            changed[name] = column.map(
+                lambda v: None if pd.isna(v) else v.isoformat(sep=" ", timespec="seconds")
+            )
+    return safe.assign(**changed) if changed else safe
+
+
+def write_csv(frame: pd.DataFrame, target, header: bool = True) -> None:
+    """The CSV text of both engines: every field quoted, a missing value empty."""
+    csv_ready(frame).to_csv(target, index=False, header=header, quoting=csv.QUOTE_ALL,
+                            date_format=NAIVE_TEXT)  # fmt: skip
+
+
 def write_table(frame: pd.DataFrame, path: Path, file_format: str) -> None:
-    """Parquet keeps the raw values; CSV is made spreadsheet-safe."""
+    """Parquet keeps the raw values, in the published types; CSV is `write_csv`'s text."""
     if file_format == "parquet":
-        write_atomically(path, lambda p: frame.to_parquet(p, index=False))
+        write_atomically(path, lambda p: write_parquet(frame, p))
     else:
-        safe = neutralise_formulas(frame)
-        write_atomically(path, lambda p: safe.to_csv(p, index=False, quoting=csv.QUOTE_NONNUMERIC))
+        write_atomically(path, lambda p: write_csv(frame, p))
 
 
 def write_spark_table(frame, path: Path, file_format: str) -> None:
-    """Write a Spark DataFrame by Spark, without collecting it to the driver.
-
-    Parquet becomes a directory of part files (any Parquet reader opens it). CSV becomes one
-    file, made spreadsheet-safe as `write_table` does. Either is written beside the target
-    and then moved into place.
-    """
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
+    """Write a Spark DataFrame: Spark writes Parquet, a directory of part files (any Parquet
+    reader opens it), without collecting the table to the driver. CSV is one file of
+    `write_csv`'s text, the pandas engine's: Spark writes Parquet beside the target, then the
+    driver turns it into CSV one record batch at a time, in the table's row order (Java
+    writes doubles unlike Python, 1.0E7 for 10000000.0). Either is moved into place once
+    written."""
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
+        frame.write.parquet(str(staging))
         if file_format == "parquet":
-            frame.write.parquet(str(staging))
             replace_path(staging, path)
             return
-        triggers = "^[" + "".join("\\" + t if t in "-+" else t for t in FORMULA_TRIGGERS) + "]"
-        safe = []
-        for field in frame.schema.fields:
-            column = F.col(f"`{field.name}`")
-            if isinstance(field.dataType, T.ArrayType):
-                column = F.to_json(column)
-            elif isinstance(field.dataType, T.StringType):
-                column = F.when(column.rlike(triggers), F.concat(F.lit("'"), column)).otherwise(
-                    column
-                )
-            safe.append(column.alias(field.name))
-        frame.select(*safe).coalesce(1).write.options(
-            header=True,
-            quoteAll=True,
-            escape='"',
-            timestampNTZFormat="yyyy-MM-dd HH:mm:ss",
-            timestampFormat="yyyy-MM-dd HH:mm:ssXXX",
-        ).csv(str(staging))
-        (part,) = staging.glob("part-*.csv")
-        write_atomically(path, lambda p: os.replace(part, p))
+        write_atomically(path, lambda p: _parquet_parts_as_csv(staging, p))
     except OSError as error:
         raise RFMError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _parquet_parts_as_csv(folder: Path, target: Path) -> None:
+    """The part files of a Spark Parquet folder (named in the table's order) as one CSV."""
+    parts = sorted(folder.glob("part-*.parquet"))
+    with open(target, "w", newline="", encoding="utf-8") as out:
+        header = True
+        for part in parts:
+            for batch in pq.ParquetFile(part).iter_batches():
+                write_csv(batch.to_pandas(), out, header=header)
+                header = False
+        if header:  # no rows: the header alone
+            write_csv(pq.read_schema(parts[0]).empty_table().to_pandas(), out)
 
 
 def replace_path(staging: Path, path: Path) -> None:

@@ -49,6 +49,7 @@ from rfm_assets.engines.stored import (
     small_file_kind,
 )
 from rfm_assets.errors import memory_failures_named
+from rfm_assets.exports import write_parquet
 from rfm_assets.spark_resource import SparkResource
 
 # Output metadata key under which an asset hands the IO manager its table's run context.
@@ -432,12 +433,13 @@ class RFMStore(dg.UPathIOManager):
 
     @staticmethod
     def _write_pandas(frame: pd.DataFrame, target: UPath) -> None:
+        # In the published types, so a stored table loads the same whichever engine wrote it.
         if not is_local(target):
             with target.open("wb") as handle:
-                frame.to_parquet(handle, index=False)
+                write_parquet(frame, handle)
             return
         with open(target.path, "wb") as handle:
-            frame.to_parquet(handle, index=False)
+            write_parquet(frame, handle)
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 import dagster as dg
-import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from rfm_assets import defs
@@ -22,7 +22,7 @@ from rfm_assets_tests.conftest import rfm_resources, stored_snapshot
 CHILD = textwrap.dedent(
     """
     import sys, time
-    import dagster as dg, pandas as pd
+    import dagster as dg, pandas as pd, pyarrow.parquet as pq
     from rfm_assets.io_manager import RFMParquetIOManager
 
     base, version, hang = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "hang"
@@ -32,12 +32,12 @@ CHILD = textwrap.dedent(
         return pd.DataFrame({"customer_id": range(100_000), "version": version})
 
     if hang:
-        def half_write(self, handle, **kwargs):
+        def half_write(table, handle, **kwargs):
             handle.write(b"PAR1" + b"half a file" * 1000)
             handle.flush()
             print("WRITING", flush=True)
             time.sleep(120)
-        pd.DataFrame.to_parquet = half_write
+        pq.write_table = half_write  # what the store writes Parquet with
 
     store = RFMParquetIOManager(base_dir=base)
     dg.materialize([customer_segments], resources={"io_manager": store})
@@ -115,7 +115,7 @@ def test_a_full_disk_keeps_the_previous_value_and_says_so(tmp_path, monkeypatch,
     assert materialize_graph(base).success
     before = stored_snapshot(base)
 
-    def disk_full(self, target, **kwargs):
+    def disk_full(table, target, **kwargs):
         if hasattr(target, "write"):
             target.write(b"PAR1partial")
         else:
@@ -123,7 +123,7 @@ def test_a_full_disk_keeps_the_previous_value_and_says_so(tmp_path, monkeypatch,
                 handle.write(b"PAR1partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    monkeypatch.setattr(pq, "write_table", disk_full)  # what every table is written with
     result = materialize_graph(base, analysis_period_days=90)
     assert not result.success
     assert stored_snapshot(base) == before

@@ -118,3 +118,35 @@ def test_campaign_lists_keep_formula_text_inert(tmp_path):
     assert list(lists) == ["vip", "other"] and lists["other"].empty
     write_table(lists["vip"], tmp_path / "vip.csv", "csv")
     assert (tmp_path / "vip.csv").read_text().splitlines()[1:] == ['"\'=HYPERLINK(1)"', '"\'+2"']
+
+
+def test_a_pandas_table_is_written_in_the_types_spark_writes(tmp_path):
+    """Categories as text, whole nullable integers as int64, day timestamps in microseconds,
+    text as Arrow string: what a Spark-written table holds, read back as the same dtypes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rfm_assets.exports import write_parquet
+
+    frame = pd.DataFrame(
+        {
+            "customer_id": pd.array([3, 1], dtype="Int64"),
+            "order_id": pd.array([7, None], dtype="Int64"),  # a missing value stays nullable
+            "segment": pd.Categorical(["Lost", "Champions"]),
+            "rfm_cell": pd.array(["111", "555"], dtype="str"),
+            "first_purchase_date": pd.to_datetime(["2024-01-02", "2024-02-03"]).as_unit("ms"),
+            "segmented_at": pd.Timestamp("2024-03-04 05:06:07", tz="UTC").as_unit("ns"),
+        }
+    )
+    write_parquet(frame, tmp_path / "t.parquet")
+    schema = pq.read_schema(tmp_path / "t.parquet")
+    assert [schema.field(n).type for n in schema.names] == [
+        pa.int64(), pa.int64(), pa.string(), pa.string(), pa.timestamp("us"),
+        pa.timestamp("us", tz="UTC"),
+    ]  # fmt: skip
+    back = pd.read_parquet(tmp_path / "t.parquet")
+    assert str(back["customer_id"].dtype) == "int64" and str(back["order_id"].dtype) == "Int64"
+    assert back["segment"].tolist() == ["Lost", "Champions"]
+    assert not isinstance(back["segment"].dtype, pd.CategoricalDtype)
+    assert str(back["first_purchase_date"].dtype) == "datetime64[us]"
+    assert (back["first_purchase_date"] == frame["first_purchase_date"]).all()

@@ -5,6 +5,7 @@ Floats are compared exactly: both engines do the same IEEE double operations in 
 order (monetary is an exact micro-unit sum divided once), so no tolerance is needed.
 """
 
+import csv
 import datetime as dt
 import gc
 import json
@@ -616,6 +617,45 @@ def test_cli_spark_output_equals_pandas_output(spark, tmp_path):
                  "--output", str(tmp_path / "csv")]) == 0  # fmt: skip
     csv_segments = pd.read_csv(tmp_path / "csv" / "customer_segments.csv")
     assert len(csv_segments) == len(pandas_segments)
+
+
+def test_both_engines_write_one_schema_and_one_csv_text(tmp_path):
+    """The same Arrow types, the same pandas dtypes on reading, and the same CSV text from
+    either engine (segmented_at, the time of the run, aside). One customer spends 20 million
+    and one 0.0005, which Java writes as 2.0E7 and 5.0E-4."""
+    frame = generate_transactions(3_000, customers=900, seed=5)
+    last = int(frame["customer_id"].max())
+    extremes = frame.iloc[:2].assign(customer_id=[last + 1, last + 2], amount=[2e7, 0.0005])
+    path = tmp_path / "tx.parquet"
+    pd.concat([frame, extremes], ignore_index=True).to_parquet(path)
+    tables = ("customer_segments", "segment_analytics", "high_value_customers")
+    for engine in ("pandas", "spark"):
+        for kind in ("parquet", "csv"):
+            flags = ["--input", str(path), "--order-id", "order_id", "--high-value", "0.001"]
+            assert main(["analyze", "--engine", engine, "--format", kind, *flags,
+                         "--output", str(tmp_path / f"{engine}-{kind}")]) == 0  # fmt: skip
+    for table in tables:
+        import pyarrow.dataset as ds
+
+        schemas = [ds.dataset(tmp_path / f"{e}-parquet" / f"{table}.parquet").schema
+                   for e in ("pandas", "spark")]  # fmt: skip
+        assert [f.type for f in schemas[0]] == [f.type for f in schemas[1]], table
+        assert schemas[0].names == schemas[1].names
+        frames = [pd.read_parquet(tmp_path / f"{e}-parquet" / f"{table}.parquet")
+                  for e in ("pandas", "spark")]  # fmt: skip
+        assert dict(frames[0].dtypes) == dict(frames[1].dtypes), table
+        texts = []
+        for engine in ("pandas", "spark"):
+            with open(tmp_path / f"{engine}-csv" / f"{table}.csv", newline="") as handle:
+                rows = list(csv.reader(handle))
+            if "segmented_at" in rows[0]:
+                at = rows[0].index("segmented_at")
+                rows = [row[:at] + row[at + 1 :] for row in rows]
+            texts.append(rows)
+        assert texts[0] == texts[1], table
+        assert len(texts[0]) > 1
+    lines = (tmp_path / "spark-csv" / "customer_segments.csv").read_text()
+    assert '"20000000.0"' in lines and '"0.0005"' in lines and "E-" not in lines
 
 
 def test_zoned_dates_do_not_depend_on_the_session_time_zone(spark, tmp_path):
