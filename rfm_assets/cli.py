@@ -101,6 +101,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "input_path": args.input,
         "sheet": args.sheet,
         "drop_duplicate_rows": args.drop_duplicate_rows or None,
+        "output_table": getattr(args, "output_table", None),
         "input_level": args.input_level,
         "reference_date": args.reference_date,
         "analysis_period_days": args.analysis_period_days,
@@ -877,6 +878,12 @@ def add_analysis_arguments(analyze: argparse.ArgumentParser, output_required: bo
         "frequency, monetary); default: transactions",
     )
     analyze.add_argument("--output", required=output_required, help="directory for the result")
+    analyze.add_argument(
+        "--output-table",
+        metavar="PATH",
+        help="also write customer_segments to this Delta table (a folder or URI), replaced "
+        'atomically; needs pip install "rfm_assets[delta]"',
+    )
     analyze.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     analyze.add_argument(
         "--config", help=f"run-config YAML or preset ({', '.join(preset_names())})"

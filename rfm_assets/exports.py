@@ -7,6 +7,7 @@ import math
 import numbers
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -14,6 +15,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from rfm_assets.errors import RFMError
@@ -199,6 +201,63 @@ def _parquet_parts_as_csv(folder: Path, target: Path) -> None:
                 header = False
         if header:  # no rows: the header alone
             write_csv(pq.read_schema(parts[0]).empty_table().to_pandas(), out)
+
+
+# --- the gold table: customer_segments as a Delta table users query ------------------------
+
+DELTA_HINT = 'output_table: needs the deltalake package; pip install "rfm_assets[delta]"'
+
+
+def require_delta() -> None:
+    """Refuse in one line when deltalake (the `delta` extra) is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("deltalake") is None:
+        raise RFMError(DELTA_HINT)
+
+
+def write_delta_table(frame, uri: str, week: Optional[str] = None) -> int:
+    """`frame` (pandas or Spark) as the Delta table at `uri`, in the published types and
+    column names; returns the table's new version. The whole table is replaced in one
+    commit, so a reader sees the old table or the new one, never a mix; with `week` (a
+    weekly partition), only that week's rows are replaced, told apart by a `week` column.
+
+    A Spark frame is written by Spark as Parquet beside the table, then streamed into it by
+    record batches on the driver (delta-rs, the same writer as pandas')."""
+    from deltalake import DeltaTable, write_deltalake
+    from deltalake.exceptions import DeltaError
+
+    from rfm_assets.engines.stored import is_spark_dataframe
+
+    def write(data) -> int:
+        exists = DeltaTable.is_deltatable(uri)
+        try:
+            if week is not None and exists:
+                write_deltalake(uri, data, mode="overwrite", predicate=f"week = '{week}'")
+            else:
+                write_deltalake(uri, data, mode="overwrite", schema_mode="overwrite")
+            return DeltaTable(uri).version()
+        except (DeltaError, OSError, ValueError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise RFMError(f"output_table: cannot write {uri}: {first}") from None
+
+    if not is_spark_dataframe(frame):
+        table = published_arrow(frame)
+        if week is not None:
+            table = table.append_column("week", pa.array([week] * table.num_rows, pa.string()))
+        return write(table.replace_schema_metadata(None))
+    from pyspark.sql import functions as F
+
+    if week is not None:
+        frame = frame.withColumn("week", F.lit(week))
+    staging = Path(tempfile.mkdtemp(prefix="rfm-delta-"))
+    try:
+        frame.write.mode("overwrite").parquet(str(staging / "table"))
+        parts = sorted((staging / "table").glob("part-*.parquet"))
+        rows = pads.dataset([str(p) for p in parts], format="parquet").scanner()
+        return write(rows.to_reader())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def replace_path(staging: Path, path: Path) -> None:

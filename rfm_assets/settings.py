@@ -33,7 +33,7 @@ from rfm_assets.engines.spec import (
     RunSpec,
     SourceColumns,
 )
-from rfm_assets.errors import RFMConfigError
+from rfm_assets.errors import RFMConfigError, RFMError
 from rfm_assets.packaged import BUNDLED_COLUMNS, BUNDLED_DATASET
 from rfm_assets.segments import RuleSet, load_rule_set
 
@@ -193,6 +193,12 @@ class RFMSettings(dg.ConfigurableResource):
         description="Transactions: a .parquet file, a .csv file, a directory of Parquet "
         "files or an Excel workbook (.xlsx, .xlsm, .xls). Unset: the bundled UCI Online "
         "Retail data.",
+    )
+    output_table: Optional[str] = Field(
+        default=None,
+        description="A Delta table (a folder path or URI) that customer_segments is also "
+        "written to, with its published columns, replaced atomically by each run; a weekly "
+        "run replaces its own week's rows (column week). Needs the delta extra.",
     )
     include_recommendations: bool = Field(
         default=True,
@@ -440,6 +446,17 @@ class RFMSettings(dg.ConfigurableResource):
                 "drop_duplicate_rows: applies to transaction lines (input_level: "
                 "transactions); customer-level input refuses a repeated customer id"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _gold_table_is_possible(self):
+        if self.output_table is not None:
+            from rfm_assets.exports import require_delta
+
+            try:
+                require_delta()  # refused with the settings, before anything runs
+            except RFMError as error:
+                raise ValueError(str(error)) from None
         return self
 
     @model_validator(mode="after")

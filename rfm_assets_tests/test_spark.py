@@ -658,6 +658,25 @@ def test_both_engines_write_one_schema_and_one_csv_text(tmp_path):
     assert '"20000000.0"' in lines and '"0.0005"' in lines and "E-" not in lines
 
 
+def test_both_engines_write_the_same_gold_table(tmp_path):
+    """The Delta table of a Spark run holds what a pandas run's holds, column for column and
+    type for type (segmented_at, the run's time, aside)."""
+    from deltalake import DeltaTable
+
+    tables = {}
+    for engine in ("pandas", "spark"):
+        table = str(tmp_path / f"gold-{engine}")
+        assert main(["analyze", "--engine", engine, "--output", str(tmp_path / engine),
+                     "--output-table", table]) == 0  # fmt: skip
+        gold = DeltaTable(table)
+        assert gold.version() == 0
+        tables[engine] = gold.to_pandas().drop(columns="segmented_at")
+    pd.testing.assert_frame_equal(
+        tables["spark"].sort_values("customer_id", ignore_index=True),
+        tables["pandas"].sort_values("customer_id", ignore_index=True),
+    )
+
+
 def test_zoned_dates_do_not_depend_on_the_session_time_zone(spark, tmp_path):
     (case,) = [c for c in CASES if c["name"].startswith("time-zone-aware Parquet timestamps")]
     settings = RFMSettings(input_path=str(write_input(case, tmp_path)), engine="spark")

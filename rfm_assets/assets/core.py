@@ -428,6 +428,14 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
         "segment_counts": dg.MetadataValue.json(counts),
         **clustering,
     }
+    if settings.output_table:  # the gold table, once the blocking checks above have passed
+        from rfm_assets.exports import write_delta_table
+
+        week = context.partition_key if graph.partitions else None
+        version = write_delta_table(segmented, settings.output_table, week)
+        metadata["output_table"] = dg.MetadataValue.json(
+            {"uri": settings.output_table, "delta_version": version, "week": week}
+        )
     yield output(engine, segmented, table_context, metadata, rows=rows)
 
 
