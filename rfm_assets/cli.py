@@ -554,6 +554,8 @@ def command_analyze(args: argparse.Namespace) -> int:
         shows.append(MODEL_FILE)
     if args.split_by_segment:
         shows.append("campaigns")
+    if getattr(args, "strategies", False):
+        shows.append(STRATEGIES_FILE)
     spark = spark_resource_for(args, settings)
     previous, movement_note = previous_result(Path(args.output))
     with ResultDirectory(Path(args.output), shows) as result:
@@ -578,6 +580,8 @@ def command_analyze(args: argparse.Namespace) -> int:
                 write_result_table(outcome.tables[name], target, args.format)
             if args.split_by_segment:
                 write_campaigns(result.files, args, settings)
+            if getattr(args, "strategies", False):
+                write_strategies(result.files, outcome, settings)
             if previous is not None:
                 movement_note = movement_line(outcome.metadata)
             if outcome.cluster_model is not None:
@@ -621,10 +625,27 @@ def command_analyze(args: argparse.Namespace) -> int:
     written = [f"{n}.{args.format}" for n in tables]
     if outcome.cluster_model is not None:
         written.append(MODEL_FILE)
+    if getattr(args, "strategies", False):
+        written.append(STRATEGIES_FILE)
     if args.split_by_segment:
         print(f"campaign lists: {len(lists)} files in {output / 'campaigns'}")
     print(f"wrote {', '.join(written)}, run_summary.json to {output}")
     return 0
+
+
+STRATEGIES_FILE = "segment_strategies.json"
+
+
+def write_strategies(directory: Path, outcome, settings) -> None:
+    """segment_strategies.json: the catalog's strategy of each segment of this run."""
+    from rfm_assets.assets.graph import small_to_pandas
+    from rfm_assets.lists import segment_strategies
+
+    analytics = small_to_pandas(outcome.tables["segment_analytics"])  # a dozen rows
+    strategies = segment_strategies(analytics, settings.rule_set().segments)
+    (directory / STRATEGIES_FILE).write_text(
+        json.dumps(strategies, indent=2) + "\n", encoding="utf-8"
+    )
 
 
 def handed_previous(previous: Optional[pd.DataFrame], settings, work: Path):
@@ -910,6 +931,12 @@ def add_analysis_arguments(analyze: argparse.ArgumentParser, output_required: bo
     by_customer.add_argument("--frequency", metavar="COL", help="number of orders")
     by_customer.add_argument("--monetary", metavar="COL", help="total spend")
     campaigns = analyze.add_argument_group("campaign lists")
+    campaigns.add_argument(
+        "--strategies",
+        action="store_true",
+        help="also write segment_strategies.json: each segment's goal, channel, campaign and "
+        "budget share, from the segment catalog",
+    )
     campaigns.add_argument(
         "--split-by-segment",
         action="store_true",

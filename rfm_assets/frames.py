@@ -110,22 +110,16 @@ class RFMSegmentationEngine:
         return engine.compute.high_value_customers(profiles, top_percentage, by)
 
     def recommend_actions(self, profiles):
-        """Per segment of `profiles`, in priority order: customers, the recommendation and
-        the example actions of the segment's catalog entry."""
+        """Per segment of `profiles`, in priority order: customers, revenue, the catalog's
+        goal, channel, campaign, recommendation and example actions, and the budget share
+        (the rows of segment_strategies.json, `rfm_assets.lists.segment_strategies`)."""
+        from rfm_assets.lists import segment_strategies
+
         engine, _ = self._engine_for(profiles)
-        counts = engine.segment_counts(profiles)
-        rows = [
-            {
-                "segment": entry.name,
-                "segment_id": entry.segment_id,
-                "priority": entry.priority,
-                "customers": int(counts.get(entry.name, 0)),
-                "recommendation": entry.recommendation,
-                "example_actions": list(entry.example_actions),
-            }
-            for entry in sorted(self._rule_set(profiles).segments, key=lambda e: e.priority)
-            if counts.get(entry.name, 0)
-        ]
+        summary = self.get_segment_summary(profiles)
+        if is_spark_dataframe(summary):
+            summary = pd.DataFrame([row.asDict() for row in summary.collect()])
+        rows = segment_strategies(summary, self._rule_set(profiles).segments)
         table = pd.DataFrame(rows)
         return engine.from_driver(table) if is_spark_dataframe(profiles) else table
 

@@ -46,3 +46,35 @@ def identify_high_value_customers(
         np.int64
     )
     return chosen.sort_values(["high_value_rank", "customer_id"], ignore_index=True)
+
+
+def segment_strategies(analytics: pd.DataFrame, segments) -> list[dict]:
+    """The campaign strategy of each segment with customers, in priority order, from the
+    catalog (`segments`: the rule set's SegmentEntry list) and the run's segment_analytics:
+    goal, channel, campaign, recommendation, customers, revenue and the budget share.
+
+    budget_share = budget_weight x customers / the sum of that over the segments, so the
+    shares add up to 1 (all 0 when every weight is 0); a segment nobody is in gets none.
+    """
+    customers = dict(zip(analytics["segment"].astype(str), analytics["customers"].astype(int)))
+    revenue = dict(zip(analytics["segment"].astype(str), analytics["revenue"].astype(float)))
+    shown = [e for e in sorted(segments, key=lambda e: e.priority) if customers.get(e.name)]
+    weighted = {e.name: e.budget_weight * customers[e.name] for e in shown}
+    total = sum(weighted.values())
+    return [
+        {
+            "segment": entry.name,
+            "segment_id": entry.segment_id,
+            "priority": entry.priority,
+            "customers": customers[entry.name],
+            "revenue": revenue[entry.name],
+            "goal": entry.goal,
+            "channel": entry.channel,
+            "campaign": entry.campaign,
+            "recommendation": entry.recommendation,
+            "example_actions": list(entry.example_actions),
+            "budget_weight": entry.budget_weight,
+            "budget_share": weighted[entry.name] / total if total else 0.0,
+        }
+        for entry in shown
+    ]

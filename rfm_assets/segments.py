@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -44,6 +45,13 @@ class SegmentEntry:
     # engaged, slipping or lapsed: customers who move from an engaged segment into a
     # slipping one are listed week by week (slipping_customers).
     standing: str = "engaged"
+    # The campaign strategy (segment_strategies.json): what to aim for, through which
+    # channel, with which campaign, and the weight of a customer of the segment in the
+    # budget (budget share = weight x customers, over the segments' total).
+    goal: Optional[str] = None
+    channel: Optional[str] = None
+    campaign: Optional[str] = None
+    budget_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,18 @@ def _catalog_from(raw, source: str) -> dict[str, SegmentEntry]:
                 f"{source}: catalog entry '{name}': standing must be one of "
                 f"{', '.join(STANDINGS)}, got {standing!r}"
             )
+        weight = entry.get("budget_weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise RFMConfigError(
+                f"{source}: catalog entry '{name}': budget_weight must be a number >= 0, "
+                f"got {weight!r}"
+            )
+        strategy = {key: entry.get(key) for key in ("goal", "channel", "campaign")}
+        for key, value in strategy.items():
+            if value is not None and not isinstance(value, str):
+                raise RFMConfigError(
+                    f"{source}: catalog entry '{name}': {key} must be text, got {value!r}"
+                )
         catalog[name] = SegmentEntry(
             name=name,
             segment_id=slugify(name),
@@ -155,6 +175,8 @@ def _catalog_from(raw, source: str) -> dict[str, SegmentEntry]:
             recommendation=str(entry["recommendation"]),
             example_actions=tuple(str(action) for action in actions),
             standing=standing,
+            budget_weight=float(weight),
+            **strategy,
         )
     return catalog
 

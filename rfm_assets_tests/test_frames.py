@@ -71,6 +71,7 @@ def test_the_lists_and_actions_count_the_profiles(engine_and_profiles):
     assert dict(zip(actions["segment"], actions["customers"])) == counts.to_dict()
     assert list(actions["priority"]) == sorted(actions["priority"])
     assert all(actions["example_actions"].map(len) > 0)
+    assert actions["goal"].notna().all() and actions["budget_share"].sum() == pytest.approx(1)
     champions = actions.set_index("segment").loc["Champions"]
     assert (
         champions["recommendation"]

@@ -70,3 +70,38 @@ def test_cli_writes_the_list_only_when_asked(tmp_path, capsys):
     expected = plain_top(dict(zip(segments["customer_id"], segments["RFM_score"])), 0.1)
     assert dict(zip(written["customer_id"], written["high_value_rank"])) == expected
     assert 0.1 * len(segments) <= len(written) < 0.2 * len(segments)
+
+
+def test_analyze_writes_each_segments_strategy_and_budget_share(tmp_path):
+    """segment_strategies.json: the catalog's goal, channel and campaign per segment, and
+    budget shares recomputed here from the written segment_analytics and the weights."""
+    import json
+
+    from rfm_assets.cli import main as cli_main
+    from rfm_assets.segments import default_catalog
+
+    output = tmp_path / "out"
+    assert cli_main(["analyze", "--strategies", "--output", str(output)]) == 0
+    strategies = json.loads((output / "segment_strategies.json").read_text())
+    analytics = pd.read_parquet(output / "segment_analytics.parquet")
+    catalog = default_catalog()
+    sizes = dict(zip(analytics["segment"], analytics["customers"]))
+    weighted = {name: catalog[name].budget_weight * n for name, n in sizes.items() if n}
+    assert [s["segment"] for s in strategies] == sorted(
+        weighted, key=lambda name: catalog[name].priority
+    )
+    for strategy in strategies:
+        entry = catalog[strategy["segment"]]
+        assert (strategy["goal"], strategy["channel"], strategy["campaign"]) == (
+            entry.goal, entry.channel, entry.campaign,
+        )  # fmt: skip
+        assert strategy["goal"] and strategy["channel"] and strategy["campaign"]
+        assert strategy["customers"] == sizes[strategy["segment"]]
+        expected = weighted[strategy["segment"]] / sum(weighted.values())
+        assert strategy["budget_share"] == pytest.approx(expected, rel=1e-12)
+    assert sum(s["budget_share"] for s in strategies) == pytest.approx(1.0)
+    champions, lost = (next(s for s in strategies if s["segment"] == n)
+                       for n in ("Champions", "Lost"))  # fmt: skip
+    # per customer, a champion weighs 20 times a lost customer
+    per_customer = [s["budget_share"] / s["customers"] for s in (champions, lost)]
+    assert per_customer[0] / per_customer[1] == pytest.approx(20.0)

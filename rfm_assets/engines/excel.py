@@ -1,7 +1,7 @@
 """An Excel sheet as a typed Arrow table, read the same way for both engines.
 
 A sheet's cells carry their own types, as a Parquet file's columns do: each column takes one
-type from its cells (the rules are in docs/contract.md, "Excel workbooks"), and both engines
+type from its cells (docs/contract.md, "Sources: files, folders and types"), and both engines
 then read that table as they read Parquet, by the same grammar and the same counted
 exclusions. The workbook is read by python-calamine, which reads .xlsx, .xlsm and .xls.
 """
