@@ -41,6 +41,8 @@ class RFMSegmentationEngine:
 
     def __init__(self, spark_session=None, reference_date=None, quintiles: bool = True,
                  **settings: Any):  # fmt: skip
+        if isinstance(reference_date, dt.datetime):  # a datetime or a pandas Timestamp
+            reference_date = reference_date.date()
         if reference_date is not None:
             settings["reference_date"] = str(reference_date)
         settings.setdefault("scoring_method", "quintiles" if quintiles else "quartiles")

@@ -105,7 +105,7 @@ def test_segment_of_and_drift_between_two_results(engine_and_profiles, tmp_path)
 
 
 def test_arguments_are_the_settings_and_bad_ones_are_one_line(transactions):
-    quartiles = RFMSegmentationEngine(quintiles=False, reference_date=dt.date(2011, 12, 1),
+    quartiles = RFMSegmentationEngine(quintiles=False, reference_date=pd.Timestamp("2011-12-01"),
                                       columns=COLUMNS)  # fmt: skip
     profiles = quartiles.generate_customer_profiles(transactions)
     assert profiles["R_score"].max() == 4
