@@ -15,7 +15,6 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from rfm_assets.errors import RFMError
@@ -191,16 +190,20 @@ def write_spark_table(frame, path: Path, file_format: str) -> None:
 
 
 def _parquet_parts_as_csv(folder: Path, target: Path) -> None:
-    """The part files of a Spark Parquet folder (named in the table's order) as one CSV."""
-    parts = sorted(folder.glob("part-*.parquet"))
+    """A Spark Parquet folder as one CSV, its header first, then batch by batch."""
+    rows = _parts_in_order(folder)
     with open(target, "w", newline="", encoding="utf-8") as out:
-        header = True
-        for part in parts:
-            for batch in pq.ParquetFile(part).iter_batches():
-                write_csv(batch.to_pandas(), out, header=header)
-                header = False
-        if header:  # no rows: the header alone
-            write_csv(pq.read_schema(parts[0]).empty_table().to_pandas(), out)
+        write_csv(rows.schema.empty_table().to_pandas(), out)
+        for batch in rows:
+            write_csv(batch.to_pandas(), out, header=False)
+
+
+def _parts_in_order(folder: Path) -> pa.RecordBatchReader:
+    """The rows of a Parquet folder Spark wrote, read batch by batch in the table's order:
+    Spark writes partition i to part file i, so the files in name order are in row order."""
+    parts = sorted(folder.glob("part-*.parquet"))
+    batches = (batch for part in parts for batch in pq.ParquetFile(part).iter_batches())
+    return pa.RecordBatchReader.from_batches(pq.ParquetFile(parts[0]).schema_arrow, batches)
 
 
 # --- the gold table: customer_segments as a Delta table users query ------------------------
@@ -252,10 +255,8 @@ def write_delta_table(frame, uri: str, week: Optional[str] = None) -> int:
         frame = frame.withColumn("week", F.lit(week))
     staging = Path(tempfile.mkdtemp(prefix="rfm-delta-"))
     try:
-        frame.write.mode("overwrite").parquet(str(staging / "table"))
-        parts = sorted((staging / "table").glob("part-*.parquet"))
-        rows = pads.dataset([str(p) for p in parts], format="parquet").scanner()
-        return write(rows.to_reader())
+        frame.write.parquet(str(staging / "table"))
+        return write(_parts_in_order(staging / "table"))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

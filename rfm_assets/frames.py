@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from rfm_assets.engines.dispatch import engine_for
+from rfm_assets.engines.dispatch import PandasEngine, SparkEngine
 from rfm_assets.engines.stored import is_spark_dataframe
 from rfm_assets.errors import RFMConfigError
 from rfm_assets.settings import RFMSettings, build_settings
@@ -78,7 +78,7 @@ class RFMSegmentationEngine:
                 "segmentation_method: kmeans segments in generate_customer_profiles, which "
                 "fits the model; assign_customer_segments applies the rule set"
             )
-        segmented = engine.segments(df, self._rule_set(df), _now())
+        segmented = engine.segments(df, self.settings.rule_set(), _now())
         if not settings.include_recommendations:
             segmented = engine.without(segmented, "recommendation")
         return segmented
@@ -95,8 +95,11 @@ class RFMSegmentationEngine:
         if self.last_run is not None and profiles is self.last_run.tables.get("customer_segments"):
             return self.last_run.segment_analytics
         engine, settings = self._engine_for(profiles)
-        thresholds = self.thresholds or _thresholds_of(profiles, settings)
-        summary = engine.analytics(profiles, self._rule_set(profiles), thresholds)
+        # (profiles this engine did not score: their cut points, found from their scores)
+        thresholds = self.thresholds or engine.compute.thresholds_from_scores(
+            profiles, settings.scale
+        )
+        summary = engine.analytics(profiles, self.settings.rule_set(), thresholds)
         if not settings.include_recommendations:
             summary = engine.without(summary, "recommendation")
         return summary
@@ -115,13 +118,12 @@ class RFMSegmentationEngine:
         """Per segment of `profiles`, in priority order: customers, revenue, the catalog's
         goal, channel, campaign, recommendation and example actions, and the budget share
         (the rows of segment_strategies.json, `rfm_assets.lists.segment_strategies`)."""
+        from rfm_assets.assets.graph import small_to_pandas
         from rfm_assets.lists import segment_strategies
 
         engine, _ = self._engine_for(profiles)
-        summary = self.get_segment_summary(profiles)
-        if is_spark_dataframe(summary):
-            summary = pd.DataFrame([row.asDict() for row in summary.collect()])
-        rows = segment_strategies(summary, self._rule_set(profiles).segments)
+        summary = small_to_pandas(self.get_segment_summary(profiles))  # a dozen rows
+        rows = segment_strategies(summary, self.settings.rule_set().segments)
         table = pd.DataFrame(rows)
         return engine.from_driver(table) if is_spark_dataframe(profiles) else table
 
@@ -170,16 +172,13 @@ class RFMSegmentationEngine:
         """The engine of the frame's kind, and the settings that say so."""
         if is_spark_dataframe(df):
             settings = self.settings.changed(engine="spark")
-            return engine_for("spark", _session_resource(df.sparkSession)), settings
+            return SparkEngine(df.sparkSession), settings
         if not isinstance(df, pd.DataFrame):
             raise RFMConfigError(f"expected a pandas or a Spark DataFrame, got {type(df).__name__}")
-        return engine_for("pandas"), self.settings.changed(engine="pandas")
-
-    def _rule_set(self, df):
-        return self._engine_for(df)[1].rule_set()
+        return PandasEngine(), self.settings.changed(engine="pandas")
 
     def _run(self, df, keep: tuple[str, ...], leave_out: tuple[str, ...]):
-        from rfm_assets import run
+        from rfm_assets.runner import run
 
         _, settings = self._engine_for(df)
         session = df.sparkSession if is_spark_dataframe(df) else None
@@ -203,29 +202,13 @@ class RFMSegmentationEngine:
 
     def _segment_sizes(self, result) -> dict[str, int]:
         table = self._customers_of(result)
-        if is_spark_dataframe(table):
-            table = pd.DataFrame(table.groupBy("segment").count().collect(),
-                                 columns=["segment", "count"])  # fmt: skip
-            return dict(zip(table["segment"], table["count"]))
         if "customers" in table.columns and "customer_id" not in table.columns:  # a summary
-            return dict(zip(table["segment"].astype(str), table["customers"].astype(int)))
-        counts = table["segment"].astype(str).value_counts()
-        return {str(k): int(v) for k, v in counts.items()}
+            from rfm_assets.assets.graph import small_to_pandas
 
-
-def _thresholds_of(profiles, settings) -> dict:
-    """The cut points of scored profiles this engine did not score itself."""
-    if is_spark_dataframe(profiles):
-        from rfm_assets.engines.spark_compute import thresholds_from_scores
-    else:
-        from rfm_assets.engines.pandas_compute import thresholds_from_scores
-    return thresholds_from_scores(profiles, settings.scale)
-
-
-def _session_resource(session):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(spark_session=session)
+            summary = small_to_pandas(table)  # a dozen rows
+            return dict(zip(summary["segment"].astype(str), summary["customers"].astype(int)))
+        counts = self._engine_for(table)[0].segment_counts(table)
+        return {name: n for name, n in counts.items() if name is not None}
 
 
 def _now() -> dt.datetime:

@@ -17,18 +17,13 @@ from rfm_assets import run
 from rfm_assets.cli import main
 from rfm_assets.engines.excel import read_sheet
 from rfm_assets.errors import RFMInputError
-from rfm_assets.packaged import BUNDLED_DATASET
+from rfm_assets.packaged import BUNDLED_COLUMNS, BUNDLED_DATASET
 from rfm_assets.settings import RFMSettings
 from rfm_assets_tests.conftest import assert_matches_oracle
 from rfm_assets_tests.oracle import oracle
 
-COLUMNS = {
-    "customer_id": "CustomerID",
-    "transaction_date": "InvoiceDate",
-    "quantity": "Quantity",
-    "unit_price": "UnitPrice",
-    "order_id": "InvoiceNo",
-}
+# The bundled sample's mapping: these tests give it explicitly, as a user with the file does.
+COLUMNS = BUNDLED_COLUMNS
 ROWS = 12_000
 
 

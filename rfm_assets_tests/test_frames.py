@@ -11,17 +11,12 @@ import pytest
 
 from rfm_assets import RFMSegmentationEngine, identify_high_value_customers, run
 from rfm_assets.errors import RFMConfigError
-from rfm_assets.packaged import BUNDLED_DATASET
+from rfm_assets.packaged import BUNDLED_COLUMNS, BUNDLED_DATASET
 from rfm_assets.settings import RFMSettings
 from rfm_assets_tests.conftest import assert_matches_oracle, bundled_oracle
 
-COLUMNS = {
-    "customer_id": "CustomerID",
-    "transaction_date": "InvoiceDate",
-    "quantity": "Quantity",
-    "unit_price": "UnitPrice",
-    "order_id": "InvoiceNo",
-}
+# The bundled sample's mapping: these tests give it explicitly, as a user with the file does.
+COLUMNS = BUNDLED_COLUMNS
 
 
 @pytest.fixture(scope="module")

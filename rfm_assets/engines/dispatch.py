@@ -300,10 +300,8 @@ class PandasEngine:
         })  # fmt: skip
 
     def without(self, frame, column: str):
-        """`frame` without `column` (a pandas or a Spark DataFrame)."""
-        if isinstance(frame, pd.DataFrame):
-            return frame.drop(columns=[column])
-        return frame.drop(column)
+        """`frame` without `column`."""
+        return frame.drop(columns=[column])
 
     def from_driver(self, frame: pd.DataFrame):
         """A table made on the driver (the lifetime-value predictions) as this engine's."""
@@ -403,6 +401,9 @@ class SparkEngine(PandasEngine):
 
     def with_segment_values(self, analytics, values: dict[str, dict[str, float]]):
         return self.compute.with_segment_values(analytics, values)
+
+    def without(self, frame, column: str):
+        return frame.drop(column)
 
     def from_driver(self, frame: pd.DataFrame):
         import pyarrow as pa
