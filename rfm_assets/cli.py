@@ -115,6 +115,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "segment_rules": args.segment_rules,
         "segmentation_method": getattr(args, "segmentation", None),
         "clusters": getattr(args, "clusters", None),
+        "cluster_features": getattr(args, "cluster_features", None),
         "cluster_model_path": getattr(args, "model", None),
         "engine": args.engine,
         "clv": getattr(args, "clv", None) or None,
@@ -398,6 +399,13 @@ def cluster_table_text(clustering: dict) -> str:
     tried = sorted(int(k) for k in clustering.get("silhouette_by_k") or {})
     chosen = (f"best silhouette of k = {tried[0]}..{tried[-1]}" if len(tried) > 1
               else "k as given") if fitted else "the stored model's k"  # fmt: skip
+    method = {"gaussian_mixture": "Gaussian mixture", "agglomerative_ward": "Ward's clustering"}
+    name = method.get(clustering.get("method", "kmeans"), "k-means")
+    if fitted and name != "k-means":
+        chosen += f"; {name}, the best silhouette of the three methods at that k"
+    features = clustering.get("features") or ["recency", "frequency", "monetary"]
+    if len(features) > 3:
+        chosen += f"; on {', '.join(features)}"
     clusters = clustering["clusters"]
     total = sum(c["customers"] for c in clusters) or 1
     header = (
@@ -405,7 +413,7 @@ def cluster_table_text(clustering: dict) -> str:
         f"{'recency':>8} {'orders':>7} {'monetary':>10}"
     )
     lines = [
-        f"k-means: k = {clustering['k']} ({chosen}), silhouette {clustering['silhouette']:.3f}; "
+        f"{name}: k = {clustering['k']} ({chosen}), silhouette {clustering['silhouette']:.3f}; "
         "each cluster's centroid:",
         header,
         "-" * len(header),
@@ -548,7 +556,7 @@ def command_analyze(args: argparse.Namespace) -> int:
     shows += [f"{name}.{args.format}" for name in LIFETIME_TABLES]
     if args.high_value is not None:
         shows.append(f"high_value_customers.{args.format}")
-    if settings.segmentation_method == "kmeans":
+    if settings.clustered:
         from rfm_assets.engines.stored import MODEL_FILE
 
         shows.append(MODEL_FILE)
@@ -991,11 +999,20 @@ def add_analysis_arguments(analyze: argparse.ArgumentParser, output_required: bo
     if clustering:
         rules.add_argument(
             "--segmentation",
-            choices=("grid", "kmeans"),
-            help="grid (default): the rule set's cells; kmeans: clusters named from the catalog",
+            choices=("grid", "kmeans", "auto"),
+            help="grid (default): the rule set's cells; kmeans: clusters named from the "
+            "catalog; auto: k-means, a Gaussian mixture or Ward's, the best silhouette",
         )
         rules.add_argument(
             "--clusters", type=int, metavar="K", help="kmeans: K clusters (default: best of 3..8)"
+        )
+        rules.add_argument(
+            "--cluster-features",
+            type=lambda text: [name.strip() for name in text.split(",")],
+            metavar="NAME,...",
+            help="kmeans / auto: the features clustered on (default recency,frequency,monetary; "
+            "also tenure_days, avg_order_value, purchase_frequency_per_month, "
+            "days_between_purchases)",
         )
     rules.add_argument("--weights", metavar="R,F,M")
     rules.add_argument("--returns", choices=("exclude", "net"))

@@ -59,7 +59,7 @@ class RFMSegmentationEngine:
         """One row per customer (rfm_metrics) of the transactions in `df`: the graph's
         reading, counted cleaning and metrics; the row account is `self.last_run.account`."""
         after = _AFTER_METRICS + ("customer_lifetime_value",) * self.settings.clv
-        after += ("cluster_model",) * (self.settings.segmentation_method == "kmeans")
+        after += ("cluster_model",) * self.settings.clustered
         return self._run(df, keep=("rfm_metrics",), leave_out=after).rfm_metrics
 
     def assign_rfm_scores(self, df):
@@ -73,7 +73,7 @@ class RFMSegmentationEngine:
         """`df` (rfm_scores) with its segment, segment_id, recommendation, value tier and
         engagement level (customer_segments), by the rule set of the settings."""
         engine, settings = self._engine_for(df)
-        if settings.segmentation_method == "kmeans":
+        if settings.clustered:
             raise RFMConfigError(
                 "segmentation_method: kmeans segments in generate_customer_profiles, which "
                 "fits the model; assign_customer_segments applies the rule set"

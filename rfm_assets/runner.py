@@ -83,7 +83,7 @@ def run(
     )
     assets = build_rfm_assets(graph)
     left_out = set(leave_out) | {"rfm_report"} | (set(COMPARING) if previous is None else set())
-    if settings.segmentation_method != "kmeans":
+    if not settings.clustered:
         left_out.add("cluster_model")
     selection = dg.AssetSelection.assets(*assets) - dg.AssetSelection.assets(*left_out)
     if source is not None:
@@ -145,7 +145,7 @@ def _collected(result, wanted: list[str], settings) -> RFMRun:
         files_skipped=tx["files_skipped"],
     )
     model = None
-    if settings.segmentation_method == "kmeans" and "cluster_model" in metadata:
+    if settings.clustered and "cluster_model" in metadata:
         model = result.output_for_node("cluster_model", "cluster_model")
     return RFMRun(
         tables={name: result.output_for_node(name) for name in wanted if name in metadata},

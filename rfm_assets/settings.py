@@ -310,10 +310,18 @@ class RFMSettings(dg.ConfigurableResource):
         default=None,
         description="Former name of segment_rules for a file path; when set, it wins.",
     )
-    segmentation_method: Literal["grid", "kmeans"] = Field(
+    segmentation_method: Literal["grid", "kmeans", "auto"] = Field(
         default="grid",
         description="grid: segments from the rule set's (R, F, M) cells. kmeans: customers "
-        "clustered on log-scaled R, F and M, each cluster named by the cell of its centroid.",
+        "clustered on the log-scaled cluster_features, each cluster named by the (R, F, M) cell "
+        "of its centroid. auto: k-means, a Gaussian mixture or Ward's clustering, whichever "
+        "has the best silhouette on one sample; customers go to the nearest cluster mean.",
+    )
+    cluster_features: list[str] = Field(
+        default_factory=lambda: ["recency", "frequency", "monetary"],
+        description="kmeans / auto: the features clustered on: recency, frequency and "
+        "monetary, and any of tenure_days, avg_order_value, purchase_frequency_per_month and "
+        "days_between_purchases.",
     )
     clusters: Optional[int] = Field(
         default=None,
@@ -477,6 +485,20 @@ class RFMSettings(dg.ConfigurableResource):
             )
         if self.cluster_model_path and self.segmentation_method != "kmeans":
             raise ValueError("cluster_model_path: applies to segmentation_method kmeans")
+        from rfm_assets.engines.clustering import FEATURES, DamagedModel, feature_names
+
+        try:
+            feature_names(self.cluster_features)
+        except DamagedModel as error:
+            raise ValueError(str(error)) from None
+        if tuple(self.cluster_features) != FEATURES:
+            if not self.clustered:
+                raise ValueError("cluster_features: applies to segmentation_method kmeans or auto")
+            if self.cluster_model_path:
+                raise ValueError(
+                    "cluster_features: the stored model in cluster_model_path fixes its "
+                    "features; unset cluster_features"
+                )
         if self.cluster_model_path and self.clusters:
             raise ValueError(
                 "clusters: the stored model in cluster_model_path fixes k; unset clusters"
@@ -504,6 +526,11 @@ class RFMSettings(dg.ConfigurableResource):
             except RFMConfigError as error:
                 raise ValueError(f"clv: {error}") from None
         return self
+
+    @property
+    def clustered(self) -> bool:
+        """Segments from clusters (kmeans or auto), not from the rule set's cells."""
+        return self.segmentation_method in ("kmeans", "auto")
 
     @property
     def k_range(self) -> tuple[int, int]:
@@ -680,6 +707,8 @@ class RFMSettings(dg.ConfigurableResource):
             cluster_sample_size=self.cluster_sample_size,
             cluster_seed=self.cluster_seed,
             cluster_model_path=self.cluster_model_path,
+            cluster_features=tuple(self.cluster_features),
+            segmentation_method=self.segmentation_method,
             high_value_share=self.high_value_share,
             high_value_by=self.high_value_by,
             sheet=self.sheet,

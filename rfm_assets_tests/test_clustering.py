@@ -197,7 +197,8 @@ def test_a_stored_model_assigns_new_customers_without_refitting(groups_file, tmp
     path, _ = groups_file
     fitted = run(kmeans_settings(path, cluster_range=[2, 8]))
     document = fitted.cluster_model
-    assert document["format"] == "rfm_assets.cluster_model" and document["version"] == 1
+    assert document["format"] == "rfm_assets.cluster_model" and document["version"] == 2
+    assert document["features"] == ["recency", "frequency", "monetary"]
     assert set(document["inertia_by_k"]) == {str(k) for k in range(2, 9)}  # the elbow curve
     assert document["fitted"]["customers"] == 1_200
     model_file = tmp_path / "cluster_model.json"
@@ -229,7 +230,7 @@ def test_a_stored_model_assigns_new_customers_without_refitting(groups_file, tmp
     [
         ("{not json", "not JSON"),
         ('{"format": "something else"}', "not an rfm_assets cluster model"),
-        (None, "format version 2"),
+        (None, "format version 3; this rfm_assets reads versions 1 and 2"),
         ("missing", "does not exist"),
     ],
 )
@@ -242,7 +243,7 @@ def test_a_model_that_cannot_be_applied_is_one_line(groups_file, tmp_path, conte
     model_file = tmp_path / "cluster_model.json"
     if content is None:
         document = run(kmeans_settings(path, clusters=3)).cluster_model
-        content = json.dumps({**document, "version": 2})
+        content = json.dumps({**document, "version": 3})
     if content != "missing":
         model_file.write_text(content)
     with pytest.raises(RFMConfigError, match=message) as raised:
@@ -504,23 +505,39 @@ DAMAGED_MODELS = {
     ),
     "unknown field": (
         put("silhouete_by_k", {}),
-        f"silhouete_by_k is not a field of a version-1 cluster model (the fields: {FIELDS})",
+        f"silhouete_by_k is not a field of a version-2 cluster model (the fields: {FIELDS})",
     ),
     "unknown field of a cluster": (
         put("clusters", 0, "size", 10),
-        "clusters[0].size is not a field of a version-1 cluster model (the fields of a cluster: "
+        "clusters[0].size is not a field of a version-2 cluster model (the fields of a cluster: "
         "cluster, name, segment, centroid_scaled, centroid)",
     ),
     "scaling changed": (
         put("scaling", "x / 2"),
         "scaling is 'x / 2'; it must be 'log1p(max(x, 0)), then (x - median) / iqr'",
     ),
-    "features reordered": (
-        put("features", ["frequency", "recency", "monetary"]),
+    "features reordered in version 1": (
+        lambda document: document.update(version=1, features=["frequency", "recency", "monetary"]),
         "features is ['frequency', 'recency', 'monetary']; it must be ['recency', 'frequency', "
         "'monetary']",
     ),
-    "version true": (put("version", True), "format version True; this rfm_assets reads version 1"),
+    "a feature unknown": (
+        put("features", ["recency", "frequency", "age"]),
+        "features: 'age' is not a feature; the features: recency, frequency, monetary, "
+        "tenure_days, avg_order_value, purchase_frequency_per_month, days_between_purchases",
+    ),
+    "features without monetary": (
+        put("features", ["recency", "frequency", "tenure_days"]),
+        "features is ['recency', 'frequency', 'tenure_days']; it must be a list of names from ...",
+    ),
+    "a feature more than its numbers": (
+        put("features", ["recency", "frequency", "monetary", "tenure_days"]),
+        "median is [...",
+    ),
+    "version true": (
+        put("version", True),
+        "format version True; this rfm_assets reads versions 1 and 2",
+    ),
 }
 
 

@@ -374,7 +374,7 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
         dt.datetime.fromisoformat(pinned) if pinned else dt.datetime.now(dt.UTC)
     ).replace(microsecond=0)
     clustering, extra = {}, {}
-    if settings.segmentation_method == "kmeans":
+    if settings.clustered:
         thresholds = needed(upstream, "thresholds", "rfm_scores")
         fitted = {"reference_date": upstream.get("reference_date")}
         segmented, summary, model = engine.clusters(

@@ -1,15 +1,20 @@
 """k-means segmentation beside the rule set: features, the choice of k, names from the catalog.
 
 Pure numpy and scikit-learn, no Dagster. The rules (docs/contract.md, "Clustering"):
-- features are log1p(recency), log1p(frequency) and log1p(monetary), each scaled robustly:
-  (x - median) / IQR (an IQR of 0 scales by 1);
+- features are log1p(recency), log1p(frequency) and log1p(monetary), or the chosen
+  `cluster_features` (FEATURE_CHOICES; R, F and M always among them), each log1p-ed and
+  scaled robustly: (x - median) / IQR (an IQR of 0 scales by 1);
 - for every k in the range, k-means (seeded, k-means++) is fitted on the customers (a seeded
   sample of 100,000 when there are more); k is the one with the best silhouette, measured on
   a fixed-size seeded sample (ties: the smaller k); the chosen k is then fitted on everyone;
 - each cluster is named by where its centroid, in original units, falls on the rule set:
   its recency, frequency and monetary are scored with the run's published cut points, and the
   (R, F, M) cell gives the segment. Clusters that land on one segment keep its catalog name
-  in `segment` and get " 2", " 3"... in `cluster_name`, largest cluster first.
+  in `segment` and get " 2", " 3"... in `cluster_name`, largest cluster first;
+- `segmentation_method: auto` fits k-means, a Gaussian mixture and Ward's clustering with the
+  chosen k on one seeded sample and keeps the best silhouette; a winner other than k-means
+  is kept as the means of its clusters on the sample, and every customer goes to the
+  nearest mean, so any model applies the same way on both engines.
 """
 
 from __future__ import annotations
@@ -20,19 +25,29 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
 from rfm_assets.errors import RFMConfigError
 
+# The features a model always has: clusters are named by their centroid's (R, F, M) cell.
 FEATURES = ("recency", "frequency", "monetary")
+# Every feature a model may use: the per-customer columns of rfm_metrics, and the mean days
+# between orders (days_between_purchases, derived from them: see feature_values).
+FEATURE_CHOICES = FEATURES + (
+    "tenure_days",
+    "avg_order_value",
+    "purchase_frequency_per_month",
+    "days_between_purchases",
+)
 # The columns k-means adds to customer_segments, after the published ones.
 CLUSTER_COLUMNS = ("cluster", "cluster_name", "cluster_distance")
 
 
 # The stored model's format: a small JSON document (see ClusterModel.document).
 MODEL_FORMAT = "rfm_assets.cluster_model"
-MODEL_VERSION = 1
+# Version 2 names its features (any of FEATURE_CHOICES); version 1 had R, F and M only and
+# is still read.
+MODEL_VERSION = 2
+READ_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -48,13 +63,14 @@ class ClusterModel:
     names: list[str] = field(default_factory=list)  # cluster_name of each cluster
     segments: list[str] = field(default_factory=list)  # catalog segment of each cluster
     fitted: dict = field(default_factory=dict)
+    features: tuple[str, ...] = FEATURES  # the columns of median, iqr and centroids
 
     @property
     def k(self) -> int:
         return len(self.centroids)
 
     def scaled(self, values: np.ndarray) -> np.ndarray:
-        """Scaled features of raw (recency, frequency, monetary) rows."""
+        """Scaled features of raw feature rows (columns in `features`' order)."""
         return (np.log1p(np.maximum(values, 0.0)) - self.median) / self.iqr
 
     def assign(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +82,7 @@ class ClusterModel:
         return cluster, distances[np.arange(len(scaled)), cluster]
 
     def centroids_in_units(self) -> np.ndarray:
-        """Centroids as (recency, frequency, monetary) in the features' own units."""
+        """Centroids in the features' own units (columns in `features`' order)."""
         return np.expm1(self.centroids * self.iqr + self.median)
 
     def named(
@@ -78,9 +94,10 @@ class ClusterModel:
 
         centroids = self.centroids_in_units()
         scores = [
-            fixed_scores(centroids[:, i], thresholds[name], HIGHER_IS_BETTER[name])
-            for i, name in enumerate(FEATURES)
-        ]
+            fixed_scores(centroids[:, self.features.index(name)], thresholds[name],
+                         HIGHER_IS_BETTER[name])
+            for name in FEATURES
+        ]  # fmt: skip
         segments = [rule_set.segment_of(int(r), int(f), int(m)) for r, f, m in zip(*scores)]
         return replace(self, segments=segments, names=cluster_names(segments, sizes))
 
@@ -90,7 +107,7 @@ class ClusterModel:
         return {
             "format": MODEL_FORMAT,
             "version": MODEL_VERSION,
-            "features": list(FEATURES),
+            "features": list(self.features),
             "scaling": MODEL_SCALING,
             "median": [float(v) for v in self.median],
             "iqr": [float(v) for v in self.iqr],
@@ -100,7 +117,7 @@ class ClusterModel:
                     "name": self.names[c],
                     "segment": self.segments[c],
                     "centroid_scaled": [float(v) for v in self.centroids[c]],
-                    "centroid": dict(zip(FEATURES, (float(v) for v in in_units[c]))),
+                    "centroid": dict(zip(self.features, (float(v) for v in in_units[c]))),
                 }
                 for c in range(self.k)
             ],
@@ -185,11 +202,31 @@ def _mapping(value: Any, name: str, rule: str = "a mapping") -> dict:
     return value
 
 
-def _features(value: Any, name: str, rule: str, **bounds) -> np.ndarray:
-    """One number per feature (recency, frequency, monetary), each checked."""
-    if not isinstance(value, list) or len(value) != len(FEATURES):
-        raise _refuse(name, value, f"a list of {len(FEATURES)} values ({', '.join(FEATURES)})")
-    return np.array([_number(v, f"{name}[{i}]", rule, **bounds) for i, v in enumerate(value)])
+def _per_feature(features: tuple[str, ...], rule: str, **bounds):
+    """The check of a list of one number per feature (in `features`' order), each checked."""
+
+    def check(value: Any, name: str) -> np.ndarray:
+        if not isinstance(value, list) or len(value) != len(features):
+            raise _refuse(name, value, f"a list of {len(features)} values ({', '.join(features)})")
+        return np.array([_number(v, f"{name}[{i}]", rule, **bounds) for i, v in enumerate(value)])
+
+    return check
+
+
+def feature_names(value: Any, name: str = "cluster_features") -> tuple[str, ...]:
+    """A model's features: names from FEATURE_CHOICES, each once, recency, frequency and
+    monetary among them (they name the clusters)."""
+    rule = (f"a list of names from {', '.join(FEATURE_CHOICES)}, each once, with recency, "
+            "frequency and monetary among them")  # fmt: skip
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _refuse(name, value, rule)
+    unknown = [v for v in value if v not in FEATURE_CHOICES]
+    if unknown:
+        raise DamagedModel(f"{name}: {unknown[0]!r} is not a feature; the features: "
+                           f"{', '.join(FEATURE_CHOICES)}")  # fmt: skip
+    if len(set(value)) != len(value) or not set(FEATURES) <= set(value):
+        raise _refuse(name, list(value), rule)
+    return tuple(value)
 
 
 def _by_k(value: Any, name: str, rule: str, **bounds) -> dict[int, float]:
@@ -234,38 +271,42 @@ def _exactly(expected: Any) -> Callable[[Any, str], Any]:
 
 # Every field of a model document: (required, check of its value). A field not listed is
 # refused, so a misspelt optional field is not silently dropped.
-MODEL_FIELDS: dict[str, tuple[bool, Callable[[Any, str], Any]]] = {
-    "format": (True, _exactly(MODEL_FORMAT)),
-    "version": (True, _exactly(MODEL_VERSION)),
-    "features": (True, _exactly(list(FEATURES))),
-    "scaling": (False, _exactly(MODEL_SCALING)),
-    "median": (True, lambda v, n: _features(v, n, "a finite number >= 0", low=0.0)),
-    "iqr": (True, lambda v, n: _features(v, n, "a finite number > 0", above=0.0)),
-    "clusters": (True, lambda v, n: v),  # checked entry by entry below (CLUSTER_FIELDS)
-    "silhouette_by_k": (
-        False,
-        lambda v, n: _by_k(v, n, "a finite number from -1 to 1", low=-1.0, high=1.0),
-    ),
-    "inertia_by_k": (False, lambda v, n: _by_k(v, n, "a finite number >= 0", low=0.0)),
-    "fitted": (False, _fitted),
-}
+def model_fields(features: tuple[str, ...]) -> dict[str, tuple[bool, Callable[[Any, str], Any]]]:
+    return {
+        "format": (True, _exactly(MODEL_FORMAT)),
+        "version": (True, lambda v, n: v),  # checked first (checked_document)
+        "features": (True, _exactly(list(features))),  # checked first, then as read
+        "scaling": (False, _exactly(MODEL_SCALING)),
+        "median": (True, _per_feature(features, "a finite number >= 0", low=0.0)),
+        "iqr": (True, _per_feature(features, "a finite number > 0", above=0.0)),
+        "clusters": (True, lambda v, n: v),  # checked entry by entry (cluster_fields)
+        "silhouette_by_k": (
+            False,
+            lambda v, n: _by_k(v, n, "a finite number from -1 to 1", low=-1.0, high=1.0),
+        ),
+        "inertia_by_k": (False, lambda v, n: _by_k(v, n, "a finite number >= 0", low=0.0)),
+        "fitted": (False, _fitted),
+    }
+
+
 # Every field of one entry of `clusters`. `centroid` (in units) is derived from
 # centroid_scaled, median and iqr: when present it must agree with them (see _check_units).
-CLUSTER_FIELDS: dict[str, tuple[bool, Callable[[Any, str], Any]]] = {
-    "cluster": (True, lambda v, n: _whole(v, n, "a whole number (the cluster id)", low=0)),
-    "name": (True, _text),
-    "segment": (True, _text),
-    "centroid_scaled": (True, lambda v, n: _features(v, n, "a finite number")),
-    "centroid": (False, lambda v, n: _mapping(v, n, f"a mapping of {', '.join(FEATURES)}")),
-}
+def cluster_fields(features: tuple[str, ...]) -> dict[str, tuple[bool, Callable[[Any, str], Any]]]:
+    return {
+        "cluster": (True, lambda v, n: _whole(v, n, "a whole number (the cluster id)", low=0)),
+        "name": (True, _text),
+        "segment": (True, _text),
+        "centroid_scaled": (True, _per_feature(features, "a finite number")),
+        "centroid": (False, lambda v, n: _mapping(v, n, f"a mapping of {', '.join(features)}")),
+    }
 
 
-def _fields(mapping: dict, table: dict, prefix: str) -> dict[str, Any]:
+def _fields(mapping: dict, table: dict, prefix: str, version: int) -> dict[str, Any]:
     """Each field of `mapping` checked by its entry of `table`; unknown ones refused."""
     unknown = [key for key in mapping if key not in table]
     if unknown:
         raise DamagedModel(
-            f"{prefix}{unknown[0]} is not a field of a version-{MODEL_VERSION} cluster model "
+            f"{prefix}{unknown[0]} is not a field of a version-{version} cluster model "
             f"(the fields{' of a cluster' if prefix else ''}: {', '.join(table)})"
         )
     checked = {}
@@ -277,7 +318,7 @@ def _fields(mapping: dict, table: dict, prefix: str) -> dict[str, Any]:
     return checked
 
 
-def _check_units(entry: dict, c: int, derived: np.ndarray) -> None:
+def _check_units(entry: dict, c: int, derived: np.ndarray, features: tuple[str, ...]) -> None:
     """`centroid` in units is derived: it must be finite and, when stored, agree."""
     if not np.isfinite(derived).all():
         raise DamagedModel(
@@ -287,9 +328,9 @@ def _check_units(entry: dict, c: int, derived: np.ndarray) -> None:
     stored = entry.get("centroid")
     if stored is None:
         return
-    if set(stored) != set(FEATURES):
-        raise _refuse(f"clusters[{c}].centroid", stored, f"a mapping of {', '.join(FEATURES)}")
-    for i, feature in enumerate(FEATURES):
+    if set(stored) != set(features):
+        raise _refuse(f"clusters[{c}].centroid", stored, f"a mapping of {', '.join(features)}")
+    for i, feature in enumerate(features):
         name = f"clusters[{c}].centroid.{feature}"
         value = _number(stored[feature], name)
         if not np.isclose(value, derived[i], rtol=1e-9, atol=1e-9):
@@ -303,15 +344,19 @@ def _check_units(entry: dict, c: int, derived: np.ndarray) -> None:
 
 def checked_document(document: Any) -> dict[str, Any]:
     """The arguments of ClusterModel from a stored document, every field checked against
-    MODEL_FIELDS and CLUSTER_FIELDS; anything else raises DamagedModel naming the field."""
+    model_fields and cluster_fields; anything else raises DamagedModel naming the field."""
     if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
         raise DamagedModel(f'not an rfm_assets cluster model (no "format": "{MODEL_FORMAT}")')
     version = document.get("version")
-    if isinstance(version, bool) or version != MODEL_VERSION:
+    if isinstance(version, bool) or version not in READ_VERSIONS:
         raise DamagedModel(
-            f"format version {_shown(version)}; this rfm_assets reads version {MODEL_VERSION}"
+            f"format version {_shown(version)}; this rfm_assets reads versions "
+            f"{' and '.join(map(str, READ_VERSIONS))}"
         )
-    fields = _fields(document, MODEL_FIELDS, "")
+    features = FEATURES
+    if version > 1 and "features" in document:
+        features = feature_names(document["features"], "features")
+    fields = _fields(document, model_fields(features), "", version)
     clusters = fields["clusters"]
     low, high = MODEL_K
     if not isinstance(clusters, list):
@@ -322,7 +367,12 @@ def checked_document(document: Any) -> dict[str, Any]:
             "of clusters)"
         )
     entries = [
-        _fields(_mapping(entry, f"clusters[{c}]", "a mapping"), CLUSTER_FIELDS, f"clusters[{c}].")
+        _fields(
+            _mapping(entry, f"clusters[{c}]", "a mapping"),
+            cluster_fields(features),
+            f"clusters[{c}].",
+            version,
+        )  # fmt: skip
         for c, entry in enumerate(clusters)
     ]
     k = len(entries)
@@ -345,7 +395,7 @@ def checked_document(document: Any) -> dict[str, Any]:
     with np.errstate(over="ignore", invalid="ignore"):
         derived = np.expm1(centroids * iqr + median)
     for c in range(k):
-        _check_units(clusters[order[c]], order[c], derived[c])
+        _check_units(clusters[order[c]], order[c], derived[c], features)
     by_k = {key: fields.get(key, {}) for key in ("silhouette_by_k", "inertia_by_k")}
     for key, values in by_k.items():
         if values and k not in values:
@@ -362,17 +412,39 @@ def checked_document(document: Any) -> dict[str, Any]:
         "names": names,
         "segments": [entry["segment"] for entry in entries],
         "fitted": fields.get("fitted", {}),
+        "features": features,
     }
 
 
-def feature_matrix(recency, frequency, monetary) -> np.ndarray:
-    return np.column_stack(
-        [np.asarray(v, dtype=np.float64) for v in (recency, frequency, monetary)]
-    )
+def feature_values(customers, features: tuple[str, ...] = FEATURES) -> np.ndarray:
+    """The `features` of a customer table (rfm_scores, customer_segments) as float rows."""
+    columns = []
+    for name in features:
+        if name == "days_between_purchases":
+            columns.append(days_between_purchases(
+                customers["frequency"], customers["customer_lifetime_days"],
+                customers["tenure_days"]))  # fmt: skip
+        else:
+            columns.append(np.asarray(customers[name], dtype=np.float64))
+    return np.column_stack(columns)
 
 
-def fit(values: np.ndarray, k_range: tuple[int, int], sample_size: int, seed: int) -> ClusterModel:
-    """The model with the best silhouette over k in `k_range` (`assign` labels customers)."""
+def days_between_purchases(frequency, lifetime_days, tenure_days) -> np.ndarray:
+    """The mean days between a customer's consecutive orders: the days from the first order
+    to the last over the gaps between them, (customer_lifetime_days - 1) / (frequency - 1).
+    A customer with one order has no gap yet: the days since it (tenure_days), the gap so
+    far. (The Spark engine's expression: spark_compute.days_between_purchases.)"""
+    orders = np.asarray(frequency, dtype=np.float64)
+    lifetime = np.asarray(lifetime_days, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (lifetime - 1) / (orders - 1)
+    return np.where(orders > 1, between, np.asarray(tenure_days, dtype=np.float64))
+
+
+def fit(values: np.ndarray, k_range: tuple[int, int], sample_size: int, seed: int,
+        features: tuple[str, ...] = FEATURES) -> ClusterModel:  # fmt: skip
+    """The model with the best silhouette over k in `k_range` (`assign` labels customers);
+    `values` holds the `features` of each customer."""
     logged = np.log1p(np.maximum(values, 0.0))
     median = np.median(logged, axis=0)
     iqr = np.subtract(*np.percentile(logged, [75, 25], axis=0))
@@ -390,7 +462,9 @@ def fit(values: np.ndarray, k_range: tuple[int, int], sample_size: int, seed: in
     k, silhouettes, inertias, fitted = search_k(search, sample, k_range[0], highest, seed)
     if search is not scaled:
         fitted = _kmeans(k, seed, len(scaled)).fit(scaled)
-    return ClusterModel(median, iqr, fitted.cluster_centers_, silhouettes, inertias)
+    return ClusterModel(
+        median, iqr, fitted.cluster_centers_, silhouettes, inertias, features=tuple(features)
+    )
 
 
 def largest_k(k_range: tuple[int, int], distinct: int) -> int:
@@ -408,6 +482,8 @@ def search_k(search: np.ndarray, sample: np.ndarray, lowest: int, highest: int, 
     """The selection rule, on scaled features of at most SEARCH_SAMPLE customers: k-means for
     each k, the silhouette of its labels on the rows `sample`; the best silhouette wins (ties:
     the smaller k). Returns (k, silhouette by k, inertia by k, the chosen k's fit)."""
+    from sklearn.metrics import silhouette_score
+
     best = None
     silhouettes, inertias = {}, {}
     for k in range(max(lowest, 2), highest + 1):
@@ -432,6 +508,8 @@ MINI_BATCH_ABOVE = 100_000
 
 
 def _kmeans(k: int, seed: int, customers: int):
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
     if customers > MINI_BATCH_ABOVE:
         return MiniBatchKMeans(n_clusters=k, n_init=3, batch_size=8192, random_state=seed)
     return KMeans(n_clusters=k, n_init=4, random_state=seed)
@@ -440,6 +518,8 @@ def _kmeans(k: int, seed: int, customers: int):
 def silhouette_of_sample(model: ClusterModel, values: np.ndarray, labels: np.ndarray, seed: int,
                          sample: int) -> float:  # fmt: skip
     """The silhouette of the labels on a seeded sample of at most `sample` customers."""
+    from sklearn.metrics import silhouette_score
+
     scaled = model.scaled(values)
     chosen = np.random.default_rng(seed).choice(
         len(scaled), size=min(sample, len(scaled)), replace=False
@@ -499,6 +579,8 @@ def summary(model: ClusterModel, silhouette: float, sums: ClusterSums, applied: 
     in_units = model.centroids_in_units()
     return {
         "k": model.k,
+        "method": model.fitted.get("method", "kmeans"),
+        "features": list(model.features),
         "model": "applied" if applied else "fitted",
         "fitted": dict(model.fitted),
         "silhouette": round(silhouette, 6),
@@ -512,10 +594,14 @@ def summary(model: ClusterModel, silhouette: float, sums: ClusterSums, applied: 
                 "name": model.names[c],
                 "segment": model.segments[c],
                 "customers": int(sums.counts[c]),
-                "recency": round(float(in_units[c, 0]), 3),
-                "frequency": round(float(in_units[c, 1]), 3),
-                "monetary": round(float(in_units[c, 2]), 2),
-            }
+                **{
+                    name: round(
+                        float(in_units[c, model.features.index(name)]),
+                        2 if name in ("monetary", "avg_order_value") else 3,
+                    )
+                    for name in model.features
+                },
+            }  # fmt: skip
             for c in range(model.k)
         ],
     }
@@ -533,16 +619,17 @@ def check_segments(model: ClusterModel, rule_set, source: str) -> None:
         )
 
 
-def compare_methods(
-    model: ClusterModel, values: np.ndarray, sample_size: int, seed: int
-) -> dict[str, dict[str, float]]:
-    """k-means against a Gaussian mixture and agglomerative (Ward) clustering with the same k,
-    each fitted and scored on one seeded sample of the scaled features, so the scores stand
-    side by side."""
-    from sklearn.cluster import AgglomerativeClustering
+# The methods `segmentation_method: auto` chooses among, in the order that breaks a tie.
+METHODS = ("kmeans", "gaussian_mixture", "agglomerative_ward")
+
+
+def _labels_by_method(model: ClusterModel, scaled: np.ndarray, sample_size: int, seed: int):
+    """(one seeded sample of the `scaled` features, {method: its labels of the sample}) for
+    k-means, a Gaussian mixture and agglomerative (Ward) clustering with the model's k."""
+    # scikit-learn is imported where it is used: settings check features with this module.
+    from sklearn.cluster import AgglomerativeClustering, KMeans
     from sklearn.mixture import GaussianMixture
 
-    scaled = model.scaled(values)
     rng = np.random.default_rng(seed)
     sample = scaled[rng.choice(len(scaled), size=min(sample_size, len(scaled)), replace=False)]
     methods = {
@@ -550,17 +637,50 @@ def compare_methods(
         "gaussian_mixture": lambda: GaussianMixture(model.k, random_state=seed),
         "agglomerative_ward": lambda: AgglomerativeClustering(n_clusters=model.k),
     }
+    return sample, {name: make().fit_predict(sample) for name, make in methods.items()}
+
+
+def _scores(sample: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
     scores = {}
-    for name, make in methods.items():
-        labels = make().fit_predict(sample)
-        if len(np.unique(labels)) < 2:
+    for name, assigned in labels.items():
+        if len(np.unique(assigned)) < 2:
             continue
         scores[name] = {
-            "silhouette": round(float(silhouette_score(sample, labels)), 6),
-            "davies_bouldin": round(float(davies_bouldin_score(sample, labels)), 6),
-            "calinski_harabasz": round(float(calinski_harabasz_score(sample, labels)), 3),
+            "silhouette": round(float(silhouette_score(sample, assigned)), 6),
+            "davies_bouldin": round(float(davies_bouldin_score(sample, assigned)), 6),
+            "calinski_harabasz": round(float(calinski_harabasz_score(sample, assigned)), 3),
         }
     return scores
+
+
+def compare_methods(
+    model: ClusterModel, values: np.ndarray, sample_size: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """k-means against a Gaussian mixture and agglomerative (Ward) clustering with the same k,
+    each fitted and scored on one seeded sample of the scaled features, so the scores stand
+    side by side."""
+    return _scores(*_labels_by_method(model, model.scaled(values), sample_size, seed))
+
+
+def best_method(model: ClusterModel, scaled: np.ndarray, sample_size: int, seed: int):
+    """(the model of the method with the best silhouette in compare_methods, the comparison),
+    on customers' `scaled` features (ClusterModel.scaled):
+    `segmentation_method: auto`. Ties go to the earlier of METHODS. A Gaussian mixture or
+    Ward winner is kept as the means of its clusters on the sample (the scaled features), to
+    which every customer then goes by nearest mean, as to k-means centroids; its
+    `fitted["method"]` names it."""
+    sample, labels = _labels_by_method(model, scaled, sample_size, seed)
+    compared = _scores(sample, labels)
+    # A method that left a cluster of the k without customers (a mixture may) is not chosen.
+    whole = [name for name in compared if len(np.unique(labels[name])) == model.k]
+    best = max(whole, key=lambda name: (compared[name]["silhouette"], -METHODS.index(name)),
+               default="kmeans")  # fmt: skip
+    if best == "kmeans":
+        return replace(model, fitted={**model.fitted, "method": best}), compared
+    means = np.array([sample[labels[best] == c].mean(axis=0) for c in range(model.k)])
+    return replace(model, centroids=means, fitted={**model.fitted, "method": best}), compared
 
 
 def cluster_names(segment_of_centroid: list[str], sizes: np.ndarray) -> list[str]:

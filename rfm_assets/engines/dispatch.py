@@ -208,6 +208,8 @@ class PandasEngine:
             segmented_at,
             stored_model(spec, rule_set),
             {**(fitted or {}), "seed": spec.cluster_seed, "rule_set": rule_set.name},
+            spec.cluster_features,
+            spec.segmentation_method,
         )
 
     def analytics(self, segmented, rule_set: RuleSet, thresholds):
@@ -251,9 +253,9 @@ class PandasEngine:
 
     def cluster_mismatches(self, segmented, model) -> int:
         """Customers whose `cluster` is not the one `model` assigns them."""
-        from rfm_assets.engines.clustering import FEATURES, feature_matrix
+        from rfm_assets.engines.clustering import feature_values
 
-        assigned, _ = model.assign(feature_matrix(*(segmented[n] for n in FEATURES)))
+        assigned, _ = model.assign(feature_values(segmented, model.features))
         return int((assigned != segmented["cluster"].to_numpy()).sum())
 
     def cluster_sample(self, segmented, customers: int, seed: int) -> pd.DataFrame:

@@ -727,19 +727,28 @@ def cluster_segments(
     segmented_at: dt.datetime,
     stored=None,
     fitted: Optional[dict] = None,
+    features: tuple[str, ...] = ("recency", "frequency", "monetary"),
+    method: str = "kmeans",
 ):
     """Segments by k-means (engines.clustering) instead of the rule set's cells: the
-    `stored` model applied, or a model fitted here and named from the run's cut points.
+    `stored` model applied, or a model fitted here on `features` (with `method` auto, the
+    best of three methods) and named from the run's cut points.
     `cluster`, `cluster_name` and `cluster_distance` are added. Returns the table, what
     the clustering measured and the model."""
     from rfm_assets.engines import clustering
 
-    values = clustering.feature_matrix(*(scores[n] for n in clustering.FEATURES))
+    values = clustering.feature_values(scores, stored.features if stored else features)
+    compared = {}
     if stored is None:
-        model = clustering.fit(values, k_range, sample_size, seed)
+        model = clustering.fit(values, k_range, sample_size, seed, features)
+        if method == "auto":
+            scaled = model.scaled(values)
+            model, compared = clustering.best_method(model, scaled, sample_size, seed)
+        chosen = model.fitted.get("method", "kmeans")
         sizes = np.bincount(model.assign(values)[0], minlength=model.k)
         model = model.named(thresholds, rule_set, sizes)
-        model.fitted = {**(fitted or {}), "engine": "pandas", "customers": len(scores)}
+        model.fitted = {**(fitted or {}), "engine": "pandas", "customers": len(scores),
+                        "method": chosen}  # fmt: skip
     else:
         model = stored
     cluster, distance = model.assign(values)
@@ -754,7 +763,8 @@ def cluster_segments(
     # The cluster columns go last, after the published segment columns.
     columns = [c for c in segmented.columns if not c.startswith("cluster")]
     segmented = segmented[columns + list(clustering.CLUSTER_COLUMNS)]
-    compared = {} if stored else clustering.compare_methods(model, values, sample_size, seed)
+    if stored is None and not compared:
+        compared = clustering.compare_methods(model, values, sample_size, seed)
     summary = clustering.summary(
         model,
         clustering.silhouette_of_sample(model, values, cluster, seed, sample_size),

@@ -1453,17 +1453,31 @@ def _with_catalog(
 # --- k-means (segmentation_method: kmeans) ----------------------------------------------
 
 
+def days_between_purchases() -> Column:
+    """clustering.days_between_purchases as a column: (customer_lifetime_days - 1) /
+    (frequency - 1) with more than one order, else tenure_days."""
+    return F.when(
+        F.col("frequency") > 1,
+        (F.col("customer_lifetime_days") - 1).cast("double") / (F.col("frequency") - 1),
+    ).otherwise(F.col("tenure_days").cast("double"))
+
+
+def feature_column(name: str) -> Column:
+    """A clustering feature of a customer table, as a double column."""
+    if name == "days_between_purchases":
+        return days_between_purchases()
+    return F.col(name).cast("double")
+
+
 def _logged(name: str) -> Column:
-    return F.log1p(F.greatest(F.col(name).cast("double"), F.lit(0.0)))
+    return F.log1p(F.greatest(feature_column(name), F.lit(0.0)))
 
 
 def _scaled(model) -> list[Column]:
     """The scaled features of ClusterModel.scaled, as columns."""
-    from rfm_assets.engines.clustering import FEATURES
-
     return [
         (_logged(name) - float(model.median[j])) / float(model.iqr[j])
-        for j, name in enumerate(FEATURES)
+        for j, name in enumerate(model.features)
     ]
 
 
@@ -1480,46 +1494,59 @@ def nearest_cluster(model) -> tuple[Column, Column]:
     return cluster.cast("long"), nearest
 
 
-def fit_clusters(scores: DataFrame, k_range: tuple[int, int], sample_size: int, seed: int):
+def fit_clusters(scores: DataFrame, k_range: tuple[int, int], sample_size: int, seed: int,
+                 features: tuple[str, ...], method: str = "kmeans"):  # fmt: skip
     """clustering.fit on Spark: the same scaling (exact medians and IQRs, Spark's
     `percentile`) and the same choice of k (clustering.search_k on a seeded Spark sample of at
     most SEARCH_SAMPLE customers, collected to the driver: a few MB), then MLlib's k-means
-    fits the chosen k on every customer."""
+    fits the chosen k on every customer. With `method` auto, clustering.best_method compares
+    the three methods on that sample; a winner other than k-means keeps its means (no MLlib
+    fit). Returns (the model, the comparison or {})."""
     import numpy as np
     from pyspark.ml.clustering import KMeans
     from pyspark.ml.feature import VectorAssembler
 
     from rfm_assets.engines.clustering import (
-        FEATURES,
         SEARCH_SAMPLE,
         ClusterModel,
+        best_method,
         largest_k,
         search_k,
     )
 
     quartiles = scores.agg(
-        *[F.percentile(_logged(n), [0.25, 0.5, 0.75]).alias(n) for n in FEATURES],
+        *[F.percentile(_logged(n), [0.25, 0.5, 0.75]).alias(n) for n in features],
         F.count(F.lit(1)).alias("customers"),
     ).first()
-    low, median, high = (np.array([quartiles[n][i] for n in FEATURES]) for i in range(3))
+    low, median, high = (np.array([quartiles[n][i] for n in features]) for i in range(3))
     iqr = np.where(high - low > 0, high - low, 1.0)
     customers = int(quartiles["customers"])
-    scaled = scores.select(
-        *[x.alias(f"x{j}") for j, x in enumerate(_scaled(ClusterModel(median, iqr, None)))]
-    )
+    unfitted = ClusterModel(median, iqr, None, features=tuple(features))
+    scaled = scores.select(*[x.alias(f"x{j}") for j, x in enumerate(_scaled(unfitted))])
     highest = largest_k(k_range, scaled.distinct().count())
     search = scaled
     if customers > SEARCH_SAMPLE:
         search = scaled.sample(fraction=SEARCH_SAMPLE / customers, seed=seed)
-    search = np.array(search.collect(), dtype=np.float64).reshape(-1, 3)
+    search = np.array(search.collect(), dtype=np.float64).reshape(-1, len(features))
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(search), size=min(sample_size, len(search)), replace=False)
-    k, silhouettes, inertias, _ = search_k(search, sample, k_range[0], highest, seed)
-    vectors = VectorAssembler(inputCols=["x0", "x1", "x2"], outputCol="features")
+    k, silhouettes, inertias, fitted = search_k(search, sample, k_range[0], highest, seed)
+    compared = {}
+    if method == "auto":
+        found = dataclasses.replace(unfitted, centroids=fitted.cluster_centers_)
+        chosen, compared = best_method(found, search, sample_size, seed)
+        if chosen.fitted["method"] != "kmeans":
+            return dataclasses.replace(chosen, silhouette_by_k=silhouettes,
+                                       inertia_by_k=inertias), compared  # fmt: skip
+    columns = [f"x{j}" for j in range(len(features))]
+    vectors = VectorAssembler(inputCols=columns, outputCol="features")
     # Up to 50 rounds (MLlib stops at 20 by default): on the bundled data 20 leave a centroid
     # on the other side of a cut point from the converged one, which renames its cluster.
     fitted = KMeans(k=k, seed=seed, maxIter=50).fit(vectors.transform(scaled))
-    return ClusterModel(median, iqr, np.array(fitted.clusterCenters()), silhouettes, inertias)
+    centroids = np.array(fitted.clusterCenters())
+    model = dataclasses.replace(unfitted, centroids=centroids, silhouette_by_k=silhouettes,
+                                inertia_by_k=inertias, fitted={"method": "kmeans"})  # fmt: skip
+    return model, compared
 
 
 def cluster_segments(
@@ -1532,6 +1559,8 @@ def cluster_segments(
     segmented_at: dt.datetime,
     stored=None,
     fitted: Optional[dict] = None,
+    features: tuple[str, ...] = ("recency", "frequency", "monetary"),
+    method: str = "kmeans",
 ):
     """pandas_compute.cluster_segments on Spark: MLlib fits; the assignment, names, sums and
     summary follow the same rules (engines.clustering)."""
@@ -1539,8 +1568,9 @@ def cluster_segments(
 
     from rfm_assets.engines import clustering
 
+    compared = {}
     if stored is None:
-        model = fit_clusters(scores, k_range, sample_size, seed)
+        model, compared = fit_clusters(scores, k_range, sample_size, seed, features, method)
     else:
         model = stored
     cluster, distance = nearest_cluster(model)
@@ -1551,7 +1581,8 @@ def cluster_segments(
     if stored is None:
         model = model.named(thresholds, rule_set, sums.counts)
         customers = int(sums.counts.sum())
-        model.fitted = {**(fitted or {}), "engine": "spark", "customers": customers}
+        model.fitted = {**(fitted or {}), "engine": "spark", "customers": customers,
+                        "method": model.fitted["method"]}  # fmt: skip
     named = [((c,), name) for c, name in enumerate(model.segments)]
     lookup = F.create_map(*[F.lit(x) for c, name in enumerate(model.names) for x in (c, name)])
     segmented = _with_catalog(
@@ -1563,13 +1594,14 @@ def cluster_segments(
     sample = np.array(
         with_clusters.orderBy(F.rand(seed))
         .limit(sample_size)
-        .select(*[F.col(n).cast("double") for n in clustering.FEATURES], "cluster")
+        .select(*[feature_column(n) for n in model.features], "cluster")
         .collect(),
         dtype=np.float64,
-    ).reshape(-1, 4)
-    values, labels = sample[:, :3], sample[:, 3].astype(np.int64)
+    ).reshape(-1, len(model.features) + 1)
+    values, labels = sample[:, :-1], sample[:, -1].astype(np.int64)
     silhouette = clustering.silhouette_of_sample(model, values, labels, seed, sample_size)
-    compared = {} if stored else clustering.compare_methods(model, values, sample_size, seed)
+    if stored is None and not compared:
+        compared = clustering.compare_methods(model, values, sample_size, seed)
     summary = clustering.summary(
         model, silhouette, sums, applied=stored is not None, methods_compared=compared
     )
@@ -1589,10 +1621,10 @@ def cluster_sums(with_clusters: DataFrame, model):
         .agg(F.count(F.lit(1)).alias("n"), *[F.avg(x).alias(f"m{j}") for j, x in enumerate(scaled)])
         .collect()
     )  # fmt: skip
-    counts, means = np.zeros(k, dtype=np.int64), np.zeros((k, 3))
+    counts, means = np.zeros(k, dtype=np.int64), np.zeros((k, len(scaled)))
     for row in rows:
         counts[row["cluster"]] = row["n"]
-        means[row["cluster"]] = [row["m0"], row["m1"], row["m2"]]
+        means[row["cluster"]] = [row[f"m{j}"] for j in range(len(scaled))]
 
     def mean_of(j: int) -> Column:
         return F.element_at(

@@ -91,6 +91,8 @@ class RunSpec:
     cluster_sample_size: int
     cluster_seed: int
     cluster_model_path: Optional[str]
+    cluster_features: tuple[str, ...]
+    segmentation_method: str
     high_value_share: float
     high_value_by: str
     sheet: Optional[str] = None
