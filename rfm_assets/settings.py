@@ -485,7 +485,12 @@ class RFMSettings(dg.ConfigurableResource):
             )
         if self.cluster_model_path and self.segmentation_method != "kmeans":
             raise ValueError("cluster_model_path: applies to segmentation_method kmeans")
-        from rfm_assets.engines.clustering import FEATURES, DamagedModel, feature_names
+        from rfm_assets.engines.clustering import (
+            DATED_FEATURES,
+            FEATURES,
+            DamagedModel,
+            feature_names,
+        )
 
         try:
             feature_names(self.cluster_features)
@@ -498,6 +503,12 @@ class RFMSettings(dg.ConfigurableResource):
                 raise ValueError(
                     "cluster_features: the stored model in cluster_model_path fixes its "
                     "features; unset cluster_features"
+                )
+            dated = [n for n in self.cluster_features if n in DATED_FEATURES]
+            if dated and self.input_level == "customers":
+                raise ValueError(
+                    f"cluster_features: {dated[0]} needs purchase dates, which input_level "
+                    "customers does not have (it has recency, frequency and monetary)"
                 )
         if self.cluster_model_path and self.clusters:
             raise ValueError(

@@ -85,10 +85,11 @@ def oracle(
             is_return = cancelled or round(amount * 1_000_000) <= 0
             kept.append((customer, day, -abs(amount) if is_return else amount, is_return, order))
 
+    has_orders = any("order_id" in r for r in rows[:1])
     per_customer = defaultdict(
-        lambda: {"micro": 0, "days": [], "orders": set(), "rows": 0, "kept": 0}
+        lambda: {"micro": 0, "days": [], "orders": set(), "rows": 0, "kept": 0, "order_days": {}}
     )
-    for customer, day, amount, is_return, order in kept:
+    for line, (customer, day, amount, is_return, order) in enumerate(kept):
         entry = per_customer[customer]
         entry["kept"] += 1
         entry["micro"] += round(amount * 1_000_000)  # Python's round: half to even
@@ -96,7 +97,9 @@ def oracle(
             entry["days"].append(day)
             entry["orders"].add(order)
             entry["rows"] += 1
-    has_orders = any("order_id" in r for r in rows[:1])
+            # Each order's day (its first purchase line's); without orders, each line's.
+            key = order if has_orders else line
+            entry["order_days"][key] = min(entry["order_days"].get(key, day), day)
     customers = {}
     for customer, entry in per_customer.items():
         if returns_policy == "net" and entry["micro"] <= 0:
@@ -114,6 +117,10 @@ def oracle(
         }
         c = customers[customer]
         c["purchase_frequency_per_month"] = c["frequency"] * 30.44 / max(c["tenure_days"], 30.44)
+        # The mean of the gaps between consecutive orders' days; one order: the days since it.
+        days = sorted(entry["order_days"].values())
+        gaps = [(later - earlier).days for earlier, later in zip(days, days[1:])]
+        c["days_between_purchases"] = sum(gaps) / len(gaps) if gaps else c["tenure_days"]
     hold_out(customers, excluded, min_frequency, exclude_recent_days)
     score(customers, scale, weights, fixed, rules)
     return customers, dict(excluded)

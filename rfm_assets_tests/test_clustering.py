@@ -832,3 +832,155 @@ def test_a_store_pointer_names_a_version_beside_it(fitted_model, tmp_path):
             model_document_at(str(store))
         assert str(raised.value) == expected
         pointer.write_text(saved)
+
+
+# The seven features a k-means notebook clusters on.
+SEVEN = ["recency", "frequency", "monetary", "tenure_days", "avg_order_value",
+         "purchase_frequency_per_month", "days_between_purchases"]  # fmt: skip
+
+
+def oracle_features(features: list[str]) -> pd.DataFrame:
+    """Each bundled customer's features by the oracle loop (days between purchases: the mean
+    gap between consecutive orders' days, counted order by order)."""
+    from rfm_assets_tests.conftest import bundled_oracle
+
+    expected, _ = bundled_oracle()
+    rows = []
+    for customer, values in expected.items():
+        values = {**values, "avg_order_value": values["monetary"] / values["frequency"]}
+        rows.append({"customer_id": customer, **{name: values[name] for name in features}})
+    return pd.DataFrame(rows)
+
+
+def test_kmeans_on_the_seven_features_of_a_kmeans_notebook(tmp_path, capsys):
+    """cluster_features: the model scales the seven features the oracle computes (log1p,
+    median, IQR), and each customer is in the cluster of the nearest stored centroid."""
+    import json
+
+    from rfm_assets.cli import main
+
+    result = run(RFMSettings(segmentation_method="kmeans", clusters=4, cluster_features=SEVEN))
+    document = result.cluster_model
+    assert document["version"] == 2 and document["features"] == SEVEN
+    features = oracle_features(SEVEN)
+    logged = np.log1p(np.maximum(features[SEVEN].to_numpy(dtype=float), 0.0))
+    assert document["median"] == pytest.approx(np.median(logged, axis=0), rel=1e-12)
+    high, low = np.percentile(logged, [75, 25], axis=0)
+    assert document["iqr"] == pytest.approx(np.where(high > low, high - low, 1.0), rel=1e-12)
+    segments = result.customer_segments.set_index("customer_id")
+    expected = nearest_centroid_oracle(document, features)
+    assert segments.loc[features["customer_id"], "cluster"].tolist() == expected
+    assert [set(c) >= set(SEVEN) for c in result.clustering["clusters"]] == [True] * 4
+    assert result.clustering["features"] == SEVEN
+    # Stored and applied again, the seven-feature model gives every customer the same cluster.
+    (tmp_path / "cluster_model.json").write_text(json.dumps(document))
+    again = run(RFMSettings(segmentation_method="kmeans", cluster_model_path=str(tmp_path)))
+    assert (
+        again.customer_segments["cluster"].tolist() == result.customer_segments["cluster"].tolist()
+    )
+    # On the command line, and the settings it refuses, each in one line.
+    output = tmp_path / "out"
+    assert main(["analyze", "--segmentation", "kmeans", "--clusters", "4", "--cluster-features",
+                 ",".join(SEVEN), "--output", str(output)]) == 0  # fmt: skip
+    assert "on recency, frequency, monetary, tenure_days" in capsys.readouterr().out
+    stored = json.loads((output / "cluster_model.json").read_text())
+    assert stored["features"] == SEVEN and stored["clusters"] == document["clusters"]
+    refused = {
+        "recency,frequency": "cluster_features is ['recency', 'frequency']; it must be a list",
+        "recency,frequency,monetary,age": "cluster_features: 'age' is not a feature",
+        "recency,frequency,monetary,monetary": "cluster_features is ['recency', 'frequency', "
+        "'monetary', 'monetary']",
+    }
+    for given, message in refused.items():
+        assert main(["analyze", "--segmentation", "kmeans", "--cluster-features", given,
+                     "--output", str(tmp_path / "x")]) == 1  # fmt: skip
+        error = capsys.readouterr().err.strip()
+        assert message in error and "\n" not in error, error
+    assert main(["analyze", "--cluster-features", ",".join(SEVEN), "--output",
+                 str(tmp_path / "x")]) == 1  # fmt: skip
+    assert "cluster_features: applies to segmentation_method kmeans or auto" in (
+        capsys.readouterr().err
+    )
+
+
+def test_days_between_purchases_is_the_mean_gap_between_orders():
+    """The engines' expression against gaps counted order by order, on customers with one
+    order, with orders on one day and with uneven gaps."""
+    from rfm_assets.engines.clustering import days_between_purchases
+
+    # (order days, reference day): one order; two on one day; gaps 1, 9 and 20.
+    cases = [([10], 40), ([5, 5], 12), ([0, 1, 10, 30], 31)]
+    frequency = [len(days) for days, _ in cases]
+    lifetime = [max(days) - min(days) + 1 for days, _ in cases]
+    tenure = [reference - min(days) for days, reference in cases]
+    expected = []
+    for days, reference in cases:
+        gaps = [b - a for a, b in zip(sorted(days), sorted(days)[1:])]
+        expected.append(sum(gaps) / len(gaps) if gaps else reference - min(days))
+    assert days_between_purchases(frequency, lifetime, tenure).tolist() == expected == [
+        30.0, 0.0, 10.0
+    ]  # fmt: skip
+
+
+def test_auto_keeps_the_method_with_the_best_silhouette(tmp_path):
+    """segmentation_method auto on the bundled data: the method of the best silhouette among
+    the three compared, customers at the nearest of its means, and the model applies again."""
+    import json
+
+    from rfm_assets.engines import clustering
+
+    result = run(RFMSettings(segmentation_method="auto"))
+    compared = result.clustering["methods_compared"]
+    assert set(compared) == set(clustering.METHODS)
+    best = max(compared.values(), key=lambda scores: scores["silhouette"])["silhouette"]
+    method = result.clustering["method"]
+    assert compared[method]["silhouette"] == best
+    assert result.cluster_model["fitted"]["method"] == method
+    customers = result.customer_segments
+    expected = nearest_centroid_oracle(result.cluster_model, customers)
+    assert customers["cluster"].tolist() == expected
+    (tmp_path / "cluster_model.json").write_text(json.dumps(result.cluster_model))
+    again = run(RFMSettings(segmentation_method="kmeans", cluster_model_path=str(tmp_path)))
+    assert again.clustering["method"] == method
+    assert again.customer_segments["cluster"].tolist() == customers["cluster"].tolist()
+
+
+@pytest.mark.parametrize("winner", ["gaussian_mixture", "agglomerative_ward"])
+def test_a_winner_other_than_kmeans_is_kept_as_its_clusters_means(monkeypatch, winner):
+    """Whichever method wins, its clusters' means on the sample become the centroids."""
+    from rfm_assets.engines import clustering
+
+    seen = {}
+    labels_by_method = clustering._labels_by_method
+
+    def recorded(model, scaled, sample_size, seed):
+        seen["sample"], seen["labels"] = labels_by_method(model, scaled, sample_size, seed)
+        return seen["sample"], seen["labels"]
+
+    def scores(sample, labels):  # the winner scores best, the others as measured
+        return {name: {"silhouette": 1.0 if name == winner else 0.0} for name in labels}
+
+    monkeypatch.setattr(clustering, "_labels_by_method", recorded)
+    monkeypatch.setattr(clustering, "_scores", scores)
+    result = run(RFMSettings(segmentation_method="auto", clusters=3))
+    assert result.clustering["method"] == winner
+    sample, labels = seen["sample"], seen["labels"][winner]
+    means = [sample[labels == c].mean(axis=0).tolist() for c in range(3)]
+    stored = [c["centroid_scaled"] for c in result.cluster_model["clusters"]]
+    assert np.array(stored) == pytest.approx(np.array(means), rel=1e-12)
+
+
+def test_a_version_1_model_is_still_applied(groups_file, fitted_model, tmp_path):
+    """Version 1 documents (R, F and M, before features were named) are read as written."""
+    import json
+
+    path, _ = groups_file
+    for version in (1, 2):
+        folder = tmp_path / str(version)
+        folder.mkdir()
+        document = {**fitted_model, "version": version}
+        (folder / "cluster_model.json").write_text(json.dumps(document))
+        applied = run(kmeans_settings(path, cluster_model_path=str(folder)))
+        segments = applied.customer_segments
+        assert segments["cluster"].tolist() == nearest_centroid_oracle(fitted_model, segments)
+        assert applied.cluster_model["features"] == ["recency", "frequency", "monetary"]

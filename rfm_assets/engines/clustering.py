@@ -38,6 +38,8 @@ FEATURE_CHOICES = FEATURES + (
     "purchase_frequency_per_month",
     "days_between_purchases",
 )
+# The features a customer-level input (recency, frequency, monetary given) cannot have.
+DATED_FEATURES = ("tenure_days", "purchase_frequency_per_month", "days_between_purchases")
 # The columns k-means adds to customer_segments, after the published ones.
 CLUSTER_COLUMNS = ("cluster", "cluster_name", "cluster_distance")
 
