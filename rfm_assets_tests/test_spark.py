@@ -35,6 +35,7 @@ from rfm_assets_tests.conftest import (
     rfm_resources,
     stored_frame,
 )
+from rfm_assets_tests.test_clustering import SEVEN, nearest_centroid_oracle, oracle_features
 from rfm_assets_tests.test_corpus import CASES, write_input
 from rfm_assets_tests.test_customer_level import CASES as CUSTOMER_CASES
 from rfm_assets_tests.test_customer_level import customer_settings, messy_customer_rows, write_csv
@@ -786,9 +787,16 @@ def test_kmeans_on_spark_agrees_with_pandas_on_the_bundled_data(spark, tmp_path)
         )
 
 
-def test_a_stored_model_assigns_identically_on_both_engines(spark, tmp_path):
+@pytest.mark.parametrize(
+    "method, features",
+    [("kmeans", ["recency", "frequency", "monetary"]), ("auto", SEVEN)],
+    ids=["kmeans", "auto-seven-features"],
+)
+def test_a_stored_model_assigns_identically_on_both_engines(spark, tmp_path, method, features):
+    """Spark's features (days between purchases among them) and assignment equal pandas'."""
     model_file = tmp_path / "cluster_model.json"
-    fitted = run(RFMSettings(segmentation_method="kmeans", clusters=4))
+    fitted = run(RFMSettings(segmentation_method=method, clusters=4, cluster_features=features))
+    assert fitted.cluster_model["features"] == features
     model_file.write_text(json.dumps(fitted.cluster_model))
     settings = dict(segmentation_method="kmeans", cluster_model_path=str(model_file),
                     reference_date="2011-09-01")  # fmt: skip
@@ -807,6 +815,24 @@ def test_a_stored_model_assigns_identically_on_both_engines(spark, tmp_path):
     assert spark_result.clustering["davies_bouldin"] == pytest.approx(
         pandas_result.clustering["davies_bouldin"], rel=1e-9
     )
+
+
+def test_auto_on_the_seven_features_fits_on_spark(spark, tmp_path):
+    """segmentation_method auto on Spark: the best silhouette of its own comparison, and
+    every customer at the nearest centroid of the seven features the oracle computes."""
+    settings = RFMSettings(
+        segmentation_method="auto", clusters=4, cluster_features=SEVEN, engine="spark"
+    )
+    result = run(settings, spark_session=spark)
+    compared = result.clustering["methods_compared"]
+    best = max(scores["silhouette"] for scores in compared.values())
+    assert compared[result.clustering["method"]]["silhouette"] == best
+    document = result.cluster_model
+    assert document["features"] == SEVEN and document["fitted"]["engine"] == "spark"
+    customers = as_pandas(result.customer_segments, tmp_path).set_index("customer_id")
+    features = oracle_features(SEVEN)
+    expected = nearest_centroid_oracle(document, features)
+    assert customers.loc[features["customer_id"], "cluster"].tolist() == expected
 
 
 def test_lines_on_half_a_micro_unit_round_half_to_even_on_spark(spark, tmp_path):
