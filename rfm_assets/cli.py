@@ -401,8 +401,8 @@ def cluster_table_text(clustering: dict) -> str:
               else "k as given") if fitted else "the stored model's k"  # fmt: skip
     method = {"gaussian_mixture": "Gaussian mixture", "agglomerative_ward": "Ward's clustering"}
     name = method.get(clustering.get("method", "kmeans"), "k-means")
-    if fitted and name != "k-means":
-        chosen += f"; {name}, the best silhouette of the three methods at that k"
+    if fitted and (clustering.get("fitted") or {}).get("method_choice"):
+        chosen += "; the method with the best silhouette of three at that k"
     features = clustering.get("features") or ["recency", "frequency", "monetary"]
     if len(features) > 3:
         chosen += f"; on {', '.join(features)}"

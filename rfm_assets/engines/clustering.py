@@ -672,17 +672,18 @@ def best_method(model: ClusterModel, scaled: np.ndarray, sample_size: int, seed:
     `segmentation_method: auto`. Ties go to the earlier of METHODS. A Gaussian mixture or
     Ward winner is kept as the means of its clusters on the sample (the scaled features), to
     which every customer then goes by nearest mean, as to k-means centroids; its
-    `fitted["method"]` names it."""
+    `fitted["method"]` names it, and `fitted["method_choice"]` says it was chosen so."""
     sample, labels = _labels_by_method(model, scaled, sample_size, seed)
     compared = _scores(sample, labels)
     # A method that left a cluster of the k without customers (a mixture may) is not chosen.
     whole = [name for name in compared if len(np.unique(labels[name])) == model.k]
     best = max(whole, key=lambda name: (compared[name]["silhouette"], -METHODS.index(name)),
                default="kmeans")  # fmt: skip
+    fitted = {**model.fitted, "method": best, "method_choice": "best silhouette of three"}
     if best == "kmeans":
-        return replace(model, fitted={**model.fitted, "method": best}), compared
+        return replace(model, fitted=fitted), compared
     means = np.array([sample[labels[best] == c].mean(axis=0) for c in range(model.k)])
-    return replace(model, centroids=means, fitted={**model.fitted, "method": best}), compared
+    return replace(model, centroids=means, fitted=fitted), compared
 
 
 def cluster_names(segment_of_centroid: list[str], sizes: np.ndarray) -> list[str]:

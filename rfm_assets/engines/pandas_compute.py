@@ -744,11 +744,10 @@ def cluster_segments(
         if method == "auto":
             scaled = model.scaled(values)
             model, compared = clustering.best_method(model, scaled, sample_size, seed)
-        chosen = model.fitted.get("method", "kmeans")
+        chosen = {"method": "kmeans", **model.fitted}  # (and method_choice with auto)
         sizes = np.bincount(model.assign(values)[0], minlength=model.k)
         model = model.named(thresholds, rule_set, sizes)
-        model.fitted = {**(fitted or {}), "engine": "pandas", "customers": len(scores),
-                        "method": chosen}  # fmt: skip
+        model.fitted = {**(fitted or {}), **chosen, "engine": "pandas", "customers": len(scores)}
     else:
         model = stored
     cluster, distance = model.assign(values)

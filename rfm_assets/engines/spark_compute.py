@@ -1544,8 +1544,11 @@ def fit_clusters(scores: DataFrame, k_range: tuple[int, int], sample_size: int, 
     # on the other side of a cut point from the converged one, which renames its cluster.
     fitted = KMeans(k=k, seed=seed, maxIter=50).fit(vectors.transform(scaled))
     centroids = np.array(fitted.clusterCenters())
+    chosen = {"method": "kmeans"}
+    if method == "auto":  # and k-means won
+        chosen["method_choice"] = "best silhouette of three"
     model = dataclasses.replace(unfitted, centroids=centroids, silhouette_by_k=silhouettes,
-                                inertia_by_k=inertias, fitted={"method": "kmeans"})  # fmt: skip
+                                inertia_by_k=inertias, fitted=chosen)  # fmt: skip
     return model, compared
 
 
@@ -1581,8 +1584,8 @@ def cluster_segments(
     if stored is None:
         model = model.named(thresholds, rule_set, sums.counts)
         customers = int(sums.counts.sum())
-        model.fitted = {**(fitted or {}), "engine": "spark", "customers": customers,
-                        "method": model.fitted["method"]}  # fmt: skip
+        # model.fitted: the method (and method_choice with auto), as fit_clusters chose.
+        model.fitted = {**(fitted or {}), **model.fitted, "engine": "spark", "customers": customers}
     named = [((c,), name) for c, name in enumerate(model.segments)]
     lookup = F.create_map(*[F.lit(x) for c, name in enumerate(model.names) for x in (c, name)])
     segmented = _with_catalog(
