@@ -201,8 +201,14 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions, read_weeks: Optiona
     settings, engine = graph.settings_of(context), graph.engine_of(context)
     loaded, upstream = rows_of_window(graph, context, transactions, "rfm_metrics", read_weeks)
     if "window_weeks" in upstream:  # a week's window of a weekly history
-        # Counted here, as the transactions step counts a run's kept rows.
-        upstream["customers"] = engine.customers_of(loaded)
+        own_rows = (  # the window is this week's stored rows, all of them (a week from scratch)
+            upstream["window_weeks"][0] == context.partition_key
+            and engine.row_count(loaded) == upstream["rows_kept"]
+        )
+        # Counted here, as the transactions step counts a run's kept rows. A window of the
+        # week's own rows has the count that step took of them (0.5 s at 10M rows).
+        if not own_rows:
+            upstream["customers"] = engine.customers_of(loaded)
         if not upstream["customers"]:
             raise RFMInputError(
                 f"rfm_metrics: no transactions in the window of week "
