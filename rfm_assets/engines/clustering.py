@@ -667,9 +667,9 @@ def compare_methods(
 
 
 def best_method(model: ClusterModel, scaled: np.ndarray, sample_size: int, seed: int):
-    """(the model of the method with the best silhouette in compare_methods, the comparison),
-    on customers' `scaled` features (ClusterModel.scaled):
-    `segmentation_method: auto`. Ties go to the earlier of METHODS. A Gaussian mixture or
+    """`segmentation_method: auto`: (the model of the method with the best silhouette in the
+    comparison, the comparison), on customers' `scaled` features (ClusterModel.scaled).
+    Ties go to the earlier of METHODS. A Gaussian mixture or
     Ward winner is kept as the means of its clusters on the sample (the scaled features), to
     which every customer then goes by nearest mean, as to k-means centroids; its
     `fitted["method"]` names it, and `fitted["method_choice"]` says it was chosen so."""
