@@ -348,11 +348,19 @@ def clustering_section(inputs: ReportInputs) -> Html:
             _get(fitted, "engine"),
         )
     )
+    method = {"gaussian_mixture": "a Gaussian mixture", "agglomerative_ward": "Ward's clustering"}
+    chosen = method.get(str(clustering.get("method")), "k-means")
+    if isinstance(fitted, dict) and fitted.get("method_choice"):
+        chosen += ", the best silhouette of the methods compared below"
+    features = clustering.get("features")
+    if isinstance(features, list) and len(features) > 3:
+        chosen += ", on " + ", ".join(map(str, features))
     facts = markup(
-        "<p>k = {}, {}. Silhouette {} (higher is better, at most 1), Davies-Bouldin {} (lower is "
-        "better), Calinski-Harabasz {} (higher is better).</p>",
+        "<p>k = {}, {}; {}. Silhouette {} (higher is better, at most 1), Davies-Bouldin {} "
+        "(lower is better), Calinski-Harabasz {} (higher is better).</p>",
         _number(clustering.get("k")),
         how,
+        chosen,
         _number(clustering.get("silhouette"), 3),
         _number(clustering.get("davies_bouldin"), 3),
         _number(clustering.get("calinski_harabasz"), 1),
@@ -521,7 +529,7 @@ def report_html(inputs: ReportInputs, generated: Optional[dt.datetime] = None) -
     clusters = Html("")
     if inputs.clustering:
         clusters = markup(
-            "<h2>Clusters (segmentation_method kmeans)</h2>{}", clustering_section(inputs)
+            "<h2>Clusters (segmentation_method kmeans or auto)</h2>{}", clustering_section(inputs)
         )
     lifetime = Html("")
     if inputs.lifetime_value is not None:

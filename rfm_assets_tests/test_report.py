@@ -119,7 +119,7 @@ def test_the_weekly_graph_writes_the_report_as_an_asset(tmp_path):
 
 
 def test_a_kmeans_report_shows_the_clusters_and_the_methods_compared(page, tmp_path):
-    assert "Clusters (segmentation_method kmeans)" not in page  # a grid run has no such part
+    assert "Clusters (segmentation_method kmeans or auto)" not in page  # no such part in a grid run
     output = tmp_path / "kmeans"
     assert main(["analyze", "--segmentation", "kmeans", "--output", str(output)]) == 0
     target = tmp_path / "kmeans.html"
@@ -127,7 +127,8 @@ def test_a_kmeans_report_shows_the_clusters_and_the_methods_compared(page, tmp_p
     shown = target.read_text(encoding="utf-8")
     text = html.unescape(re.sub(r"<[^>]+>", "|", shown))
     summary = json.loads((output / "run_summary.json").read_text())["clustering"]
-    assert f"k = {summary['k']}, fitted now on 4,338 customers" in text
+    assert f"k = {summary['k']}, fitted now on 4,338 customers; k-means." in text
+    assert "Clusters (segmentation_method kmeans or auto)" in text
     for entry in summary["clusters"]:
         assert f"|{entry['name']}||{entry['segment']}||{entry['customers']:,}|" in text
     for method, scores in summary["methods_compared"].items():
@@ -135,6 +136,18 @@ def test_a_kmeans_report_shows_the_clusters_and_the_methods_compared(page, tmp_p
     # The four pictures of every report, and the clusters picture.
     images = re.findall(r'alt="([^"]+)" src="data:image/png;base64,', shown)
     assert "k-means clusters" in images and len(images) == 4
+    # With auto on the seven features, the page names the method kept and the features.
+    chosen = tmp_path / "auto"
+    features = "recency,frequency,monetary,tenure_days"
+    assert main(["analyze", "--segmentation", "auto", "--clusters", "3", "--cluster-features",
+                 features, "--output", str(chosen)]) == 0  # fmt: skip
+    assert main(["report", "--input", str(chosen), "--output", str(tmp_path / "auto.html")]) == 0
+    text = html.unescape(re.sub(r"<[^>]+>", "|", (tmp_path / "auto.html").read_text()))
+    method = json.loads((chosen / "run_summary.json").read_text())["clustering"]["method"]
+    name = {"kmeans": "k-means", "gaussian_mixture": "a Gaussian mixture",
+            "agglomerative_ward": "Ward's clustering"}[method]  # fmt: skip
+    assert (f"{name}, the best silhouette of the methods compared below, on recency, "
+            "frequency, monetary, tenure_days.") in text  # fmt: skip
 
 
 # --- hostile values: every value reaches the page as text, never as markup --------------------

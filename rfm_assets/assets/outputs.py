@@ -19,10 +19,11 @@ from rfm_assets.errors import naming_memory_failures
 from rfm_assets.report import ReportInputs, report_html
 
 CLUSTER_MODEL_DESCRIPTION = (
-    "The k-means model of segmentation_method kmeans, as a small JSON document: the scaling "
-    "(log1p, median, IQR), the centroids, each cluster's name and segment, the silhouette and "
-    "inertia of every k tried (the elbow curve), and where it was fitted. Give it to "
-    "`cluster_model_path` or `rfm-assets predict --model` to assign new customers to these "
+    "The clustering model of segmentation_method kmeans or auto, as a small JSON document: "
+    "the features and their scaling (log1p, median, IQR), the centroids (or, when auto chose "
+    "a Gaussian mixture or Ward, its clusters' means), each cluster's name and segment, the "
+    "silhouette and inertia of every k tried (the elbow curve), and where it was fitted. Give "
+    "it to `cluster_model_path` or `rfm-assets predict --model` to assign new customers to these "
     "clusters without refitting. Grid runs do not materialize it."
 )
 # What the report's summary takes from the stored tables' context.
