@@ -399,8 +399,9 @@ def cluster_table_text(clustering: dict) -> str:
     tried = sorted(int(k) for k in clustering.get("silhouette_by_k") or {})
     chosen = (f"best silhouette of k = {tried[0]}..{tried[-1]}" if len(tried) > 1
               else "k as given") if fitted else "the stored model's k"  # fmt: skip
-    method = {"gaussian_mixture": "Gaussian mixture", "agglomerative_ward": "Ward's clustering"}
-    name = method.get(clustering.get("method", "kmeans"), "k-means")
+    from rfm_assets.engines.clustering import METHOD_NAMES
+
+    name = METHOD_NAMES.get(clustering.get("method", "kmeans"), "k-means")
     if fitted and (clustering.get("fitted") or {}).get("method_choice"):
         chosen += "; the method with the best silhouette of three at that k"
     features = clustering.get("features") or ["recency", "frequency", "monetary"]

@@ -104,25 +104,10 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
 # written in them, so a table reads back the same whichever engine wrote it.
 
 
-def published_types(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` in the published column types (`published_arrow` makes the same change in
-    Arrow, for Parquet): categories as text, nullable integers without
-    a missing value as int64, timestamps in microseconds (pandas keeps days as ms)."""
-    changed = {}
-    for name, column in frame.items():
-        dtype = column.dtype
-        if isinstance(dtype, pd.CategoricalDtype):
-            changed[name] = column.astype("str")
-        elif isinstance(dtype, pd.Int64Dtype) and not column.isna().any():
-            changed[name] = column.astype("int64")
-        elif isinstance(dtype, (np.dtype, pd.DatetimeTZDtype)) and dtype.kind == "M":
-            changed[name] = column.dt.as_unit("us")
-    return frame.assign(**changed) if changed else frame
-
-
 def published_arrow(frame: pd.DataFrame) -> pa.Table:
-    """The frame as the Arrow table both engines write: `published_types`' types, with text
-    as `string`, as Spark's. The types are changed in Arrow, not in pandas: turning a category
+    """The frame as the Arrow table both engines write, in the published types (Spark's):
+    categories and text as `string`, nullable integers without a missing value as int64,
+    timestamps in microseconds. The types are changed in Arrow, not in pandas: turning a category
     column into a million Python strings took a second at 1M customers, where Arrow decodes
     the dictionary in C++. The pandas metadata is changed to match, so pandas reads the
     table back in the published types."""
@@ -143,6 +128,13 @@ def published_arrow(frame: pd.DataFrame) -> pa.Table:
         fields.append(field.with_type(kind))
     metadata = {**table.schema.metadata, b"pandas": json.dumps(described).encode()}
     return table.cast(pa.schema(fields, metadata=metadata))
+
+
+def published_types(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` in the published column types, as pandas reads `published_arrow` back:
+    categories as text, nullable integers without a missing value as int64, timestamps in
+    microseconds (pandas keeps days as ms)."""
+    return published_arrow(frame).to_pandas()
 
 
 def write_parquet(frame: pd.DataFrame, target) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from rfm_assets import pictures
+from rfm_assets.engines.clustering import METHOD_NAMES
 from rfm_assets.engines.clv import segment_value_table
 from rfm_assets.engines.shared import movement_counts, moves_between_segments
 from rfm_assets.errors import RFMError
@@ -348,8 +349,10 @@ def clustering_section(inputs: ReportInputs) -> Html:
             _get(fitted, "engine"),
         )
     )
-    method = {"gaussian_mixture": "a Gaussian mixture", "agglomerative_ward": "Ward's clustering"}
-    chosen = method.get(str(clustering.get("method")), "k-means")
+    method = str(clustering.get("method"))
+    chosen = METHOD_NAMES.get(method, "k-means")
+    if method == "gaussian_mixture":
+        chosen = "a " + chosen
     if isinstance(fitted, dict) and fitted.get("method_choice"):
         chosen += ", the best silhouette of the methods compared below"
     features = clustering.get("features")

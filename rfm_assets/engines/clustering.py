@@ -623,6 +623,12 @@ def check_segments(model: ClusterModel, rule_set, source: str) -> None:
 
 # The methods `segmentation_method: auto` chooses among, in the order that breaks a tie.
 METHODS = ("kmeans", "gaussian_mixture", "agglomerative_ward")
+# Each method's name where people read it (the command line's printout, the report).
+METHOD_NAMES = {
+    "kmeans": "k-means",
+    "gaussian_mixture": "Gaussian mixture",
+    "agglomerative_ward": "Ward's clustering",
+}
 
 
 def _labels_by_method(model: ClusterModel, scaled: np.ndarray, sample_size: int, seed: int):
