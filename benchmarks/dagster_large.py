@@ -12,6 +12,10 @@ processes and in turn:
   on a fresh DAGSTER_HOME (a week from scratch: its `transactions` keeps the whole window);
 - `cli`: `rfm-assets analyze --input <file> --reference-date 2024-12-30 ...`.
 
+The first Dagster run is also split into its parts, from the run's own events in its
+`DAGSTER_HOME` (`parts_s`): the process until the run starts (imports, the code location),
+each step from its start to its success, and the process after the run ends.
+
 Then **what Dagster stores costs on its own**: every table the first Dagster run stored (the
 current Parquet file of each asset), read into memory and written again with pyarrow's
 Parquet writer, timed in this process (median of --runs). The target says a Dagster run is
@@ -55,6 +59,28 @@ def stored_tables(home: Path) -> list[Path]:
     return files
 
 
+def run_parts(home: Path, started: float, ended: float) -> dict[str, float]:
+    """Seconds of each part of the one run stored under `home`, from its events; `started`
+    and `ended` are the process's wall-clock start and end."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        (run,) = instance.get_runs()
+        events = [e for e in instance.all_logs(run.run_id) if e.is_dagster_event]
+    finally:
+        instance.dispose()
+    kinds = {"RUN_START", "RUN_SUCCESS", "STEP_START", "STEP_SUCCESS"}
+    at = {(e.dagster_event.event_type_value, e.step_key): e.timestamp for e in events
+          if e.dagster_event.event_type_value in kinds}  # fmt: skip
+    parts = {"process until the run starts": at[("RUN_START", None)] - started}
+    for (kind, step), start in sorted(at.items(), key=lambda item: item[1]):
+        if kind == "STEP_START":
+            parts[step] = at[("STEP_SUCCESS", step)] - start
+    parts["process after the run"] = ended - at[("RUN_SUCCESS", None)]
+    return {part: round(seconds, 2) for part, seconds in parts.items()}
+
+
 def storing_seconds(files: list[Path], folder: Path) -> float:
     import pyarrow.parquet as pq
 
@@ -87,12 +113,15 @@ def main() -> None:
                     "--amount", "amount", "--output", str(folder / "cli_output")],
         }  # fmt: skip
         stored: list[Path] = []
+        parts: dict[str, float] = {}
         for _ in range(args.runs):
             for name, command in runs.items():
                 env = fresh_home(folder)
+                started = time.time()
                 walls[name].append(timed(command, env))
                 if name == "dagster" and not stored:
                     stored = stored_tables(Path(env["DAGSTER_HOME"]))
+                    parts = run_parts(Path(env["DAGSTER_HOME"]), started, time.time())
             walls["storing"].append(storing_seconds(stored, folder))
         sizes = {file.parts[-3]: file.stat().st_size for file in stored}
     median = {name: round(statistics.median(w), 3) for name, w in walls.items()}
@@ -108,11 +137,12 @@ def main() -> None:
         ),
         "dagster_vs_cli": round(median["dagster"] / median["cli"], 3),
         "stored_mib": {name: round(size / 2**20, 1) for name, size in sizes.items()},
+        "parts_s": parts,
         "walls_s": {name: [round(x, 3) for x in w] for name, w in walls.items()},
         "date": time.strftime("%Y-%m-%d"),
         "cores": os.cpu_count(),
     }
-    print(json.dumps({k: result[k] for k in list(result)[:9]}, indent=2))
+    print(json.dumps({k: result[k] for k in list(result)[:10]}, indent=2))
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
