@@ -70,8 +70,10 @@ def run_parts(home: Path, started: float, ended: float) -> dict[str, float]:
         events = [e for e in instance.all_logs(run.run_id) if e.is_dagster_event]
     finally:
         instance.dispose()
-    kinds = {"RUN_START", "RUN_SUCCESS", "STEP_START", "STEP_SUCCESS"}
-    at = {(e.dagster_event.event_type_value, e.step_key): e.timestamp for e in events
+    # The run's own start and end are stored under their older names, PIPELINE_*.
+    kinds = {"PIPELINE_START": "RUN_START", "PIPELINE_SUCCESS": "RUN_SUCCESS",
+             "STEP_START": "STEP_START", "STEP_SUCCESS": "STEP_SUCCESS"}  # fmt: skip
+    at = {(kinds[e.dagster_event.event_type_value], e.step_key): e.timestamp for e in events
           if e.dagster_event.event_type_value in kinds}  # fmt: skip
     parts = {"process until the run starts": at[("RUN_START", None)] - started}
     for (kind, step), start in sorted(at.items(), key=lambda item: item[1]):

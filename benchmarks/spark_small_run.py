@@ -1,0 +1,131 @@
+"""Where a Spark run of the graph on a tiny input spends its time: what the Spark tests pay.
+
+    .venv/bin/python benchmarks/spark_small_run.py [--runs 3] [--debugging off]
+
+One local[2] session, tuned as the test suite's shared session is (one shuffle partition per
+core, no adaptive re-planning, no generated code), with Spark's event log on. The graph runs
+`--runs` times in that session (`rfm_assets.run`) on a five-row CSV, after one warm-up run.
+For each run it prints the wall time, the Spark jobs the run started, their summed time and
+the span from the first job's start to the last one's end (from the event log), and the
+calls the driver made to the JVM over Py4J from the run's thread. `--debugging off` sets
+`spark.python.sql.dataFrameDebugging.enabled=false` (PySpark's call-site capture, several
+JVM calls around every Column function).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def session(event_log: Path, debugging: bool):
+    from pyspark.sql import SparkSession
+
+    from rfm_assets.definitions import DEFAULT_SPARK_CONFIG
+    from rfm_assets.engines import spark_compute
+
+    config = {
+        **DEFAULT_SPARK_CONFIG,
+        "spark.ui.enabled": "false",
+        "spark.eventLog.enabled": "true",
+        "spark.eventLog.compress": "false",
+        "spark.eventLog.dir": str(event_log),
+        "spark.python.sql.dataFrameDebugging.enabled": str(debugging).lower(),
+    }
+    builder = SparkSession.builder.master("local[2]")
+    for key, value in config.items():
+        if key != "spark.master":
+            builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    spark.conf.set("spark.sql.codegen.wholeStage", "false")
+    spark.conf.set("spark.sql.codegen.factoryMode", "NO_CODEGEN")
+    spark_compute.PARTITIONS_PER_CORE = 1
+    return spark
+
+
+def counting_jvm_calls() -> dict:
+    """Count the driver's Py4J commands sent from the main thread (not the finalizer's)."""
+    from py4j import clientserver
+
+    count = {"calls": 0}
+    send = clientserver.ClientServerConnection.send_command
+    main = threading.main_thread()
+
+    def counted(self, command):
+        if threading.current_thread() is main:
+            count["calls"] += 1
+        return send(self, command)
+
+    clientserver.ClientServerConnection.send_command = counted
+    return count
+
+
+def jobs(event_log: Path) -> dict[int, tuple[int, int]]:
+    """{job id: (start ms, end ms)} from the session's event log."""
+    times: dict[int, list] = {}
+    for file in event_log.rglob("*"):
+        if not file.is_file() or file.name.startswith("appstatus"):
+            continue
+        for line in file.read_text().splitlines():
+            event = json.loads(line)
+            if event["Event"] == "SparkListenerJobStart":
+                times[event["Job ID"]] = [event["Submission Time"], None]
+            elif event["Event"] == "SparkListenerJobEnd":
+                times[event["Job ID"]][1] = event["Completion Time"]
+    return {job: (start, end) for job, (start, end) in times.items() if end is not None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--debugging", choices=("on", "off"), default="on")
+    args = parser.parse_args()
+    import pandas as pd
+
+    from rfm_assets import run
+    from rfm_assets.settings import RFMSettings
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        (folder / "events").mkdir()
+        spark = session(folder / "events", args.debugging == "on")
+        source = folder / "five.csv"
+        pd.DataFrame(
+            {
+                "customer_id": [1, 2, 3, 1, 2],
+                "transaction_date": [
+                    "2024-01-01",
+                    "2024-01-02",
+                    "2024-01-03",
+                    "2024-01-05",
+                    "2024-01-06",
+                ],  # fmt: skip
+                "amount": [1.0, 2.0, 3.0, 4.0, 5.0],
+            }
+        ).to_csv(source, index=False)
+        settings = RFMSettings(input_path=str(source), engine="spark")
+        run(settings, spark_session=spark)  # warm-up: the JVM's first plans and classes
+        count = counting_jvm_calls()
+        for number in range(1, args.runs + 1):
+            seen = set(jobs(folder / "events"))
+            count["calls"] = 0
+            started = time.perf_counter()
+            run(settings, spark_session=spark)
+            wall = time.perf_counter() - started
+            time.sleep(0.5)  # the event log is written by a listener thread
+            new = {job: t for job, t in jobs(folder / "events").items() if job not in seen}
+            summed = sum(end - start for start, end in new.values()) / 1000
+            span = (max(end for _, end in new.values()) - min(s for s, _ in new.values())) / 1000
+            print(f"run {number}: {wall:.2f} s; {len(new)} Spark jobs taking {summed:.2f} s "
+                  f"of a {span:.2f} s span; {count['calls']:,} JVM calls", flush=True)  # fmt: skip
+        spark.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
