@@ -73,7 +73,10 @@ def jobs(event_log: Path) -> dict[int, tuple[int, int]]:
         if not file.is_file() or file.name.startswith("appstatus"):
             continue
         for line in file.read_text().splitlines():
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:  # the line being written as the log is read
+                continue
             if event["Event"] == "SparkListenerJobStart":
                 times[event["Job ID"]] = [event["Submission Time"], None]
             elif event["Event"] == "SparkListenerJobEnd":
