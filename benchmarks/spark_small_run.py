@@ -1,6 +1,6 @@
 """Where a Spark run of the graph on a tiny input spends its time: what the Spark tests pay.
 
-    .venv/bin/python benchmarks/spark_small_run.py [--runs 3] [--debugging off]
+    .venv/bin/python benchmarks/spark_small_run.py [--runs 3] [--debugging off] [--jobs]
 
 One local[2] session, tuned as the test suite's shared session is (one shuffle partition per
 core, no adaptive re-planning, no generated code), with Spark's event log on. The graph runs
@@ -9,7 +9,8 @@ For each run it prints the wall time, the Spark jobs the run started, their summ
 the span from the first job's start to the last one's end (from the event log), and the
 calls the driver made to the JVM over Py4J from the run's thread. `--debugging off` sets
 `spark.python.sql.dataFrameDebugging.enabled=false` (PySpark's call-site capture, several
-JVM calls around every Column function).
+JVM calls around every Column function). `--jobs` lists each run's jobs, with their time and
+where the driver started them.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def counting_jvm_calls() -> dict:
     return count
 
 
-def jobs(event_log: Path) -> dict[int, tuple[int, int]]:
-    """{job id: (start ms, end ms)} from the session's event log."""
+def jobs(event_log: Path) -> dict[int, tuple[int, int, str]]:
+    """{job id: (start ms, end ms, where the driver started it)} from the session's event
+    log."""
     times: dict[int, list] = {}
     for file in event_log.rglob("*"):
         if not file.is_file() or file.name.startswith("appstatus"):
@@ -78,16 +80,18 @@ def jobs(event_log: Path) -> dict[int, tuple[int, int]]:
             except json.JSONDecodeError:  # the line being written as the log is read
                 continue
             if event["Event"] == "SparkListenerJobStart":
-                times[event["Job ID"]] = [event["Submission Time"], None]
+                site = event.get("Properties", {}).get("callSite.short", "")
+                times[event["Job ID"]] = [event["Submission Time"], None, site]
             elif event["Event"] == "SparkListenerJobEnd":
                 times[event["Job ID"]][1] = event["Completion Time"]
-    return {job: (start, end) for job, (start, end) in times.items() if end is not None}
+    return {job: tuple(t) for job, t in times.items() if t[1] is not None}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--debugging", choices=("on", "off"), default="on")
+    parser.add_argument("--jobs", action="store_true", help="list each run's jobs")
     args = parser.parse_args()
     import pandas as pd
 
@@ -123,10 +127,14 @@ def main() -> None:
             wall = time.perf_counter() - started
             time.sleep(0.5)  # the event log is written by a listener thread
             new = {job: t for job, t in jobs(folder / "events").items() if job not in seen}
-            summed = sum(end - start for start, end in new.values()) / 1000
-            span = (max(end for _, end in new.values()) - min(s for s, _ in new.values())) / 1000
+            summed = sum(end - start for start, end, _ in new.values()) / 1000
+            span = (max(t[1] for t in new.values()) - min(t[0] for t in new.values())) / 1000
             print(f"run {number}: {wall:.2f} s; {len(new)} Spark jobs taking {summed:.2f} s "
                   f"of a {span:.2f} s span; {count['calls']:,} JVM calls", flush=True)  # fmt: skip
+            if args.jobs:
+                for job in sorted(new):
+                    start, end, site = new[job]
+                    print(f"  job {job}: {(end - start) / 1000:.2f} s  {site}")
         spark.stop()
 
 

@@ -234,9 +234,13 @@ def _canonical(
         raw = col(name)
         if isinstance(types[name], T.StringType):
             _raise_for_mixed_zones(stats, name)
-            canonical[field] = _parse_text_dates(source, name, missing_allowed)
+            not_iso = stats[f"not_iso:{name}"]
+            canonical[field] = _parse_text_dates(source, name, not_iso, missing_allowed)
             if missing_allowed:
                 raw = _blank_as_null(trimmed(raw))
+            if not not_iso:  # every date is ISO 8601 text: only missing ones can be bad
+                missing = stats["rows"] - stats[f"dates_present:{name}"]
+                stats[f"missing_dates:{name}"] = 0 if missing_allowed else missing
         if stats.get(f"missing_dates:{name}", 1):  # typed dates: only nulls can be bad
             parsed = source.select(canonical[field].alias("d"), raw.alias("raw"))
             bad = F.col("d").isNull()
@@ -462,6 +466,10 @@ def _validation_checks(columns: SourceColumns, types: dict, is_csv: bool) -> dic
         checks[f"zones:{date_name}"] = F.collect_set(F.when(offset != "", zone))
         checks[f"with_offset:{date_name}"] = F.sum(F.when(offset != "", 1).otherwise(0))
         checks[f"dates_present:{date_name}"] = F.count(text)
+        # Counted here, not by a job of their own: most text dates are ISO 8601.
+        wall_clock, iso = _wall_clock_text(date_name, columns.level == "customers")
+        not_iso = wall_clock.isNotNull() & iso.isNull()
+        checks[f"not_iso:{date_name}"] = F.sum(F.when(not_iso, 1).otherwise(0))
     if is_csv:
         # Spark replaces bytes that are not UTF-8 with U+FFFD where pyarrow refuses them.
         text_columns = [c for c in columns.needed if isinstance(types[c], T.StringType)]
@@ -528,9 +536,9 @@ def _examples(frame: DataFrame) -> list:
     return sorted((row[0] for row in rows.collect()), key=str)
 
 
-def _parse_text_dates(source: DataFrame, name: str, missing_allowed: bool = False) -> Column:
-    """ISO 8601 text to wall-clock timestamps (a single offset already checked), else one
-    format inferred from the data for every row, as the pandas reader does."""
+def _wall_clock_text(name: str, missing_allowed: bool = False) -> tuple[Column, Column]:
+    """(the wall-clock text of a text date column, that text parsed as ISO 8601 or null): a
+    single offset is already checked, so it is dropped."""
     raw = trimmed(col(name))
     if missing_allowed:
         raw = _blank_as_null(raw)
@@ -538,8 +546,16 @@ def _parse_text_dates(source: DataFrame, name: str, missing_allowed: bool = Fals
     text = F.when(raw.rlike(pattern), F.regexp_extract(raw, pattern, 1)).otherwise(raw)
     truncated = F.regexp_replace(text, EXTRA_FRACTION_DIGITS, "$1")
     iso = F.when(text.rlike(ISO_DATE_TEXT), F.try_to_timestamp(truncated)).cast("timestamp_ntz")
-    failed = source.filter(text.isNotNull() & iso.isNull()).limit(1).count()
-    if not failed:
+    return text, iso
+
+
+def _parse_text_dates(source: DataFrame, name: str, not_iso: int,
+                      missing_allowed: bool = False) -> Column:  # fmt: skip
+    """ISO 8601 text to wall-clock timestamps, else one format inferred from the data for
+    every row, as the pandas reader does. `not_iso`: the rows with text that is not ISO 8601,
+    as the validation pass counted them."""
+    text, iso = _wall_clock_text(name, missing_allowed)
+    if not not_iso:
         return iso
     distinct = source.select(text.alias("text")).dropna().distinct()
     sample = [row[0] for row in distinct.orderBy("text").limit(100).collect()]
