@@ -215,15 +215,15 @@ def _canonical(
         canonical["order_id"] = order.cast("long") if is_integer else order.cast("string")
 
     checks = list(_validation_checks(columns, types, listing.is_csv).values())
-    # Typed transaction dates need no parsing: their statistics can ride along (text dates
-    # are parsed only once validated, so prepare_transactions takes theirs itself).
-    along = (
-        valid_dates is not None
-        and columns.level == "transactions"
-        and canonical.get("transaction_date") is not None
-    )
+    # The date statistics ride along: typed dates need no parsing; text dates are parsed
+    # only once validated, so theirs are taken from the text read as ISO 8601 and kept only
+    # when the validation finds every date ISO 8601 (else prepare_transactions takes them).
+    along = valid_dates is not None and columns.level == "transactions"
     if along:
-        checks += _date_statistics(canonical["transaction_date"], canonical["amount"], valid_dates)
+        date = canonical.get("transaction_date")
+        if date is None:
+            date = _wall_clock_text(mapping["transaction_date"])[1]
+        checks += _date_statistics(date, canonical["amount"], valid_dates)
     stats = source.agg(F.count(F.lit(1)).alias("rows"), *checks).first().asDict()
     if stats["rows"] == 0:
         raise RFMInputError(f"input_path: {path} has no rows")
@@ -251,6 +251,9 @@ def _canonical(
     if columns.every_column:
         canonical["duplicate_row"] = duplicate_lines(source)
     frame = source.select(*[column.alias(name) for name, column in canonical.items()])
+    date_name = mapping.get("transaction_date")
+    if along and isinstance(types[date_name], T.StringType):
+        along = not stats[f"not_iso:{date_name}"]
     if not along:
         return frame, None
     return frame, (tuple(valid_dates), {k: stats[k] for k in _DATE_STATISTICS})
