@@ -426,7 +426,8 @@ def test_the_weeks_of_a_range_aggregate_in_one_duckdb_database_with_the_same_res
     monkeypatch,
 ):
     """`one_duckdb` (a range's rfm_metrics) opens DuckDB once for every week, not once a
-    week, and each week's metrics are those a database of its own computes."""
+    week; outside it a small aggregation uses the database its thread keeps and a large one
+    opens its own; the metrics are the same in every database."""
     import duckdb
 
     from rfm_assets.engines import pandas_compute
@@ -442,5 +443,10 @@ def test_the_weeks_of_a_range_aggregate_in_one_duckdb_database_with_the_same_res
     assert len(opened) == 1
     for got, want in zip(together, alone):
         pd.testing.assert_frame_equal(got, want)
-    pandas_compute.compute_metrics(weeks[0], dt.date(2024, 12, 2))  # after it: its own again
-    assert len(opened) == 2
+    kept = pandas_compute.compute_metrics(weeks[0], dt.date(2024, 12, 2))
+    assert len(opened) == 1  # small: the database the thread kept when `alone` was computed
+    monkeypatch.setattr(pandas_compute, "KEPT_DUCKDB_MOST_BYTES", 0)  # every table is large
+    own = [pandas_compute.compute_metrics(weeks[0], dt.date(2024, 12, 2)) for _ in range(2)]
+    assert len(opened) == 3  # a database of its own each time
+    for got in (kept, *own):
+        pd.testing.assert_frame_equal(got, alone[0])
