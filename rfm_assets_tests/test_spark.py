@@ -9,6 +9,7 @@ import csv
 import datetime as dt
 import gc
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,9 +72,11 @@ def spark():
     more than running a few hundred rows through the interpreted one: a fifth of the Spark
     tests' time). None changes a number, which is exact under any partitioning and plan; the
     product's own defaults run in the subprocess and cluster tests. Together they take about
-    half off every small Spark run. The JVM compiles with its quick compiler only and collects
-    garbage on one thread: on two busy cores a test's short plans gain less from the optimizing
-    compiler than its compile threads take (about a sixth of the Spark tests' time)."""
+    half off every small Spark run. The JVM collects garbage on one thread, where the default
+    collector's concurrent threads compete with the tests for two cores: this file took 383
+    and 390 s on two workers against 412 and 428 s with the default, interleaved (set
+    RFM_TEST_JAVA_OPTIONS to other options, or to nothing for the JVM's defaults, to compare;
+    with the quick compiler only as well, 421 and 466 s)."""
     from pyspark.sql import SparkSession
 
     from rfm_assets.definitions import DEFAULT_SPARK_CONFIG
@@ -82,8 +85,10 @@ def spark():
     builder = SparkSession.builder.master("local[2]")
     tuned = {
         "spark.ui.enabled": "false",
-        "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
     }
+    java_options = os.environ.get("RFM_TEST_JAVA_OPTIONS", "-XX:+UseSerialGC")
+    if java_options:
+        tuned["spark.driver.extraJavaOptions"] = java_options
     for key, value in {**DEFAULT_SPARK_CONFIG, **tuned}.items():
         if key != "spark.master":
             builder = builder.config(key, value)
