@@ -83,9 +83,7 @@ def spark():
     from rfm_assets.engines import spark_compute
 
     builder = SparkSession.builder.master("local[2]")
-    tuned = {
-        "spark.ui.enabled": "false",
-    }
+    tuned = {"spark.ui.enabled": "false"}
     java_options = os.environ.get("RFM_TEST_JAVA_OPTIONS", "-XX:+UseSerialGC")
     if java_options:
         tuned["spark.driver.extraJavaOptions"] = java_options
