@@ -214,7 +214,14 @@ def _canonical(
         is_integer = isinstance(types[columns.order_id], T.IntegralType)
         canonical["order_id"] = order.cast("long") if is_integer else order.cast("string")
 
-    checks = list(_validation_checks(columns, types, listing.is_csv).values())
+    # Each text date column's wall-clock text and its reading as ISO 8601, built once: the
+    # validation counts the dates that are not ISO, the date statistics and parsing use them.
+    wall_clocks = {
+        mapping[field]: _wall_clock_text(mapping[field], missing_allowed)
+        for field in columns.date_fields
+        if isinstance(types[mapping[field]], T.StringType)
+    }
+    checks = list(_validation_checks(columns, types, listing.is_csv, wall_clocks).values())
     # The date statistics ride along: typed dates need no parsing; text dates are parsed
     # only once validated, so theirs are taken from the text read as ISO 8601 and kept only
     # when the validation finds every date ISO 8601 (else prepare_transactions takes them).
@@ -222,7 +229,7 @@ def _canonical(
     if along:
         date = canonical.get("transaction_date")
         if date is None:
-            date = _wall_clock_text(mapping["transaction_date"])[1]
+            date = wall_clocks[mapping["transaction_date"]][1]
         checks += _date_statistics(date, canonical["amount"], valid_dates)
     stats = source.agg(F.count(F.lit(1)).alias("rows"), *checks).first().asDict()
     if stats["rows"] == 0:
@@ -235,7 +242,7 @@ def _canonical(
         if isinstance(types[name], T.StringType):
             _raise_for_mixed_zones(stats, name)
             not_iso = stats[f"not_iso:{name}"]
-            canonical[field] = _parse_text_dates(source, name, not_iso, missing_allowed)
+            canonical[field] = _parse_text_dates(source, *wall_clocks[name], not_iso)
             if missing_allowed:
                 raw = _blank_as_null(trimmed(raw))
             if not not_iso:  # every date is ISO 8601 text: only missing ones can be bad
@@ -428,8 +435,11 @@ def _not_a_number(column: Column) -> Column:
     )
 
 
-def _validation_checks(columns: SourceColumns, types: dict, is_csv: bool) -> dict[str, Column]:
-    """Named counts that must be zero (or sets to inspect), computed in one pass."""
+def _validation_checks(
+    columns: SourceColumns, types: dict, is_csv: bool, wall_clocks: dict[str, tuple]
+) -> dict[str, Column]:
+    """Named counts that must be zero (or sets to inspect), computed in one pass.
+    `wall_clocks`: each text date column's (wall-clock text, ISO 8601 reading)."""
     checks = {}
     kind = types[columns.customer_id]
     if _is_integer_type(kind) and isinstance(kind, T.DecimalType):
@@ -470,7 +480,7 @@ def _validation_checks(columns: SourceColumns, types: dict, is_csv: bool) -> dic
         checks[f"with_offset:{date_name}"] = F.sum(F.when(offset != "", 1).otherwise(0))
         checks[f"dates_present:{date_name}"] = F.count(text)
         # Counted here, not by a job of their own: most text dates are ISO 8601.
-        wall_clock, iso = _wall_clock_text(date_name, columns.level == "customers")
+        wall_clock, iso = wall_clocks[date_name]
         not_iso = wall_clock.isNotNull() & iso.isNull()
         checks[f"not_iso:{date_name}"] = F.sum(F.when(not_iso, 1).otherwise(0))
     if is_csv:
@@ -552,12 +562,11 @@ def _wall_clock_text(name: str, missing_allowed: bool = False) -> tuple[Column, 
     return text, iso
 
 
-def _parse_text_dates(source: DataFrame, name: str, not_iso: int,
-                      missing_allowed: bool = False) -> Column:  # fmt: skip
-    """ISO 8601 text to wall-clock timestamps, else one format inferred from the data for
-    every row, as the pandas reader does. `not_iso`: the rows with text that is not ISO 8601,
-    as the validation pass counted them."""
-    text, iso = _wall_clock_text(name, missing_allowed)
+def _parse_text_dates(source: DataFrame, text: Column, iso: Column, not_iso: int) -> Column:
+    """Wall-clock text (`text`, read as ISO 8601 by `iso`; see _wall_clock_text) to
+    timestamps: `iso` where the validation pass counted no row that is not ISO 8601
+    (`not_iso`), else one format inferred from the data for every row, as the pandas reader
+    does."""
     if not not_iso:
         return iso
     distinct = source.select(text.alias("text")).dropna().distinct()
