@@ -9,8 +9,9 @@ For each run it prints the wall time, the Spark jobs the run started, their summ
 the span from the first job's start to the last one's end (from the event log), and the
 calls the driver made to the JVM over Py4J from the run's thread. `--debugging off` sets
 `spark.python.sql.dataFrameDebugging.enabled=false` (PySpark's call-site capture, several
-JVM calls around every Column function). `--jobs` lists each run's jobs, with their time and
-where the driver started them.
+JVM calls around every Column function). `--jobs` lists each run's jobs, with their time,
+where the driver started them and their scope (the action, or the plan node Spark runs as a
+job of its own, such as a broadcast's).
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ def counting_jvm_calls() -> dict:
     return count
 
 
-def jobs(event_log: Path) -> dict[int, tuple[int, int, str]]:
-    """{job id: (start ms, end ms, where the driver started it)} from the session's event
-    log."""
+def jobs(event_log: Path) -> dict[int, tuple[int, int, str, str]]:
+    """{job id: (start ms, end ms, where the driver started it, its scope)} from the
+    session's event log."""
     times: dict[int, list] = {}
     for file in event_log.rglob("*"):
         if not file.is_file() or file.name.startswith("appstatus"):
@@ -80,8 +81,10 @@ def jobs(event_log: Path) -> dict[int, tuple[int, int, str]]:
             except json.JSONDecodeError:  # the line being written as the log is read
                 continue
             if event["Event"] == "SparkListenerJobStart":
-                site = event.get("Properties", {}).get("callSite.short", "")
-                times[event["Job ID"]] = [event["Submission Time"], None, site]
+                properties = event.get("Properties", {})
+                site = properties.get("callSite.short", "")
+                scope = json.loads(properties.get("spark.rdd.scope") or "{}").get("name", "")
+                times[event["Job ID"]] = [event["Submission Time"], None, site, scope]
             elif event["Event"] == "SparkListenerJobEnd":
                 times[event["Job ID"]][1] = event["Completion Time"]
     return {job: tuple(t) for job, t in times.items() if t[1] is not None}
@@ -127,14 +130,14 @@ def main() -> None:
             wall = time.perf_counter() - started
             time.sleep(0.5)  # the event log is written by a listener thread
             new = {job: t for job, t in jobs(folder / "events").items() if job not in seen}
-            summed = sum(end - start for start, end, _ in new.values()) / 1000
+            summed = sum(t[1] - t[0] for t in new.values()) / 1000
             span = (max(t[1] for t in new.values()) - min(t[0] for t in new.values())) / 1000
             print(f"run {number}: {wall:.2f} s; {len(new)} Spark jobs taking {summed:.2f} s "
                   f"of a {span:.2f} s span; {count['calls']:,} JVM calls", flush=True)  # fmt: skip
             if args.jobs:
                 for job in sorted(new):
-                    start, end, site = new[job]
-                    print(f"  job {job}: {(end - start) / 1000:.2f} s  {site}")
+                    start, end, site, scope = new[job]
+                    print(f"  job {job}: {(end - start) / 1000:.2f} s  {site}  ({scope})")
         spark.stop()
 
 
