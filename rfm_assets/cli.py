@@ -607,6 +607,8 @@ def command_analyze(args: argparse.Namespace) -> int:
             raise RFMError(
                 f"--output: cannot write {args.output}: {error.strerror or error}"
             ) from None
+        finally:
+            outcome.release()
         # Read from this run's own files: once published, a racing run with other options
         # may hide the visible names.
         segment_table = segment_table_text(read_table(result.files, "segment_analytics"))
@@ -703,6 +705,7 @@ def command_validate_clv(args: argparse.Namespace) -> int:
         end = outcome.account.reference_date
         engine = engine_for(settings.engine, spark)
         calibration = engine.holdout_summary(outcome.tables["transactions"], end, args.holdout_days)
+        outcome.release()
     checked = clv.validate_summary(calibration, end, args.holdout_days)
     print(clv_validation_text(checked))
     if args.output:

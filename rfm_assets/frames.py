@@ -182,6 +182,8 @@ class RFMSegmentationEngine:
 
         _, settings = self._engine_for(df)
         session = df.sparkSession if is_spark_dataframe(df) else None
+        if self.last_run is not None:  # its Spark caches: one run's at a time
+            self.last_run.release()
         self.last_run = run(settings, source=df, spark_session=session, keep=keep,
                             leave_out=leave_out)  # fmt: skip
         self.thresholds = self.last_run.thresholds or None

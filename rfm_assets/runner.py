@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any, Optional
 
 from rfm_assets.assets.core import SEGMENTED_AT_TAG
+from rfm_assets.engines import caches
 from rfm_assets.engines.shared import RowAccount
 from rfm_assets.errors import RFMError
 
@@ -31,7 +32,11 @@ _INSTANCES = threading.local()
 @dataclass
 class RFMRun:
     """What a run produced: each table kept (pandas or Spark DataFrames, by the engine), the
-    materializations' metadata by asset, and the facts the steps published."""
+    materializations' metadata by asset, and the facts the steps published.
+
+    On Spark the tables are cached frames, and the cache is the run's until `release()` (or
+    the end of a `with run(...) as result:` block): a Spark table read after that is computed
+    again from the source."""
 
     tables: dict[str, Any]
     metadata: dict[str, dict]
@@ -41,6 +46,17 @@ class RFMRun:
     clustering: Optional[dict] = None  # what k-means measured (segmentation_method kmeans)
     cluster_model: Optional[dict] = None  # the model's document (ClusterModel.document)
     skipped: tuple[str, ...] = field(default=())
+    cached: list = field(default_factory=list, repr=False)  # Spark frames the run cached
+
+    def release(self) -> None:
+        """Let go of the Spark caches the run made (nothing to do on pandas)."""
+        caches.release(self.cached)
+
+    def __enter__(self) -> RFMRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def __getattr__(self, name: str) -> Any:  # result.customer_segments, ...
         tables = self.__dict__.get("tables", {})
@@ -71,6 +87,9 @@ def run(
       last reader is done, so a large run holds no row-level table to its end.
     - `leave_out`: tables not computed (default: the high-value list, which is asked for).
     - `pictures`: draw the metadata's pictures (off: nobody sees them outside Dagster's UI).
+
+    On Spark, let the run's caches go once its tables are used: `result.release()`, or
+    `with run(...) as result:`. A session that outlives many runs holds them all otherwise.
     """
     import dagster as dg
 
@@ -110,26 +129,30 @@ def run(
         spark = SimpleNamespace(spark_session=spark_session) if spark_session else None
     tags = {SEGMENTED_AT_TAG: segmented_at.isoformat()} if segmented_at else {}
     instance = _instance()
-    result = dg.materialize(
-        assets,
-        instance=instance,
-        selection=selection,
-        resources={
-            "rfm_settings": settings,
-            "spark": spark if spark is not None else dg.ResourceDefinition.none_resource(),
-            "io_manager": HeldIOManager(
-                readers,
-                {dg.AssetKey("customer_segments"): previous} if previous is not None else None,
-            ),
-        },  # fmt: skip
-        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-        tags=tags,
-        raise_on_error=False,
-    )
+    with caches.kept_by_run() as cached:
+        result = dg.materialize(
+            assets,
+            instance=instance,
+            selection=selection,
+            resources={
+                "rfm_settings": settings,
+                "spark": spark if spark is not None else dg.ResourceDefinition.none_resource(),
+                "io_manager": HeldIOManager(
+                    readers,
+                    {dg.AssetKey("customer_segments"): previous} if previous is not None else None,
+                ),
+            },  # fmt: skip
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+            tags=tags,
+            raise_on_error=False,
+        )
     try:
         if not result.success:
+            caches.release(cached)
             raise _own_error(result)(step_failure_message(result))
-        return _collected(result, sorted(wanted), settings)
+        collected = _collected(result, sorted(wanted), settings)
+        collected.cached = cached
+        return collected
     finally:
         instance.delete_run(result.run_id)
 

@@ -277,6 +277,37 @@ def test_cdnow_without_orders_identical(spark, tmp_path):
     both_engines(settings, spark, tmp_path)
 
 
+def test_a_run_lets_its_spark_caches_go_when_released(spark, tmp_path):
+    """A session that outlives its runs (a notebook's, a loop of `run`) holds no run's
+    caches once the run's result is released, and the notebook engine holds one run's at a
+    time; a table read after the release is computed again, to the same rows."""
+    from rfm_assets import RFMSegmentationEngine
+
+    cache = spark._jsparkSession.sharedState().cacheManager()
+    path = tmp_path / "tx.parquet"
+    generate_transactions(400, customers=60, seed=5).to_parquet(path)
+    settings = RFMSettings(input_path=str(path), columns={"order_id": "order_id"}, engine="spark")
+    assert cache.isEmpty()
+    with run(settings, spark_session=spark) as result:
+        assert len(result.cached) >= 4 and all(frame.is_cached for frame in result.cached)
+        assert not cache.isEmpty()
+        rows = result.customer_segments.orderBy("customer_id").collect()
+    assert cache.isEmpty() and not result.cached
+    assert not result.customer_segments.is_cached
+    assert result.customer_segments.orderBy("customer_id").collect() == rows
+
+    engine = RFMSegmentationEngine(columns={"order_id": "order_id"})
+    frame = spark.read.parquet(str(path))
+    engine.generate_customer_profiles(frame)
+    first = engine.last_run
+    held = list(first.cached)
+    engine.generate_customer_profiles(frame)
+    assert not first.cached and not any(f.is_cached for f in held)
+    assert engine.last_run.cached and all(f.is_cached for f in engine.last_run.cached)
+    engine.last_run.release()
+    assert cache.isEmpty()
+
+
 def test_the_notebook_engine_gives_spark_frames_for_a_spark_frame(spark, tmp_path):
     """Every method of RFMSegmentationEngine on a Spark DataFrame returns a Spark DataFrame
     (identify_high_value_customers raised a TypeError on one), equal to pandas' tables."""

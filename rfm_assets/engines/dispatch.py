@@ -446,9 +446,9 @@ class SparkEngine(PandasEngine):
 
     def cached(self, frame):
         """Cache a step's result: its metadata and its write then compute it once."""
-        from pyspark.storagelevel import StorageLevel
+        from rfm_assets.engines.caches import persist
 
-        return frame.persist(StorageLevel.MEMORY_AND_DISK)
+        return persist(frame)
 
     def empty(self, frame):
         return frame.limit(0)

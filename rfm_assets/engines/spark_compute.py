@@ -24,7 +24,6 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.storagelevel import StorageLevel
 
 from rfm_assets.contract import (
     CUSTOMER_ROW_EXCLUSIONS,
@@ -32,6 +31,7 @@ from rfm_assets.contract import (
     MICRO_UNITS,
     SLIPPING_COLUMNS,
 )
+from rfm_assets.engines.caches import persist
 from rfm_assets.engines.shared import (
     DAYS_PER_MONTH,
     EARLIEST_VALID_DATE,
@@ -698,7 +698,7 @@ def prepare_transactions(
     # per-customer totals are cached instead, and the metrics of these kept rows are taken
     # from them (compute_metrics); whoever reads the kept rows otherwise computes them again.
     totals = _per_customer_totals(flagged, "signed_amount", accounted=True)
-    totals = totals.persist(StorageLevel.MEMORY_AND_DISK)
+    totals = persist(totals)
     counted = _account_of(totals, EXCLUSION_REASONS)
     rows_kept = counted.pop(None, 0)
     if not net_rule:
@@ -1605,9 +1605,9 @@ def cluster_segments(
     else:
         model = stored
     cluster, distance = nearest_cluster(model)
-    with_clusters = scores.select(
-        *scores.columns, cluster.alias("cluster"), distance.alias("cluster_distance")
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    with_clusters = persist(
+        scores.select(*scores.columns, cluster.alias("cluster"), distance.alias("cluster_distance"))
+    )
     sums = cluster_sums(with_clusters, model)
     if stored is None:
         model = model.named(thresholds, rule_set, sums.counts)
