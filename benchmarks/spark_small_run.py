@@ -1,6 +1,8 @@
 """Where a Spark run of the graph on a tiny input spends its time: what the Spark tests pay.
 
     .venv/bin/python benchmarks/spark_small_run.py [--runs 3] [--debugging off] [--jobs]
+    .venv/bin/python benchmarks/spark_small_run.py --compare KEY A B [--runs 3 --repeats 4]
+    .venv/bin/python benchmarks/spark_small_run.py --warm 40 --keep-caches [--runs 5]
 
 One local[2] session, tuned as the test suite's shared session is (one shuffle partition per
 core, no adaptive re-planning, no generated code), with Spark's event log on. The graph runs
@@ -12,12 +14,20 @@ calls the driver made to the JVM over Py4J from the run's thread. `--debugging o
 JVM calls around every Column function). `--jobs` lists each run's jobs, with their time,
 where the driver started them and their scope (the action, or the plan node Spark runs as a
 job of its own, such as a broadcast's).
+
+Each run also reports the CPU time the JVM spent in it (all its threads: the driver's,
+the compiler's, the garbage collector's, the tasks'). `--warm N` runs N warm-up runs first;
+`--keep-caches` does not release the runs' caches (`RFMRun.release`), as a session that
+outlived its runs did before the runs' caches were let go. `--compare KEY A B` sets the SQL
+setting KEY to A and to B in turn, `--runs` runs each, `--repeats` times, alternating which
+goes first, and prints each value's median run and JVM time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import threading
@@ -68,6 +78,19 @@ def counting_jvm_calls() -> dict:
     return count
 
 
+def jvm_cpu_seconds():
+    """A function giving the CPU seconds the session's JVM (this process's child) has used."""
+    import psutil
+
+    jvm = next(p for p in psutil.Process().children(recursive=True) if "java" in p.name())
+
+    def used() -> float:
+        times = jvm.cpu_times()
+        return times.user + times.system
+
+    return used
+
+
 def jobs(event_log: Path) -> dict[int, tuple[int, int, str, str]]:
     """{job id: (start ms, end ms, where the driver started it, its scope)} from the
     session's event log."""
@@ -95,6 +118,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--debugging", choices=("on", "off"), default="on")
     parser.add_argument("--jobs", action="store_true", help="list each run's jobs")
+    parser.add_argument("--warm", type=int, default=1, help="warm-up runs first")
+    parser.add_argument("--keep-caches", action="store_true", help="never release caches")
+    parser.add_argument("--compare", nargs=3, metavar=("KEY", "A", "B"))
+    parser.add_argument("--repeats", type=int, default=4, help="with --compare")
     args = parser.parse_args()
     import pandas as pd
 
@@ -120,20 +147,48 @@ def main() -> None:
             }
         ).to_csv(source, index=False)
         settings = RFMSettings(input_path=str(source), engine="spark")
-        run(settings, spark_session=spark)  # warm-up: the JVM's first plans and classes
+
+        def one_run() -> None:
+            result = run(settings, spark_session=spark)
+            if not args.keep_caches:
+                result.release()
+
+        for _ in range(args.warm):  # the JVM's first plans and classes
+            one_run()
+        jvm_used = jvm_cpu_seconds()
+        if args.compare:
+            key, *values = args.compare
+            walls: dict[str, list] = {v: [] for v in values}
+            jvm: dict[str, list] = {v: [] for v in values}
+            for repeat in range(args.repeats):
+                for value in values if repeat % 2 == 0 else values[::-1]:
+                    spark.conf.set(key, value)
+                    for _ in range(args.runs):
+                        before, started = jvm_used(), time.perf_counter()
+                        one_run()
+                        walls[value].append(time.perf_counter() - started)
+                        jvm[value].append(jvm_used() - before)
+            for value in values:
+                wall, cpu = statistics.median(walls[value]), statistics.median(jvm[value])
+                print(f"{key}={value}: median run {wall:.2f} s, JVM CPU {cpu:.2f} s "
+                      f"({len(walls[value])} runs)")  # fmt: skip
+            spark.stop()
+            return
         count = counting_jvm_calls()
         for number in range(1, args.runs + 1):
             seen = set(jobs(folder / "events"))
             count["calls"] = 0
-            started = time.perf_counter()
-            run(settings, spark_session=spark)
+            before, started = jvm_used(), time.perf_counter()
+            one_run()
             wall = time.perf_counter() - started
+            used = jvm_used() - before
             time.sleep(0.5)  # the event log is written by a listener thread
             new = {job: t for job, t in jobs(folder / "events").items() if job not in seen}
             summed = sum(t[1] - t[0] for t in new.values()) / 1000
             span = (max(t[1] for t in new.values()) - min(t[0] for t in new.values())) / 1000
             print(f"run {number}: {wall:.2f} s; {len(new)} Spark jobs taking {summed:.2f} s "
-                  f"of a {span:.2f} s span; {count['calls']:,} JVM calls", flush=True)  # fmt: skip
+                  f"of a {span:.2f} s span; {count['calls']:,} JVM calls; JVM CPU {used:.2f} s",
+                  flush=True)  # fmt: skip
             if args.jobs:
                 for job in sorted(new):
                     start, end, site, scope = new[job]
