@@ -182,10 +182,13 @@ class RFMSegmentationEngine:
 
         _, settings = self._engine_for(df)
         session = df.sparkSession if is_spark_dataframe(df) else None
-        if self.last_run is not None:  # its Spark caches: one run's at a time
-            self.last_run.release()
+        previous = self.last_run
         self.last_run = run(settings, source=df, spark_session=session, keep=keep,
                             leave_out=leave_out)  # fmt: skip
+        # One run's Spark caches at a time, let go once the new run no longer reads them
+        # (its source may be a table of the previous run).
+        if previous is not None:
+            previous.release()
         self.thresholds = self.last_run.thresholds or None
         return self.last_run
 

@@ -3,11 +3,12 @@
 The Spark engine caches what several readers of a step compute from (the per-customer
 totals, each table a step hands on). A session that outlives the run (a notebook's, a test
 session's, `rfm_assets.run` called in a loop) would otherwise hold every run's caches until
-it ends: its memory fills, and the JVM spends its time collecting garbage it cannot free (a
-run on five rows took a third more of the JVM's time after 40 runs). `rfm_assets.run`
-collects the frames cached while its steps run (`kept_by_run`) and its result lets them go
-(`RFMRun.release`). A Dagster run outside `run` caches as before; its process ends with it.
-Nothing here imports PySpark: a pandas run imports this module and never caches.
+it ends: its memory fills, and the JVM spends its time collecting garbage it cannot free
+(after 40 runs on five rows, a run took half as much JVM time again: benchmarks/README.md).
+`rfm_assets.run` collects the frames cached while its steps run (`kept_by_run`) and its
+result lets them go (`RFMRun.release`). A Dagster run outside `run` caches as before; its
+process ends with it. Nothing here imports PySpark: a pandas run imports this module and
+never caches.
 """
 
 from __future__ import annotations
