@@ -156,6 +156,13 @@ def main() -> None:
         for _ in range(args.warm):  # the JVM's first plans and classes
             one_run()
         jvm_used = jvm_cpu_seconds()
+
+        def timed_run() -> tuple[float, float]:
+            """One run: (its wall time, the JVM's CPU time in it)."""
+            before, started = jvm_used(), time.perf_counter()
+            one_run()
+            return time.perf_counter() - started, jvm_used() - before
+
         if args.compare:
             key, *values = args.compare
             walls: dict[str, list] = {v: [] for v in values}
@@ -164,10 +171,9 @@ def main() -> None:
                 for value in values if repeat % 2 == 0 else values[::-1]:
                     spark.conf.set(key, value)
                     for _ in range(args.runs):
-                        before, started = jvm_used(), time.perf_counter()
-                        one_run()
-                        walls[value].append(time.perf_counter() - started)
-                        jvm[value].append(jvm_used() - before)
+                        wall, used = timed_run()
+                        walls[value].append(wall)
+                        jvm[value].append(used)
             for value in values:
                 wall, cpu = statistics.median(walls[value]), statistics.median(jvm[value])
                 print(f"{key}={value}: median run {wall:.2f} s, JVM CPU {cpu:.2f} s "
@@ -178,10 +184,7 @@ def main() -> None:
         for number in range(1, args.runs + 1):
             seen = set(jobs(folder / "events"))
             count["calls"] = 0
-            before, started = jvm_used(), time.perf_counter()
-            one_run()
-            wall = time.perf_counter() - started
-            used = jvm_used() - before
+            wall, used = timed_run()
             time.sleep(0.5)  # the event log is written by a listener thread
             new = {job: t for job, t in jobs(folder / "events").items() if job not in seen}
             summed = sum(t[1] - t[0] for t in new.values()) / 1000

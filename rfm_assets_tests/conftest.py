@@ -85,6 +85,27 @@ def bundled_oracle_customers() -> int:
     return len(bundled_oracle()[0])
 
 
+def bundled_slice(path: Path, customers: int = 300, with_orders: bool = False) -> Path:
+    """The lines of the first `customers` customers of the bundled sample (every kind of
+    exclusion among them), written to `path` with the canonical column names, so a run
+    needs no column mapping but `order_id`'s when `with_orders`."""
+    from rfm_assets.packaged import BUNDLED_DATASET
+
+    rows = pd.read_parquet(BUNDLED_DATASET)
+    rows = rows[rows["CustomerID"].isin(rows["CustomerID"].dropna().unique()[:customers])]
+    frame = pd.DataFrame(
+        {
+            "customer_id": rows["CustomerID"],
+            "transaction_date": rows["InvoiceDate"],
+            "amount": rows["Quantity"] * rows["UnitPrice"],
+        }
+    )
+    if with_orders:
+        frame["order_id"] = rows["InvoiceNo"]
+    frame.to_parquet(path, index=False)
+    return path
+
+
 # Amounts on exactly half a micro-unit: j / 128 with j odd is j * 7812.5 micro-units, and
 # 2.5e-06, 2.0000025, 1.5e-06 and 5e-07 are doubles whose product with 1e6 is exactly .5 too
 # (half_micro_expectations checks each). Where the whole part is even, half to even rounds

@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 import pytest
+
+from rfm_assets_tests.conftest import bundled_slice
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,19 +49,8 @@ def as_run(command: str, small_config: Path) -> str:
 
 @pytest.fixture(scope="module")
 def small_config(tmp_path_factory) -> Path:
-    from rfm_assets.packaged import BUNDLED_DATASET
-
     folder = tmp_path_factory.mktemp("small")
-    rows = pd.read_parquet(BUNDLED_DATASET)
-    rows = rows[rows["CustomerID"].isin(rows["CustomerID"].dropna().unique()[:300])]
-    small = pd.DataFrame(  # the canonical column names: no mapping needed
-        {
-            "customer_id": rows["CustomerID"],
-            "transaction_date": rows["InvoiceDate"],
-            "amount": rows["Quantity"] * rows["UnitPrice"],
-        }
-    )
-    small.to_parquet(folder / "small.parquet", index=False)
+    bundled_slice(folder / "small.parquet")
     config = folder / "small.yaml"
     config.write_text(
         f"resources:\n  rfm_settings:\n    config:\n      input_path: {folder / 'small.parquet'}\n"
@@ -68,7 +58,7 @@ def small_config(tmp_path_factory) -> Path:
     # The Spark preset's run also launches its session with a shuffle partition count of its
     # own, which the engine must keep rather than scale; and, as the Spark tests' session,
     # with no adaptive re-planning or generated code, which cost more than they save on a
-    # few thousand rows (the line took 30 s against 34 s with the preset's own).
+    # few thousand rows.
     spark_config = (
         "  spark:\n"
         "    config:\n"

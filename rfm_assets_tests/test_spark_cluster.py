@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from rfm_assets_tests.conftest import bundled_slice
+
 pytestmark = pytest.mark.skipif(
     shutil.which("java") is None, reason="Java is not installed: Spark needs Java 17"
 )
@@ -86,34 +88,15 @@ def standalone_cluster(tmp_path):
                 process.wait(timeout=60)
 
 
-def small_source(folder: Path) -> Path:
-    """The first 300 customers of the bundled sample, with its orders (about 20,000 lines,
-    exclusions of every kind): what the cluster's run must get right is the cluster's part
-    (executors in other JVMs, their Python, their writes), and a small source leaves the
-    minute to that."""
-    from rfm_assets.packaged import BUNDLED_DATASET
-
-    rows = pd.read_parquet(BUNDLED_DATASET)
-    rows = rows[rows["CustomerID"].isin(rows["CustomerID"].dropna().unique()[:300])]
-    source = folder / "small.parquet"
-    pd.DataFrame(
-        {
-            "customer_id": rows["CustomerID"],
-            "transaction_date": rows["InvoiceDate"],
-            "amount": rows["Quantity"] * rows["UnitPrice"],
-            "order_id": rows["InvoiceNo"],
-        }
-    ).to_parquet(source, index=False)
-    return source
-
-
 @pytest.mark.heavy
 def test_graph_runs_on_a_standalone_cluster(standalone_cluster, tmp_path):
     from rfm_assets import run
     from rfm_assets.settings import RFMSettings
 
     master_url, env = standalone_cluster
-    source = small_source(tmp_path)
+    # 300 customers, about 20,000 lines: what the cluster's run must get right is the
+    # cluster's part (executors in other JVMs, their Python, their writes).
+    source = bundled_slice(tmp_path / "small.parquet", with_orders=True)
     output = tmp_path / "cluster"
     completed = subprocess.run(
         [sys.executable, "-m", "rfm_assets", "analyze", "--engine", "spark",
