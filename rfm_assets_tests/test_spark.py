@@ -31,8 +31,9 @@ from rfm_assets.synthetic import generate_transactions
 from rfm_assets_tests.conftest import (
     CDNOW,
     assert_rounded_half_to_even,
-    bundled_oracle_customers,
+    bundled_slice,
     half_micro_frame,
+    parquet_rows,
     rfm_resources,
     stored_frame,
 )
@@ -310,16 +311,18 @@ def test_a_run_lets_its_spark_caches_go_when_released(spark, tmp_path):
 
 def test_the_notebook_engine_gives_spark_frames_for_a_spark_frame(spark, tmp_path):
     """Every method of RFMSegmentationEngine on a Spark DataFrame returns a Spark DataFrame
-    (identify_high_value_customers raised a TypeError on one), equal to pandas' tables."""
+    (identify_high_value_customers raised a TypeError on one), equal to pandas' tables. On
+    300 customers of the bundled sample: what differs between the engines is each method's
+    type, not the size (the whole sample is compared in test_bundled_online_retail_identical)."""
     from pyspark.sql import DataFrame
 
     from rfm_assets import RFMSegmentationEngine
-    from rfm_assets.packaged import BUNDLED_DATASET
-    from rfm_assets_tests.test_frames import COLUMNS as BUNDLED_COLUMNS
 
-    on_spark = spark.read.parquet(str(BUNDLED_DATASET))
-    on_pandas = pd.read_parquet(BUNDLED_DATASET)
-    engines = [RFMSegmentationEngine(columns=BUNDLED_COLUMNS) for _ in range(2)]
+    source = bundled_slice(tmp_path / "slice.parquet", with_orders=True)
+    on_spark = spark.read.parquet(str(source))
+    on_pandas = pd.read_parquet(source)
+    columns = {"order_id": "order_id"}
+    engines = [RFMSegmentationEngine(columns=columns) for _ in range(2)]
     spark_profiles = engines[0].generate_customer_profiles(on_spark)
     pandas_profiles = engines[1].generate_customer_profiles(on_pandas)
     assert engines[0].last_run.account == engines[1].last_run.account
@@ -333,7 +336,7 @@ def test_the_notebook_engine_gives_spark_frames_for_a_spark_frame(spark, tmp_pat
             for e, p in zip(engines, (spark_profiles, pandas_profiles))
         ),  # fmt: skip
     }
-    steps = RFMSegmentationEngine(columns=BUNDLED_COLUMNS)
+    steps = RFMSegmentationEngine(columns=columns)
     metrics = steps.calculate_rfm_metrics(on_spark)
     scores = steps.assign_rfm_scores(metrics)
     segments = steps.assign_customer_segments(scores)
@@ -363,8 +366,12 @@ def test_the_notebook_engine_gives_spark_frames_for_a_spark_frame(spark, tmp_pat
 
 def test_duplicate_lines_are_the_same_on_both_engines(spark, tmp_path):
     """Whole lines compared on Spark as on pandas: CSV text as written, typed Parquet values
-    with missing ids and NaN amounts (NaN equals NaN in both), and the bundled sample."""
-    both_engines({"drop_duplicate_rows": True}, spark, tmp_path)
+    with missing ids and NaN amounts (NaN equals NaN in both), and 300 customers of the
+    bundled sample (the lines of a real shop's duplicates)."""
+    sample = bundled_slice(tmp_path / "slice.parquet", with_orders=True)
+    sample_settings = {"input_path": str(sample), "columns": {"order_id": "order_id"}}
+    result, _ = both_engines({**sample_settings, "drop_duplicate_rows": True}, spark, tmp_path)
+    assert result.account.rows_excluded["duplicate_row"] > 0
     csv = write_lines(tmp_path / "tx.csv", "customer,day,total,order,note", DUPLICATE_LINES)
     columns = {"customer_id": "customer", "transaction_date": "day", "amount": "total",
                "order_id": "order"}  # fmt: skip
@@ -406,8 +413,11 @@ def test_customer_level_input_identical(spark, tmp_path, name):
 
 
 def test_customer_table_from_parquet_identical(spark, tmp_path):
-    """Typed columns (dates, integers, doubles) rather than text, from the bundled run."""
-    segments = run(RFMSettings()).customer_segments
+    """Typed columns (dates, integers, doubles) rather than text, from a run on 300
+    customers of the bundled sample."""
+    source = bundled_slice(tmp_path / "slice.parquet", with_orders=True)
+    segments = run(RFMSettings(input_path=str(source), columns={"order_id": "order_id"}))
+    segments = segments.customer_segments
     path = tmp_path / "customers.parquet"
     segments[["customer_id", "last_purchase_date", "first_purchase_date", "frequency",
               "monetary"]].to_parquet(path)  # fmt: skip
@@ -537,15 +547,22 @@ def test_a_range_under_net_on_spark_judges_the_window_as_pandas_does(spark, tmp_
 
 
 def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path):
+    from rfm_assets_tests.oracle import oracle
+
     base = tmp_path / "store"
+    source = bundled_slice(tmp_path / "slice.parquet", with_orders=True)  # 300 customers
+    settings = RFMSettings(engine="spark", input_path=str(source), columns={"order_id": "order_id"})
     result = dg.materialize(
         __import__("rfm_assets.assets", fromlist=["RFM_ASSETS"]).RFM_ASSETS,
-        resources=rfm_resources(RFMSettings(engine="spark"), base),
+        resources=rfm_resources(settings, base),
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert result.success
     assert all(c.passed for c in result.get_asset_check_evaluations())
-    customers = bundled_oracle_customers()
+    names = {"customer_id": "customer_id", "date": "transaction_date", "order_id": "order_id",
+             "amount": "amount"}  # fmt: skip
+    customers = len(oracle(parquet_rows(source, names))[0])
+    assert customers > 250  # the slice's customers, less those every line of which is excluded
     segments_meta = result.asset_materializations_for_node("customer_segments")[0].metadata
     assert segments_meta["dagster/row_count"].value == customers
     assert segments_meta["engine"].value == "spark"
@@ -617,14 +634,18 @@ def test_a_spark_graph_from_an_upstream_asset_reads_it_as_spark(spark, synthetic
 
 
 def test_cli_spark_output_equals_pandas_output(spark, tmp_path):
-    # Spark left to keep its sort's partitions apart (adaptive execution would merge the
-    # bundled data's into one), so the row order must hold across several part files.
+    # 300 customers of the bundled sample. Spark left to keep its sort's partitions apart
+    # (adaptive execution would merge them into one), so the row order must hold across
+    # several part files.
+    source = bundled_slice(tmp_path / "slice.parquet", with_orders=True)
+    given = ["--input", str(source), "--order-id", "order_id"]
     merging = "spark.sql.adaptive.coalescePartitions.enabled"
     for engine in ("pandas", "spark"):
         output = str(tmp_path / engine)
         spark.conf.set(merging, "false")
         try:
-            assert main(["analyze", "--engine", engine, "--output", output, "--high-value"]) == 0
+            arguments = ["analyze", *given, "--engine", engine, "--output", output, "--high-value"]
+            assert main(arguments) == 0
         finally:
             spark.conf.unset(merging)
     assert len(list((tmp_path / "spark" / "customer_segments.parquet").glob("part-*"))) > 1
@@ -658,7 +679,7 @@ def test_cli_spark_output_equals_pandas_output(spark, tmp_path):
     assert list(spark_analytics["segment"]) == list(
         pd.read_parquet(tmp_path / "pandas" / "segment_analytics.parquet")["segment"]
     )
-    assert main(["analyze", "--engine", "spark", "--format", "csv",
+    assert main(["analyze", *given, "--engine", "spark", "--format", "csv",
                  "--output", str(tmp_path / "csv")]) == 0  # fmt: skip
     csv_segments = pd.read_csv(tmp_path / "csv" / "customer_segments.csv")
     assert len(csv_segments) == len(pandas_segments)
