@@ -20,6 +20,8 @@ a peer that disagrees stops the benchmark, so no time is quoted for a different 
 Variants:
 - rfm:        rfm-assets analyze --input F --output O --order-id order_id --amount amount
 - rfm_spark:  the same with --engine spark --spark-master local[2] (Spark's default memory)
+- rfm_spark_parallel_gc: rfm_spark with the driver's JVM on the parallel garbage collector
+              in place of the JVM's default (G1); not in the default --variants
 - rfm_spark_200: rfm_spark with Spark's fixed 200 shuffle partitions (adaptive execution
               merging them by size) in place of the engine's scaled default; not in the
               default --variants
@@ -64,6 +66,7 @@ VARIANTS = (
     "rfm_spark",
     "spark",
     "rfm_spark_200",
+    "rfm_spark_parallel_gc",
     "rfm_clv",
     "rfm_spark_clv",
     "duckdb_in_dagster",
@@ -123,6 +126,8 @@ def command(variant: str, source: Path, output: Path) -> list[str]:
         if variant == "rfm_spark_200":  # Spark's own default, with adaptive merging by size
             line += ["--spark-conf", "spark.sql.shuffle.partitions=200", "--spark-conf",
                      "spark.sql.adaptive.coalescePartitions.parallelismFirst=false"]  # fmt: skip
+        if variant == "rfm_spark_parallel_gc":
+            line += ["--spark-conf", "spark.driver.extraJavaOptions=-XX:+UseParallelGC"]
         return line
     return [sys.executable, str(HERE / "peers.py"), variant, str(source), str(output)]
 
@@ -267,6 +272,7 @@ def benchmark(sizes, customers, repeats, variants, data_dir: Path, results_file:
             seconds = [r["seconds"] for r in runs[variant]]
             peak = max(r["peak_mib"] for r in runs[variant])
             peer = {"rfm": "duckdb", "rfm_spark": "spark", "rfm_spark_200": "rfm_spark",
+                    "rfm_spark_parallel_gc": "rfm_spark",
                     "rfm_clv": "rfm", "rfm_spark_clv": "rfm_spark",
                     "spark_in_dagster": "spark"}.get(variant)  # fmt: skip
             results.append(

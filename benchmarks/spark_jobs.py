@@ -8,6 +8,11 @@ with Spark's event log on, then prints each Spark job: when it started (seconds 
 first job), how long it ran, and the line of the package that asked for it. The whole run's
 wall time and the time before the first job (imports, JVM start, reading the footers) come
 first. Nothing is written to the repository.
+
+The event log costs the run itself time when the driver's JVM runs its default collector
+(G1) in Spark's default 1 GiB heap (benchmarks/README.md, "The driver's garbage collector"):
+add `-- --spark-conf spark.driver.extraJavaOptions=-XX:+UseParallelGC` for a profile closer
+to a run nobody observes.
 """
 
 from __future__ import annotations
