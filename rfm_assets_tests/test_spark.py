@@ -367,7 +367,7 @@ def test_the_notebook_engine_gives_spark_frames_for_a_spark_frame(spark, tmp_pat
 def test_duplicate_lines_are_the_same_on_both_engines(spark, tmp_path):
     """Whole lines compared on Spark as on pandas: CSV text as written, typed Parquet values
     with missing ids and NaN amounts (NaN equals NaN in both), and 300 customers of the
-    bundled sample (the lines of a real shop's duplicates)."""
+    bundled sample, whose lines (customer, time, amount, invoice) repeat."""
     sample = bundled_slice(tmp_path / "slice.parquet", with_orders=True)
     sample_settings = {"input_path": str(sample), "columns": {"order_id": "order_id"}}
     result, _ = both_engines({**sample_settings, "drop_duplicate_rows": True}, spark, tmp_path)
