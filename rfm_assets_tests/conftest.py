@@ -86,9 +86,10 @@ def bundled_oracle_customers() -> int:
 
 
 def bundled_slice(path: Path, customers: int = 300, with_orders: bool = False) -> Path:
-    """The lines of the first `customers` customers of the bundled sample (every kind of
-    exclusion among them), written to `path` with the canonical column names, so a run
-    needs no column mapping but `order_id`'s when `with_orders`."""
+    """The lines of the first `customers` customers of the bundled sample (about 75,000 for
+    300, with cancelled orders and non-positive amounts among them; no line without a
+    customer id), written to `path` with the canonical column names, so a run needs no
+    column mapping but `order_id`'s when `with_orders`."""
     from rfm_assets.packaged import BUNDLED_DATASET
 
     rows = pd.read_parquet(BUNDLED_DATASET)
@@ -104,6 +105,12 @@ def bundled_slice(path: Path, customers: int = 300, with_orders: bool = False) -
         frame["order_id"] = rows["InvoiceNo"]
     frame.to_parquet(path, index=False)
     return path
+
+
+def bundled_slice_settings(folder: Path) -> dict:
+    """Run settings for the slice of 300 customers with their orders, written in `folder`."""
+    path = bundled_slice(folder / "slice.parquet", with_orders=True)
+    return {"input_path": str(path), "columns": {"order_id": "order_id"}}
 
 
 # Amounts on exactly half a micro-unit: j / 128 with j odd is j * 7812.5 micro-units, and

@@ -31,7 +31,7 @@ from rfm_assets.synthetic import generate_transactions
 from rfm_assets_tests.conftest import (
     CDNOW,
     assert_rounded_half_to_even,
-    bundled_slice,
+    bundled_slice_settings,
     half_micro_frame,
     parquet_rows,
     rfm_resources,
@@ -318,10 +318,10 @@ def test_the_notebook_engine_gives_spark_frames_for_a_spark_frame(spark, tmp_pat
 
     from rfm_assets import RFMSegmentationEngine
 
-    source = bundled_slice(tmp_path / "slice.parquet", with_orders=True)
-    on_spark = spark.read.parquet(str(source))
-    on_pandas = pd.read_parquet(source)
-    columns = {"order_id": "order_id"}
+    sample = bundled_slice_settings(tmp_path)
+    on_spark = spark.read.parquet(sample["input_path"])
+    on_pandas = pd.read_parquet(sample["input_path"])
+    columns = sample["columns"]
     engines = [RFMSegmentationEngine(columns=columns) for _ in range(2)]
     spark_profiles = engines[0].generate_customer_profiles(on_spark)
     pandas_profiles = engines[1].generate_customer_profiles(on_pandas)
@@ -368,9 +368,8 @@ def test_duplicate_lines_are_the_same_on_both_engines(spark, tmp_path):
     """Whole lines compared on Spark as on pandas: CSV text as written, typed Parquet values
     with missing ids and NaN amounts (NaN equals NaN in both), and 300 customers of the
     bundled sample, whose lines (customer, time, amount, invoice) repeat."""
-    sample = bundled_slice(tmp_path / "slice.parquet", with_orders=True)
-    sample_settings = {"input_path": str(sample), "columns": {"order_id": "order_id"}}
-    result, _ = both_engines({**sample_settings, "drop_duplicate_rows": True}, spark, tmp_path)
+    sample = bundled_slice_settings(tmp_path)
+    result, _ = both_engines({**sample, "drop_duplicate_rows": True}, spark, tmp_path)
     assert result.account.rows_excluded["duplicate_row"] > 0
     csv = write_lines(tmp_path / "tx.csv", "customer,day,total,order,note", DUPLICATE_LINES)
     columns = {"customer_id": "customer", "transaction_date": "day", "amount": "total",
@@ -415,9 +414,7 @@ def test_customer_level_input_identical(spark, tmp_path, name):
 def test_customer_table_from_parquet_identical(spark, tmp_path):
     """Typed columns (dates, integers, doubles) rather than text, from a run on 300
     customers of the bundled sample."""
-    source = bundled_slice(tmp_path / "slice.parquet", with_orders=True)
-    segments = run(RFMSettings(input_path=str(source), columns={"order_id": "order_id"}))
-    segments = segments.customer_segments
+    segments = run(RFMSettings(**bundled_slice_settings(tmp_path))).customer_segments
     path = tmp_path / "customers.parquet"
     segments[["customer_id", "last_purchase_date", "first_purchase_date", "frequency",
               "monetary"]].to_parquet(path)  # fmt: skip
@@ -550,8 +547,8 @@ def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path
     from rfm_assets_tests.oracle import oracle
 
     base = tmp_path / "store"
-    source = bundled_slice(tmp_path / "slice.parquet", with_orders=True)  # 300 customers
-    settings = RFMSettings(engine="spark", input_path=str(source), columns={"order_id": "order_id"})
+    sample = bundled_slice_settings(tmp_path)  # 300 customers
+    settings = RFMSettings(engine="spark", **sample)
     result = dg.materialize(
         __import__("rfm_assets.assets", fromlist=["RFM_ASSETS"]).RFM_ASSETS,
         resources=rfm_resources(settings, base),
@@ -561,7 +558,7 @@ def test_graph_on_spark_stores_spark_parquet_and_loads_as_pandas(spark, tmp_path
     assert all(c.passed for c in result.get_asset_check_evaluations())
     names = {"customer_id": "customer_id", "date": "transaction_date", "order_id": "order_id",
              "amount": "amount"}  # fmt: skip
-    customers = len(oracle(parquet_rows(source, names))[0])
+    customers = len(oracle(parquet_rows(sample["input_path"], names))[0])
     assert customers > 250  # the slice's customers, less those every line of which is excluded
     segments_meta = result.asset_materializations_for_node("customer_segments")[0].metadata
     assert segments_meta["dagster/row_count"].value == customers
@@ -637,8 +634,7 @@ def test_cli_spark_output_equals_pandas_output(spark, tmp_path):
     # 300 customers of the bundled sample. Spark left to keep its sort's partitions apart
     # (adaptive execution would merge them into one), so the row order must hold across
     # several part files.
-    source = bundled_slice(tmp_path / "slice.parquet", with_orders=True)
-    given = ["--input", str(source), "--order-id", "order_id"]
+    given = ["--input", bundled_slice_settings(tmp_path)["input_path"], "--order-id", "order_id"]
     merging = "spark.sql.adaptive.coalescePartitions.enabled"
     for engine in ("pandas", "spark"):
         output = str(tmp_path / engine)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rfm_assets_tests.conftest import bundled_slice
+from rfm_assets_tests.conftest import bundled_slice_settings
 
 pytestmark = pytest.mark.skipif(
     shutil.which("java") is None, reason="Java is not installed: Spark needs Java 17"
@@ -94,13 +94,13 @@ def test_graph_runs_on_a_standalone_cluster(standalone_cluster, tmp_path):
     from rfm_assets.settings import RFMSettings
 
     master_url, env = standalone_cluster
-    # 300 customers, about 20,000 lines: what the cluster's run must get right is the
+    # 300 customers, about 75,000 lines: what the cluster's run must get right is the
     # cluster's part (executors in other JVMs, their Python, their writes).
-    source = bundled_slice(tmp_path / "small.parquet", with_orders=True)
+    sample = bundled_slice_settings(tmp_path)
     output = tmp_path / "cluster"
     completed = subprocess.run(
         [sys.executable, "-m", "rfm_assets", "analyze", "--engine", "spark",
-         "--input", str(source), "--order-id", "order_id",
+         "--input", sample["input_path"], "--order-id", "order_id",
          "--spark-master", master_url,
          "--spark-conf", "spark.driver.host=127.0.0.1",
          "--spark-conf", "spark.driver.bindAddress=127.0.0.1",
@@ -111,7 +111,7 @@ def test_graph_runs_on_a_standalone_cluster(standalone_cluster, tmp_path):
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads((output / "run_summary.json").read_text())
-    on_pandas = run(RFMSettings(input_path=str(source), columns={"order_id": "order_id"}))
+    on_pandas = run(RFMSettings(**sample))
     assert summary["engine"] == "spark"
     assert summary["rows_read"] == on_pandas.account.rows_read > 10_000
     assert summary["rows_excluded"] == on_pandas.account.rows_excluded
