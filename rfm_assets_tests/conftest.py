@@ -85,15 +85,18 @@ def bundled_oracle_customers() -> int:
     return len(bundled_oracle()[0])
 
 
-def bundled_slice(path: Path, customers: int = 300, with_orders: bool = False) -> Path:
+def bundled_slice(path: Path, customers: int = 300, with_orders: bool = False,
+                  lines_without_id: int = 0) -> Path:  # fmt: skip
     """The lines of the first `customers` customers of the bundled sample (about 75,000 for
-    300, with cancelled orders and non-positive amounts among them; no line without a
-    customer id), written to `path` with the canonical column names, so a run needs no
-    column mapping but `order_id`'s when `with_orders`."""
+    300, with cancelled orders and non-positive amounts among them), and its first
+    `lines_without_id` lines without a customer id, written to `path` with the canonical
+    column names, so a run needs no column mapping but `order_id`'s when `with_orders`."""
     from rfm_assets.packaged import BUNDLED_DATASET
 
     rows = pd.read_parquet(BUNDLED_DATASET)
-    rows = rows[rows["CustomerID"].isin(rows["CustomerID"].dropna().unique()[:customers])]
+    ids = rows["CustomerID"]
+    without_id = ids.isna() & (ids.isna().cumsum() <= lines_without_id)
+    rows = rows[ids.isin(ids.dropna().unique()[:customers]) | without_id]
     frame = pd.DataFrame(
         {
             "customer_id": rows["CustomerID"],
@@ -107,9 +110,10 @@ def bundled_slice(path: Path, customers: int = 300, with_orders: bool = False) -
     return path
 
 
-def bundled_slice_settings(folder: Path) -> dict:
+def bundled_slice_settings(folder: Path, lines_without_id: int = 0) -> dict:
     """Run settings for the slice of 300 customers with their orders, written in `folder`."""
-    path = bundled_slice(folder / "slice.parquet", with_orders=True)
+    path = bundled_slice(folder / "slice.parquet", with_orders=True,
+                         lines_without_id=lines_without_id)  # fmt: skip
     return {"input_path": str(path), "columns": {"order_id": "order_id"}}
 
 

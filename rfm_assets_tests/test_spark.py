@@ -1126,15 +1126,21 @@ def test_segment_revenue_beyond_int64_micro_units_on_both_engines(spark, tmp_pat
 
 
 @pytest.mark.parametrize("returns_policy", ["exclude", "net"])
-def test_metrics_taken_with_the_accounting_equal_metrics_of_the_kept_rows(spark, returns_policy):
+def test_metrics_taken_with_the_accounting_equal_metrics_of_the_kept_rows(
+    spark, returns_policy, tmp_path
+):
     """The accounting aggregates every row per customer, and the metrics step takes the
-    metrics of those very kept rows from it (no second pass over the source). On the bundled
-    data, with rows excluded for up to five reasons, they equal the metrics computed from the kept
-    rows, and the customers counted equal the kept rows' distinct ids."""
+    metrics of those very kept rows from it (no second pass over the source). On 300
+    customers of the bundled sample and 500 of its lines without a customer id, with rows
+    excluded for up to five reasons, they equal the metrics computed from the kept rows, and
+    the customers counted equal the kept rows' distinct ids."""
     from rfm_assets.engines import spark_compute
 
     settings = RFMSettings(
-        reference_date="2011-10-01", analysis_period_days=300, returns_policy=returns_policy
+        **bundled_slice_settings(tmp_path, lines_without_id=500),
+        reference_date="2011-10-01",
+        analysis_period_days=300,
+        returns_policy=returns_policy,
     )
     spec, engine = settings.run_spec(), SparkEngine(spark)
     raw, listing = engine.read(spec)
