@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/spark_small_run.py [--runs 3] [--debugging off] [--jobs]
     .venv/bin/python benchmarks/spark_small_run.py --compare KEY A B [--runs 3 --repeats 4]
     .venv/bin/python benchmarks/spark_small_run.py --warm 40 --keep-caches [--runs 5]
+    .venv/bin/python benchmarks/spark_small_run.py --warm 20 --runs 8 --threads
 
 One local[2] session, tuned as the test suite's shared session is (one shuffle partition per
 core, no adaptive re-planning, no generated code), with Spark's event log on. The graph runs
@@ -20,13 +21,17 @@ the compiler's, the garbage collector's, the tasks'). `--warm N` runs N warm-up 
 `--keep-caches` does not release the runs' caches (`RFMRun.release`), as a session that
 outlived its runs did before the runs' caches were let go. `--compare KEY A B` sets the SQL
 setting KEY to A and to B in turn, `--runs` runs each, `--repeats` times, alternating which
-goes first, and prints each value's median run and JVM time.
+goes first, and prints each value's median run and JVM time. `--threads` prints, for all the
+timed runs together, the CPU time of this Python process and of the JVM's threads by kind
+(the driver's threads that answer Py4J and plan each query, the JIT compilers, the tasks,
+the VM thread where the serial collector runs, the DAG scheduler; Linux only, from /proc).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -91,6 +96,24 @@ def jvm_cpu_seconds():
     return used
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """{kind of thread: CPU seconds} of process `pid`'s threads, by their names with the
+    numbers taken out (Py4J's driver threads are all "Thread-#")."""
+    import re
+
+    by_kind: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a thread that ended while listed
+            continue
+        kind = re.sub(r"[0-9]+", "#", name)
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime
+        by_kind[kind] = by_kind.get(kind, 0.0) + ticks / os.sysconf("SC_CLK_TCK")
+    return by_kind
+
+
 def jobs(event_log: Path) -> dict[int, tuple[int, int, str, str]]:
     """{job id: (start ms, end ms, where the driver started it, its scope)} from the
     session's event log."""
@@ -122,6 +145,7 @@ def main() -> None:
     parser.add_argument("--keep-caches", action="store_true", help="never release caches")
     parser.add_argument("--compare", nargs=3, metavar=("KEY", "A", "B"))
     parser.add_argument("--repeats", type=int, default=4, help="with --compare")
+    parser.add_argument("--threads", action="store_true", help="CPU by thread, all runs")
     args = parser.parse_args()
     import pandas as pd
 
@@ -181,6 +205,11 @@ def main() -> None:
             spark.stop()
             return
         count = counting_jvm_calls()
+        import psutil
+
+        jvm_pid = next(p.pid for p in psutil.Process().children(recursive=True)
+                       if "java" in p.name())  # fmt: skip
+        threads_before, python_before = thread_cpu_seconds(jvm_pid), time.process_time()
         for number in range(1, args.runs + 1):
             seen = set(jobs(folder / "events"))
             count["calls"] = 0
@@ -196,6 +225,15 @@ def main() -> None:
                 for job in sorted(new):
                     start, end, site, scope = new[job]
                     print(f"  job {job}: {(end - start) / 1000:.2f} s  {site}  ({scope})")
+        if args.threads:
+            python = time.process_time() - python_before
+            after = thread_cpu_seconds(jvm_pid)
+            used = {k: v - threads_before.get(k, 0.0) for k, v in after.items()}
+            print(f"CPU over the {args.runs} runs: this Python process {python:.2f} s; JVM "
+                  f"{sum(used.values()):.2f} s, by thread:")  # fmt: skip
+            for kind, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
+                if seconds >= 0.05:
+                    print(f"  {kind}: {seconds:.2f} s")
         spark.stop()
 
 
