@@ -209,11 +209,16 @@ def main() -> None:
 
         jvm_pid = next(p.pid for p in psutil.Process().children(recursive=True)
                        if "java" in p.name())  # fmt: skip
-        threads_before, python_before = thread_cpu_seconds(jvm_pid), time.process_time()
+        # CPU within the runs only: reading the event log between them costs this process too.
+        python, by_thread = 0.0, {}
         for number in range(1, args.runs + 1):
             seen = set(jobs(folder / "events"))
             count["calls"] = 0
+            threads_before, python_before = thread_cpu_seconds(jvm_pid), time.process_time()
             wall, used = timed_run()
+            python += time.process_time() - python_before
+            for kind, seconds in thread_cpu_seconds(jvm_pid).items():
+                by_thread[kind] = by_thread.get(kind, 0.0) + seconds - threads_before.get(kind, 0.0)
             time.sleep(0.5)  # the event log is written by a listener thread
             new = {job: t for job, t in jobs(folder / "events").items() if job not in seen}
             summed = sum(t[1] - t[0] for t in new.values()) / 1000
@@ -226,12 +231,9 @@ def main() -> None:
                     start, end, site, scope = new[job]
                     print(f"  job {job}: {(end - start) / 1000:.2f} s  {site}  ({scope})")
         if args.threads:
-            python = time.process_time() - python_before
-            after = thread_cpu_seconds(jvm_pid)
-            used = {k: v - threads_before.get(k, 0.0) for k, v in after.items()}
-            print(f"CPU over the {args.runs} runs: this Python process {python:.2f} s; JVM "
-                  f"{sum(used.values()):.2f} s, by thread:")  # fmt: skip
-            for kind, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
+            print(f"CPU in the {args.runs} runs: this Python process {python:.2f} s; JVM "
+                  f"{sum(by_thread.values()):.2f} s, by thread:")  # fmt: skip
+            for kind, seconds in sorted(by_thread.items(), key=lambda kv: -kv[1]):
                 if seconds >= 0.05:
                     print(f"  {kind}: {seconds:.2f} s")
         spark.stop()
