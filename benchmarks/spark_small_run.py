@@ -21,10 +21,10 @@ the compiler's, the garbage collector's, the tasks'). `--warm N` runs N warm-up 
 `--keep-caches` does not release the runs' caches (`RFMRun.release`), as a session that
 outlived its runs did before the runs' caches were let go. `--compare KEY A B` sets the SQL
 setting KEY to A and to B in turn, `--runs` runs each, `--repeats` times, alternating which
-goes first, and prints each value's median run and JVM time. `--threads` prints, for all the
-timed runs together, the CPU time of this Python process and of the JVM's threads by kind
-(the driver's threads that answer Py4J and plan each query, the JIT compilers, the tasks,
-the VM thread where the serial collector runs, the DAG scheduler; Linux only, from /proc).
+goes first, and prints each value's median run and JVM time. `--threads` prints the CPU time
+spent within the timed runs, summed over them, by this Python process and by the JVM's
+threads by kind (the driver's threads that answer Py4J and plan each query, the JIT
+compilers, the tasks, the garbage collector's, the DAG scheduler; Linux only, from /proc).
 """
 
 from __future__ import annotations
