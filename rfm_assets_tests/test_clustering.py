@@ -227,6 +227,41 @@ def test_a_stored_model_assigns_new_customers_without_refitting(groups_file, tmp
     assert applied.clustering["methods_compared"] == {}
 
 
+def applied_to_one_group(model: dict, folder, **options):
+    """A stored model applied to customers of one group only, all nearest one of its
+    centroids: (the run's result, the customers, each one's nearest centroid by the oracle).
+    `options` go to `run`, but `engine`, which goes to the settings."""
+    import json
+
+    one_group = grouped_customers(40, seed=5)
+    one_group = one_group[one_group["group"] == 0].drop(columns="group")
+    path = folder / "one_group.parquet"
+    one_group.to_parquet(path)
+    (folder / "model").mkdir()
+    (folder / "model" / "cluster_model.json").write_text(json.dumps(model))
+    settings = kmeans_settings(path, cluster_model_path=str(folder / "model"),
+                               engine=options.pop("engine", "pandas"))  # fmt: skip
+    return run(settings, **options), one_group, nearest_centroid_oracle(model, one_group)
+
+
+def test_a_stored_model_applied_to_customers_of_one_cluster_reports_no_comparison(
+    fitted_model, tmp_path
+):
+    """Customers who are all nearest one stored centroid: the run succeeds, every customer in
+    that cluster, and the scores that compare clusters with each other are null (they once
+    divided by zero: `step customer_segments failed: ZeroDivisionError`). On Spark:
+    test_spark.py."""
+    result, customers, expected = applied_to_one_group(fitted_model, tmp_path)
+    assert len(set(expected)) == 1  # the case this test is about
+    segments = result.customer_segments.set_index("customer_id")
+    assert segments.loc[customers["customer_id"], "cluster"].tolist() == expected
+    clustering = result.clustering
+    assert clustering["davies_bouldin"] is None and clustering["calinski_harabasz"] is None
+    assert clustering["silhouette"] == -1.0
+    sizes = [cluster["customers"] for cluster in clustering["clusters"]]
+    assert sorted(sizes) == [0] * (len(sizes) - 1) + [len(customers)]
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -37,7 +37,14 @@ from rfm_assets_tests.conftest import (
     rfm_resources,
     stored_frame,
 )
-from rfm_assets_tests.test_clustering import SEVEN, nearest_centroid_oracle, oracle_features
+from rfm_assets_tests.test_clustering import (
+    SEVEN,
+    applied_to_one_group,
+    grouped_customers,
+    kmeans_settings,
+    nearest_centroid_oracle,
+    oracle_features,
+)
 from rfm_assets_tests.test_corpus import CASES, write_input
 from rfm_assets_tests.test_customer_level import CASES as CUSTOMER_CASES
 from rfm_assets_tests.test_customer_level import customer_settings, messy_customer_rows, write_csv
@@ -894,6 +901,22 @@ def test_a_stored_model_assigns_identically_on_both_engines(spark, tmp_path, met
     assert spark_result.clustering["davies_bouldin"] == pytest.approx(
         pandas_result.clustering["davies_bouldin"], rel=1e-9
     )
+
+
+def test_a_stored_model_applied_to_one_cluster_on_spark_reports_no_comparison(spark, tmp_path):
+    """As test_clustering's pandas case: customers all nearest one stored centroid are
+    assigned to it on Spark, and the scores that compare clusters are null, not a failure."""
+    groups = tmp_path / "groups.parquet"
+    grouped_customers(100, seed=1).drop(columns="group").to_parquet(groups)
+    model = run(kmeans_settings(groups, clusters=3)).cluster_model
+    result, customers, expected = applied_to_one_group(
+        model, tmp_path, engine="spark", spark_session=spark
+    )
+    assert len(set(expected)) == 1
+    segments = as_pandas(result.customer_segments, tmp_path).set_index("customer_id")
+    assert segments.loc[customers["customer_id"], "cluster"].tolist() == expected
+    assert result.clustering["davies_bouldin"] is None
+    assert result.clustering["calinski_harabasz"] is None
 
 
 def test_auto_on_the_seven_features_fits_on_spark(spark, tmp_path):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -555,12 +555,16 @@ def cluster_sums(scaled: np.ndarray, labels: np.ndarray, k: int) -> ClusterSums:
     return ClusterSums(counts, means, mean_distance, float((distance**2).sum()))
 
 
-def scores_from_sums(sums: ClusterSums) -> dict[str, float]:
+def scores_from_sums(sums: ClusterSums) -> dict[str, Optional[float]]:
     """Davies-Bouldin and Calinski-Harabasz as scikit-learn defines them, over the clusters
-    that hold customers."""
+    that hold customers; None for both when one cluster holds them all (a stored model
+    applied to customers who are all nearest one centroid), as both compare clusters with
+    each other."""
     held = sums.counts > 0
     counts, means, spread = sums.counts[held], sums.means[held], sums.mean_distance[held]
     k, n = len(counts), int(counts.sum())
+    if k < 2:
+        return {"davies_bouldin": None, "calinski_harabasz": None}
     between = np.sqrt(((means[:, None, :] - means[None, :, :]) ** 2).sum(axis=2))
     if np.allclose(spread, 0) or np.allclose(between, 0):
         davies_bouldin = 0.0
@@ -586,7 +590,10 @@ def summary(model: ClusterModel, silhouette: float, sums: ClusterSums, applied: 
         "model": "applied" if applied else "fitted",
         "fitted": dict(model.fitted),
         "silhouette": round(silhouette, 6),
-        **{name: round(value, 6) for name, value in scores_from_sums(sums).items()},
+        **{
+            name: None if value is None else round(value, 6)
+            for name, value in scores_from_sums(sums).items()
+        },
         "silhouette_by_k": {str(k): round(v, 6) for k, v in model.silhouette_by_k.items()},
         "inertia_by_k": {str(k): round(v, 3) for k, v in model.inertia_by_k.items()},
         "methods_compared": methods_compared,
