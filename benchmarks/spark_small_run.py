@@ -83,11 +83,16 @@ def counting_jvm_calls() -> dict:
     return count
 
 
-def jvm_cpu_seconds():
-    """A function giving the CPU seconds the session's JVM (this process's child) has used."""
+def jvm_process():
+    """The session's JVM: this process's child (psutil.Process)."""
     import psutil
 
-    jvm = next(p for p in psutil.Process().children(recursive=True) if "java" in p.name())
+    return next(p for p in psutil.Process().children(recursive=True) if "java" in p.name())
+
+
+def jvm_cpu_seconds():
+    """A function giving the CPU seconds the session's JVM has used."""
+    jvm = jvm_process()
 
     def used() -> float:
         times = jvm.cpu_times()
@@ -205,10 +210,7 @@ def main() -> None:
             spark.stop()
             return
         count = counting_jvm_calls()
-        import psutil
-
-        jvm_pid = next(p.pid for p in psutil.Process().children(recursive=True)
-                       if "java" in p.name())  # fmt: skip
+        jvm_pid = jvm_process().pid
         # CPU within the runs only: reading the event log between them costs this process too.
         python, by_thread = 0.0, {}
         for number in range(1, args.runs + 1):

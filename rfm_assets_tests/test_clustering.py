@@ -227,10 +227,10 @@ def test_a_stored_model_assigns_new_customers_without_refitting(groups_file, tmp
     assert applied.clustering["methods_compared"] == {}
 
 
-def applied_to_one_group(model: dict, folder, **options):
+def applied_to_one_group(model: dict, folder, engine: str = "pandas", **options):
     """A stored model applied to customers of one group only, all nearest one of its
-    centroids: (the run's result, the customers, each one's nearest centroid by the oracle).
-    `options` go to `run`, but `engine`, which goes to the settings."""
+    centroids, on `engine`: (the run's result, the customers, each one's nearest centroid by
+    the oracle). `options` go to `run`."""
     import json
 
     one_group = grouped_customers(40, seed=5)
@@ -239,8 +239,7 @@ def applied_to_one_group(model: dict, folder, **options):
     one_group.to_parquet(path)
     (folder / "model").mkdir()
     (folder / "model" / "cluster_model.json").write_text(json.dumps(model))
-    settings = kmeans_settings(path, cluster_model_path=str(folder / "model"),
-                               engine=options.pop("engine", "pandas"))  # fmt: skip
+    settings = kmeans_settings(path, cluster_model_path=str(folder / "model"), engine=engine)
     return run(settings, **options), one_group, nearest_centroid_oracle(model, one_group)
 
 

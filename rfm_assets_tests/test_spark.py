@@ -459,12 +459,11 @@ def test_corpus_case_same_outcome_on_spark(spark, case, tmp_path):
 
         assert all(re.search(case["expect"]["error"], m) for m in messages), messages
         return
-    results = [
+    pandas_result, spark_result = (
         run(RFMSettings(**settings, engine=engine), spark_session=session,
             leave_out=AFTER_METRICS, keep=("rfm_metrics",))
         for engine, session in (("pandas", None), ("spark", spark))
-    ]  # fmt: skip
-    pandas_result, spark_result = results
+    )  # fmt: skip
     assert spark_result.account == pandas_result.account
     assert spark_result.customers_held_out == pandas_result.customers_held_out
     assert_same_customers(spark_result.rfm_metrics, pandas_result.rfm_metrics, tmp_path)
