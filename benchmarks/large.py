@@ -30,6 +30,9 @@ Variants:
               default --variants
 - duckdb, duckdb_after_imports, polars, tutorial, io_floor, spark: benchmarks/peers.py (see its
               docstring); duckdb_after_imports is the least the command line could cost
+- <rfm variant>@base: that variant run from another checkout of the repository (--baseline,
+              e.g. `git worktree add /tmp/base <commit>`) with this checkout's environment;
+              its peer is the same variant here, so its ratio is before / after a change
 - duckdb_in_dagster, spark_in_dagster: the DuckDB statement and the bare Spark job each as
               one Dagster asset run in process: the least any design of the graph could cost;
               not in the default --variants
@@ -50,6 +53,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import psutil
 
@@ -104,10 +108,15 @@ def data_file(rows: int, customers: int, data_dir: Path) -> Path:
     return path
 
 
-def command(variant: str, source: Path, output: Path) -> list[str]:
+def command(variant: str, source: Path, output: Path, baseline: Optional[Path] = None) -> list[str]:
+    variant, at_base = variant.removesuffix("@base"), variant.endswith("@base")
+    if at_base and baseline is None:
+        raise SystemExit(f"{variant}@base: give --baseline, a checkout to run it from")
     if variant.startswith("rfm"):
         rfm = str(Path(sys.executable).with_name("rfm-assets"))
+        # The other checkout's package comes first on the path, ahead of the editable install.
         line = [
+            *(["env", f"PYTHONPATH={baseline}"] if at_base else []),
             rfm,
             "analyze",
             "--input",
@@ -212,7 +221,8 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def benchmark(sizes, customers, repeats, variants, data_dir: Path, results_file: Path) -> None:
+def benchmark(sizes, customers, repeats, variants, data_dir: Path, results_file: Path,
+              baseline: Optional[Path] = None) -> None:  # fmt: skip
     sys.path.insert(0, str(HERE))
     from bench import code_version, machine_info
 
@@ -228,7 +238,7 @@ def benchmark(sizes, customers, repeats, variants, data_dir: Path, results_file:
                     continue
                 output = Path(tempfile.mkdtemp(prefix=f"rfm-large-{variant}-"))
                 try:
-                    run = run_once(command(variant, source, output))
+                    run = run_once(command(variant, source, output, baseline))
                     if run["exit"] != 0:
                         failed[variant] = " ".join(run["error"])[:300] or f"exit {run['exit']}"
                         print(f"  {variant} failed: {failed[variant]}", flush=True)
@@ -275,6 +285,8 @@ def benchmark(sizes, customers, repeats, variants, data_dir: Path, results_file:
                     "rfm_spark_parallel_gc": "rfm_spark",
                     "rfm_clv": "rfm", "rfm_spark_clv": "rfm_spark",
                     "spark_in_dagster": "spark"}.get(variant)  # fmt: skip
+            if variant.endswith("@base"):  # before a change, against after it
+                peer = variant.removesuffix("@base")
             results.append(
                 {
                     "rows": rows,
@@ -328,18 +340,21 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(v for v in VARIANTS if v in DEFAULT))
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "rfm-large"))
     parser.add_argument("--results", default=str(RESULTS), help="the JSON file to write")
+    parser.add_argument("--baseline", type=Path, help="the checkout the @base variants run from")
     args = parser.parse_args()
     sizes = [int(n) for n in args.rows.split(",")]
     customers = [int(n) for n in args.customers.split(",")]
     if len(customers) != len(sizes):
         raise SystemExit("--customers: give one number for each of --rows")
     variants = tuple(v for v in args.variants.split(",") if v)
-    unknown = sorted(set(variants) - set(VARIANTS))
+    unknown = sorted({v.removesuffix("@base") for v in variants} - set(VARIANTS))
+    unknown += [v for v in variants if v.endswith("@base") and not v.startswith("rfm")]
     if unknown or "rfm" not in variants:  # what every other variant is checked against
         raise SystemExit(f"--variants: rfm is required; known: {VARIANTS}")
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    benchmark(sizes, customers, args.repeats, variants, data_dir, Path(args.results))
+    benchmark(sizes, customers, args.repeats, variants, data_dir, Path(args.results),
+              args.baseline and args.baseline.resolve())  # fmt: skip
 
 
 if __name__ == "__main__":

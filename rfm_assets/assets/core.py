@@ -216,9 +216,9 @@ def rfm_metrics_step(graph: RFMGraph, context, transactions, read_weeks: Optiona
             )
     reference_date = dt.date.fromisoformat(upstream["reference_date"])
     input_level = upstream.get("input_level", "transactions")
-    metrics = engine.cached(engine.metrics(loaded, reference_date, input_level))
+    # Not cached on Spark: the metrics are a projection of cached per-customer totals.
+    metrics = engine.metrics(loaded, reference_date, input_level)
     metrics, held_out = engine.filter_customers(metrics, settings.run_spec())
-    metrics = engine.cached(metrics)
     # Customers of the kept transactions as the transactions step counted them (a second
     # pass over every row costs more than all the scoring), less those held out.
     customers = int(needed(upstream, "customers", "transactions")) - sum(held_out.values())
@@ -319,7 +319,6 @@ def rfm_scores_step(graph: RFMGraph, context, rfm_metrics):
         cut_points = week_thresholds(graph, context, settings.thresholds_from_week)
         source_of_cuts = f"thresholds of week {settings.thresholds_from_week}"
     scores, thresholds = engine.scores(engine.load(rfm_metrics), settings.run_spec(), cut_points)
-    scores = engine.cached(scores)
     scale = len(thresholds["recency"]) + 1
     tally = engine.tally(scores, off_scale=scale)
     verdict = checks.scores_on_scale(tally.off_scale, scale)
@@ -400,7 +399,6 @@ def customer_segments_step(graph: RFMGraph, context, rfm_scores):
         segmented = engine.segments(scores, rule_set, segmented_at)
     if not settings.include_recommendations:
         segmented = engine.without(segmented, "recommendation")
-    segmented = engine.cached(segmented)
     # Rows, ids and the exact revenue of the segmented customers in one pass: the revenue is
     # what segment_analytics' revenues must add up to.
     tally = engine.tally(segmented, distinct_of="customer_id", money_of="monetary")

@@ -922,7 +922,9 @@ def customer_metrics(customers: DataFrame, reference_date: dt.date) -> DataFrame
         first_date = F.lit(None).cast("timestamp_ntz")
         tenure = lifetime = F.lit(None).cast("long")
         per_month = F.lit(None).cast("double")
-    return customers.select(
+    # Cached: the steps after this one read projections of these rows, not a cache of their
+    # own (see compute_metrics).
+    return persist(customers).select(
         "customer_id",
         "recency",
         "frequency",
@@ -1064,13 +1066,18 @@ def net_positive(kept: DataFrame) -> tuple[DataFrame, int]:
 
 def compute_metrics(transactions: DataFrame, reference_date: dt.date) -> DataFrame:
     """One row per customer (see pandas_compute.compute_metrics for the definitions): from
-    the per-customer totals the accounting of these very rows took, else from the rows."""
+    the per-customer totals the accounting of these very rows took, else from the rows.
+
+    Either way the metrics are a projection of cached totals, and so are the scores and the
+    segments after them: the steps cache none of these. Each action recomputes the few
+    columns it reads from one row per customer, where a cache per step took a job of its own
+    to build and a copy of every customer in memory."""
     ref_day = day_number(reference_date)
     totals = _TOTALS_OF_KEPT.get(transactions)
     if totals is not None:
         per_customer = totals.filter(F.col("kept_lines") > 0)
     else:
-        per_customer = _per_customer_totals(transactions, "amount", accounted=False)
+        per_customer = persist(_per_customer_totals(transactions, "amount", accounted=False))
     monetary = F.col("micro").cast("double") / F.lit(float(MICRO_UNITS))
     return per_customer.select(
         "customer_id",
@@ -1439,42 +1446,42 @@ def _with_catalog(
     segmented_at: dt.datetime,
     last: list[str],
 ) -> DataFrame:
-    """`frame` joined to the segment each key names (a small broadcast table of
-    (key..., segment)) with the segment's catalog fields, value tier, engagement level and
-    time; `last` columns go after them. Ordered as pandas orders it: segment priority, then
-    the weighted RFM_score, highest first."""
+    """`frame` with the segment each key names and the segment's catalog fields, value tier,
+    engagement level and time; `last` columns go after them. Ordered as pandas orders it:
+    segment priority, then the weighted RFM_score, highest first.
+
+    The sort carries only each row's priority rank (a broadcast join of the keys with a small
+    table of (key..., rank)); the names and texts of the catalog are looked up by that rank
+    after it. Joined before the sort, every row's recommendation text went through the sort's
+    shuffle: the widest column of the table, and the same few texts a million times."""
     catalog = rule_set.catalog
     rank = {entry.name: i for i, entry in enumerate(rule_set.segments)}
-    rows = [
-        (*key, name, catalog[name].segment_id, catalog[name].recommendation, rank[name])
-        for key, name in keyed
-    ]
     lookup = local_frame(
         frame.sparkSession,
-        rows,
-        f"{key_schema}, segment string, segment_id string, recommendation string, "
-        "segment_rank long",
+        [(*key, rank[name]) for key, name in keyed],
+        f"{key_schema}, segment_rank int",
     )
+    ordered = frame.join(F.broadcast(lookup), on=on, how="left").orderBy(
+        "segment_rank", F.col("RFM_score").desc(), "customer_id"
+    )
+
+    def by_rank(values: list[str]) -> Column:  # null for a key the rule set does not name
+        return F.element_at(F.array(*[F.lit(v) for v in values]), F.col("segment_rank") + 1)
 
     def by_score(labels: tuple[str, ...], score: str) -> Column:
         table = F.create_map(*[F.lit(x) for i, v in enumerate(labels) for x in (i + 1, v)])
         return F.element_at(table, F.col(score))
 
-    return (
-        frame.join(F.broadcast(lookup), on=on, how="left")
-        .select(
-            *[c for c in frame.columns if c not in last],
-            "segment",
-            "segment_id",
-            "recommendation",
-            by_score(rule_set.value_tiers, "FM_score").alias("value_tier"),
-            by_score(rule_set.engagement_levels, "R_score").alias("engagement_level"),
-            F.lit(segmented_at).cast("timestamp").alias("segmented_at"),
-            *last,
-            "segment_rank",
-        )
-        .orderBy("segment_rank", F.col("RFM_score").desc(), "customer_id")
-        .drop("segment_rank")
+    entries = [catalog[entry.name] for entry in rule_set.segments]
+    return ordered.select(
+        *[c for c in frame.columns if c not in last],
+        by_rank([entry.name for entry in rule_set.segments]).alias("segment"),
+        by_rank([e.segment_id for e in entries]).alias("segment_id"),
+        by_rank([e.recommendation for e in entries]).alias("recommendation"),
+        by_score(rule_set.value_tiers, "FM_score").alias("value_tier"),
+        by_score(rule_set.engagement_levels, "R_score").alias("engagement_level"),
+        F.lit(segmented_at).cast("timestamp").alias("segmented_at"),
+        *last,
     )
 
 
