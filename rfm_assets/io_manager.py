@@ -529,9 +529,10 @@ def _run_context(sidecar: UPath, what: str) -> dict:
 
 class HeldIOManager(dg.InMemoryIOManager):
     """Keeps every step's value in the process, for runs whose steps share one process and
-    write nothing (the command line's). A Spark DataFrame is handed on as the same cached
+    write nothing (the command line's). A Spark DataFrame is handed on as the same
     DataFrame, with its run context beside it (`HeldTable`): storing it as Parquet and reading
-    it back would drop its cache and compute it again.
+    it back would cost a write and a read where the next step computes it from the run's
+    cache.
 
     `readers` names the values nobody needs once the run's steps have read them, with how
     many steps read each (the command line keeps only its output tables). Once the last of

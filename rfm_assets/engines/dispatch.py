@@ -445,7 +445,9 @@ class SparkEngine(PandasEngine):
         return scores, thresholds or self.compute.thresholds_from_scores(scores, spec.scale)
 
     def cached(self, frame):
-        """Cache a step's result: its metadata and its write then compute it once."""
+        """Cache a step's result: its metadata and its write then compute it once. (Not for
+        a projection of a cached frame, which is as cheap to compute again as to read from a
+        cache of its own: the metrics, scores and segments.)"""
         from rfm_assets.engines.caches import persist
 
         return persist(frame)

@@ -1466,7 +1466,9 @@ def _with_catalog(
     )
 
     def by_rank(values: list[str]) -> Column:  # null for a key the rule set does not name
-        return F.element_at(F.array(*[F.lit(v) for v in values]), F.col("segment_rank") + 1)
+        # One SQL expression: a Column call per text would be a Py4J round trip each.
+        texts = ", ".join(_sql_text(v) for v in values)
+        return F.expr(f"element_at(array({texts}), segment_rank + 1)")
 
     def by_score(labels: tuple[str, ...], score: str) -> Column:
         table = F.create_map(*[F.lit(x) for i, v in enumerate(labels) for x in (i + 1, v)])
