@@ -6,6 +6,7 @@ order (monetary is an exact micro-unit sum divided once), so no tolerance is nee
 """
 
 import csv
+import dataclasses
 import datetime as dt
 import gc
 import json
@@ -1213,3 +1214,40 @@ def test_lifetime_value_summary_is_the_same_to_the_bit_on_both_engines(spark, tm
     on_spark, on_pandas = summaries
     assert_same_rows(on_spark, on_pandas, ["customer_id"])  # exact, float columns included
     assert (on_pandas["frequency"] > 0).sum() > 1_000
+
+
+def test_the_checks_counts_on_spark_equal_a_count_of_the_rows(spark):
+    """The counts the checks compare (rows, distinct ids, the exact micro-unit sum, scores
+    off the scale), taken on Spark, against the pandas engine's and a loop over the rows: a
+    repeated id and a missing one, amounts whose micro-unit sum passes int64, a score off
+    the scale and a missing one."""
+    rows = [
+        ("a", 9_000_000_000_000.5, 1, 1, 1, 1, 1.0),
+        ("a", 9_000_000_000_000.25, 5, 5, 5, 5, 5.0),
+        ("b", 0.000_001, 6, 1, 1, 1, 2.7),
+        (None, 2.5, 1, None, 1, 1, 1.0),
+        ("c", 10.0, 3, 3, 3, 3, 3.0),
+    ]
+    columns = ["customer_id", "monetary", "R_score", "F_score", "M_score", "FM_score", "RFM_score"]
+    frame = pd.DataFrame(rows, columns=columns).astype({"F_score": "Int64"})
+    table = spark.createDataFrame(
+        rows, "customer_id string, monetary double, R_score long, F_score long, "
+        "M_score long, FM_score long, RFM_score double",
+    )  # fmt: skip
+    expected = {
+        "rows": len(rows),
+        "distinct": len({row[0] for row in rows if row[0] is not None}),
+        "micro_sum": sum(round(row[1] * 1_000_000) for row in rows),
+        "off_scale": sum(
+            any(s is None or not 1 <= s <= 5 for s in row[2:6]) or not 1 <= row[6] <= 5
+            for row in rows
+        ),
+    }
+    assert expected == {"rows": 5, "distinct": 3, "micro_sum": expected["micro_sum"],
+                        "off_scale": 2}  # fmt: skip
+    assert expected["micro_sum"] > 2**63
+    for engine, value in ((SparkEngine(spark), table), (PandasEngine(), frame)):
+        both = engine.tally(value, distinct_of="customer_id", money_of="monetary", off_scale=5)
+        alone = engine.tally(value, money_of="monetary", off_scale=5)
+        assert dataclasses.asdict(both) == expected, engine.name
+        assert dataclasses.asdict(alone) == {**expected, "distinct": None}, engine.name

@@ -1474,10 +1474,11 @@ def _with_catalog(
         table = F.create_map(*[F.lit(x) for i, v in enumerate(labels) for x in (i + 1, v)])
         return F.element_at(table, F.col(score))
 
-    entries = [catalog[entry.name] for entry in rule_set.segments]
+    names = [entry.name for entry in rule_set.segments]
+    entries = [catalog[name] for name in names]
     return ordered.select(
         *[c for c in frame.columns if c not in last],
-        by_rank([entry.name for entry in rule_set.segments]).alias("segment"),
+        by_rank(names).alias("segment"),
         by_rank([e.segment_id for e in entries]).alias("segment_id"),
         by_rank([e.recommendation for e in entries]).alias("recommendation"),
         by_score(rule_set.value_tiers, "FM_score").alias("value_tier"),
