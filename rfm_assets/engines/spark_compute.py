@@ -1241,24 +1241,33 @@ def quantile_boundaries(metrics: DataFrame, scale: int) -> QuantileBoundaries:
     """The boundaries of the three quantile scores and their thresholds, exactly, in two
     aggregations whatever the number of customers.
 
-    The first counts the customers and brackets each boundary between two approximate
-    quantiles; the second counts each value inside a bracket and only the customers of each
-    gap between brackets (with its least and greatest value), a few thousand rows. Ranks are
-    then walked on the driver. Should a gap hold a boundary after all (the approximation
-    missed), that gap is counted value by value in one more aggregation.
+    The first counts the customers and brackets each boundary of a fractional dimension
+    (monetary) between two approximate quantiles; the second counts each value inside a
+    bracket and only the customers of each gap between brackets (with its least and greatest
+    value), and every value of a whole-number dimension (recency in days, frequency in
+    orders, whose distinct values are few): a few thousand rows. Ranks are then walked on
+    the driver. Should a gap hold a boundary after all (the approximation missed), that gap
+    is counted value by value in one more aggregation. (A quantile sketch of a whole-number
+    column cost more than counting its values, about as much again as the count itself.)
     """
     values = {d: F.col(d).cast("double") for d in HIGHER_IS_BETTER}
+    types = {field.name: field.dataType for field in metrics.schema.fields}
+    sketched = [d for d in HIGHER_IS_BETTER if not isinstance(types[d], T.IntegralType)]
     fractions = [j / scale for j in range(1, scale)]
     percentages = [min(1.0, max(0.0, f + side)) for f in fractions for side in (-BRACKET, BRACKET)]
     first = metrics.agg(
         F.count(F.lit(1)).alias("customers"),
         *[F.percentile_approx(values[d], percentages, QUANTILE_ACCURACY).alias(d)
-          for d in HIGHER_IS_BETTER],
+          for d in sketched],
     ).first()  # fmt: skip
     n = int(first["customers"])
     if n == 0:
         return QuantileBoundaries({d: [] for d in HIGHER_IS_BETTER}, None)
-    exact = {d: _merged(list(zip(first[d][0::2], first[d][1::2]))) for d in HIGHER_IS_BETTER}
+    every_value = [(float("-inf"), float("inf"))]
+    exact = {
+        d: _merged(list(zip(first[d][0::2], first[d][1::2]))) if d in sketched else every_value
+        for d in HIGHER_IS_BETTER
+    }
     while True:
         runs = _value_runs(metrics, values, exact)
         walked = {d: _walk(runs[d], _boundary_ranks(n, scale, d)) for d in HIGHER_IS_BETTER}
